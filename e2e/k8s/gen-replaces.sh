@@ -8,7 +8,7 @@
 # Usage: e2e/k8s/gen-replaces.sh            (versions come from e2e/k8s/versions)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions
+# shellcheck source=e2e/k8s/versions
 source "$here/versions"
 export PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "gen-replaces: go not found" >&2; exit 1; }

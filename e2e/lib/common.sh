@@ -1,7 +1,9 @@
+# shellcheck shell=bash
 # e2e/lib/common.sh — small shell helpers shared by the e2e scripts (sourced, never executed).
 # Owned by e2e (cluster scripts). Keep it dependency-free: bash, coreutils.
 
 # Repository root (the directory that holds e2e/).
+# shellcheck disable=SC2034 # used by the scripts that source this
 E2E_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 e2e_log()  { printf '%s %s\n' "[$(date +%H:%M:%S)] ${E2E_PROG:-e2e}:" "$*" >&2; }
