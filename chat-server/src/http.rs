@@ -1,0 +1,215 @@
+//! HTTP pieces shared by the chat-server and replication-log APIs: the JSON error type, the
+//! `after`/`limit` query of message pages, the page response, and `/metrics` rendering.
+
+use axum::Json;
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::message::{InvalidInput, Message};
+
+/// Default and largest `limit` of a message page.
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 10_000;
+
+/// An API error: an HTTP status and a reason, answered as `{"error": "<reason>"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, reason)
+    }
+
+    pub fn unavailable(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(e: InvalidInput) -> ApiError {
+        let status = match e {
+            InvalidInput::TextTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: &self.reason })).into_response()
+    }
+}
+
+/// `?after=P&limit=N`, validated: `after` a non-negative integer (default 0), `limit` in
+/// `1..=10000` (default 1000). Unknown parameters are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageQuery {
+    pub after: u64,
+    pub limit: usize,
+}
+
+impl PageQuery {
+    /// Parses a raw query string.
+    pub fn parse(query: Option<&str>) -> Result<PageQuery, ApiError> {
+        let mut page = PageQuery {
+            after: 0,
+            limit: DEFAULT_LIMIT,
+        };
+        for (key, value) in form_pairs(query.unwrap_or("")) {
+            match key.as_str() {
+                "after" => {
+                    page.after = value.parse().map_err(|_| {
+                        ApiError::bad_request(format!("after must be a non-negative integer, got {value:?}"))
+                    })?
+                }
+                "limit" => {
+                    let limit: usize = value.parse().map_err(|_| {
+                        ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}"))
+                    })?;
+                    if !(1..=MAX_LIMIT).contains(&limit) {
+                        return Err(ApiError::bad_request(format!(
+                            "limit must be an integer from 1 to {MAX_LIMIT}, got {limit}"
+                        )));
+                    }
+                    page.limit = limit;
+                }
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<PageQuery, ApiError> {
+        PageQuery::parse(parts.uri.query())
+    }
+}
+
+/// Decodes `a=1&b=x%20y` into pairs (percent-decoding and `+` as space).
+pub fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `{"messages": [...], "next": P'}`: `next` is the last position returned, or null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MessagesPage {
+    pub messages: Vec<Message>,
+    pub next: Option<u64>,
+}
+
+impl MessagesPage {
+    pub fn new(messages: Vec<Message>) -> MessagesPage {
+        let next = messages.last().map(|m| m.position);
+        MessagesPage { messages, next }
+    }
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn metrics_response(registry: &Registry) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_query_defaults_and_bounds() {
+        assert_eq!(
+            PageQuery::parse(None).unwrap(),
+            PageQuery {
+                after: 0,
+                limit: 1000
+            }
+        );
+        assert_eq!(
+            PageQuery::parse(Some("after=5&limit=10000&x=y")).unwrap(),
+            PageQuery {
+                after: 5,
+                limit: 10000
+            }
+        );
+        for bad in ["after=x", "after=-1", "limit=0", "limit=10001", "limit=abc"] {
+            let e = PageQuery::parse(Some(bad)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn form_pairs_decode() {
+        assert_eq!(
+            form_pairs("channel=a%2Db&after=3&q=x+y&bad=%zz"),
+            vec![
+                ("channel".into(), "a-b".into()),
+                ("after".into(), "3".into()),
+                ("q".into(), "x y".into()),
+                ("bad".into(), "%zz".into())
+            ]
+        );
+    }
+}

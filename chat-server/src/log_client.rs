@@ -1,0 +1,228 @@
+//! HTTP client of the replication log's API, used by chat-server nodes (bootstrap snapshots, old
+//! history pages) and by replicas bootstrapping from a peer. It tries the configured replicas in
+//! order and takes the first that answers.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::Deserialize;
+
+use crate::http::MessagesPage;
+use crate::message::Message;
+
+/// Header carrying the position a snapshot runs up to.
+pub const SNAPSHOT_POSITION_HEADER: &str = "x-snapshot-position";
+
+/// What went wrong reading from the replication log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogClientError {
+    #[error("no replication-log replica answered ({0})")]
+    Unreachable(String),
+    #[error("replica {url} answered {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+    #[error("replica {url}: {source}")]
+    Transport { url: String, source: reqwest::Error },
+    #[error("replica {url} sent a bad snapshot: {reason}")]
+    BadSnapshot { url: String, reason: String },
+}
+
+/// A replica's `/status`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct LogStatus {
+    pub replica_id: String,
+    pub phase: String,
+    pub persisted: u64,
+    pub head: u64,
+    pub lag: u64,
+    pub messages: u64,
+}
+
+/// Client of one or more replicas (tried in order).
+#[derive(Clone, Debug)]
+pub struct LogClient {
+    urls: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl LogClient {
+    /// `urls` are base URLs such as `http://127.0.0.1:8090`; trailing slashes are ignored.
+    pub fn new(urls: impl IntoIterator<Item = String>) -> LogClient {
+        let urls = urls
+            .into_iter()
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        LogClient { urls, http }
+    }
+
+    /// Parses a comma-separated list of URLs.
+    pub fn from_list(list: &str) -> LogClient {
+        LogClient::new(list.split(',').map(str::to_owned))
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Opens `GET /snapshot?after=P` on the first replica that answers.
+    pub async fn snapshot(&self, after: u64) -> Result<Snapshot, LogClientError> {
+        let mut failures = Vec::new();
+        for url in &self.urls {
+            match self.snapshot_from(url, after).await {
+                Ok(s) => return Ok(s),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        Err(LogClientError::Unreachable(failures.join("; ")))
+    }
+
+    /// Opens `GET /snapshot?after=P` on one replica.
+    pub async fn snapshot_from(&self, url: &str, after: u64) -> Result<Snapshot, LogClientError> {
+        let resp = self.get(url, &format!("/snapshot?after={after}"), None).await?;
+        let position = resp
+            .headers()
+            .get(SNAPSHOT_POSITION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| LogClientError::BadSnapshot {
+                url: url.to_owned(),
+                reason: format!("missing {SNAPSHOT_POSITION_HEADER} header"),
+            })?;
+        Ok(Snapshot {
+            source: url.to_owned(),
+            after,
+            position,
+            last: after,
+            resp,
+            buf: BytesMut::new(),
+            done: false,
+        })
+    }
+
+    /// One page of a channel's history (`GET /channels/{c}/messages?after=P&limit=N`).
+    pub async fn channel_page(&self, channel: &str, after: u64, limit: usize) -> Result<MessagesPage, LogClientError> {
+        let path = format!("/channels/{channel}/messages?after={after}&limit={limit}");
+        let mut failures = Vec::new();
+        for url in &self.urls {
+            let resp = match self.get(url, &path, Some(Duration::from_secs(10))).await {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            match resp.json::<MessagesPage>().await {
+                Ok(page) => return Ok(page),
+                Err(source) => failures.push(LogClientError::Transport { url: url.clone(), source }.to_string()),
+            }
+        }
+        Err(LogClientError::Unreachable(failures.join("; ")))
+    }
+
+    /// `GET /status` of one replica.
+    pub async fn status_of(&self, url: &str) -> Result<LogStatus, LogClientError> {
+        let resp = self.get(url, "/status", Some(Duration::from_secs(2))).await?;
+        resp.json()
+            .await
+            .map_err(|source| LogClientError::Transport { url: url.to_owned(), source })
+    }
+
+    async fn get(&self, url: &str, path: &str, timeout: Option<Duration>) -> Result<reqwest::Response, LogClientError> {
+        let mut req = self.http.get(format!("{url}{path}"));
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| LogClientError::Transport { url: url.to_owned(), source })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(LogClientError::Status {
+                url: url.to_owned(),
+                status,
+                body: body.chars().take(200).collect(),
+            });
+        }
+        Ok(resp)
+    }
+}
+
+/// A snapshot being streamed: NDJSON messages in global order, dense from `after + 1` up to
+/// `position`. Read it in batches; it is never held whole in memory.
+pub struct Snapshot {
+    /// The replica it comes from.
+    pub source: String,
+    pub after: u64,
+    /// The position the snapshot runs up to (`X-Snapshot-Position`).
+    pub position: u64,
+    last: u64,
+    resp: reqwest::Response,
+    buf: BytesMut,
+    done: bool,
+}
+
+impl Snapshot {
+    /// The next batch of messages, or `None` at the end. Checks density and that the stream ends
+    /// exactly at `position`.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<Message>>, LogClientError> {
+        loop {
+            let batch = self.take_lines()?;
+            if !batch.is_empty() {
+                return Ok(Some(batch));
+            }
+            if self.done {
+                if !self.buf.is_empty() {
+                    return Err(self.bad("stream ended inside a line"));
+                }
+                if self.last != self.position {
+                    return Err(self.bad(&format!("stream ended at {} before {}", self.last, self.position)));
+                }
+                return Ok(None);
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
+                Ok(None) => self.done = true,
+                Err(source) => {
+                    return Err(LogClientError::Transport {
+                        url: self.source.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn take_lines(&mut self) -> Result<Vec<Message>, LogClientError> {
+        let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') else {
+            return Ok(Vec::new());
+        };
+        let block = self.buf.split_to(end + 1);
+        let mut batch = Vec::new();
+        for line in block[..].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let m: Message = serde_json::from_slice(line).map_err(|e| self.bad(&format!("bad line: {e}")))?;
+            if m.position != self.last + 1 {
+                return Err(self.bad(&format!("position {} after {}", m.position, self.last)));
+            }
+            self.last = m.position;
+            batch.push(m);
+        }
+        if self.last > self.position {
+            return Err(self.bad(&format!("position {} past the snapshot end {}", self.last, self.position)));
+        }
+        Ok(batch)
+    }
+
+    fn bad(&self, reason: &str) -> LogClientError {
+        LogClientError::BadSnapshot {
+            url: self.source.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+}
