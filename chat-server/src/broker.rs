@@ -78,7 +78,10 @@ impl BrokerError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             BrokerError::Redis(e) => {
-                e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
             }
             BrokerError::NotAnchored => true,
             BrokerError::Protocol(_) => false,
@@ -154,7 +157,12 @@ impl Broker {
     }
 
     /// Runs the write script: dedupe, next position, XADD. Returns only after Redis accepted it.
-    pub async fn write(&self, msg: &NewMessage, generated_id: &str, sent_at: i64) -> Result<WriteOutcome, BrokerError> {
+    pub async fn write(
+        &self,
+        msg: &NewMessage,
+        generated_id: &str,
+        sent_at: i64,
+    ) -> Result<WriteOutcome, BrokerError> {
         let (id, dedupe) = match &msg.id {
             Some(id) => (id.as_str(), true),
             None => (generated_id, false),
@@ -183,8 +191,14 @@ impl Broker {
                 }
             })?;
         let items = as_array(reply)?;
-        let flag = items.first().and_then(as_u64).ok_or_else(|| proto("write flag"))?;
-        let position = items.get(1).and_then(as_u64).ok_or_else(|| proto("write position"))?;
+        let flag = items
+            .first()
+            .and_then(as_u64)
+            .ok_or_else(|| proto("write flag"))?;
+        let position = items
+            .get(1)
+            .and_then(as_u64)
+            .ok_or_else(|| proto("write position"))?;
         if flag == 1 {
             return Ok(WriteOutcome::Accepted(Message {
                 position,
@@ -195,8 +209,15 @@ impl Broker {
                 sent_at,
             }));
         }
-        let text_of = |i: usize| items.get(i).and_then(as_string).ok_or_else(|| proto("duplicate fields"));
-        let sent_at = text_of(2)?.parse().map_err(|_| proto("duplicate sent_at"))?;
+        let text_of = |i: usize| {
+            items
+                .get(i)
+                .and_then(as_string)
+                .ok_or_else(|| proto("duplicate fields"))
+        };
+        let sent_at = text_of(2)?
+            .parse()
+            .map_err(|_| proto("duplicate sent_at"))?;
         Ok(WriteOutcome::Duplicate(Message {
             position,
             channel: msg.channel.clone(),
@@ -210,8 +231,12 @@ impl Broker {
     /// Epoch, head and anchor in one round trip.
     pub async fn state(&self) -> Result<BrokerState, BrokerError> {
         let mut conn = self.conn.clone();
-        let (epoch, head, anchor): (Option<String>, Option<u64>, Option<u64>) =
-            redis::cmd("MGET").arg(EPOCH).arg(SEQ).arg(ANCHOR).query_async(&mut conn).await?;
+        let (epoch, head, anchor): (Option<String>, Option<u64>, Option<u64>) = redis::cmd("MGET")
+            .arg(EPOCH)
+            .arg(SEQ)
+            .arg(ANCHOR)
+            .query_async(&mut conn)
+            .await?;
         Ok(BrokerState {
             epoch,
             head: head.unwrap_or(0),
@@ -234,8 +259,14 @@ impl Broker {
             .invoke_async(&mut conn)
             .await?;
         let items = as_array(reply)?;
-        let flag = items.first().and_then(as_u64).ok_or_else(|| proto("anchor flag"))?;
-        let value = items.get(1).and_then(as_string).ok_or_else(|| proto("anchor epoch"))?;
+        let flag = items
+            .first()
+            .and_then(as_u64)
+            .ok_or_else(|| proto("anchor flag"))?;
+        let value = items
+            .get(1)
+            .and_then(as_string)
+            .ok_or_else(|| proto("anchor epoch"))?;
         Ok(if flag == 1 {
             AnchorOutcome::Anchored(value)
         } else {
@@ -244,7 +275,11 @@ impl Broker {
     }
 
     /// Records a replica's persisted position (trimming never passes the lowest one).
-    pub async fn publish_persisted(&self, replica_id: &str, position: u64) -> Result<(), BrokerError> {
+    pub async fn publish_persisted(
+        &self,
+        replica_id: &str,
+        position: u64,
+    ) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
         redis::cmd("HSET")
             .arg(REPLICAS)
@@ -258,14 +293,21 @@ impl Broker {
     /// Every registered replica with its persisted position.
     pub async fn replicas(&self) -> Result<Vec<(String, u64)>, BrokerError> {
         let mut conn = self.conn.clone();
-        let map: Vec<(String, u64)> = redis::cmd("HGETALL").arg(REPLICAS).query_async(&mut conn).await?;
+        let map: Vec<(String, u64)> = redis::cmd("HGETALL")
+            .arg(REPLICAS)
+            .query_async(&mut conn)
+            .await?;
         Ok(map)
     }
 
     /// Removes a replica from the set that holds trimming back. Returns whether it was there.
     pub async fn forget_replica(&self, replica_id: &str) -> Result<bool, BrokerError> {
         let mut conn = self.conn.clone();
-        let removed: u64 = redis::cmd("HDEL").arg(REPLICAS).arg(replica_id).query_async(&mut conn).await?;
+        let removed: u64 = redis::cmd("HDEL")
+            .arg(REPLICAS)
+            .arg(replica_id)
+            .query_async(&mut conn)
+            .await?;
         Ok(removed == 1)
     }
 
@@ -284,11 +326,19 @@ impl Broker {
     /// Number of entries currently in the stream.
     pub async fn stream_len(&self) -> Result<u64, BrokerError> {
         let mut conn = self.conn.clone();
-        Ok(redis::cmd("XLEN").arg(STREAM).query_async(&mut conn).await?)
+        Ok(redis::cmd("XLEN")
+            .arg(STREAM)
+            .query_async(&mut conn)
+            .await?)
     }
 
     /// Messages with positions in `after+1 ..= upto` that are still in the stream (XRANGE).
-    pub async fn range(&self, after: u64, upto: u64, count: usize) -> Result<Vec<Message>, BrokerError> {
+    pub async fn range(
+        &self,
+        after: u64,
+        upto: u64,
+        count: usize,
+    ) -> Result<Vec<Message>, BrokerError> {
         let mut conn = self.conn.clone();
         let reply: Value = redis::cmd("XRANGE")
             .arg(STREAM)
@@ -310,7 +360,12 @@ pub struct StreamReader {
 impl StreamReader {
     /// Up to `count` messages after position `after`, waiting up to `block` for the first.
     /// The result may start past `after + 1` when the stream was trimmed: callers check density.
-    pub async fn read_after(&mut self, after: u64, count: usize, block: Duration) -> Result<Vec<Message>, BrokerError> {
+    pub async fn read_after(
+        &mut self,
+        after: u64,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Message>, BrokerError> {
         let reply: Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(count)
@@ -324,10 +379,16 @@ impl StreamReader {
         match reply {
             Value::Nil => Ok(Vec::new()),
             Value::Array(streams) => {
-                let stream = streams.into_iter().next().ok_or_else(|| proto("xread streams"))?;
+                let stream = streams
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| proto("xread streams"))?;
                 let mut parts = as_array(stream)?.into_iter();
                 let _name = parts.next();
-                parts.next().map(parse_entries).unwrap_or_else(|| Ok(Vec::new()))
+                parts
+                    .next()
+                    .map(parse_entries)
+                    .unwrap_or_else(|| Ok(Vec::new()))
             }
             Value::Map(streams) => match streams.into_iter().next() {
                 Some((_, entries)) => parse_entries(entries),
@@ -360,8 +421,7 @@ pub struct Split {
 /// Entries at or below the cursor (a replayed read) are dropped.
 pub fn split_dense(cursor: u64, batch: Vec<Message>) -> Split {
     let mut dense: Vec<Message> = batch.into_iter().filter(|m| m.position > cursor).collect();
-    let mut expected = cursor + 1;
-    for (i, m) in dense.iter().enumerate() {
+    for (i, (m, expected)) in dense.iter().zip(cursor + 1..).enumerate() {
         if m.position != expected {
             let gap = Gap {
                 from: expected,
@@ -373,7 +433,6 @@ pub fn split_dense(cursor: u64, batch: Vec<Message>) -> Split {
                 gap: Some((gap, rest)),
             };
         }
-        expected += 1;
     }
     Split { dense, gap: None }
 }
@@ -418,7 +477,11 @@ fn parse_entries(v: Value) -> Result<Vec<Message>, BrokerError> {
 
 fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
     let mut parts = as_array(entry)?.into_iter();
-    let id = parts.next().as_ref().and_then(as_string).ok_or_else(|| proto("entry id"))?;
+    let id = parts
+        .next()
+        .as_ref()
+        .and_then(as_string)
+        .ok_or_else(|| proto("entry id"))?;
     let position = id
         .strip_suffix("-0")
         .and_then(|p| p.parse().ok())

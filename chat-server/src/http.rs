@@ -56,7 +56,13 @@ struct ErrorBody<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: &self.reason })).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: &self.reason,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -79,12 +85,16 @@ impl PageQuery {
             match key.as_str() {
                 "after" => {
                     page.after = value.parse().map_err(|_| {
-                        ApiError::bad_request(format!("after must be a non-negative integer, got {value:?}"))
+                        ApiError::bad_request(format!(
+                            "after must be a non-negative integer, got {value:?}"
+                        ))
                     })?
                 }
                 "limit" => {
                     let limit: usize = value.parse().map_err(|_| {
-                        ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}"))
+                        ApiError::bad_request(format!(
+                            "limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}"
+                        ))
                     })?;
                     if !(1..=MAX_LIMIT).contains(&limit) {
                         return Err(ApiError::bad_request(format!(
@@ -170,7 +180,11 @@ pub fn metrics_response(registry: &Registry) -> Response {
             body,
         )
             .into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+        .into_response(),
     }
 }
 

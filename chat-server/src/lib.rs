@@ -7,9 +7,19 @@
 //! - [`log_client`]: client of the replication log's HTTP API (snapshots, pages, status).
 //! - [`telemetry`]: log set-up (`LOG_FORMAT=json`).
 //! - [`shutdown`]: SIGTERM/SIGINT as one cancellation token.
+//! - [`config`]: flags and environment variables of the binaries.
+//! - [`node`]: a chat-server node's state (in-memory window, cursor, phase) and its follower.
+//! - [`api`]: the chat-server's HTTP and WebSocket API.
+//! - [`ui`]: the chat page served at `/`.
+//! - [`server`]: running a node: follower + API + graceful shutdown.
+pub mod api;
 pub mod broker;
+pub mod config;
 pub mod http;
 pub mod log_client;
 pub mod message;
+pub mod node;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod ui;

@@ -19,7 +19,11 @@ pub enum LogClientError {
     #[error("no replication-log replica answered ({0})")]
     Unreachable(String),
     #[error("replica {url} answered {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
     #[error("replica {url}: {source}")]
     Transport { url: String, source: reqwest::Error },
     #[error("replica {url} sent a bad snapshot: {reason}")]
@@ -83,7 +87,9 @@ impl LogClient {
 
     /// Opens `GET /snapshot?after=P` on one replica.
     pub async fn snapshot_from(&self, url: &str, after: u64) -> Result<Snapshot, LogClientError> {
-        let resp = self.get(url, &format!("/snapshot?after={after}"), None).await?;
+        let resp = self
+            .get(url, &format!("/snapshot?after={after}"), None)
+            .await?;
         let position = resp
             .headers()
             .get(SNAPSHOT_POSITION_HEADER)
@@ -105,7 +111,12 @@ impl LogClient {
     }
 
     /// One page of a channel's history (`GET /channels/{c}/messages?after=P&limit=N`).
-    pub async fn channel_page(&self, channel: &str, after: u64, limit: usize) -> Result<MessagesPage, LogClientError> {
+    pub async fn channel_page(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<MessagesPage, LogClientError> {
         let path = format!("/channels/{channel}/messages?after={after}&limit={limit}");
         let mut failures = Vec::new();
         for url in &self.urls {
@@ -118,7 +129,13 @@ impl LogClient {
             };
             match resp.json::<MessagesPage>().await {
                 Ok(page) => return Ok(page),
-                Err(source) => failures.push(LogClientError::Transport { url: url.clone(), source }.to_string()),
+                Err(source) => failures.push(
+                    LogClientError::Transport {
+                        url: url.clone(),
+                        source,
+                    }
+                    .to_string(),
+                ),
             }
         }
         Err(LogClientError::Unreachable(failures.join("; ")))
@@ -126,13 +143,23 @@ impl LogClient {
 
     /// `GET /status` of one replica.
     pub async fn status_of(&self, url: &str) -> Result<LogStatus, LogClientError> {
-        let resp = self.get(url, "/status", Some(Duration::from_secs(2))).await?;
+        let resp = self
+            .get(url, "/status", Some(Duration::from_secs(2)))
+            .await?;
         resp.json()
             .await
-            .map_err(|source| LogClientError::Transport { url: url.to_owned(), source })
+            .map_err(|source| LogClientError::Transport {
+                url: url.to_owned(),
+                source,
+            })
     }
 
-    async fn get(&self, url: &str, path: &str, timeout: Option<Duration>) -> Result<reqwest::Response, LogClientError> {
+    async fn get(
+        &self,
+        url: &str,
+        path: &str,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, LogClientError> {
         let mut req = self.http.get(format!("{url}{path}"));
         if let Some(t) = timeout {
             req = req.timeout(t);
@@ -140,7 +167,10 @@ impl LogClient {
         let resp = req
             .send()
             .await
-            .map_err(|source| LogClientError::Transport { url: url.to_owned(), source })?;
+            .map_err(|source| LogClientError::Transport {
+                url: url.to_owned(),
+                source,
+            })?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body = resp.text().await.unwrap_or_default();
@@ -182,7 +212,10 @@ impl Snapshot {
                     return Err(self.bad("stream ended inside a line"));
                 }
                 if self.last != self.position {
-                    return Err(self.bad(&format!("stream ended at {} before {}", self.last, self.position)));
+                    return Err(self.bad(&format!(
+                        "stream ended at {} before {}",
+                        self.last, self.position
+                    )));
                 }
                 return Ok(None);
             }
@@ -206,7 +239,8 @@ impl Snapshot {
         let block = self.buf.split_to(end + 1);
         let mut batch = Vec::new();
         for line in block[..].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let m: Message = serde_json::from_slice(line).map_err(|e| self.bad(&format!("bad line: {e}")))?;
+            let m: Message =
+                serde_json::from_slice(line).map_err(|e| self.bad(&format!("bad line: {e}")))?;
             if m.position != self.last + 1 {
                 return Err(self.bad(&format!("position {} after {}", m.position, self.last)));
             }
@@ -214,7 +248,10 @@ impl Snapshot {
             batch.push(m);
         }
         if self.last > self.position {
-            return Err(self.bad(&format!("position {} past the snapshot end {}", self.last, self.position)));
+            return Err(self.bad(&format!(
+                "position {} past the snapshot end {}",
+                self.last, self.position
+            )));
         }
         Ok(batch)
     }

@@ -172,7 +172,10 @@ mod tests {
             sent_at: 1_764_140_664_123,
         };
         let json = String::from_utf8(m.to_json()).unwrap();
-        assert!(json.contains(r#""sent_at":"2025-11-26T07:04:24.123Z""#), "{json}");
+        assert!(
+            json.contains(r#""sent_at":"2025-11-26T07:04:24.123Z""#),
+            "{json}"
+        );
         let back: Message = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
     }

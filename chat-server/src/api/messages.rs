@@ -1,0 +1,97 @@
+//! HTTP handlers for messages and channels: `POST`/`GET /channels/{channel}/messages`,
+//! `GET /messages` and `GET /channels`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{page_body, read_page, write};
+use crate::broker::WriteOutcome;
+use crate::http::{ApiError, PageQuery};
+use crate::message::{DEFAULT_CHANNEL, NewMessage, validate_channel};
+use crate::node::Node;
+
+/// The body of `POST /channels/{channel}/messages`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PostBody {
+    pub text: Option<String>,
+    pub author: Option<String>,
+    pub id: Option<String>,
+}
+
+impl PostBody {
+    pub(crate) fn into_new_message(self, channel: String) -> NewMessage {
+        NewMessage {
+            channel,
+            id: self.id,
+            author: self.author.unwrap_or_else(|| "anonymous".to_owned()),
+            text: self.text.unwrap_or_default(),
+        }
+    }
+}
+
+/// The largest request body worth reading: the text at its limit with every byte escaped as
+/// `\u00XX`, plus room for id, author and the JSON around them.
+pub(crate) fn body_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes * 6 + 4096
+}
+
+#[tracing::instrument(skip_all, fields(channel = %channel))]
+pub(super) async fn post_message(
+    State(node): State<Node>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    validate_channel(&channel)?;
+    let limit = body_limit(node.settings().max_message_bytes);
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    let parsed: PostBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let outcome = write(&node, parsed.into_new_message(channel)).await?;
+    Ok(match outcome {
+        WriteOutcome::Accepted(m) => (StatusCode::CREATED, Json(m)).into_response(),
+        WriteOutcome::Duplicate(m) => (StatusCode::OK, Json(m)).into_response(),
+    })
+}
+
+#[tracing::instrument(skip_all, fields(channel = %channel))]
+pub(super) async fn read_channel(
+    State(node): State<Node>,
+    Path(channel): Path<String>,
+    page: PageQuery,
+) -> Result<Response, ApiError> {
+    validate_channel(&channel)?;
+    let messages = read_page(&node, &channel, page.after, u64::MAX, page.limit).await?;
+    Ok(Json(page_body(messages)).into_response())
+}
+
+pub(super) async fn read_default(
+    State(node): State<Node>,
+    page: PageQuery,
+) -> Result<Response, ApiError> {
+    read_channel(State(node), Path(DEFAULT_CHANNEL.to_owned()), page).await
+}
+
+pub(super) async fn list_channels(State(node): State<Node>) -> Response {
+    let channels = node.read().channels();
+    Json(serde_json::json!({ "channels": channels })).into_response()
+}

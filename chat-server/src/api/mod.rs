@@ -1,0 +1,129 @@
+//! The chat-server's HTTP and WebSocket API (see CONTRACT.md): routes, and the write and read
+//! paths shared by HTTP and WebSocket clients.
+
+mod messages;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::trace::TraceLayer;
+
+use crate::broker::WriteOutcome;
+use crate::http::{ApiError, MessagesPage, metrics_response};
+use crate::message::{Message, NewMessage, now_millis};
+use crate::node::store::LocalPage;
+use crate::node::{Node, Phase};
+
+/// Builds the router of a node.
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/channels", get(messages::list_channels))
+        .route(
+            "/channels/{channel}/messages",
+            get(messages::read_channel).post(messages::post_message),
+        )
+        .route("/messages", get(messages::read_default))
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .merge(crate::ui::routes())
+        .layer(TraceLayer::new_for_http())
+        .with_state(node)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(node): State<Node>) -> Response {
+    let status = node.status();
+    if status.phase == Phase::Live {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        ApiError::unavailable(format!("phase is {:?}, lag {}", status.phase, status.lag))
+            .into_response()
+    }
+}
+
+async fn status(State(node): State<Node>) -> Response {
+    axum::Json(node.status()).into_response()
+}
+
+async fn metrics(State(node): State<Node>) -> Response {
+    metrics_response(&node.metrics().registry)
+}
+
+/// Writes one message through the broker: validation, then the Lua script. The answer comes
+/// only after Redis accepted the write.
+pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, ApiError> {
+    if let Err(e) = msg.validate(node.settings().max_message_bytes) {
+        node.metrics().rejected.inc();
+        return Err(e.into());
+    }
+    let Some(broker) = node.broker() else {
+        return Err(ApiError::unavailable(
+            "broker unavailable: not connected yet",
+        ));
+    };
+    let started = std::time::Instant::now();
+    let id = uuid::Uuid::new_v4().to_string();
+    let outcome = broker.write(&msg, &id, now_millis()).await.map_err(|e| {
+        node.metrics().broker_errors.inc();
+        tracing::warn!(error = %e, "write failed");
+        ApiError::unavailable(format!("broker unavailable: {e}"))
+    })?;
+    node.metrics()
+        .write_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match &outcome {
+        WriteOutcome::Accepted(_) => node.metrics().accepted.inc(),
+        WriteOutcome::Duplicate(_) => node.metrics().duplicates.inc(),
+    };
+    Ok(outcome)
+}
+
+/// One page of a channel: from memory when the window holds it, else from the replication log
+/// and then memory. Never returns a page with a hole: it may return fewer than `limit`.
+pub(crate) async fn read_page(
+    node: &Node,
+    channel: &str,
+    after: u64,
+    upto: u64,
+    limit: usize,
+) -> Result<Vec<Arc<Message>>, ApiError> {
+    let local = node.read().page(channel, after, upto, limit);
+    let evicted_through = match local {
+        LocalPage::Complete(page) => return Ok(page),
+        LocalPage::Evicted { evicted_through } => evicted_through,
+    };
+    let from_log = node.log().channel_page(channel, after, limit).await.map_err(|e| {
+        ApiError::unavailable(format!("history before position {evicted_through} is in the replication log, which is unavailable: {e}"))
+    })?;
+    let mut page: Vec<Arc<Message>> = from_log
+        .messages
+        .into_iter()
+        .take_while(|m| m.position <= upto)
+        .map(Arc::new)
+        .collect();
+    let reached = page.last().map_or(after, |m| m.position);
+    if page.len() < limit
+        && reached >= evicted_through
+        && let LocalPage::Complete(rest) =
+            node.read().page(channel, reached, upto, limit - page.len())
+    {
+        page.extend(rest);
+    }
+    Ok(page)
+}
+
+/// A page as the HTTP API answers it.
+pub(crate) fn page_body(page: Vec<Arc<Message>>) -> MessagesPage {
+    MessagesPage::new(page.into_iter().map(Arc::unwrap_or_clone).collect())
+}

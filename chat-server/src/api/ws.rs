@@ -1,0 +1,234 @@
+//! The WebSocket API, `GET /ws?channel=C&after=P`: replays the channel's history after P, then
+//! streams live messages, with no duplicate and no hole across the boundary; accepts `send`
+//! frames and answers each with an `ack` or an `error`. Every connection has a bounded queue; a
+//! consumer that falls further behind is closed with a reason and recovers with `after`.
+
+use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{Instrument, debug, info_span};
+
+use super::messages::body_limit;
+use super::{read_page, write};
+use crate::broker::WriteOutcome;
+use crate::http::{ApiError, form_pairs};
+use crate::message::{NewMessage, validate_channel};
+use crate::node::Node;
+use crate::node::store::ws_frame;
+
+/// Close code for a consumer that fell behind its queue (application range 4000–4999).
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code when the node drops its history to bootstrap again.
+pub const CLOSE_RESET: u16 = 1012;
+/// Close code for a frame over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Messages replayed per page.
+const REPLAY_PAGE: usize = 1000;
+
+type Sink = SplitSink<WebSocket, Frame>;
+
+/// A frame a client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    Send {
+        text: Option<String>,
+        author: Option<String>,
+        id: Option<String>,
+    },
+}
+
+pub(super) async fn upgrade(
+    State(node): State<Node>,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let mut channel = None;
+    let mut after = 0;
+    for (key, value) in form_pairs(query.as_deref().unwrap_or("")) {
+        match key.as_str() {
+            "channel" => channel = Some(value),
+            "after" => {
+                after = value.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "after must be a non-negative integer, got {value:?}"
+                    ))
+                })?
+            }
+            _ => {}
+        }
+    }
+    let channel =
+        channel.ok_or_else(|| ApiError::bad_request("the channel query parameter is required"))?;
+    validate_channel(&channel)?;
+    let limit = body_limit(node.settings().max_message_bytes);
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let span = info_span!("ws", channel = %channel, after);
+            session(node, socket, channel, after).instrument(span)
+        }))
+}
+
+/// Why a session ended, and what the client is told.
+struct Ending {
+    code: u16,
+    reason: String,
+}
+
+async fn session(node: Node, socket: WebSocket, channel: String, after: u64) {
+    node.metrics().ws_connections.inc();
+    let (mut sink, mut stream) = socket.split();
+    let ending = serve(&node, &mut sink, &mut stream, &channel, after).await;
+    if let Some(Ending { code, reason }) = ending {
+        debug!(code, %reason, "closing websocket");
+        let _ = sink
+            .send(Frame::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            })))
+            .await;
+    }
+    node.metrics().ws_connections.dec();
+}
+
+async fn serve(
+    node: &Node,
+    sink: &mut Sink,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+    channel: &str,
+    after: u64,
+) -> Option<Ending> {
+    let mut last = after;
+    // Replay what is there now without holding a live queue, then subscribe and replay the
+    // little that arrived meanwhile: from then on the queue carries exactly what follows.
+    let upto = node.read().cursor();
+    if let Err(e) = replay(node, sink, channel, &mut last, upto).await {
+        return e;
+    }
+    let (mut live, upto) = node.write().subscribe(channel);
+    if let Err(e) = replay(node, sink, channel, &mut last, upto).await {
+        return e;
+    }
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                None | Some(Ok(Frame::Close(_))) => return None,
+                Some(Err(e)) => {
+                    return Some(Ending { code: CLOSE_TOO_BIG, reason: short(&format!("bad frame: {e}")) });
+                }
+                Some(Ok(Frame::Text(text))) => {
+                    let reply = handle_client_frame(node, channel, text.as_str()).await;
+                    if sink.send(Frame::Text(reply.into())).await.is_err() {
+                        return None;
+                    }
+                }
+                Some(Ok(Frame::Binary(_))) => {
+                    let reply = error_frame(None, "binary frames are not supported; send JSON text frames");
+                    if sink.send(Frame::Text(reply.into())).await.is_err() {
+                        return None;
+                    }
+                }
+                Some(Ok(_)) => {}
+            },
+            item = live.recv() => match item {
+                Ok(l) if l.message.position <= last => {}
+                Ok(l) => {
+                    last = l.message.position;
+                    if sink.send(Frame::Text(l.frame.clone())).await.is_err() {
+                        return None;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    node.metrics().slow_consumers.inc();
+                    return Some(Ending {
+                        code: CLOSE_SLOW_CONSUMER,
+                        reason: short(&format!("slow consumer: fell {n} messages behind; reconnect with after={last}")),
+                    });
+                }
+                Err(RecvError::Closed) => {
+                    return Some(Ending {
+                        code: CLOSE_RESET,
+                        reason: format!("node is reloading its history; reconnect with after={last}"),
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// Sends the channel's messages in `last+1 ..= upto`, advancing `last`.
+async fn replay(
+    node: &Node,
+    sink: &mut Sink,
+    channel: &str,
+    last: &mut u64,
+    upto: u64,
+) -> Result<(), Option<Ending>> {
+    while *last < upto {
+        let page = read_page(node, channel, *last, upto, REPLAY_PAGE)
+            .await
+            .map_err(|e| {
+                Some(Ending {
+                    code: 1011,
+                    reason: short(&e.reason),
+                })
+            })?;
+        let Some(end) = page.last().map(|m| m.position) else {
+            return Ok(());
+        };
+        for m in page {
+            if sink.send(Frame::Text(ws_frame(&m).into())).await.is_err() {
+                return Err(None);
+            }
+        }
+        *last = end;
+    }
+    Ok(())
+}
+
+async fn handle_client_frame(node: &Node, channel: &str, text: &str) -> String {
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let reason = if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+                format!("unsupported frame: {e}; the only frame type is \"send\"")
+            } else {
+                format!("invalid JSON frame: {e}")
+            };
+            return error_frame(None, &reason);
+        }
+    };
+    let ClientFrame::Send { text, author, id } = frame;
+    let msg = NewMessage {
+        channel: channel.to_owned(),
+        id: id.clone(),
+        author: author.unwrap_or_else(|| "anonymous".to_owned()),
+        text: text.unwrap_or_default(),
+    };
+    match write(node, msg).await {
+        Ok(WriteOutcome::Accepted(m) | WriteOutcome::Duplicate(m)) => {
+            serde_json::json!({"type": "ack", "id": m.id, "position": m.position}).to_string()
+        }
+        Err(e) => error_frame(id.as_deref(), &e.reason),
+    }
+}
+
+fn error_frame(id: Option<&str>, reason: &str) -> String {
+    serde_json::json!({"type": "error", "id": id, "error": reason}).to_string()
+}
+
+/// Close reasons must fit in a control frame (123 bytes).
+fn short(reason: &str) -> String {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}

@@ -1,0 +1,51 @@
+//! Command-line flags and environment variables of the data-plane binaries (see CONTRACT.md).
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+/// A chat-server node: serves users over HTTP and WebSocket, writes through the Redis broker and
+/// follows its stream, bootstrapping from the replication log.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-server", version)]
+pub struct NodeConfig {
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// The Redis broker.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Replication-log replicas, comma-separated; the first that answers is used.
+    #[arg(
+        long = "log-url",
+        env = "REPLICATION_LOG_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    pub log_url: String,
+    /// This node's name in `/status` and logs (default: the host name).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// Longest message text, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_message_bytes: u64,
+    /// Messages kept in memory per channel; older history is read from the replication log.
+    #[arg(long, env = "MEMORY_WINDOW", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_window: u64,
+    /// Messages a WebSocket subscriber may fall behind before it is disconnected.
+    #[arg(long, env = "WS_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub ws_queue: u64,
+}
+
+/// The machine's host name, the default identity of nodes and replicas.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

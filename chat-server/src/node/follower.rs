@@ -1,0 +1,391 @@
+//! The task that fills a node: connect to the broker, bootstrap from a replication-log snapshot,
+//! then follow the stream with `XREAD BLOCK` on a dedicated connection, applying strictly in
+//! position order and repairing every hole (from the stream, else from the log) before going on.
+//! A changed broker epoch or a sequence that went backwards means the broker lost its data: the
+//! node stops applying, reports it, and bootstraps again from the log.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::broker::{Broker, BrokerError, Gap, StreamReader, split_dense};
+use crate::log_client::LogClientError;
+use crate::message::Message;
+use crate::node::store::Store;
+use crate::node::{Node, Phase};
+
+/// Messages asked for per `XREAD`.
+const READ_COUNT: usize = 1000;
+/// How long one `XREAD` blocks.
+const READ_BLOCK: Duration = Duration::from_millis(1000);
+/// How often the broker's epoch and head are checked while messages flow.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Why following stopped.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("shutting down")]
+    Shutdown,
+    #[error("broker epoch changed from {old} to {new}; the broker lost its data")]
+    EpochChanged { old: String, new: String },
+    #[error("broker sequence went backwards from {cursor} to {head} in epoch {epoch}")]
+    SequenceBackwards {
+        cursor: u64,
+        head: u64,
+        epoch: String,
+    },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Log(#[from] LogClientError),
+    #[error("the replication log does not yet hold position {0}")]
+    LogBehind(u64),
+}
+
+/// Exponential backoff between retries, logged by the caller.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: Duration::from_millis(100),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+
+    async fn wait(&mut self, shutdown: &CancellationToken) -> Result<(), FollowError> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => Err(FollowError::Shutdown),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+}
+
+/// Runs the node's follower until shutdown.
+pub async fn run(node: Node, redis_url: String, shutdown: CancellationToken) {
+    let broker = match connect(&redis_url, &shutdown).await {
+        Some(b) => b,
+        None => return,
+    };
+    node.set_broker(broker.clone());
+    let mut first = true;
+    loop {
+        if !first {
+            // Re-anchor on the log: forget everything from the old epoch.
+            let window = node.settings().memory_window;
+            let queue = node.settings().ws_queue;
+            *node.write() = Store::new(window, queue);
+        }
+        first = false;
+        let span = info_span!("follow", node_id = %node.settings().node_id);
+        match cycle(&node, &broker, &shutdown).instrument(span).await {
+            FollowError::Shutdown => return,
+            e => {
+                error!(error = %e, "stopped applying; bootstrapping again from the replication log");
+                node.set_error(Some(e.to_string()));
+            }
+        }
+    }
+}
+
+async fn connect(url: &str, shutdown: &CancellationToken) -> Option<Broker> {
+    let mut backoff = Backoff::new();
+    loop {
+        match Broker::connect(url).await {
+            Ok(b) => return Some(b),
+            Err(e) => {
+                warn!(error = %e, "cannot reach the broker; retrying");
+                if backoff.wait(shutdown).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// One life of the node's data: bootstrap, then follow until the broker's identity changes.
+async fn cycle(node: &Node, broker: &Broker, shutdown: &CancellationToken) -> FollowError {
+    node.set_phase(Phase::Bootstrapping);
+    let epoch = match wait_for_epoch(node, broker, shutdown).await {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    let started = Instant::now();
+    if let Err(e) = bootstrap(node, shutdown).await {
+        return e;
+    }
+    node.metrics()
+        .bootstrap_seconds
+        .set(started.elapsed().as_secs_f64());
+    let mut backoff = Backoff::new();
+    let target = loop {
+        match broker.state().await {
+            Ok(s) => break s.head,
+            Err(e) => {
+                warn!(error = %e, "cannot read the broker head; retrying");
+                if let Err(e) = backoff.wait(shutdown).await {
+                    return e;
+                }
+            }
+        }
+    };
+    node.reset_head(target);
+    info!(
+        position = node.read().cursor(),
+        head = target,
+        seconds = started.elapsed().as_secs_f64(),
+        "bootstrapped from the replication log; catching up with the broker"
+    );
+    node.set_phase(Phase::CatchingUp);
+    match follow(node, broker, &epoch, target, shutdown).await {
+        Ok(()) => FollowError::Shutdown,
+        Err(e) => e,
+    }
+}
+
+/// Reads the broker's epoch, waiting while it has none (a new or wiped broker that the
+/// replication log has not anchored yet).
+async fn wait_for_epoch(
+    node: &Node,
+    broker: &Broker,
+    shutdown: &CancellationToken,
+) -> Result<String, FollowError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match broker.state().await {
+            Ok(s) => match s.epoch {
+                Some(epoch) => {
+                    node.set_epoch(Some(epoch.clone()));
+                    return Ok(epoch);
+                }
+                None => info!(
+                    "the broker has no epoch yet; waiting for the replication log to anchor it"
+                ),
+            },
+            Err(e) => warn!(error = %e, "cannot read the broker state; retrying"),
+        }
+        backoff.wait(shutdown).await?;
+    }
+}
+
+/// Streams a snapshot from the first replica that answers and applies it batch by batch.
+async fn bootstrap(node: &Node, shutdown: &CancellationToken) -> Result<(), FollowError> {
+    let mut backoff = Backoff::new();
+    loop {
+        let after = node.read().cursor();
+        match copy_snapshot(node, after, u64::MAX).await {
+            Ok(()) => return Ok(()),
+            Err(e) => warn!(error = %e, "bootstrap from the replication log failed; retrying"),
+        }
+        backoff.wait(shutdown).await?;
+    }
+}
+
+/// Applies the log's messages after `after`, up to `upto` or the snapshot's end, whichever is
+/// first. Returns the position reached.
+async fn copy_snapshot(node: &Node, after: u64, upto: u64) -> Result<(), FollowError> {
+    let mut snapshot = node.log().snapshot(after).await?;
+    let end = snapshot.position.min(upto);
+    while node.read().cursor() < end {
+        let Some(batch) = snapshot.next_batch().await? else {
+            break;
+        };
+        let batch = batch.into_iter().take_while(|m| m.position <= end);
+        apply(node, batch);
+    }
+    Ok(())
+}
+
+/// Applies a dense run; the store refuses anything out of order, which would be a bug here.
+fn apply(node: &Node, batch: impl IntoIterator<Item = Message>) {
+    let mut store = node.write();
+    for m in batch {
+        let position = m.position;
+        if m.position <= store.cursor() {
+            continue;
+        }
+        if let Err(e) = store.apply(m) {
+            error!(error = %e, position, "refused an out-of-order message");
+            return;
+        }
+        node.metrics().applied.inc();
+    }
+}
+
+async fn open_reader(
+    broker: &Broker,
+    shutdown: &CancellationToken,
+) -> Result<StreamReader, FollowError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match broker.reader().await {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                node_warn_broker(&e);
+                backoff.wait(shutdown).await?;
+            }
+        }
+    }
+}
+
+fn node_warn_broker(e: &BrokerError) {
+    warn!(error = %e, "broker unavailable; retrying with backoff");
+}
+
+/// Follows the stream from the node's cursor until shutdown or a broker identity change.
+async fn follow(
+    node: &Node,
+    broker: &Broker,
+    epoch: &str,
+    target: u64,
+    shutdown: &CancellationToken,
+) -> Result<(), FollowError> {
+    let mut reader = open_reader(broker, shutdown).await?;
+    let mut backoff = Backoff::new();
+    let mut last_check = Instant::now();
+    loop {
+        let cursor = node.read().cursor();
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = reader.read_after(cursor, READ_COUNT, READ_BLOCK) => r,
+        };
+        let batch = match read {
+            Ok(b) => {
+                backoff.reset();
+                b
+            }
+            Err(e) => {
+                node.metrics().broker_errors.inc();
+                node_warn_broker(&e);
+                backoff.wait(shutdown).await?;
+                reader = open_reader(broker, shutdown).await?;
+                continue;
+            }
+        };
+        let idle = batch.is_empty();
+        if let Some(last) = batch.last() {
+            node.set_head(last.position);
+        }
+        apply_repairing(node, broker, batch, shutdown).await?;
+        if idle || last_check.elapsed() >= CHECK_EVERY {
+            last_check = Instant::now();
+            match check_broker(node, broker, epoch).await {
+                Ok(head) if idle && head > node.read().cursor() => {
+                    // Nothing to read yet behind the head: the stream was trimmed past us.
+                    let cursor = node.read().cursor();
+                    repair(
+                        node,
+                        broker,
+                        Gap {
+                            from: cursor + 1,
+                            to: head,
+                        },
+                        shutdown,
+                    )
+                    .await?;
+                }
+                Ok(_) => {}
+                Err(FollowError::Broker(e)) => {
+                    node.metrics().broker_errors.inc();
+                    node_warn_broker(&e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let cursor = node.read().cursor();
+        let head = node.head().max(cursor);
+        node.metrics().lag.set((head - cursor) as i64);
+        if node.phase() == Phase::CatchingUp && cursor >= target {
+            info!(position = cursor, "caught up with the broker; live");
+            node.set_phase(Phase::Live);
+            node.set_error(None);
+        }
+    }
+}
+
+/// Reads the broker's identity and head; errors when it is not the broker this node follows.
+async fn check_broker(node: &Node, broker: &Broker, epoch: &str) -> Result<u64, FollowError> {
+    let state = broker.state().await?;
+    let current = state.epoch.clone().unwrap_or_else(|| "<none>".to_owned());
+    if current != epoch {
+        return Err(FollowError::EpochChanged {
+            old: epoch.to_owned(),
+            new: current,
+        });
+    }
+    let cursor = node.read().cursor();
+    if state.head < cursor {
+        return Err(FollowError::SequenceBackwards {
+            cursor,
+            head: state.head,
+            epoch: current,
+        });
+    }
+    node.set_head(state.head);
+    Ok(state.head)
+}
+
+/// Applies a batch read from the stream, repairing every hole in it first.
+async fn apply_repairing(
+    node: &Node,
+    broker: &Broker,
+    mut batch: Vec<Message>,
+    shutdown: &CancellationToken,
+) -> Result<(), FollowError> {
+    loop {
+        let cursor = node.read().cursor();
+        let split = split_dense(cursor, batch);
+        apply(node, split.dense);
+        let Some((gap, rest)) = split.gap else {
+            return Ok(());
+        };
+        repair(node, broker, gap, shutdown).await?;
+        batch = rest;
+    }
+}
+
+/// Fills `gap` (and nothing after it) from the stream if it still holds it, else from the log,
+/// waiting for the log when it has not persisted that far yet.
+async fn repair(
+    node: &Node,
+    broker: &Broker,
+    gap: Gap,
+    shutdown: &CancellationToken,
+) -> Result<(), FollowError> {
+    warn!(
+        from = gap.from,
+        to = gap.to,
+        "hole in the stream; repairing"
+    );
+    node.metrics().gaps_repaired.inc();
+    node.metrics().gap_messages.inc_by(gap.to - gap.from + 1);
+    let mut backoff = Backoff::new();
+    loop {
+        let cursor = node.read().cursor();
+        if cursor >= gap.to {
+            return Ok(());
+        }
+        let from_stream = broker.range(cursor, gap.to, READ_COUNT).await?;
+        let split = split_dense(cursor, from_stream);
+        if !split.dense.is_empty() {
+            apply(node, split.dense);
+            continue;
+        }
+        match copy_snapshot(node, cursor, gap.to).await {
+            Ok(()) if node.read().cursor() > cursor => continue,
+            Ok(()) => {
+                warn!(error = %FollowError::LogBehind(cursor + 1), "waiting for the replication log")
+            }
+            Err(e) => warn!(error = %e, "cannot repair from the replication log; retrying"),
+        }
+        backoff.wait(shutdown).await?;
+    }
+}

@@ -1,0 +1,307 @@
+//! A node's in-memory copy of the history: the cursor (last applied position), a bounded window of
+//! recent messages per channel, per-channel counters, and the live fan-out to subscribers.
+//!
+//! Pure data structure: no I/O. Messages are applied strictly in position order; a message that
+//! does not continue the cursor is refused, so a hole can never be stored.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::broadcast;
+
+use crate::message::Message;
+
+/// A message as it is fanned out to live subscribers: the record and its WebSocket frame,
+/// rendered once for all of them.
+#[derive(Debug)]
+pub struct Live {
+    pub message: Arc<Message>,
+    pub frame: Utf8Bytes,
+}
+
+impl Live {
+    fn new(message: Arc<Message>) -> Live {
+        let frame = Utf8Bytes::from(ws_frame(&message));
+        Live { message, frame }
+    }
+}
+
+/// The `{"type":"message", ...message}` frame the WebSocket API pushes.
+pub fn ws_frame(message: &Message) -> String {
+    let json = message.to_json();
+    // `to_json` is an object: splice the type in after its opening brace.
+    let mut frame = String::with_capacity(json.len() + 18);
+    frame.push_str(r#"{"type":"message","#);
+    frame.push_str(std::str::from_utf8(&json[1..]).unwrap_or("}"));
+    frame
+}
+
+/// Refusal to apply a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("position {got} does not continue the cursor {cursor}")]
+pub struct OutOfOrder {
+    pub cursor: u64,
+    pub got: u64,
+}
+
+/// One channel's counters and recent window.
+#[derive(Debug, Default)]
+struct Channel {
+    recent: VecDeque<Arc<Message>>,
+    /// Highest position of this channel dropped from the window (0: none).
+    evicted_through: u64,
+    count: u64,
+    last_position: u64,
+    subscribers: Option<broadcast::Sender<Arc<Live>>>,
+}
+
+/// Summary of one channel, as `GET /channels` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelInfo {
+    pub name: String,
+    pub messages: u64,
+    pub last_position: u64,
+}
+
+/// A channel page answered from memory, or the part of it memory cannot answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalPage {
+    /// Every message of the page is in the window.
+    Complete(Vec<Arc<Message>>),
+    /// Messages after `after` up to `evicted_through` left the window: read those from the log,
+    /// then continue from memory.
+    Evicted { evicted_through: u64 },
+}
+
+/// The in-memory history of a node.
+#[derive(Debug)]
+pub struct Store {
+    cursor: u64,
+    window: usize,
+    queue: usize,
+    total: u64,
+    window_bytes: usize,
+    channels: HashMap<String, Channel>,
+}
+
+impl Store {
+    /// An empty store that keeps `window` messages per channel and gives each live subscriber a
+    /// queue of `queue` messages.
+    pub fn new(window: usize, queue: usize) -> Store {
+        Store {
+            cursor: 0,
+            window: window.max(1),
+            queue: queue.max(1),
+            total: 0,
+            window_bytes: 0,
+            channels: HashMap::new(),
+        }
+    }
+
+    /// Last applied position.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Messages applied in all.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Messages currently held in memory, and their payload bytes.
+    pub fn in_memory(&self) -> (usize, usize) {
+        let n = self.channels.values().map(|c| c.recent.len()).sum();
+        (n, self.window_bytes)
+    }
+
+    /// Applies the next message; it must be at `cursor + 1`.
+    pub fn apply(&mut self, message: Message) -> Result<(), OutOfOrder> {
+        if message.position != self.cursor + 1 {
+            return Err(OutOfOrder {
+                cursor: self.cursor,
+                got: message.position,
+            });
+        }
+        self.cursor = message.position;
+        self.total += 1;
+        self.window_bytes += message.payload_bytes();
+        let channel = self.channels.entry(message.channel.clone()).or_default();
+        channel.count += 1;
+        channel.last_position = message.position;
+        let message = Arc::new(message);
+        if let Some(tx) = &channel.subscribers {
+            if tx.receiver_count() > 0 {
+                // Send fails only without receivers, which was just checked.
+                let _ = tx.send(Arc::new(Live::new(message.clone())));
+            } else {
+                channel.subscribers = None;
+            }
+        }
+        channel.recent.push_back(message);
+        while channel.recent.len() > self.window {
+            if let Some(old) = channel.recent.pop_front() {
+                channel.evicted_through = old.position;
+                self.window_bytes -= old.payload_bytes();
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a dense batch in order; stops at the first message that does not fit.
+    pub fn apply_all(
+        &mut self,
+        batch: impl IntoIterator<Item = Message>,
+    ) -> Result<usize, OutOfOrder> {
+        let mut n = 0;
+        for m in batch {
+            self.apply(m)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Messages of `channel` with position in `after+1 ..= upto`, at most `limit`, from memory.
+    pub fn page(&self, channel: &str, after: u64, upto: u64, limit: usize) -> LocalPage {
+        let Some(ch) = self.channels.get(channel) else {
+            return LocalPage::Complete(Vec::new());
+        };
+        if after < ch.evicted_through {
+            return LocalPage::Evicted {
+                evicted_through: ch.evicted_through,
+            };
+        }
+        let start = ch.recent.partition_point(|m| m.position <= after);
+        let page = ch
+            .recent
+            .range(start..)
+            .take_while(|m| m.position <= upto)
+            .take(limit)
+            .cloned()
+            .collect();
+        LocalPage::Complete(page)
+    }
+
+    /// Every channel with its counters, sorted by name.
+    pub fn channels(&self) -> Vec<ChannelInfo> {
+        let mut list: Vec<ChannelInfo> = self
+            .channels
+            .iter()
+            .map(|(name, c)| ChannelInfo {
+                name: name.clone(),
+                messages: c.count,
+                last_position: c.last_position,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Subscribes to the live messages of `channel` applied after this call; returns the
+    /// receiver and the cursor at the moment of subscription (everything up to it is in the
+    /// store, everything after it arrives on the receiver).
+    pub fn subscribe(&mut self, channel: &str) -> (broadcast::Receiver<Arc<Live>>, u64) {
+        let queue = self.queue;
+        let ch = self.channels.entry(channel.to_owned()).or_default();
+        let rx = match &ch.subscribers {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(queue);
+                ch.subscribers = Some(tx);
+                rx
+            }
+        };
+        (rx, self.cursor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(position: u64, channel: &str) -> Message {
+        Message {
+            position,
+            channel: channel.into(),
+            id: format!("id-{position}"),
+            author: "a".into(),
+            text: "hello".into(),
+            sent_at: 0,
+        }
+    }
+
+    fn positions(page: LocalPage) -> Vec<u64> {
+        match page {
+            LocalPage::Complete(v) => v.iter().map(|m| m.position).collect(),
+            LocalPage::Evicted { evicted_through } => panic!("evicted through {evicted_through}"),
+        }
+    }
+
+    #[test]
+    fn applies_only_in_order() {
+        let mut s = Store::new(10, 4);
+        s.apply(msg(1, "a")).unwrap();
+        assert_eq!(s.apply(msg(3, "a")), Err(OutOfOrder { cursor: 1, got: 3 }));
+        assert_eq!(s.apply(msg(1, "a")), Err(OutOfOrder { cursor: 1, got: 1 }));
+        s.apply(msg(2, "b")).unwrap();
+        assert_eq!(s.cursor(), 2);
+        assert_eq!(s.total(), 2);
+    }
+
+    #[test]
+    fn pages_filter_by_channel_after_and_limit() {
+        let mut s = Store::new(100, 4);
+        for p in 1..=10 {
+            s.apply(msg(p, if p % 2 == 0 { "even" } else { "odd" }))
+                .unwrap();
+        }
+        assert_eq!(
+            positions(s.page("even", 0, u64::MAX, 100)),
+            vec![2, 4, 6, 8, 10]
+        );
+        assert_eq!(positions(s.page("even", 4, u64::MAX, 2)), vec![6, 8]);
+        assert_eq!(positions(s.page("even", 4, 7, 100)), vec![6]);
+        assert_eq!(
+            positions(s.page("none", 0, u64::MAX, 100)),
+            Vec::<u64>::new()
+        );
+        let info = s.channels();
+        assert_eq!(info[0].name, "even");
+        assert_eq!((info[0].messages, info[0].last_position), (5, 10));
+    }
+
+    #[test]
+    fn window_is_bounded_and_reports_evictions() {
+        let mut s = Store::new(3, 4);
+        for p in 1..=10 {
+            s.apply(msg(p, "c")).unwrap();
+        }
+        assert_eq!(s.in_memory().0, 3);
+        assert_eq!(
+            s.page("c", 5, u64::MAX, 10),
+            LocalPage::Evicted { evicted_through: 7 }
+        );
+        assert_eq!(positions(s.page("c", 7, u64::MAX, 10)), vec![8, 9, 10]);
+        assert_eq!(s.channels()[0].messages, 10);
+    }
+
+    #[test]
+    fn subscribers_get_what_follows_their_cursor() {
+        let mut s = Store::new(10, 4);
+        s.apply(msg(1, "c")).unwrap();
+        let (mut rx, at) = s.subscribe("c");
+        assert_eq!(at, 1);
+        s.apply(msg(2, "c")).unwrap();
+        s.apply(msg(3, "other")).unwrap();
+        let live = rx.try_recv().unwrap();
+        assert_eq!(live.message.position, 2);
+        assert!(
+            live.frame
+                .as_str()
+                .starts_with(r#"{"type":"message","position":2,"#),
+            "{}",
+            live.frame.as_str()
+        );
+        assert!(rx.try_recv().is_err());
+    }
+}

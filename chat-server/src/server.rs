@@ -1,0 +1,40 @@
+//! Running a chat-server node: wires the config into a [`Node`], starts the follower and serves
+//! the API until shutdown, then drains.
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::api;
+use crate::config::{NodeConfig, host_name};
+use crate::log_client::LogClient;
+use crate::node::{Node, NodeSettings, follower};
+
+/// Serves a node on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let settings = NodeSettings {
+        node_id: config.node_id.clone().unwrap_or_else(host_name),
+        max_message_bytes: config.max_message_bytes as usize,
+        memory_window: config.memory_window as usize,
+        ws_queue: config.ws_queue as usize,
+    };
+    let node = Node::new(settings, LogClient::from_list(&config.log_url));
+    let follower = tokio::spawn(follower::run(
+        node.clone(),
+        config.redis_url.clone(),
+        shutdown.clone(),
+    ));
+    info!(listen = %listener.local_addr()?, node_id = %node.settings().node_id, "chat-server serving");
+    let app = api::router(node);
+    let drain = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { drain.cancelled().await })
+        .await?;
+    let _ = follower.await;
+    info!("chat-server stopped");
+    Ok(())
+}
