@@ -1,0 +1,438 @@
+//! The `ChatCluster` custom resource (`chat-cluster.io/v1alpha1`): its spec and status types, the
+//! OpenAPI schema with defaults, bounds and CEL rules, and the generated CustomResourceDefinition.
+//!
+//! Everything the API server can check on its own lives here, so invalid specs are rejected at
+//! admission with a message naming the field; `reconcile::validate` only checks what it cannot.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::core::crd::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::reconcile::validate::MAX_NAME_LEN;
+
+/// API group of every chat-cluster resource.
+pub const GROUP: &str = "chat-cluster.io";
+/// Pod condition type (readiness gate) the operator sets once a chat-server pod has caught up.
+pub const CAUGHT_UP_CONDITION: &str = "chat-cluster.io/caught-up";
+
+/// Kubernetes quantity syntax (the API machinery's own pattern for `resource.Quantity`).
+const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+/// Go duration syntax as accepted by `time.ParseDuration` (and CEL's `duration()`), unsigned.
+const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// Desired state of one chat cluster: a Redis broker, a replicated log and N chat-server nodes.
+// The printcolumn() entries repeat `type_ = "string"`, which this lint mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "chat-cluster.io",
+    version = "v1alpha1",
+    kind = "ChatCluster",
+    plural = "chatclusters",
+    singular = "chatcluster",
+    namespaced,
+    status = "ChatClusterStatus",
+    derive = "PartialEq",
+    shortname = "cc",
+    shortname = "chat",
+    doc = "A horizontally scalable chat service: broker, replication log and chat-server nodes.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "ready/desired chat-server pods"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Messages",
+        type_ = "integer",
+        json_path = ".status.head",
+        description = "broker head position"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterSpec {
+    /// Number of chat-server pods (scale subresource).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Image holding both data-plane binaries (`chat-server`, `replication-log`).
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Pull policy for the data-plane image.
+    #[serde(default)]
+    pub image_pull_policy: ImagePullPolicy,
+    /// The Redis broker: the single ordering point.
+    #[serde(default)]
+    pub broker: BrokerSpec,
+    /// The replication log: the durable history.
+    #[serde(default)]
+    pub replication_log: ReplicationLogSpec,
+    /// How chat-server rollouts are gated on data catch-up.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    /// Largest accepted message text in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_message_bytes: i32,
+}
+
+/// Image pull policy of the data-plane containers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when the image is not present on the node.
+    #[default]
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// The Redis broker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerSpec {
+    /// Redis image.
+    #[serde(default = "default_broker_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Volume for the AOF.
+    #[serde(default)]
+    pub storage: StorageSpec,
+}
+
+/// The replication log StatefulSet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationLogSpec {
+    /// Number of log replicas (each holds the full history).
+    #[serde(default = "default_log_replicas")]
+    #[schemars(range(min = 1, max = 15))]
+    pub replicas: i32,
+    /// Volume per replica.
+    #[serde(default)]
+    pub storage: StorageSpec,
+}
+
+/// Rollout gating.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// A new chat-server pod counts as ready once it is live and at most this many positions
+    /// behind the broker head.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_lag: u64,
+    /// A pod that has not caught up this long after it started marks the cluster Degraded and
+    /// halts the rollout (Go duration, e.g. `5m`, `90s`).
+    #[serde(default = "default_catch_up_timeout")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = DURATION_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) >= duration('1s')", "message": "catchUpTimeout must be at least 1s"}
+    ]))]
+    pub catch_up_timeout: String,
+}
+
+/// A persistent volume request. The size may grow but never shrink; the class is immutable.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.?storageClassName == oldSelf.?storageClassName",
+        "message": "storageClassName is immutable",
+        "fieldPath": ".storageClassName",
+        "reason": "FieldValueForbidden"
+    }
+]))]
+pub struct StorageSpec {
+    /// Requested size, a Kubernetes quantity such as `1Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = QUANTITY_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))", "message": "size must be a positive quantity such as 1Gi"},
+        {
+            "rule": "!isQuantity(self) || !isQuantity(oldSelf) || quantity(self).compareTo(quantity(oldSelf)) >= 0",
+            "message": "size may not shrink"
+        }
+    ]))]
+    pub size: String,
+    /// Storage class; the cluster default when unset. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "storage_class_schema")]
+    pub storage_class_name: Option<String>,
+}
+
+/// A plain (non-nullable) string: an explicit `null` is pruned by the API server, so
+/// `storageClassName: null` means "unset".
+fn storage_class_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 253,
+        "description": "Storage class; the cluster default when unset. Immutable."
+    })
+}
+
+/// Lifecycle phase shown in `kubectl get chatclusters`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Children exist but the data plane is not serving yet.
+    Pending,
+    /// A rollout or scale is under way.
+    Progressing,
+    /// Every child is ready and up to date.
+    Running,
+    /// Something needs a human (see the Degraded condition).
+    Degraded,
+}
+
+impl Phase {
+    /// The status spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Progressing => "Progressing",
+            Phase::Running => "Running",
+            Phase::Degraded => "Degraded",
+        }
+    }
+}
+
+/// Observed state, written only by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Summary phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// chat-server pods that exist (scale subresource).
+    #[serde(default)]
+    pub replicas: i32,
+    /// chat-server pods that are ready (caught up).
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// chat-server pods running the current template.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// `ready/desired`, for the printer column.
+    #[serde(default)]
+    pub ready: String,
+    /// Label selector of the chat-server pods (scale subresource).
+    #[serde(default)]
+    pub selector: String,
+    /// Broker head position (highest seen by any log replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
+    /// Lowest persisted position over the log replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted: Option<u64>,
+    /// Available, Progressing, Degraded.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+fn default_image() -> String {
+    "chat-cluster/chat-server:0.1.0".to_owned()
+}
+fn default_broker_image() -> String {
+    "redis:7.2".to_owned()
+}
+fn default_log_replicas() -> i32 {
+    2
+}
+fn default_catch_up_timeout() -> String {
+    "5m".to_owned()
+}
+fn default_storage_size() -> String {
+    "1Gi".to_owned()
+}
+fn default_max_message_bytes() -> i32 {
+    4096
+}
+
+impl Default for ChatClusterSpec {
+    fn default() -> Self {
+        ChatClusterSpec {
+            replicas: default_replicas(),
+            image: default_image(),
+            image_pull_policy: ImagePullPolicy::default(),
+            broker: BrokerSpec::default(),
+            replication_log: ReplicationLogSpec::default(),
+            rollout: RolloutSpec::default(),
+            max_message_bytes: default_max_message_bytes(),
+        }
+    }
+}
+impl Default for BrokerSpec {
+    fn default() -> Self {
+        BrokerSpec {
+            image: default_broker_image(),
+            storage: StorageSpec::default(),
+        }
+    }
+}
+impl Default for ReplicationLogSpec {
+    fn default() -> Self {
+        ReplicationLogSpec {
+            replicas: default_log_replicas(),
+            storage: StorageSpec::default(),
+        }
+    }
+}
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            max_lag: 0,
+            catch_up_timeout: default_catch_up_timeout(),
+        }
+    }
+}
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// The CustomResourceDefinition object.
+///
+/// Adds the one rule the derive cannot express: the length bound on `metadata.name`, from which
+/// every child name derives.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = ChatCluster::crd();
+    let rule = serde_json::json!([{
+        "rule": format!("size(self.metadata.name) <= {MAX_NAME_LEN}"),
+        "message": format!("metadata.name may be at most {MAX_NAME_LEN} characters (child names derive from it)"),
+        "fieldPath": ".metadata.name",
+    }]);
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.x_kubernetes_validations = serde_json::from_value(rule.clone()).ok();
+        }
+    }
+    crd
+}
+
+/// The CRD as the YAML committed in `crds/chatcluster.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let body = serde_yaml::to_string(&crd())?;
+    Ok(format!(
+        "# Generated by `chat-cluster-operator crd`; do not edit.\n---\n{body}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/chatcluster.yaml` must be exactly what `chat-cluster-operator crd` prints.
+    /// Regenerate with `cargo run -p chat-cluster-operator -- crd > crds/chatcluster.yaml`.
+    #[test]
+    fn committed_crd_is_in_sync() {
+        let committed = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/chatcluster.yaml"
+        ))
+        .expect("crds/chatcluster.yaml exists");
+        let generated = crd_yaml().expect("crd renders");
+        assert!(
+            committed == generated,
+            "crds/chatcluster.yaml is stale; run `cargo run -p chat-cluster-operator -- crd > crds/chatcluster.yaml`"
+        );
+    }
+
+    #[test]
+    fn crd_has_subresources_columns_and_rules() {
+        let crd = serde_json::to_value(crd()).expect("json");
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(
+            v["subresources"]["scale"]["specReplicasPath"],
+            ".spec.replicas"
+        );
+        assert_eq!(
+            v["subresources"]["scale"]["statusReplicasPath"],
+            ".status.replicas"
+        );
+        assert_eq!(
+            v["subresources"]["scale"]["labelSelectorPath"],
+            ".status.selector"
+        );
+        assert!(v["subresources"]["status"].is_object());
+        let columns: Vec<&str> = v["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(columns, ["Ready", "Phase", "Messages", "Age"]);
+        let schema = &v["schema"]["openAPIV3Schema"];
+        assert!(
+            schema["x-kubernetes-validations"][0]["rule"]
+                .as_str()
+                .is_some_and(|r| r.contains("metadata.name"))
+        );
+        let spec = &schema["properties"]["spec"]["properties"];
+        assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(0.0));
+        assert_eq!(
+            spec["replicationLog"]["properties"]["replicas"]["minimum"].as_f64(),
+            Some(1.0)
+        );
+        assert!(spec["rollout"]["properties"]["catchUpTimeout"]["pattern"].is_string());
+        assert_eq!(
+            crd["spec"]["names"]["shortNames"],
+            serde_json::json!(["cc", "chat"])
+        );
+    }
+
+    #[test]
+    fn spec_defaults_match_the_contract() {
+        let spec: ChatClusterSpec =
+            serde_json::from_value(serde_json::json!({})).expect("empty spec");
+        assert_eq!(spec, ChatClusterSpec::default());
+        assert_eq!(spec.image, "chat-cluster/chat-server:0.1.0");
+        assert_eq!(spec.broker.image, "redis:7.2");
+        assert_eq!(spec.replication_log.replicas, 2);
+        assert_eq!(spec.rollout.max_lag, 0);
+        assert_eq!(spec.rollout.catch_up_timeout, "5m");
+        assert_eq!(spec.max_message_bytes, 4096);
+        assert_eq!(spec.image_pull_policy, ImagePullPolicy::IfNotPresent);
+    }
+}

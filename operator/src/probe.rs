@@ -1,0 +1,119 @@
+//! The data plane's `/status` documents and the one way the operator reads them: a GET through
+//! the API server's pod proxy subresource (`/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/status`),
+//! which works from inside and outside the cluster and needs only `pods/proxy` get.
+
+use std::time::Duration;
+
+use kube::Client;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `GET /status` of a chat-server.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// NODE_ID of the node.
+    #[serde(default)]
+    pub node_id: String,
+    /// `bootstrapping`, `catching_up` or `live`.
+    #[serde(default)]
+    pub phase: String,
+    /// Last applied position.
+    #[serde(default)]
+    pub position: u64,
+    /// Broker head the node has observed.
+    #[serde(default)]
+    pub head: u64,
+    /// `head - position`.
+    #[serde(default)]
+    pub lag: u64,
+    /// Messages held.
+    #[serde(default)]
+    pub messages: u64,
+    /// Channels known.
+    #[serde(default)]
+    pub channels: u64,
+}
+
+/// `GET /status` of a replication-log replica.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct LogStatus {
+    /// REPLICA_ID of the replica.
+    #[serde(default)]
+    pub replica_id: String,
+    /// The replica's phase.
+    #[serde(default)]
+    pub phase: String,
+    /// Highest position fsynced to its log.
+    #[serde(default)]
+    pub persisted: u64,
+    /// Broker head it has observed.
+    #[serde(default)]
+    pub head: u64,
+    /// `head - persisted`.
+    #[serde(default)]
+    pub lag: u64,
+    /// Messages held.
+    #[serde(default)]
+    pub messages: u64,
+}
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The request could not be built (bad pod name).
+    #[error("building the request for pod {pod}: {source}")]
+    Request {
+        /// Pod.
+        pod: String,
+        /// Why.
+        #[source]
+        source: http::Error,
+    },
+    /// The API server or the pod answered with an error, or the body was not the expected JSON.
+    #[error("GET /status of pod {pod}: {source}")]
+    Get {
+        /// Pod.
+        pod: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// No answer within the probe timeout.
+    #[error("GET /status of pod {pod}: timed out")]
+    Timeout {
+        /// Pod.
+        pod: String,
+    },
+}
+
+/// The proxy path of `pod`'s `/status` on `port`.
+pub fn status_path(namespace: &str, pod: &str, port: u16) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/status")
+}
+
+/// GETs `pod`'s `/status` on `port` through the API server and decodes it as `T`.
+pub async fn status<T: DeserializeOwned>(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    port: u16,
+) -> Result<T, ProbeError> {
+    let request = http::Request::get(status_path(namespace, pod, port))
+        .body(Vec::new())
+        .map_err(|source| ProbeError::Request {
+            pod: pod.to_owned(),
+            source,
+        })?;
+    match tokio::time::timeout(PROBE_TIMEOUT, client.request::<T>(request)).await {
+        Ok(result) => result.map_err(|source| ProbeError::Get {
+            pod: pod.to_owned(),
+            source,
+        }),
+        Err(_) => Err(ProbeError::Timeout {
+            pod: pod.to_owned(),
+        }),
+    }
+}

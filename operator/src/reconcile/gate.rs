@@ -1,0 +1,383 @@
+//! Rollout gating: a chat-server pod carries the readiness gate `chat-cluster.io/caught-up`, and
+//! this module sets that condition to True once the pod's `/status` says it is live and within
+//! `spec.rollout.maxLag` of the broker head. A pod that has not caught up `catchUpTimeout` after
+//! it started is no longer gated: it stays unready, the Deployment (maxUnavailable 0) stops, and
+//! the status step reports Degraded with reason `CatchUpTimeout`.
+//!
+//! [`gate_decision`] is the pure decision; [`gate`] does the probing and patching.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::build::CHAT_PORT;
+use super::validate::Validated;
+use crate::crd::{CAUGHT_UP_CONDITION, ChatCluster};
+use crate::probe::{self, ServerStatus};
+
+/// What to do with one chat-server pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GateDecision {
+    /// The condition is already True, or the pod is terminating: nothing to do.
+    Done,
+    /// Live and within maxLag: set the condition True.
+    Pass {
+        /// Positions behind the head.
+        lag: u64,
+        /// Position the pod has applied.
+        position: u64,
+    },
+    /// Not yet; look again soon.
+    Wait {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Did not catch up within catchUpTimeout: stop gating it and report Degraded.
+    TimedOut {
+        /// Last known lag, when the pod answered.
+        lag: Option<u64>,
+    },
+}
+
+/// A pod that timed out, for the status step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedOutPod {
+    /// Pod name.
+    pub pod: String,
+    /// Last known lag.
+    pub lag: Option<u64>,
+}
+
+/// The gating outcome of one reconcile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GateSummary {
+    /// Pods passed in this reconcile.
+    pub passed: Vec<String>,
+    /// Pods still catching up (the reconcile requeues soon).
+    pub waiting: Vec<String>,
+    /// Pods past their catch-up timeout.
+    pub timed_out: Vec<TimedOutPod>,
+}
+
+/// Errors of the gating step.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// Patching the pod's status failed.
+    #[error("setting {CAUGHT_UP_CONDITION} on pod {pod}: {source}")]
+    Patch {
+        /// Pod.
+        pod: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Whether `pod`'s condition `type_` is True.
+pub fn condition_true(pod: &Pod, type_: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// When the pod started: its status.startTime, else its creation time.
+fn started_at(pod: &Pod) -> Option<Timestamp> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .or(pod.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0)
+}
+
+/// Decides what to do with `pod` given its `/status` (None: not reachable), the highest broker
+/// head the operator knows of, the rollout limits and the time.
+pub fn gate_decision(
+    pod: &Pod,
+    status: Option<&ServerStatus>,
+    known_head: Option<u64>,
+    max_lag: u64,
+    catch_up_timeout: Duration,
+    now: Timestamp,
+) -> GateDecision {
+    if pod.metadata.deletion_timestamp.is_some() || condition_true(pod, CAUGHT_UP_CONDITION) {
+        return GateDecision::Done;
+    }
+    let lag = status.map(|s| {
+        s.head
+            .max(known_head.unwrap_or(0))
+            .saturating_sub(s.position)
+    });
+    let age = started_at(pod)
+        .and_then(|t| now.duration_since(t).try_into().ok())
+        .unwrap_or(Duration::ZERO);
+    if age > catch_up_timeout {
+        return GateDecision::TimedOut { lag };
+    }
+    match (status, lag) {
+        (Some(s), Some(lag)) if s.phase == "live" && lag <= max_lag => GateDecision::Pass {
+            lag,
+            position: s.position,
+        },
+        (Some(s), Some(lag)) => GateDecision::Wait {
+            reason: format!("phase {}, lag {lag} (maxLag {max_lag})", s.phase),
+        },
+        _ => GateDecision::Wait {
+            reason: "status not reachable".into(),
+        },
+    }
+}
+
+/// Whether the pod can be probed through the API server yet.
+fn probeable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .is_some_and(|s| s.pod_ip.is_some() && s.phase.as_deref() == Some("Running"))
+}
+
+/// Gates every chat-server pod in `pods`.
+pub async fn gate(
+    client: &Client,
+    recorder: &Recorder,
+    cluster: &ChatCluster,
+    validated: &Validated,
+    pods: &[Pod],
+    known_head: Option<u64>,
+) -> Result<GateSummary, GateError> {
+    let mut summary = GateSummary::default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &validated.namespace);
+    for pod in pods {
+        let name = pod.name_any();
+        if pod.metadata.deletion_timestamp.is_some() || condition_true(pod, CAUGHT_UP_CONDITION) {
+            continue;
+        }
+        let status = if probeable(pod) {
+            match probe::status::<ServerStatus>(client, &validated.namespace, &name, CHAT_PORT)
+                .await
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::debug!(pod = name, error = %e, "chat-server status not readable yet");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let decision = gate_decision(
+            pod,
+            status.as_ref(),
+            known_head,
+            validated.spec.rollout.max_lag,
+            validated.catch_up_timeout,
+            Timestamp::now(),
+        );
+        match decision {
+            GateDecision::Done => {}
+            GateDecision::Pass { lag, position } => {
+                let message = format!(
+                    "live at position {position}, lag {lag} (maxLag {})",
+                    validated.spec.rollout.max_lag
+                );
+                let patch = json!({"status": {"conditions": [{
+                    "type": CAUGHT_UP_CONDITION,
+                    "status": "True",
+                    "reason": "CaughtUp",
+                    "message": message,
+                    "lastTransitionTime": Timestamp::now(),
+                }]}});
+                // Strategic merge: pod conditions merge by `type`, the others are kept.
+                api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+                    .await
+                    .map_err(|source| GateError::Patch {
+                        pod: name.clone(),
+                        source,
+                    })?;
+                tracing::info!(
+                    pod = name,
+                    lag,
+                    position,
+                    "pod caught up; readiness gate passed"
+                );
+                let event = Event {
+                    type_: EventType::Normal,
+                    reason: "CaughtUp".into(),
+                    note: Some(format!("pod {name} {message}")),
+                    action: "GatePod".into(),
+                    secondary: Some(pod.object_ref(&())),
+                };
+                if let Err(e) = recorder.publish(&event, &cluster.object_ref(&())).await {
+                    tracing::warn!(error = %e, "publishing CaughtUp event");
+                }
+                summary.passed.push(name);
+            }
+            GateDecision::Wait { reason } => {
+                tracing::debug!(pod = name, reason, "pod still catching up");
+                summary.waiting.push(name);
+            }
+            GateDecision::TimedOut { lag } => {
+                summary.timed_out.push(TimedOutPod { pod: name, lag })
+            }
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::chat_pod;
+
+    const CREATED: &str = "2026-01-01T00:00:00Z";
+
+    fn at(seconds_after_creation: i64) -> Timestamp {
+        CREATED.parse::<Timestamp>().expect("time")
+            + k8s_openapi::jiff::SignedDuration::from_secs(seconds_after_creation)
+    }
+
+    fn server(phase: &str, position: u64, head: u64) -> ServerStatus {
+        ServerStatus {
+            node_id: "n".into(),
+            phase: phase.into(),
+            position,
+            head,
+            lag: head - position,
+            ..ServerStatus::default()
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn passes_a_live_pod_within_max_lag() {
+        let pod = chat_pod("p", CREATED, &[]);
+        let d = gate_decision(
+            &pod,
+            Some(&server("live", 100, 100)),
+            None,
+            0,
+            TIMEOUT,
+            at(10),
+        );
+        assert_eq!(
+            d,
+            GateDecision::Pass {
+                lag: 0,
+                position: 100
+            }
+        );
+        let d = gate_decision(
+            &pod,
+            Some(&server("live", 95, 100)),
+            None,
+            5,
+            TIMEOUT,
+            at(10),
+        );
+        assert_eq!(
+            d,
+            GateDecision::Pass {
+                lag: 5,
+                position: 95
+            }
+        );
+    }
+
+    #[test]
+    fn waits_while_catching_up_or_lagging() {
+        let pod = chat_pod("p", CREATED, &[]);
+        for status in [
+            server("bootstrapping", 0, 100),
+            server("catching_up", 50, 100),
+            server("live", 95, 100),
+        ] {
+            let d = gate_decision(&pod, Some(&status), None, 2, TIMEOUT, at(10));
+            assert!(
+                matches!(d, GateDecision::Wait { .. }),
+                "{status:?} gave {d:?}"
+            );
+        }
+        let d = gate_decision(&pod, None, None, 0, TIMEOUT, at(10));
+        assert!(matches!(d, GateDecision::Wait { .. }));
+    }
+
+    #[test]
+    fn the_known_broker_head_counts_when_it_is_ahead() {
+        let pod = chat_pod("p", CREATED, &[]);
+        let d = gate_decision(
+            &pod,
+            Some(&server("live", 100, 100)),
+            Some(110),
+            5,
+            TIMEOUT,
+            at(10),
+        );
+        assert!(matches!(d, GateDecision::Wait { .. }), "{d:?}");
+        let d = gate_decision(
+            &pod,
+            Some(&server("live", 100, 100)),
+            Some(90),
+            0,
+            TIMEOUT,
+            at(10),
+        );
+        assert_eq!(
+            d,
+            GateDecision::Pass {
+                lag: 0,
+                position: 100
+            }
+        );
+    }
+
+    #[test]
+    fn times_out_after_catch_up_timeout_and_reports_the_lag() {
+        let pod = chat_pod("p", CREATED, &[]);
+        let d = gate_decision(
+            &pod,
+            Some(&server("catching_up", 40, 100)),
+            None,
+            0,
+            TIMEOUT,
+            at(301),
+        );
+        assert_eq!(d, GateDecision::TimedOut { lag: Some(60) });
+        let d = gate_decision(&pod, None, None, 0, TIMEOUT, at(301));
+        assert_eq!(d, GateDecision::TimedOut { lag: None });
+        // Exactly at the timeout it is still gated.
+        let d = gate_decision(
+            &pod,
+            Some(&server("live", 100, 100)),
+            None,
+            0,
+            TIMEOUT,
+            at(300),
+        );
+        assert!(matches!(d, GateDecision::Pass { .. }));
+    }
+
+    #[test]
+    fn leaves_passed_and_terminating_pods_alone() {
+        let passed = chat_pod("p", CREATED, &[(CAUGHT_UP_CONDITION, "True")]);
+        assert_eq!(
+            gate_decision(&passed, None, None, 0, TIMEOUT, at(1000)),
+            GateDecision::Done
+        );
+        let not_yet = chat_pod("p", CREATED, &[(CAUGHT_UP_CONDITION, "False")]);
+        assert!(matches!(
+            gate_decision(&not_yet, None, None, 0, TIMEOUT, at(1)),
+            GateDecision::Wait { .. }
+        ));
+        let mut terminating = chat_pod("p", CREATED, &[]);
+        terminating.metadata.deletion_timestamp = terminating.metadata.creation_timestamp.clone();
+        assert_eq!(
+            gate_decision(&terminating, None, None, 0, TIMEOUT, at(1)),
+            GateDecision::Done
+        );
+    }
+}

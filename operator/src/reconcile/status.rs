@@ -1,0 +1,356 @@
+//! Status step: computes the ChatCluster status from the observed children, the log replicas'
+//! `/status` and the gating outcome (pure: [`compute`]), merges conditions in one place
+//! ([`merge_conditions`], which keeps `lastTransitionTime` while a condition's status holds), and
+//! patches the status subresource only when it changed.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use super::apply::FIELD_MANAGER;
+use super::build::{Component, LOG_PORT, selector_string};
+use super::gate::GateSummary;
+use super::validate::Validated;
+use crate::crd::{ChatCluster, ChatClusterStatus, Phase};
+use crate::probe::{self, LogStatus};
+
+/// Condition types.
+pub const AVAILABLE: &str = "Available";
+/// Condition type: a rollout or scale is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: something needs a human.
+pub const DEGRADED: &str = "Degraded";
+
+/// Errors of the status step.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Patching the status subresource failed.
+    #[error("patching ChatCluster status: {0}")]
+    Patch(#[source] kube::Error),
+}
+
+/// Everything the status is computed from.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// The cluster.
+    pub cluster: &'a Validated,
+    /// The status before this reconcile.
+    pub previous: Option<&'a ChatClusterStatus>,
+    /// Broker StatefulSet as observed.
+    pub broker: &'a StatefulSet,
+    /// Log StatefulSet as observed.
+    pub log: &'a StatefulSet,
+    /// chat-server Deployment as observed.
+    pub chat_server: &'a Deployment,
+    /// `/status` of every log replica that answered.
+    pub logs: &'a [LogStatus],
+    /// Gating outcome.
+    pub gate: &'a GateSummary,
+    /// The time, for new transitions.
+    pub now: Timestamp,
+}
+
+/// Counts of one workload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    desired: i32,
+    replicas: i32,
+    ready: i32,
+    updated: i32,
+    /// The controller has seen the current spec and every pod runs it.
+    settled: bool,
+}
+
+fn set_counts(set: &StatefulSet) -> Counts {
+    let desired = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = set.status.clone().unwrap_or_default();
+    let generation_seen =
+        st.observed_generation.unwrap_or(0) >= set.metadata.generation.unwrap_or(0);
+    let revision_done = st.update_revision.is_none() || st.current_revision == st.update_revision;
+    let updated = st.updated_replicas.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    Counts {
+        desired,
+        replicas: st.replicas,
+        ready,
+        updated,
+        settled: generation_seen
+            && revision_done
+            && st.replicas == desired
+            && ready == desired
+            && updated == desired,
+    }
+}
+
+fn deployment_counts(d: &Deployment) -> Counts {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let generation_seen = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let replicas = st.replicas.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    Counts {
+        desired,
+        replicas,
+        ready,
+        updated,
+        settled: generation_seen && replicas == desired && ready == desired && updated == desired,
+    }
+}
+
+fn progress_deadline_exceeded(d: &Deployment) -> bool {
+    d.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            })
+        })
+}
+
+/// A condition as this reconcile sees it, before merging with the previous one.
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: Timestamp,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time: Time(now),
+    }
+}
+
+/// Keeps each condition's previous `lastTransitionTime` while its status is unchanged.
+pub fn merge_conditions(previous: &[Condition], mut next: Vec<Condition>) -> Vec<Condition> {
+    for c in &mut next {
+        if let Some(p) = previous.iter().find(|p| p.type_ == c.type_)
+            && p.status == c.status
+        {
+            c.last_transition_time = p.last_transition_time.clone();
+        }
+    }
+    next
+}
+
+/// Computes the status.
+pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
+    let v = inputs.cluster;
+    let generation = v.generation;
+    let now = inputs.now;
+    let broker = set_counts(inputs.broker);
+    let log = set_counts(inputs.log);
+    let chat = deployment_counts(inputs.chat_server);
+    let spec_replicas = v.spec.replicas;
+
+    let stalled = progress_deadline_exceeded(inputs.chat_server);
+    let degraded = if let Some(t) = inputs.gate.timed_out.first() {
+        let lag = t.lag.map_or("unknown".to_owned(), |l| l.to_string());
+        Some((
+            "CatchUpTimeout",
+            format!(
+                "pod {} did not catch up within {} (lag {lag}, maxLag {}); rollout halted",
+                t.pod, v.spec.rollout.catch_up_timeout, v.spec.rollout.max_lag
+            ),
+        ))
+    } else if stalled {
+        Some((
+            "ProgressDeadlineExceeded",
+            format!(
+                "Deployment {} exceeded its progress deadline",
+                inputs.chat_server.name_any()
+            ),
+        ))
+    } else {
+        None
+    };
+
+    let data_plane_up = broker.ready >= 1 && log.ready >= 1;
+    let serving = data_plane_up && (spec_replicas == 0 || chat.ready >= 1);
+    let settled = broker.settled && log.settled && chat.settled;
+    let phase = if degraded.is_some() {
+        Phase::Degraded
+    } else if !serving {
+        Phase::Pending
+    } else if !settled {
+        Phase::Progressing
+    } else {
+        Phase::Running
+    };
+
+    let (available_reason, available_message) = if broker.ready < 1 {
+        ("BrokerUnavailable", "the broker is not ready".to_owned())
+    } else if log.ready < 1 {
+        (
+            "ReplicationLogUnavailable",
+            "no replication-log replica is ready".to_owned(),
+        )
+    } else if spec_replicas == 0 {
+        ("ScaledToZero", "spec.replicas is 0".to_owned())
+    } else if chat.ready < 1 {
+        (
+            "NoChatServerReady",
+            "no chat-server pod is ready".to_owned(),
+        )
+    } else {
+        (
+            "MinimumReplicasAvailable",
+            format!("{}/{} chat-server pods ready", chat.ready, spec_replicas),
+        )
+    };
+    let available = serving && spec_replicas > 0;
+
+    let progress_message = format!(
+        "chat-server {}/{} ready, {} updated; replication-log {}/{} ready; broker {}/1 ready",
+        chat.ready, spec_replicas, chat.updated, log.ready, log.desired, broker.ready
+    );
+    let (progressing, progressing_reason) = match phase {
+        Phase::Degraded => (false, "RolloutHalted"),
+        Phase::Running => (false, "RolloutComplete"),
+        Phase::Pending | Phase::Progressing => (true, "RolloutInProgress"),
+    };
+    let (degraded_reason, degraded_message) = degraded
+        .clone()
+        .unwrap_or(("AsExpected", "no problems detected".to_owned()));
+
+    let next = vec![
+        condition(
+            AVAILABLE,
+            available,
+            available_reason,
+            available_message,
+            generation,
+            now,
+        ),
+        condition(
+            PROGRESSING,
+            progressing,
+            progressing_reason,
+            progress_message,
+            generation,
+            now,
+        ),
+        condition(
+            DEGRADED,
+            degraded.is_some(),
+            degraded_reason,
+            degraded_message,
+            generation,
+            now,
+        ),
+    ];
+    let previous_conditions = inputs
+        .previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or(&[]);
+
+    let head = inputs
+        .logs
+        .iter()
+        .map(|l| l.head)
+        .max()
+        .or(inputs.previous.and_then(|p| p.head));
+    let persisted = inputs
+        .logs
+        .iter()
+        .map(|l| l.persisted)
+        .min()
+        .or(inputs.previous.and_then(|p| p.persisted));
+
+    ChatClusterStatus {
+        observed_generation: Some(generation),
+        phase: Some(phase),
+        replicas: chat.replicas,
+        ready_replicas: chat.ready,
+        updated_replicas: chat.updated,
+        ready: format!("{}/{}", chat.ready, spec_replicas),
+        selector: selector_string(&v.name, Component::ChatServer),
+        head,
+        persisted,
+        conditions: merge_conditions(previous_conditions, next),
+    }
+}
+
+/// The status of a ChatCluster that failed validation.
+pub fn invalid(
+    previous: Option<&ChatClusterStatus>,
+    generation: i64,
+    message: String,
+    now: Timestamp,
+) -> ChatClusterStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.observed_generation = Some(generation);
+    status.phase = Some(Phase::Degraded);
+    let next = vec![condition(
+        DEGRADED,
+        true,
+        "InvalidSpec",
+        message,
+        generation,
+        now,
+    )];
+    let mut conditions = merge_conditions(&status.conditions, next);
+    conditions.extend(
+        status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != DEGRADED)
+            .cloned(),
+    );
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    status.conditions = conditions;
+    status
+}
+
+/// Reads every log replica's `/status` (those that answer).
+pub async fn probe_logs(client: &Client, namespace: &str, pods: &[Pod]) -> Vec<LogStatus> {
+    let mut out = Vec::new();
+    for pod in pods {
+        let running = pod
+            .status
+            .as_ref()
+            .is_some_and(|s| s.pod_ip.is_some() && s.phase.as_deref() == Some("Running"));
+        if !running {
+            continue;
+        }
+        match probe::status::<LogStatus>(client, namespace, &pod.name_any(), LOG_PORT).await {
+            Ok(s) => out.push(s),
+            Err(e) => tracing::debug!(error = %e, "replication-log status not readable"),
+        }
+    }
+    out
+}
+
+/// Patches the status subresource when `next` differs from the current status; true when written.
+pub async fn patch_if_changed(
+    client: &Client,
+    cluster: &ChatCluster,
+    next: &ChatClusterStatus,
+) -> Result<bool, StatusError> {
+    if cluster.status.as_ref() == Some(next) {
+        return Ok(false);
+    }
+    let api: Api<ChatCluster> =
+        Api::namespaced(client.clone(), &cluster.namespace().unwrap_or_default());
+    let patch =
+        json!({"apiVersion": "chat-cluster.io/v1alpha1", "kind": "ChatCluster", "status": next});
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(StatusError::Patch)?;
+    Ok(true)
+}
