@@ -12,10 +12,12 @@
 //! - [`api`]: the chat-server's HTTP and WebSocket API.
 //! - [`ui`]: the chat page served at `/`.
 //! - [`server`]: running a node: follower + API + graceful shutdown.
+//! - [`log`]: the replication log: on-disk store, stream follower, HTTP API, `replication-log` CLI.
 pub mod api;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod log;
 pub mod log_client;
 pub mod message;
 pub mod node;
