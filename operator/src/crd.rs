@@ -164,7 +164,7 @@ pub struct RolloutSpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "self.?storageClassName == oldSelf.?storageClassName",
+        "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
         "message": "storageClassName is immutable",
         "fieldPath": ".storageClassName",
         "reason": "FieldValueForbidden"
@@ -337,7 +337,6 @@ pub fn crd() -> CustomResourceDefinition {
     let rule = serde_json::json!([{
         "rule": format!("size(self.metadata.name) <= {MAX_NAME_LEN}"),
         "message": format!("metadata.name may be at most {MAX_NAME_LEN} characters (child names derive from it)"),
-        "fieldPath": ".metadata.name",
     }]);
     for version in &mut crd.spec.versions {
         if let Some(schema) = version
