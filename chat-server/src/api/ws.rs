@@ -50,6 +50,7 @@ pub(super) async fn upgrade(
 ) -> Result<Response, ApiError> {
     let mut channel = None;
     let mut after = 0;
+    let mut live = true;
     for (key, value) in form_pairs(query.as_deref().unwrap_or("")) {
         match key.as_str() {
             "channel" => channel = Some(value),
@@ -58,6 +59,11 @@ pub(super) async fn upgrade(
                     ApiError::bad_request(format!(
                         "after must be a non-negative integer, got {value:?}"
                     ))
+                })?
+            }
+            "live" => {
+                live = value.parse().map_err(|_| {
+                    ApiError::bad_request(format!("live must be true or false, got {value:?}"))
                 })?
             }
             _ => {}
@@ -71,8 +77,8 @@ pub(super) async fn upgrade(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            let span = info_span!("ws", channel = %channel, after);
-            session(node, socket, channel, after).instrument(span)
+            let span = info_span!("ws", channel = %channel, after, live);
+            session(node, socket, channel, after, live).instrument(span)
         }))
 }
 
@@ -82,10 +88,14 @@ struct Ending {
     reason: String,
 }
 
-async fn session(node: Node, socket: WebSocket, channel: String, after: u64) {
+async fn session(node: Node, socket: WebSocket, channel: String, after: u64, live: bool) {
     node.metrics().ws_connections.inc();
     let (mut sink, mut stream) = socket.split();
-    let ending = serve(&node, &mut sink, &mut stream, &channel, after).await;
+    let ending = if live {
+        serve(&node, &mut sink, &mut stream, &channel, after).await
+    } else {
+        serve_writes(&node, &mut sink, &mut stream, &channel).await
+    };
     if let Some(Ending { code, reason }) = ending {
         debug!(code, %reason, "closing websocket");
         let _ = sink
@@ -159,6 +169,43 @@ async fn serve(
                     });
                 }
             },
+        }
+    }
+}
+
+/// A connection opened with `live=false`: no replay and no live messages, only `send` frames
+/// and their answers (for writers that do not read the channel).
+async fn serve_writes(
+    node: &Node,
+    sink: &mut Sink,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+    channel: &str,
+) -> Option<Ending> {
+    loop {
+        match stream.next().await {
+            None | Some(Ok(Frame::Close(_))) => return None,
+            Some(Err(e)) => {
+                return Some(Ending {
+                    code: CLOSE_TOO_BIG,
+                    reason: short(&format!("bad frame: {e}")),
+                });
+            }
+            Some(Ok(Frame::Text(text))) => {
+                let reply = handle_client_frame(node, channel, text.as_str()).await;
+                if sink.send(Frame::Text(reply.into())).await.is_err() {
+                    return None;
+                }
+            }
+            Some(Ok(Frame::Binary(_))) => {
+                let reply = error_frame(
+                    None,
+                    "binary frames are not supported; send JSON text frames",
+                );
+                if sink.send(Frame::Text(reply.into())).await.is_err() {
+                    return None;
+                }
+            }
+            Some(Ok(_)) => {}
         }
     }
 }

@@ -1,0 +1,595 @@
+//! End-to-end tests of the data plane on loopback: real Redis, real `replication-log` and
+//! `chat-server` processes, clients speaking HTTP and WebSocket.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chat_server::message::Message;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::{
+    Cluster, http, node_history, post, read_all, snapshot, status, wait_position, wait_ready,
+};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn channels(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("room-{i}")).collect()
+}
+
+async fn ws_connect(url: &str, channel: &str, after: u64) -> Ws {
+    let ws_url = format!(
+        "{}/ws?channel={channel}&after={after}",
+        url.replace("http://", "ws://")
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("ws connect");
+    ws
+}
+
+/// Sends over a WebSocket and waits for the ack, skipping pushed messages meanwhile.
+async fn ws_send(ws: &mut Ws, text: &str, id: &str) -> Result<u64, String> {
+    let frame = json!({"type": "send", "text": text, "author": "ws", "id": id}).to_string();
+    ws.send(Frame::Text(frame.into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .map_err(|_| "ack timeout".to_string())?;
+        match f {
+            Some(Ok(Frame::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).map_err(|e| e.to_string())?;
+                match v["type"].as_str() {
+                    Some("ack") if v["id"] == id => {
+                        return v["position"].as_u64().ok_or("no position".into());
+                    }
+                    Some("error") => return Err(v["error"].to_string()),
+                    _ => {}
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("closed".into()),
+        }
+    }
+}
+
+/// A sender: `count` messages to its channel, through node URLs chosen round-robin; a failed write
+/// is retried with the same id on the next node until acknowledged. Returns (id, position) pairs.
+async fn sender(
+    k: usize,
+    urls: Arc<Vec<String>>,
+    channel: String,
+    count: usize,
+    ws: bool,
+) -> Vec<(String, u64)> {
+    let mut acked = Vec::with_capacity(count);
+    let mut node = k % urls.len();
+    let mut socket: Option<Ws> = None;
+    for i in 0..count {
+        let id = format!("s{k}-m{i}");
+        let text = format!("message {i} from sender {k}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "sender {k} could not deliver {id}"
+            );
+            let result = if ws {
+                if socket.is_none() {
+                    let url = format!(
+                        "{}/ws?channel={channel}&after={}",
+                        urls[node].replace("http://", "ws://"),
+                        u64::MAX
+                    );
+                    socket = tokio_tungstenite::connect_async(url)
+                        .await
+                        .ok()
+                        .map(|(s, _)| s);
+                }
+                match socket.as_mut() {
+                    Some(s) => ws_send(s, &text, &id).await,
+                    None => Err("connect failed".into()),
+                }
+            } else {
+                match http()
+                    .post(format!("{}/channels/{channel}/messages", urls[node]))
+                    .json(&json!({"text": text, "author": format!("s{k}"), "id": id}))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {
+                        let v: Value = r.json().await.unwrap_or_default();
+                        v["position"]
+                            .as_u64()
+                            .ok_or_else(|| "no position".to_string())
+                    }
+                    Ok(r) => Err(format!("status {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            match result {
+                Ok(p) => {
+                    acked.push((id, p));
+                    break;
+                }
+                Err(_) => {
+                    socket = None;
+                    node = (node + 1) % urls.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    acked
+}
+
+/// Runs `senders` concurrent senders over `channels`, half HTTP, half WebSocket.
+async fn load(
+    urls: Vec<String>,
+    senders: usize,
+    per_sender: usize,
+    chans: &[String],
+) -> BTreeMap<String, u64> {
+    let urls = Arc::new(urls);
+    let tasks: Vec<_> = (0..senders)
+        .map(|k| {
+            tokio::spawn(sender(
+                k,
+                urls.clone(),
+                chans[k % chans.len()].clone(),
+                per_sender,
+                k % 2 == 1,
+            ))
+        })
+        .collect();
+    let mut acked = BTreeMap::new();
+    for t in tasks {
+        for (id, p) in t.await.expect("sender") {
+            assert!(acked.insert(id, p).is_none());
+        }
+    }
+    acked
+}
+
+/// Asserts a node's history is exactly positions 1..=n, each acknowledged id once, matching `reference`.
+fn assert_complete(who: &str, history: &BTreeMap<u64, Message>, acked: &BTreeMap<String, u64>) {
+    let n = acked.len() as u64;
+    assert_eq!(
+        history.len() as u64,
+        n,
+        "{who}: holds {} messages, want {n}",
+        history.len()
+    );
+    assert_eq!(
+        history.keys().copied().collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>(),
+        "{who}: positions not dense"
+    );
+    for (id, p) in acked {
+        assert_eq!(&history[p].id, id, "{who}: position {p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_messages_reach_every_node_and_replica_in_one_order() {
+    let mut cluster = Cluster::start(3, 2).await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|p| p.url.clone()).collect();
+    let chans = channels(5);
+
+    // Kill node 2 a little into the load and bring it back: its senders move to other nodes.
+    let load = tokio::spawn(load(urls.clone(), 16, 625, &chans.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&urls[0]).await["position"].as_u64().unwrap_or(0) < 2000 {
+        assert!(Instant::now() < deadline, "load did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.nodes[2].kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nodes[2].restart();
+    let acked = load.await.expect("load");
+    assert_eq!(acked.len(), 10_000);
+    assert_eq!(
+        acked.values().copied().collect::<BTreeSet<_>>(),
+        (1..=10_000).collect()
+    );
+
+    wait_ready(&urls[2], Duration::from_secs(60)).await;
+    wait_position(&urls, "position", 10_000, Duration::from_secs(60)).await;
+    let logs: Vec<String> = cluster.logs.iter().map(|p| p.url.clone()).collect();
+    wait_position(&logs, "persisted", 10_000, Duration::from_secs(60)).await;
+
+    let reference = node_history(&urls[0], &chans).await;
+    assert_complete("node-0", &reference, &acked);
+    for url in &urls[1..] {
+        assert_eq!(
+            node_history(url, &chans).await,
+            reference,
+            "{url} differs from node-0"
+        );
+    }
+    let order: Vec<Message> = reference.values().cloned().collect();
+    for url in &logs {
+        assert_eq!(snapshot(url).await, order, "replica {url} differs");
+    }
+
+    // A node started after all that holds everything once it is ready.
+    let i = cluster.add_node().await;
+    let late = cluster.nodes[i].url.clone();
+    let s = status(&late).await;
+    assert_eq!(
+        (s["phase"].as_str(), s["position"].as_u64()),
+        (Some("live"), Some(10_000)),
+        "{s}"
+    );
+    assert_eq!(node_history(&late, &chans).await, reference);
+    let listed: Value = http()
+        .get(format!("{late}/channels"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let total: u64 = listed["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["messages"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_replay_and_live_meet_without_duplicate_or_hole() {
+    let cluster = Cluster::start(2, 1).await;
+    let (a, b) = (cluster.nodes[0].url.clone(), cluster.nodes[1].url.clone());
+    for i in 0..300 {
+        let (code, _) = post(&a, "live", json!({"text": format!("before {i}")})).await;
+        assert_eq!(code, 201);
+    }
+    // Writers keep going on both nodes while a subscriber joins mid-history on node b.
+    let writers = tokio::spawn(load(
+        vec![a.clone(), b.clone()],
+        4,
+        150,
+        &["live".to_string(), "other".to_string()],
+    ));
+    let mut ws = ws_connect(&b, "live", 100).await;
+    let acked = writers.await.unwrap();
+    let expected: Vec<u64> = {
+        wait_position(
+            &[b.clone()],
+            "position",
+            300 + acked.len() as u64,
+            Duration::from_secs(30),
+        )
+        .await;
+        read_all(&b, "live")
+            .await
+            .into_iter()
+            .map(|m| m.position)
+            .filter(|p| *p > 100)
+            .collect()
+    };
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let f = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("pushed message");
+        if let Some(Ok(Frame::Text(t))) = f {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            assert_eq!(v["type"], "message");
+            assert_eq!(v["channel"], "live");
+            got.push(v["position"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(got, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_consumer_is_closed_with_a_reason_and_recovers_with_after() {
+    let cluster =
+        Cluster::start_with(1, 1, &["--ws-queue", "16", "--max-message-bytes", "60000"]).await;
+    let url = cluster.nodes[0].url.clone();
+    let mut ws = ws_connect(&url, "firehose", 0).await;
+    // Fill every buffer between the node and this unread socket.
+    let big = "x".repeat(50_000);
+    let writers = tokio::spawn({
+        let url = url.clone();
+        async move {
+            for i in 0..600 {
+                let (code, _) = post(&url, "firehose", json!({"text": format!("{i} {big}")})).await;
+                assert_eq!(code, 201);
+            }
+        }
+    });
+    writers.await.unwrap();
+    let mut last = 0;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("frame")
+        {
+            Some(Ok(Frame::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                let p = v["position"].as_u64().unwrap();
+                assert!(p > last);
+                last = p;
+            }
+            Some(Ok(Frame::Close(c))) => break c.expect("close frame with a reason"),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 4008, "{close:?}");
+    assert!(close.reason.as_str().contains("slow consumer"), "{close:?}");
+    assert!(last < 600, "the consumer was never behind");
+    // Reconnecting with after=<last seen> recovers everything else.
+    let mut ws = ws_connect(&url, "firehose", last).await;
+    while last < 600 {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("frame")
+        {
+            Some(Ok(Frame::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["position"].as_u64().unwrap(), last + 1);
+                last += 1;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_id_returns_the_original_message_and_stores_nothing_new() {
+    let cluster = Cluster::start(2, 1).await;
+    let (a, b) = (cluster.nodes[0].url.clone(), cluster.nodes[1].url.clone());
+    let (code, first) = post(
+        &a,
+        "general",
+        json!({"text": "hello", "author": "ann", "id": "k1"}),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, again) = post(
+        &b,
+        "general",
+        json!({"text": "changed", "author": "bob", "id": "k1"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(again, first);
+    let (code, other) = post(&a, "elsewhere", json!({"text": "hello", "id": "k1"})).await;
+    assert_eq!(code, 201, "same id on another channel is another message");
+    assert_eq!(other["position"], 2);
+    // Over WebSocket too.
+    let mut ws = ws_connect(&b, "general", u64::MAX).await;
+    assert_eq!(ws_send(&mut ws, "again", "k1").await, Ok(1));
+    wait_position(
+        &[a.clone(), b.clone()],
+        "position",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(read_all(&b, "general").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_contract_status_and_loses_nothing() {
+    let cluster = Cluster::start_with(1, 1, &["--max-message-bytes", "100"]).await;
+    let url = cluster.nodes[0].url.clone();
+    let (code, ok) = post(&url, "c", json!({"text": "kept"})).await;
+    assert_eq!(code, 201);
+    let client = http();
+    let raw = |path: &str, body: Vec<u8>| {
+        let client = client.clone();
+        let url = format!("{url}{path}");
+        async move {
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (code, v)
+        }
+    };
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("/channels/c/messages", b"{not json".to_vec(), 400),
+        ("/channels/c/messages", br#"{"author":"a"}"#.to_vec(), 400),
+        ("/channels/c/messages", br#"{"text":""}"#.to_vec(), 400),
+        (
+            "/channels/c/messages",
+            format!(r#"{{"text":"{}"}}"#, "x".repeat(101)).into_bytes(),
+            413,
+        ),
+        ("/channels/c/messages", vec![b'x'; 10_000_000], 413),
+        (
+            "/channels/c/messages",
+            b"{\"text\":\"\xff\xfe\"}".to_vec(),
+            400,
+        ),
+        ("/channels/-bad/messages", br#"{"text":"a"}"#.to_vec(), 400),
+        (
+            "/channels/c/messages",
+            format!(r#"{{"text":"a","id":"{}"}}"#, "i".repeat(129)).into_bytes(),
+            400,
+        ),
+        ("/channels/c/messages", br#"{"text":5}"#.to_vec(), 400),
+    ];
+    for (path, body, want) in cases {
+        let preview = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
+        let (code, v) = raw(path, body).await;
+        assert_eq!(code, want, "{path} {preview}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path} {preview}: no reason in {v}"
+        );
+    }
+    for query in [
+        "after=x",
+        "after=-1",
+        "limit=0",
+        "limit=10001",
+        "limit=many",
+    ] {
+        let r = client
+            .get(format!("{url}/channels/c/messages?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{query}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().is_some(), "{query}");
+    }
+    let r = client
+        .get(format!("{url}/channels/bad%20name/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    // WebSocket: unknown frame types, bad JSON, binary, too-long text get error frames; an
+    // oversized frame closes the connection with 1009.
+    let mut ws = ws_connect(&url, "c", u64::MAX).await;
+    for frame in [
+        Frame::Text(r#"{"type":"shout","text":"x"}"#.into()),
+        Frame::Text("nonsense".into()),
+        Frame::Binary(vec![1, 2, 3].into()),
+        Frame::Text(
+            json!({"type":"send","text": "y".repeat(101), "id": "long"})
+                .to_string()
+                .into(),
+        ),
+        Frame::Text(json!({"type":"send","text": ""}).to_string().into()),
+    ] {
+        ws.send(frame).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    ws.send(Frame::Text("z".repeat(1_000_000).into()))
+        .await
+        .ok();
+    let mut closed_with = None;
+    while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match f {
+            Ok(Frame::Close(c)) => {
+                closed_with = c.map(|c| u16::from(c.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(closed_with, Some(1009));
+
+    // Nothing accepted was lost and nothing refused was stored.
+    let all = read_all(&url, "c").await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].position, ok["position"].as_u64().unwrap());
+    assert_eq!(status(&url).await["messages"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restart_with_aof_loses_no_acknowledged_message() {
+    let mut cluster = Cluster::start(2, 1).await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|p| p.url.clone()).collect();
+    let chans = channels(2);
+    let load = tokio::spawn(load(urls.clone(), 4, 500, &chans.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&urls[0]).await["position"].as_u64().unwrap_or(0) < 500 {
+        assert!(Instant::now() < deadline, "load did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.redis.restart();
+    let acked = load.await.unwrap();
+    wait_position(&urls, "position", 2000, Duration::from_secs(60)).await;
+    let reference = node_history(&urls[0], &chans).await;
+    assert_complete("node-0", &reference, &acked);
+    assert_eq!(node_history(&urls[1], &chans).await, reference);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_broker_is_detected_reported_and_the_order_continues_from_the_log() {
+    let mut cluster = Cluster::start(2, 2).await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|p| p.url.clone()).collect();
+    let logs: Vec<String> = cluster.logs.iter().map(|p| p.url.clone()).collect();
+    for i in 0..50 {
+        assert_eq!(
+            post(&urls[i % 2], "c", json!({"text": format!("old {i}")}))
+                .await
+                .0,
+            201
+        );
+    }
+    wait_position(&logs, "persisted", 50, Duration::from_secs(20)).await;
+    let epoch = status(&urls[0]).await["epoch"].as_str().map(str::to_owned);
+    assert!(epoch.is_some());
+
+    cluster.redis.wipe();
+    // Nodes notice and say so, naming the old epoch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reported = Arc::new(AtomicU64::new(0));
+    for url in &urls {
+        loop {
+            let s = status(url).await;
+            if s["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(epoch.as_deref().unwrap()))
+            {
+                reported.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url} did not report the lost broker: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(reported.load(Ordering::Relaxed), 2);
+    // The replication log re-anchors the broker at what it persisted; the order continues.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = loop {
+        let (code, v) = post(&urls[0], "c", json!({"text": "after the wipe"})).await;
+        if code == 201 {
+            break v["position"].as_u64().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume: {code} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(next, 51);
+    wait_position(&urls, "position", 51, Duration::from_secs(30)).await;
+    for url in &urls {
+        let all = read_all(url, "c").await;
+        assert_eq!(
+            all.iter().map(|m| m.position).collect::<Vec<_>>(),
+            (1..=51).collect::<Vec<_>>()
+        );
+        assert_eq!(all[50].text, "after the wipe");
+    }
+}

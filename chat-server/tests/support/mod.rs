@@ -1,0 +1,350 @@
+//! Test support: real processes on loopback. A [`Redis`](redis::RedisServer) per test, the
+//! `replication-log` and `chat-server` binaries started on free ports ([`Proc`]), a [`Cluster`]
+//! of them, and small HTTP helpers to talk to them like a client would.
+#![allow(dead_code)]
+
+pub mod redis;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_server::message::Message;
+use serde_json::Value;
+
+pub use self::redis::RedisServer;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process of the test, killed on drop; its output goes to a log file kept for failures.
+pub struct Proc {
+    pub name: String,
+    pub url: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &str, args: Vec<String>, port: u16, logs: &Path) -> Proc {
+        let mut p = Proc {
+            name: name.to_owned(),
+            url: format!("http://127.0.0.1:{port}"),
+            program: PathBuf::from(program),
+            args,
+            log: logs.join(format!("{name}.log")),
+            child: None,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.program.display()));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no drain.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Redis + replication-log replicas + chat-server nodes, all on loopback.
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub logs: Vec<Proc>,
+    pub nodes: Vec<Proc>,
+    pub dir: tempfile::TempDir,
+    log_ports: Vec<u16>,
+    pub node_args: Vec<String>,
+}
+
+pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_chat-server");
+pub const LOG_BIN: &str = env!("CARGO_BIN_EXE_replication-log");
+
+impl Cluster {
+    /// Starts Redis, `replicas` log replicas and `nodes` nodes, and waits until all are ready.
+    pub async fn start(nodes: usize, replicas: usize) -> Cluster {
+        Cluster::start_with(nodes, replicas, &[]).await
+    }
+
+    /// As [`Cluster::start`], with extra flags for every node.
+    pub async fn start_with(nodes: usize, replicas: usize, node_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = Cluster {
+            redis: RedisServer::start(),
+            logs: Vec::new(),
+            nodes: Vec::new(),
+            log_ports: (0..replicas).map(|_| free_port()).collect(),
+            dir,
+            node_args: node_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..replicas {
+            let p = c.spawn_log(i);
+            c.logs.push(p);
+        }
+        for p in &c.logs {
+            wait_ready(&p.url, Duration::from_secs(30)).await;
+        }
+        for _ in 0..nodes {
+            c.add_node().await;
+        }
+        c
+    }
+
+    pub fn log_list(&self) -> String {
+        self.log_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn log_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("log-{i}"))
+    }
+
+    fn spawn_log(&self, i: usize) -> Proc {
+        let port = self.log_ports[i];
+        let data = self.log_dir(i);
+        std::fs::create_dir_all(&data).expect("log data dir");
+        let args = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--redis-url".into(),
+            self.redis.url(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--replica-id".into(),
+            format!("log-{i}"),
+            "--peer-url".into(),
+            self.log_list(),
+        ];
+        Proc::spawn(&format!("log-{i}"), LOG_BIN, args, port, self.dir.path())
+    }
+
+    /// Adds a replica with a new empty data dir that bootstraps from its peers.
+    pub async fn add_log(&mut self) -> usize {
+        let i = self.log_ports.len();
+        self.log_ports.push(free_port());
+        let p = self.spawn_log(i);
+        self.logs.push(p);
+        i
+    }
+
+    /// Starts one more node and waits until it is ready. Returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let port = free_port();
+        let mut args = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--redis-url".into(),
+            self.redis.url(),
+            "--log-url".into(),
+            self.log_list(),
+            "--node-id".into(),
+            format!("node-{i}"),
+        ];
+        args.extend(self.node_args.iter().cloned());
+        let p = Proc::spawn(&format!("node-{i}"), NODE_BIN, args, port, self.dir.path());
+        wait_ready(&p.url, Duration::from_secs(60)).await;
+        self.nodes.push(p);
+        i
+    }
+
+    /// Prints every process log (for a failing test's output).
+    pub fn dump_logs(&self) {
+        for p in self.logs.iter().chain(self.nodes.iter()) {
+            eprintln!("===== {} =====\n{}", p.name, tail(&p.log_text(), 60));
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// Waits until `GET {url}/readyz` answers 200.
+pub async fn wait_ready(url: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let client = http();
+    loop {
+        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} not ready after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET {url}/status` as JSON.
+pub async fn status(url: &str) -> Value {
+    http()
+        .get(format!("{url}/status"))
+        .send()
+        .await
+        .expect("status request")
+        .json()
+        .await
+        .expect("status json")
+}
+
+/// Posts a message; returns (HTTP status, body).
+pub async fn post(url: &str, channel: &str, body: Value) -> (u16, Value) {
+    let r = http()
+        .post(format!("{url}/channels/{channel}/messages"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Every message of a channel, paging with `after` until the end.
+pub async fn read_all(url: &str, channel: &str) -> Vec<Message> {
+    let client = http();
+    let mut after = 0;
+    let mut all = Vec::new();
+    loop {
+        let page: Value = client
+            .get(format!(
+                "{url}/channels/{channel}/messages?after={after}&limit=10000"
+            ))
+            .send()
+            .await
+            .expect("read page")
+            .json()
+            .await
+            .expect("page json");
+        let msgs: Vec<Message> =
+            serde_json::from_value(page["messages"].clone()).expect("messages");
+        if msgs.is_empty() {
+            return all;
+        }
+        after = page["next"].as_u64().expect("next");
+        all.extend(msgs);
+    }
+}
+
+/// A replica's whole history via `/snapshot`.
+pub async fn snapshot(url: &str) -> Vec<Message> {
+    let body = http()
+        .get(format!("{url}/snapshot?after=0"))
+        .send()
+        .await
+        .expect("snapshot")
+        .text()
+        .await
+        .expect("snapshot body");
+    body.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("snapshot line"))
+        .collect()
+}
+
+/// Waits until every URL's `/status` shows `position >= target`.
+pub async fn wait_position(urls: &[String], field: &str, target: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for url in urls {
+        loop {
+            let s = status(url).await;
+            if s[field].as_u64().unwrap_or(0) >= target {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url} stuck at {s} (want {field} >= {target})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The whole history of a node, merged from all its channels, in position order.
+pub async fn node_history(url: &str, channels: &[String]) -> BTreeMap<u64, Message> {
+    let mut all = BTreeMap::new();
+    for c in channels {
+        for m in read_all(url, c).await {
+            let position = m.position;
+            assert!(
+                all.insert(position, m).is_none(),
+                "{url}: position {position} twice"
+            );
+        }
+    }
+    all
+}
