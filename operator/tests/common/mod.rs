@@ -1,0 +1,231 @@
+//! Shared harness of the integration tests against a real kube-apiserver: finding the cluster
+//! (`CHAT_CLUSTER_KUBECONFIG`, skip unless `CHAT_CLUSTER_REQUIRE_K8S`), per-test namespaces, the
+//! operator as a child process, kubectl, metrics scraping and polling helpers.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_cluster_operator::crd::{self, ChatCluster};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Serializes the tests of one binary: they share one API server and operators watch all
+/// namespaces, so the write-counting tests must not see other tests' work.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The kubeconfig path, or None (test skipped) when no cluster is configured.
+pub fn kubeconfig() -> Option<PathBuf> {
+    match std::env::var_os("CHAT_CLUSTER_KUBECONFIG") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("CHAT_CLUSTER_REQUIRE_K8S").is_some() => {
+            panic!("CHAT_CLUSTER_REQUIRE_K8S is set but CHAT_CLUSTER_KUBECONFIG is not")
+        }
+        None => {
+            eprintln!("SKIPPED: CHAT_CLUSTER_KUBECONFIG is not set (start one with `e2e/cluster up --control-plane-only`)");
+            None
+        }
+    }
+}
+
+/// A client for the kubeconfig.
+pub async fn client(kubeconfig: &PathBuf) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig reads");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig loads");
+    Client::try_from(config).expect("client")
+}
+
+/// kubectl: `$KUBECTL`, `$K8S_BIN/kubectl`, the e2e cache, or the PATH.
+pub fn kubectl_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("KUBECTL") {
+        return p.into();
+    }
+    if let Some(bin) = std::env::var_os("K8S_BIN") {
+        return PathBuf::from(bin).join("kubectl");
+    }
+    let cache = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chat-cluster");
+    if let Ok(entries) = std::fs::read_dir(&cache) {
+        let mut found: Vec<PathBuf> =
+            entries.flatten().map(|e| e.path().join("bin/kubectl")).filter(|p| p.exists()).collect();
+        found.sort();
+        if let Some(p) = found.pop() {
+            return p;
+        }
+    }
+    "kubectl".into()
+}
+
+/// Runs kubectl; returns (success, stdout, stderr).
+pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(kubectl_path())
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Installs (server-side applies) the CRD and waits until it is Established.
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch("chatclusters.chat-cluster.io", &PatchParams::apply("chat-cluster-tests").force(), &Patch::Apply(crd::crd()))
+        .await
+        .expect("CRD applies");
+    wait_for("CRD Established", Duration::from_secs(20), || async {
+        let crd = crds.get("chatclusters.chat-cluster.io").await.ok()?;
+        crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+    })
+    .await;
+    // Discovery catches up a moment after Established.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// A namespace that is deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, kubeconfig: &PathBuf, prefix: &str) -> TestNamespace {
+        let name = format!("{prefix}-{}", std::process::id() % 100000);
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("ns");
+        let _ = api.delete(&name, &DeleteParams::default()).await;
+        wait_for("old namespace gone", Duration::from_secs(60), || async {
+            api.get_opt(&name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        api.create(&PostParams::default(), &ns).await.expect("namespace created");
+        TestNamespace { name, kubeconfig: kubeconfig.clone() }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new(kubectl_path())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// An operator child process, killed when dropped.
+pub struct Operator {
+    pub child: Child,
+    pub identity: String,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl Operator {
+    /// Starts `chat-cluster-operator run` electing on lease `lease_ns/lease`.
+    pub fn start(kubeconfig: &PathBuf, lease_ns: &str, lease: &str, identity: &str) -> Operator {
+        let metrics_port = free_port();
+        let log = std::env::temp_dir().join(format!("chat-cluster-operator-{identity}-{}.log", std::process::id()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_chat-cluster-operator"))
+            .args(["run", "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--namespace", lease_ns, "--lease-name", lease, "--identity", identity])
+            .env("KUBECONFIG", kubeconfig)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,chat_cluster_operator=debug,kube_runtime=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("operator starts");
+        Operator { child, identity: identity.into(), metrics_port, log }
+    }
+
+    /// Starts an operator and waits until it leads.
+    pub async fn start_leading(client: &Client, kubeconfig: &PathBuf, lease_ns: &str, identity: &str) -> Operator {
+        let op = Operator::start(kubeconfig, lease_ns, "chat-cluster-operator", identity);
+        wait_for_leader(client, lease_ns, "chat-cluster-operator", identity, Duration::from_secs(30)).await;
+        op
+    }
+
+    /// Scrapes one metric value (sum over label sets matching `name{...}` prefix).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = http_get(self.metrics_port, "/metrics").await.unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
+    /// The operator's log so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `identity` holds the lease.
+pub async fn wait_for_leader(client: &Client, ns: &str, lease: &str, identity: &str, within: Duration) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("{identity} leads"), within, || async {
+        let l = api.get_opt(lease).await.ok()??;
+        (l.spec?.holder_identity.as_deref() == Some(identity)).then_some(())
+    })
+    .await;
+}
+
+/// Minimal HTTP/1.0 GET on 127.0.0.1:port; the body.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// Polls `check` every 100 ms until it returns Some, panicking after `within`.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A ChatCluster object named `name` in `ns` with `spec` (JSON).
+pub fn cluster(name: &str, ns: &str, spec: serde_json::Value) -> ChatCluster {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "chat-cluster.io/v1alpha1",
+        "kind": "ChatCluster",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }))
+    .expect("cluster")
+}
