@@ -17,7 +17,13 @@ async fn crd_installs_and_kubectl_shows_the_columns() {
     install_crd(&client).await;
     let ns = TestNamespace::create(&client, &kc, "crd-columns").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
-    let created = api.create(&PostParams::default(), &cluster("demo", &ns.name, json!({}))).await.expect("created");
+    let created = api
+        .create(
+            &PostParams::default(),
+            &cluster("demo", &ns.name, json!({})),
+        )
+        .await
+        .expect("created");
     // Defaults from the schema.
     assert_eq!(created.spec.replicas, 3);
     assert_eq!(created.spec.image, "chat-cluster/chat-server:0.1.0");
@@ -28,11 +34,23 @@ async fn crd_installs_and_kubectl_shows_the_columns() {
 
     let (ok, out, err) = kubectl(&kc, &["get", "chatclusters", "-n", &ns.name]);
     assert!(ok, "{err}");
-    let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "PHASE", "MESSAGES", "AGE"], "{out}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "PHASE", "MESSAGES", "AGE"],
+        "{out}"
+    );
     for short in ["cc", "chat"] {
         let (ok, out, err) = kubectl(&kc, &["get", short, "-n", &ns.name, "-o", "name"]);
-        assert!(ok && out.contains("chatcluster.chat-cluster.io/demo"), "{short}: {out} {err}");
+        assert!(
+            ok && out.contains("chatcluster.chat-cluster.io/demo"),
+            "{short}: {out} {err}"
+        );
     }
 }
 
@@ -46,21 +64,58 @@ async fn invalid_specs_are_rejected_with_a_message_naming_the_field() {
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
 
     let on_create = [
-        ("negative-replicas", json!({"replicas": -1}), "spec.replicas"),
-        ("zero-log-replicas", json!({"replicationLog": {"replicas": 0}}), "spec.replicationLog.replicas"),
-        ("bad-quantity", json!({"broker": {"storage": {"size": "lots"}}}), "spec.broker.storage.size"),
-        ("zero-quantity", json!({"replicationLog": {"storage": {"size": "0"}}}), "spec.replicationLog.storage.size"),
-        ("bad-duration", json!({"rollout": {"catchUpTimeout": "soon"}}), "spec.rollout.catchUpTimeout"),
-        ("short-duration", json!({"rollout": {"catchUpTimeout": "0s"}}), "spec.rollout.catchUpTimeout"),
-        ("zero-message-bytes", json!({"maxMessageBytes": 0}), "spec.maxMessageBytes"),
+        (
+            "negative-replicas",
+            json!({"replicas": -1}),
+            "spec.replicas",
+        ),
+        (
+            "zero-log-replicas",
+            json!({"replicationLog": {"replicas": 0}}),
+            "spec.replicationLog.replicas",
+        ),
+        (
+            "bad-quantity",
+            json!({"broker": {"storage": {"size": "lots"}}}),
+            "spec.broker.storage.size",
+        ),
+        (
+            "zero-quantity",
+            json!({"replicationLog": {"storage": {"size": "0"}}}),
+            "spec.replicationLog.storage.size",
+        ),
+        (
+            "bad-duration",
+            json!({"rollout": {"catchUpTimeout": "soon"}}),
+            "spec.rollout.catchUpTimeout",
+        ),
+        (
+            "short-duration",
+            json!({"rollout": {"catchUpTimeout": "0s"}}),
+            "spec.rollout.catchUpTimeout",
+        ),
+        (
+            "zero-message-bytes",
+            json!({"maxMessageBytes": 0}),
+            "spec.maxMessageBytes",
+        ),
     ];
     for (name, spec, field) in on_create {
-        let err = api.create(&PostParams::default(), &cluster(name, &ns.name, spec)).await.expect_err(name);
+        let err = api
+            .create(&PostParams::default(), &cluster(name, &ns.name, spec))
+            .await
+            .expect_err(name);
         let text = err.to_string();
-        assert!(text.contains(field), "{name}: message does not name {field}: {text}");
+        assert!(
+            text.contains(field),
+            "{name}: message does not name {field}: {text}"
+        );
     }
     let long = "x".repeat(45);
-    let err = api.create(&PostParams::default(), &cluster(&long, &ns.name, json!({}))).await.expect_err("long name");
+    let err = api
+        .create(&PostParams::default(), &cluster(&long, &ns.name, json!({})))
+        .await
+        .expect_err("long name");
     assert!(err.to_string().contains("metadata.name"), "{err}");
 
     // Transition rules: storage may grow, never shrink; the class is immutable.
@@ -72,23 +127,62 @@ async fn invalid_specs_are_rejected_with_a_message_naming_the_field() {
     .expect("valid cluster");
     let merge = |spec| Patch::Merge(json!({"spec": spec}));
     let pp = PatchParams::default();
-    let err = api.patch("storage", &pp, &merge(json!({"broker": {"storage": {"size": "512Mi"}}}))).await.expect_err("shrink");
-    assert!(err.to_string().contains("spec.broker.storage.size") && err.to_string().contains("shrink"), "{err}");
     let err = api
-        .patch("storage", &pp, &merge(json!({"replicationLog": {"storage": {"storageClassName": "fast"}}})))
+        .patch(
+            "storage",
+            &pp,
+            &merge(json!({"broker": {"storage": {"size": "512Mi"}}})),
+        )
+        .await
+        .expect_err("shrink");
+    assert!(
+        err.to_string().contains("spec.broker.storage.size") && err.to_string().contains("shrink"),
+        "{err}"
+    );
+    let err = api
+        .patch(
+            "storage",
+            &pp,
+            &merge(json!({"replicationLog": {"storage": {"storageClassName": "fast"}}})),
+        )
         .await
         .expect_err("class change");
-    assert!(err.to_string().contains("spec.replicationLog.storage.storageClassName"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.replicationLog.storage.storageClassName"),
+        "{err}"
+    );
     let err = api
-        .patch("storage", &pp, &merge(json!({"broker": {"storage": {"storageClassName": "fast"}}})))
+        .patch(
+            "storage",
+            &pp,
+            &merge(json!({"broker": {"storage": {"storageClassName": "fast"}}})),
+        )
         .await
         .expect_err("class added");
-    assert!(err.to_string().contains("spec.broker.storage.storageClassName"), "{err}");
-    api.patch("storage", &pp, &merge(json!({"broker": {"storage": {"size": "2Gi"}}}))).await.expect("growing is allowed");
+    assert!(
+        err.to_string()
+            .contains("spec.broker.storage.storageClassName"),
+        "{err}"
+    );
+    api.patch(
+        "storage",
+        &pp,
+        &merge(json!({"broker": {"storage": {"size": "2Gi"}}})),
+    )
+    .await
+    .expect("growing is allowed");
     // `storageClassName: null` means unset (pruned), as in the contract's example.
-    api.create(&PostParams::default(), &cluster("null-class", &ns.name, json!({"broker": {"storage": {"size": "1Gi", "storageClassName": null}}})))
-        .await
-        .expect("null storage class accepted");
+    api.create(
+        &PostParams::default(),
+        &cluster(
+            "null-class",
+            &ns.name,
+            json!({"broker": {"storage": {"size": "1Gi", "storageClassName": null}}}),
+        ),
+    )
+    .await
+    .expect("null storage class accepted");
 }
 
 #[tokio::test]
@@ -100,15 +194,51 @@ async fn manifests_build_and_pass_server_side_dry_run() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let (ok, out, err) = kubectl(&kc, &["kustomize", &format!("{root}/manifests")]);
     assert!(ok, "{err}");
-    for kind in ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment"] {
-        assert!(out.contains(&format!("kind: {kind}\n")), "manifests lack {kind}");
+    for kind in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+    ] {
+        assert!(
+            out.contains(&format!("kind: {kind}\n")),
+            "manifests lack {kind}"
+        );
     }
-    assert!(!out.contains("\nkind: ChatCluster\n"), "installing the operator must not create a cluster");
-    let (ok, _, err) = kubectl(&kc, &["apply", "-k", &format!("{root}/manifests"), "--dry-run=server"]);
+    assert!(
+        !out.contains("\nkind: ChatCluster\n"),
+        "installing the operator must not create a cluster"
+    );
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "apply",
+            "-k",
+            &format!("{root}/manifests"),
+            "--dry-run=server",
+        ],
+    );
     assert!(ok, "{err}");
-    let sample = std::fs::read_to_string(format!("{root}/manifests/sample-chatcluster.yaml")).expect("sample");
-    let copy = std::fs::read_to_string(format!("{root}/manifests/sample/chatcluster.yaml")).expect("sample copy");
-    assert_eq!(sample, copy, "manifests/sample/chatcluster.yaml must equal manifests/sample-chatcluster.yaml");
-    let (ok, _, err) = kubectl(&kc, &["apply", "-f", &format!("{root}/manifests/sample-chatcluster.yaml"), "--dry-run=server"]);
+    let sample = std::fs::read_to_string(format!("{root}/manifests/sample-chatcluster.yaml"))
+        .expect("sample");
+    let copy = std::fs::read_to_string(format!("{root}/manifests/sample/chatcluster.yaml"))
+        .expect("sample copy");
+    assert_eq!(
+        sample, copy,
+        "manifests/sample/chatcluster.yaml must equal manifests/sample-chatcluster.yaml"
+    );
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "apply",
+            "-f",
+            &format!("{root}/manifests/sample-chatcluster.yaml"),
+            "--dry-run=server",
+        ],
+    );
     assert!(ok, "{err}");
 }

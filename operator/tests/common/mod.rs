@@ -28,7 +28,9 @@ pub fn kubeconfig() -> Option<PathBuf> {
             panic!("CHAT_CLUSTER_REQUIRE_K8S is set but CHAT_CLUSTER_KUBECONFIG is not")
         }
         None => {
-            eprintln!("SKIPPED: CHAT_CLUSTER_KUBECONFIG is not set (start one with `e2e/cluster up --control-plane-only`)");
+            eprintln!(
+                "SKIPPED: CHAT_CLUSTER_KUBECONFIG is not set (start one with `e2e/cluster up --control-plane-only`)"
+            );
             None
         }
     }
@@ -37,7 +39,9 @@ pub fn kubeconfig() -> Option<PathBuf> {
 /// A client for the kubeconfig.
 pub async fn client(kubeconfig: &PathBuf) -> Client {
     let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig reads");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig loads");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig loads");
     Client::try_from(config).expect("client")
 }
 
@@ -49,10 +53,14 @@ pub fn kubectl_path() -> PathBuf {
     if let Some(bin) = std::env::var_os("K8S_BIN") {
         return PathBuf::from(bin).join("kubectl");
     }
-    let cache = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chat-cluster");
+    let cache =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chat-cluster");
     if let Ok(entries) = std::fs::read_dir(&cache) {
-        let mut found: Vec<PathBuf> =
-            entries.flatten().map(|e| e.path().join("bin/kubectl")).filter(|p| p.exists()).collect();
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path().join("bin/kubectl"))
+            .filter(|p| p.exists())
+            .collect();
         found.sort();
         if let Some(p) = found.pop() {
             return p;
@@ -68,18 +76,30 @@ pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .expect("kubectl runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Installs (server-side applies) the CRD and waits until it is Established.
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("chatclusters.chat-cluster.io", &PatchParams::apply("chat-cluster-tests").force(), &Patch::Apply(crd::crd()))
-        .await
-        .expect("CRD applies");
+    crds.patch(
+        "chatclusters.chat-cluster.io",
+        &PatchParams::apply("chat-cluster-tests").force(),
+        &Patch::Apply(crd::crd()),
+    )
+    .await
+    .expect("CRD applies");
     wait_for("CRD Established", Duration::from_secs(20), || async {
         let crd = crds.get("chatclusters.chat-cluster.io").await.ok()?;
-        crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
     })
     .await;
     // Discovery catches up a moment after Established.
@@ -96,14 +116,20 @@ impl TestNamespace {
     pub async fn create(client: &Client, kubeconfig: &PathBuf, prefix: &str) -> TestNamespace {
         let name = format!("{prefix}-{}", std::process::id() % 100000);
         let api: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("ns");
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("ns");
         let _ = api.delete(&name, &DeleteParams::default()).await;
         wait_for("old namespace gone", Duration::from_secs(60), || async {
             api.get_opt(&name).await.ok()?.is_none().then_some(())
         })
         .await;
-        api.create(&PostParams::default(), &ns).await.expect("namespace created");
-        TestNamespace { name, kubeconfig: kubeconfig.clone() }
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace created");
+        TestNamespace {
+            name,
+            kubeconfig: kubeconfig.clone(),
+        }
     }
 }
 
@@ -127,38 +153,77 @@ pub struct Operator {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Operator {
     /// Starts `chat-cluster-operator run` electing on lease `lease_ns/lease`.
     pub fn start(kubeconfig: &PathBuf, lease_ns: &str, lease: &str, identity: &str) -> Operator {
         let metrics_port = free_port();
-        let log = std::env::temp_dir().join(format!("chat-cluster-operator-{identity}-{}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!(
+            "chat-cluster-operator-{identity}-{}.log",
+            std::process::id()
+        ));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_chat-cluster-operator"))
-            .args(["run", "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--namespace", lease_ns, "--lease-name", lease, "--identity", identity])
+            .args([
+                "run",
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics_port}"),
+            ])
+            .args([
+                "--namespace",
+                lease_ns,
+                "--lease-name",
+                lease,
+                "--identity",
+                identity,
+            ])
             .env("KUBECONFIG", kubeconfig)
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,chat_cluster_operator=debug,kube_runtime=warn")
+            .env(
+                "RUST_LOG",
+                "info,chat_cluster_operator=debug,kube_runtime=warn",
+            )
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("operator starts");
-        Operator { child, identity: identity.into(), metrics_port, log }
+        Operator {
+            child,
+            identity: identity.into(),
+            metrics_port,
+            log,
+        }
     }
 
     /// Starts an operator and waits until it leads.
-    pub async fn start_leading(client: &Client, kubeconfig: &PathBuf, lease_ns: &str, identity: &str) -> Operator {
+    pub async fn start_leading(
+        client: &Client,
+        kubeconfig: &PathBuf,
+        lease_ns: &str,
+        identity: &str,
+    ) -> Operator {
         let op = Operator::start(kubeconfig, lease_ns, "chat-cluster-operator", identity);
-        wait_for_leader(client, lease_ns, "chat-cluster-operator", identity, Duration::from_secs(30)).await;
+        wait_for_leader(
+            client,
+            lease_ns,
+            "chat-cluster-operator",
+            identity,
+            Duration::from_secs(30),
+        )
+        .await;
         op
     }
 
     /// Scrapes one metric value (sum over label sets matching `name{...}` prefix).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = http_get(self.metrics_port, "/metrics").await.unwrap_or_default();
+        let text = http_get(self.metrics_port, "/metrics")
+            .await
+            .unwrap_or_default();
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.split([' ', '{']).next() == Some(name))
@@ -168,7 +233,9 @@ impl Operator {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
     }
 
     /// The operator's log so far (for assertion messages).
@@ -185,7 +252,13 @@ impl Drop for Operator {
 }
 
 /// Waits until `identity` holds the lease.
-pub async fn wait_for_leader(client: &Client, ns: &str, lease: &str, identity: &str, within: Duration) {
+pub async fn wait_for_leader(
+    client: &Client,
+    ns: &str,
+    lease: &str,
+    identity: &str,
+    within: Duration,
+) {
     let api: Api<Lease> = Api::namespaced(client.clone(), ns);
     wait_for(&format!("{identity} leads"), within, || async {
         let l = api.get_opt(lease).await.ok()??;
@@ -196,8 +269,12 @@ pub async fn wait_for_leader(client: &Client, ns: &str, lease: &str, identity: &
 
 /// Minimal HTTP/1.0 GET on 127.0.0.1:port; the body.
 pub async fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
@@ -214,7 +291,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < within, "timed out after {within:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

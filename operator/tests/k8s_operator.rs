@@ -1,0 +1,484 @@
+//! Against a real control plane (kube-apiserver + kube-controller-manager, no kubelet): the
+//! operator, run as a child process, creates every child with owner references, follows spec
+//! edits and `kubectl scale`, lets the garbage collector remove children, computes status from
+//! child status (the test plays kubelet by patching pod status), and does no writes when
+//! nothing changes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chat_cluster_operator::crd::{ChatCluster, Phase};
+use common::*;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+async fn owned_by<K>(client: &Client, ns: &str, name: &str, uid: &str) -> bool
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await {
+        Ok(Some(o)) => o
+            .owner_references()
+            .iter()
+            .any(|r| r.uid == uid && r.controller == Some(true)),
+        _ => false,
+    }
+}
+
+async fn all_children_owned(client: &Client, ns: &str, uid: &str) -> bool {
+    owned_by::<Secret>(client, ns, "demo-broker", uid).await
+        && owned_by::<Service>(client, ns, "demo-broker", uid).await
+        && owned_by::<StatefulSet>(client, ns, "demo-broker", uid).await
+        && owned_by::<Service>(client, ns, "demo-log-headless", uid).await
+        && owned_by::<Service>(client, ns, "demo-log", uid).await
+        && owned_by::<StatefulSet>(client, ns, "demo-log", uid).await
+        && owned_by::<PodDisruptionBudget>(client, ns, "demo-log", uid).await
+        && owned_by::<Deployment>(client, ns, "demo-chat-server", uid).await
+        && owned_by::<Service>(client, ns, "demo-chat-server", uid).await
+        && owned_by::<PodDisruptionBudget>(client, ns, "demo-chat-server", uid).await
+}
+
+#[tokio::test]
+async fn children_with_owner_references_follow_spec_edits_scale_and_deletion() {
+    let Some(kc) = kubeconfig() else { return };
+    let _serial = SERIAL.lock().await;
+    let client = client(&kc).await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, &kc, "op-children").await;
+    let op = Operator::start_leading(&client, &kc, &ns.name, "op-children").await;
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
+
+    let started = Instant::now();
+    let created = api
+        .create(
+            &PostParams::default(),
+            &cluster("demo", &ns.name, json!({"replicas": 3})),
+        )
+        .await
+        .expect("created");
+    let uid = created.uid().expect("uid");
+    wait_for("every child, owned", Duration::from_secs(5), || async {
+        all_children_owned(&client, &ns.name, &uid)
+            .await
+            .then_some(())
+    })
+    .await;
+    eprintln!("all children present after {:?}", started.elapsed());
+
+    // The Redis password is generated once and kept.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let password = secrets
+        .get("demo-broker")
+        .await
+        .expect("secret")
+        .data
+        .expect("data")["password"]
+        .clone();
+    assert_eq!(password.0.len(), 32);
+
+    // A spec edit reaches the children and observedGeneration.
+    let edited = api
+        .patch("demo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"image": "chat-cluster/chat-server:0.2.0", "maxMessageBytes": 100}})))
+        .await
+        .expect("edit");
+    let generation = edited.metadata.generation.expect("generation");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(
+        "new image on the Deployment and the log StatefulSet",
+        Duration::from_secs(10),
+        || async {
+            let d = deployments.get("demo-chat-server").await.ok()?;
+            let s = sets.get("demo-log").await.ok()?;
+            let image = |spec: Option<k8s_openapi::api::core::v1::PodSpec>| {
+                spec.map(|s| s.containers[0].image.clone())
+            };
+            let d_container = d.spec?.template.spec;
+            let env = d_container.as_ref()?.containers[0].env.clone()?;
+            let max = env
+                .iter()
+                .find(|e| e.name == "MAX_MESSAGE_BYTES")?
+                .value
+                .clone()?;
+            (image(d_container).flatten().as_deref() == Some("chat-cluster/chat-server:0.2.0")
+                && image(s.spec?.template.spec).flatten().as_deref()
+                    == Some("chat-cluster/chat-server:0.2.0")
+                && max == "100")
+                .then_some(())
+        },
+    )
+    .await;
+    wait_for("observedGeneration", Duration::from_secs(10), || async {
+        let c = api.get("demo").await.ok()?;
+        (c.status?.observed_generation == Some(generation)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        secrets
+            .get("demo-broker")
+            .await
+            .expect("secret")
+            .data
+            .expect("data")["password"],
+        password,
+        "password kept"
+    );
+
+    // `kubectl scale` goes through the scale subresource to the Deployment.
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "scale",
+            "chatcluster",
+            "demo",
+            "-n",
+            &ns.name,
+            "--replicas=5",
+        ],
+    );
+    assert!(ok, "{err}");
+    wait_for(
+        "Deployment scaled to 5",
+        Duration::from_secs(10),
+        || async {
+            (deployments
+                .get("demo-chat-server")
+                .await
+                .ok()?
+                .spec?
+                .replicas
+                == Some(5))
+            .then_some(())
+        },
+    )
+    .await;
+    let (ok, out, err) = kubectl(
+        &kc,
+        &[
+            "get",
+            "chatcluster",
+            "demo",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.replicas} {.status.selector}",
+        ],
+    );
+    assert!(ok, "{err}");
+    // status.replicas mirrors the Deployment's pods (≥ 5: the stuck rollout keeps a surge pod).
+    wait_for(
+        "status.replicas follows the Deployment",
+        Duration::from_secs(10),
+        || async {
+            let pods = deployments
+                .get("demo-chat-server")
+                .await
+                .ok()?
+                .status?
+                .replicas?;
+            let status = api.get("demo").await.ok()?.status?;
+            (status.replicas == pods && pods >= 5 && status.ready == "0/5").then_some(())
+        },
+    )
+    .await;
+    assert!(
+        out.contains("app.kubernetes.io/instance=demo,app.kubernetes.io/component=chat-server"),
+        "{out}"
+    );
+
+    // Scaling to one replica drops the chat-server PDB: the operator prunes it.
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "scale",
+            "chatcluster",
+            "demo",
+            "-n",
+            &ns.name,
+            "--replicas=1",
+        ],
+    );
+    assert!(ok, "{err}");
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(
+        "chat-server PDB pruned",
+        Duration::from_secs(10),
+        || async {
+            pdbs.get_opt("demo-chat-server")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        pdbs.get_opt("demo-log").await.expect("get").is_some(),
+        "log PDB stays"
+    );
+
+    // A deleted child comes back.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    services
+        .delete("demo-log", &DeleteParams::default())
+        .await
+        .expect("delete service");
+    wait_for(
+        "deleted Service recreated",
+        Duration::from_secs(10),
+        || async { services.get_opt("demo-log").await.ok()?.map(|_| ()) },
+    )
+    .await;
+
+    // Deleting the ChatCluster lets the garbage collector remove every child.
+    api.delete("demo", &DeleteParams::background())
+        .await
+        .expect("delete");
+    wait_for(
+        "children garbage-collected",
+        Duration::from_secs(30),
+        || async {
+            let d = deployments.get_opt("demo-chat-server").await.ok()?;
+            let s = sets.list(&ListParams::default()).await.ok()?;
+            let sv = services.list(&ListParams::default()).await.ok()?;
+            let sc = secrets.get_opt("demo-broker").await.ok()?;
+            (d.is_none() && s.items.is_empty() && sv.items.is_empty() && sc.is_none()).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        op.metric("chat_cluster_operator_reconcile_errors_total")
+            .await
+            == 0.0,
+        "{}",
+        op.log_text()
+    );
+}
+
+/// Plays kubelet: marks a pod Running and Ready (or not).
+async fn set_pod_ready(pods: &Api<Pod>, name: &str, ready: bool) {
+    let status = if ready { "True" } else { "False" };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let patch = json!({"status": {
+        "phase": "Running",
+        "startTime": now,
+        "conditions": [
+            {"type": "Ready", "status": status, "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": status, "lastTransitionTime": now},
+        ],
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .expect("pod status");
+}
+
+async fn pods_of(pods: &Api<Pod>, component: &str) -> Vec<String> {
+    let lp = ListParams::default().labels(&format!(
+        "app.kubernetes.io/instance=demo,app.kubernetes.io/component={component}"
+    ));
+    pods.list(&lp)
+        .await
+        .map(|l| l.items.iter().map(|p| p.name_any()).collect())
+        .unwrap_or_default()
+}
+
+fn condition(c: &ChatCluster, type_: &str) -> Option<(String, String)> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|x| x.type_ == type_)
+        .map(|x| (x.status.clone(), x.reason.clone()))
+}
+
+#[tokio::test]
+async fn status_follows_child_status_and_a_steady_cluster_does_no_writes() {
+    let Some(kc) = kubeconfig() else { return };
+    let _serial = SERIAL.lock().await;
+    let client = client(&kc).await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, &kc, "op-status").await;
+    let op = Operator::start_leading(&client, &kc, &ns.name, "op-status").await;
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &cluster(
+            "demo",
+            &ns.name,
+            json!({"replicas": 2, "replicationLog": {"replicas": 1}}),
+        ),
+    )
+    .await
+    .expect("created");
+
+    let pending = wait_for("phase Pending", Duration::from_secs(10), || async {
+        let c = api.get("demo").await.ok()?;
+        (c.status.as_ref()?.phase == Some(Phase::Pending)).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        condition(&pending, "Available"),
+        Some(("False".into(), "BrokerUnavailable".into()))
+    );
+    assert_eq!(
+        condition(&pending, "Progressing").map(|c| c.0),
+        Some("True".into())
+    );
+
+    // Broker and log pods (created one by one by the StatefulSet controller) become ready.
+    for component in ["broker", "replication-log"] {
+        let name = wait_for(
+            &format!("{component} pod"),
+            Duration::from_secs(20),
+            || async { pods_of(&pods, component).await.into_iter().next() },
+        )
+        .await;
+        set_pod_ready(&pods, &name, true).await;
+    }
+    let chat = wait_for("two chat-server pods", Duration::from_secs(20), || async {
+        let p = pods_of(&pods, "chat-server").await;
+        (p.len() == 2).then_some(p)
+    })
+    .await;
+    // Only the broker and the log are ready: still Pending (no chat-server serves).
+    set_pod_ready(&pods, &chat[0], true).await;
+    let progressing = wait_for(
+        "phase Progressing with 1/2 ready",
+        Duration::from_secs(15),
+        || async {
+            let c = api.get("demo").await.ok()?;
+            let s = c.status.as_ref()?;
+            (s.phase == Some(Phase::Progressing) && s.ready == "1/2").then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(
+        condition(&progressing, "Available"),
+        Some(("True".into(), "MinimumReplicasAvailable".into()))
+    );
+    set_pod_ready(&pods, &chat[1], true).await;
+    let running = wait_for(
+        "phase Running with 2/2 ready",
+        Duration::from_secs(15),
+        || async {
+            let c = api.get("demo").await.ok()?;
+            let s = c.status.as_ref()?;
+            (s.phase == Some(Phase::Running) && s.ready == "2/2" && s.ready_replicas == 2)
+                .then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(
+        condition(&running, "Progressing"),
+        Some(("False".into(), "RolloutComplete".into()))
+    );
+    assert_eq!(
+        condition(&running, "Degraded"),
+        Some(("False".into(), "AsExpected".into()))
+    );
+    let (ok, out, _) = kubectl(&kc, &["get", "cc", "demo", "-n", &ns.name, "--no-headers"]);
+    assert!(
+        ok && out.contains("2/2") && out.contains("Running"),
+        "{out}"
+    );
+
+    // Steady: over a quiet period the operator keeps reconciling (requeues, pod watch) but
+    // writes nothing, and the ChatCluster and its children keep their resourceVersions.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let versions = |_: ()| async {
+        let mut v = BTreeMap::new();
+        v.insert(
+            "cc".to_owned(),
+            api.get("demo")
+                .await
+                .ok()
+                .and_then(|c| c.resource_version()),
+        );
+        for (kind, name) in [
+            ("secret", "demo-broker"),
+            ("svc", "demo-broker"),
+            ("svc", "demo-log"),
+            ("svc", "demo-log-headless"),
+            ("svc", "demo-chat-server"),
+        ] {
+            let rv = if kind == "secret" {
+                Api::<Secret>::namespaced(client.clone(), &ns.name)
+                    .get(name)
+                    .await
+                    .ok()
+                    .and_then(|o| o.resource_version())
+            } else {
+                Api::<Service>::namespaced(client.clone(), &ns.name)
+                    .get(name)
+                    .await
+                    .ok()
+                    .and_then(|o| o.resource_version())
+            };
+            v.insert(format!("{kind}/{name}"), rv);
+        }
+        v
+    };
+    let before = versions(()).await;
+    let writes_before = op.metric("chat_cluster_operator_child_writes_total").await
+        + op.metric("chat_cluster_operator_status_writes_total").await;
+    let reconciles_before = op.metric("chat_cluster_operator_reconciles_total").await;
+    // Poke it: an unrelated label change on a child triggers a reconcile that must write nothing.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .patch(
+            "demo-chat-server",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": "1"}}})),
+        )
+        .await
+        .expect("poke");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let after = versions(()).await;
+    let writes_after = op.metric("chat_cluster_operator_child_writes_total").await
+        + op.metric("chat_cluster_operator_status_writes_total").await;
+    let reconciles_after = op.metric("chat_cluster_operator_reconciles_total").await;
+    assert!(
+        reconciles_after > reconciles_before,
+        "no reconcile happened in the quiet period"
+    );
+    assert_eq!(
+        writes_after,
+        writes_before,
+        "operator wrote during a quiet period:\n{}",
+        op.log_text()
+    );
+    assert_eq!(
+        after, before,
+        "resourceVersions changed during a quiet period"
+    );
+
+    // A pod losing readiness moves the status back.
+    set_pod_ready(&pods, &chat[1], false).await;
+    wait_for(
+        "phase Progressing again with 1/2",
+        Duration::from_secs(15),
+        || async {
+            let s = api.get("demo").await.ok()?.status?;
+            (s.phase == Some(Phase::Progressing) && s.ready == "1/2").then_some(())
+        },
+    )
+    .await;
+    assert!(
+        op.metric("chat_cluster_operator_reconcile_errors_total")
+            .await
+            == 0.0,
+        "{}",
+        op.log_text()
+    );
+}
