@@ -3,7 +3,7 @@
 //! operator as a child process, kubectl, metrics scraping and polling helpers.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ pub fn kubeconfig() -> Option<PathBuf> {
 }
 
 /// A client for the kubeconfig.
-pub async fn client(kubeconfig: &PathBuf) -> Client {
+pub async fn client(kubeconfig: &Path) -> Client {
     let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig reads");
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
@@ -70,7 +70,7 @@ pub fn kubectl_path() -> PathBuf {
 }
 
 /// Runs kubectl; returns (success, stdout, stderr).
-pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> (bool, String, String) {
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(kubectl_path())
         .env("KUBECONFIG", kubeconfig)
         .args(args)
@@ -113,7 +113,7 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
-    pub async fn create(client: &Client, kubeconfig: &PathBuf, prefix: &str) -> TestNamespace {
+    pub async fn create(client: &Client, kubeconfig: &Path, prefix: &str) -> TestNamespace {
         let name = format!("{prefix}-{}", std::process::id() % 100000);
         let api: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace =
@@ -128,7 +128,7 @@ impl TestNamespace {
             .expect("namespace created");
         TestNamespace {
             name,
-            kubeconfig: kubeconfig.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
         }
     }
 }
@@ -161,7 +161,7 @@ fn free_port() -> u16 {
 
 impl Operator {
     /// Starts `chat-cluster-operator run` electing on lease `lease_ns/lease`.
-    pub fn start(kubeconfig: &PathBuf, lease_ns: &str, lease: &str, identity: &str) -> Operator {
+    pub fn start(kubeconfig: &Path, lease_ns: &str, lease: &str, identity: &str) -> Operator {
         let metrics_port = free_port();
         let log = std::env::temp_dir().join(format!(
             "chat-cluster-operator-{identity}-{}.log",
@@ -203,7 +203,7 @@ impl Operator {
     /// Starts an operator and waits until it leads.
     pub async fn start_leading(
         client: &Client,
-        kubeconfig: &PathBuf,
+        kubeconfig: &Path,
         lease_ns: &str,
         identity: &str,
     ) -> Operator {
