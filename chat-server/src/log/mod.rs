@@ -1,5 +1,214 @@
 //! The replication log (`replication-log` binary): a durable, ordered copy of the broker's stream
-//! on local disk, served to chat-server nodes and peers.
+//! on local disk, served to chat-server nodes and peers. This module owns the replica's shared
+//! state ([`Replica`]: store, phase, broker head, epoch, errors, metrics) and its `/status`.
 //!
 //! - [`store`]: segment files, record framing, index, tail verification, group commit.
+//! - [`follower`]: following the stream, gap repair, peer bootstrap, anchoring and epoch checks,
+//!   publishing the persisted position and trimming the stream.
+//! - [`api`]: the HTTP API (pages, snapshots, health, status, metrics).
+//! - [`metrics`]: the replica's Prometheus metrics.
+//! - [`cli`]: flags, the `forget-replica` subcommand, and running a replica until SIGTERM.
+
+pub mod api;
+pub mod cli;
+pub mod follower;
+pub mod metrics;
 pub mod store;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use metrics::LogMetrics;
+use store::LogStore;
+
+/// Where a replica is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Not yet connected to the broker.
+    Starting,
+    /// Copying a peer's snapshot into an empty log.
+    Bootstrapping,
+    /// Following the stream, behind the broker head.
+    CatchingUp,
+    /// Persisted position at or past the broker head observed last (ready).
+    Live,
+    /// The broker lost data (epoch gone or sequence below the log); not applying until resolved.
+    BrokerLost,
+    /// This log holds positions past the broker's new anchor: it stopped for good.
+    Diverged,
+}
+
+impl Phase {
+    pub fn code(self) -> i64 {
+        match self {
+            Phase::Starting => 0,
+            Phase::Bootstrapping => 1,
+            Phase::CatchingUp => 2,
+            Phase::Live => 3,
+            Phase::BrokerLost => 4,
+            Phase::Diverged => 5,
+        }
+    }
+}
+
+/// Settings of a replica that the follower and API need.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    pub replica_id: String,
+    pub data_dir: PathBuf,
+    /// Base URLs of peer replicas (may include this replica's own URL; it is recognised by id).
+    pub peers: Vec<String>,
+    /// Entries kept in the stream below the lowest persisted position of all replicas.
+    pub trim_keep: u64,
+}
+
+/// `GET /status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub replica_id: String,
+    pub phase: Phase,
+    pub persisted: u64,
+    pub head: u64,
+    pub lag: u64,
+    pub messages: u64,
+    /// The broker epoch this log follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// What stops this replica from following now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last broker data loss this replica detected (kept after it re-anchored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_loss: Option<String>,
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    head: u64,
+    epoch: Option<String>,
+    error: Option<String>,
+    broker_loss: Option<String>,
+}
+
+/// Everything a replica's tasks share. Cheap to clone.
+#[derive(Clone)]
+pub struct Replica(Arc<Inner>);
+
+struct Inner {
+    settings: ReplicaSettings,
+    store: Arc<LogStore>,
+    state: Mutex<State>,
+    metrics: LogMetrics,
+}
+
+impl Replica {
+    /// `epoch` is the broker epoch this log was last following (from its data dir), if any.
+    pub fn new(settings: ReplicaSettings, store: Arc<LogStore>, epoch: Option<String>) -> Replica {
+        let metrics = LogMetrics::default();
+        metrics.persisted.set(store.persisted() as i64);
+        Replica(Arc::new(Inner {
+            settings,
+            store,
+            state: Mutex::new(State {
+                phase: Phase::Starting,
+                head: 0,
+                epoch,
+                error: None,
+                broker_loss: None,
+            }),
+            metrics,
+        }))
+    }
+
+    pub fn settings(&self) -> &ReplicaSettings {
+        &self.0.settings
+    }
+
+    pub fn store(&self) -> &Arc<LogStore> {
+        &self.0.store
+    }
+
+    pub fn metrics(&self) -> &LogMetrics {
+        &self.0.metrics
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.state().phase
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.state().phase = phase;
+        self.0.metrics.phase.set(phase.code());
+    }
+
+    /// The broker head observed last.
+    pub fn head(&self) -> u64 {
+        self.state().head
+    }
+
+    pub(crate) fn set_head(&self, head: u64) {
+        self.state().head = head;
+        self.0.metrics.head.set(head as i64);
+        self.update_lag();
+    }
+
+    pub(crate) fn update_lag(&self) {
+        let persisted = self.0.store.persisted();
+        self.0.metrics.persisted.set(persisted as i64);
+        self.0
+            .metrics
+            .lag
+            .set(self.head().saturating_sub(persisted) as i64);
+    }
+
+    pub fn epoch(&self) -> Option<String> {
+        self.state().epoch.clone()
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: Option<String>) {
+        self.state().epoch = epoch;
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.state().error.clone()
+    }
+
+    pub(crate) fn set_error(&self, error: Option<String>) {
+        self.state().error = error;
+    }
+
+    pub(crate) fn set_broker_loss(&self, what: String) {
+        self.state().broker_loss = Some(what);
+    }
+
+    /// Ready: caught up with the broker head and nothing wrong.
+    pub fn is_ready(&self) -> bool {
+        let state = self.state();
+        state.phase == Phase::Live && state.error.is_none()
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let persisted = self.0.store.persisted();
+        let messages = self.0.store.messages();
+        let state = self.state();
+        ReplicaStatus {
+            replica_id: self.0.settings.replica_id.clone(),
+            phase: state.phase,
+            persisted,
+            head: state.head,
+            lag: state.head.saturating_sub(persisted),
+            messages,
+            epoch: state.epoch.clone(),
+            error: state.error.clone(),
+            broker_loss: state.broker_loss.clone(),
+        }
+    }
+}

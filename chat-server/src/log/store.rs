@@ -982,7 +982,7 @@ mod tests {
 
     fn channel_for(position: u64) -> &'static str {
         // Uneven spread: "rare" gets one message in 97.
-        if position % 97 == 0 {
+        if position.is_multiple_of(97) {
             "rare"
         } else {
             ["a", "b", "c"][(position % 3) as usize]
@@ -1256,7 +1256,12 @@ mod tests {
             after = last.position;
             seen.extend(page.into_iter().map(|m| m.position));
         }
-        assert_eq!(seen, (1..=1000).filter(|p| p % 97 == 0).collect::<Vec<_>>());
+        assert_eq!(
+            seen,
+            (1..=1000)
+                .filter(|p| p.is_multiple_of(97))
+                .collect::<Vec<_>>()
+        );
         let summary = store.channels();
         assert_eq!(summary.iter().map(|c| c.messages).sum::<u64>(), 1000);
         assert_eq!(

@@ -1,0 +1,124 @@
+//! The replication log's HTTP API: channel pages, `/snapshot` (NDJSON streamed from disk up to the
+//! persisted position at request time), `/healthz`, `/readyz`, `/status` and `/metrics`.
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use super::Replica;
+use crate::http::{ApiError, MessagesPage, PageQuery, form_pairs, metrics_response};
+use crate::log_client::SNAPSHOT_POSITION_HEADER;
+use crate::message::validate_channel;
+
+/// The replica's routes.
+pub fn router(replica: Replica) -> Router {
+    Router::new()
+        .route("/channels/{channel}/messages", get(channel_messages))
+        .route("/messages/{channel}", get(channel_messages))
+        .route("/snapshot", get(snapshot))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(replica)
+}
+
+async fn channel_messages(
+    State(replica): State<Replica>,
+    Path(channel): Path<String>,
+    page: PageQuery,
+) -> Result<Json<MessagesPage>, ApiError> {
+    validate_channel(&channel)?;
+    let store = replica.store().clone();
+    let messages =
+        tokio::task::spawn_blocking(move || store.channel_page(&channel, page.after, page.limit))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("read task failed: {e}"),
+                )
+            })?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(MessagesPage::new(messages)))
+}
+
+/// `GET /snapshot?after=P`: every message after P up to the persisted position now, in order.
+async fn snapshot(
+    State(replica): State<Replica>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut after = 0u64;
+    for (key, value) in form_pairs(query.as_deref().unwrap_or("")) {
+        if key == "after" {
+            after = value.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "after must be a non-negative integer, got {value:?}"
+                ))
+            })?;
+        }
+    }
+    let store = replica.store().clone();
+    let position = store.persisted();
+    if after > position {
+        return Err(ApiError::unavailable(format!(
+            "this replica holds positions up to {position}, not past {after}"
+        )));
+    }
+    replica.metrics().snapshots.inc();
+    info!(after, position, "serving a snapshot");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let mut reader = store.read_after(after, position);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            match reader.next_chunk() {
+                Ok(Some(chunk)) => {
+                    let mut out = Vec::with_capacity(chunk.len() * 256);
+                    chunk.write_ndjson(&mut out);
+                    if tx.blocking_send(Ok(Bytes::from(out))).is_err() {
+                        return; // The client went away.
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(error = %e, "snapshot read failed; aborting the response");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+        }
+    });
+    let mut resp = Body::from_stream(ReceiverStream::new(rx)).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert(SNAPSHOT_POSITION_HEADER, HeaderValue::from(position));
+    Ok(resp)
+}
+
+async fn readyz(State(replica): State<Replica>) -> Response {
+    let status = replica.status();
+    let code = if replica.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(status)).into_response()
+}
+
+async fn status(State(replica): State<Replica>) -> Response {
+    Json(replica.status()).into_response()
+}
+
+async fn metrics(State(replica): State<Replica>) -> Response {
+    replica.update_lag();
+    metrics_response(&replica.metrics().registry)
+}

@@ -1,0 +1,188 @@
+//! The `replication-log` command line: flags and environment variables (see CONTRACT.md), the
+//! `forget-replica` subcommand, and running a replica (open the log, serve HTTP, follow the
+//! broker) until SIGTERM drains it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::follower::{self, FollowError};
+use super::store::{DEFAULT_BLOCK_RECORDS, DEFAULT_SEGMENT_BYTES, StoreConfig};
+use super::{Replica, ReplicaSettings, api};
+use crate::broker::BrokerError;
+use crate::config::host_name;
+
+/// How long open connections (snapshot streams) may hold up the exit after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A replication-log replica: follows the broker's stream into segment files on local disk and
+/// serves them to chat-server nodes and peers.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "replication-log", version)]
+pub struct LogCli {
+    #[command(subcommand)]
+    pub command: Option<LogCommand>,
+    #[command(flatten)]
+    pub config: LogConfig,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum LogCommand {
+    /// Removes a replica from the set whose persisted positions hold stream trimming back (for a
+    /// replica that is gone for good). Logs what it did.
+    ForgetReplica {
+        /// The replica's id (its `--replica-id`).
+        id: String,
+        /// The Redis broker.
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+    },
+}
+
+/// Flags of a running replica.
+#[derive(Debug, Clone, Args)]
+pub struct LogConfig {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "LOG_LISTEN", default_value = "0.0.0.0:8090")]
+    pub listen: SocketAddr,
+    /// The Redis broker.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Directory of the log's segment files.
+    #[arg(long, env = "LOG_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// This replica's name in the broker's replica set, `/status` and logs (default: host name).
+    #[arg(long, env = "REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Peer replicas, comma-separated: an empty replica copies the first with history, holes the
+    /// stream no longer holds are copied from them. This replica's own URL may be listed.
+    #[arg(long = "peer-url", env = "LOG_PEER_URLS", value_delimiter = ',')]
+    pub peer_urls: Vec<String>,
+    /// Stream entries kept below the lowest persisted position of all replicas when trimming.
+    #[arg(long, env = "LOG_TRIM_KEEP", default_value_t = 10_000)]
+    pub trim_keep: u64,
+    /// Size past which a new segment file is started, in bytes.
+    #[arg(long, env = "LOG_SEGMENT_BYTES", default_value_t = DEFAULT_SEGMENT_BYTES,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub segment_bytes: u64,
+}
+
+/// Why a replica could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("refusing to start: {0}")]
+    Open(FollowError),
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+    #[error("forget-replica: {0}")]
+    Broker(#[from] BrokerError),
+}
+
+/// Parses the command line; on a bad flag prints a one-line reason and exits 2 (help and version
+/// print as usual and exit 0).
+pub fn parse_or_exit() -> LogCli {
+    match LogCli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("bad arguments");
+            eprintln!("replication-log: {}", line.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs what the command line asks for.
+pub async fn main(cli: LogCli, shutdown: CancellationToken) -> Result<(), RunError> {
+    match cli.command {
+        Some(LogCommand::ForgetReplica { id, redis_url }) => {
+            follower::forget_replica(&redis_url, &id).await?;
+            Ok(())
+        }
+        None => run(cli.config, shutdown).await,
+    }
+}
+
+/// Opens the log, serves the API and follows the broker until `shutdown`, then drains.
+pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let store_config = StoreConfig {
+        segment_bytes: config.segment_bytes,
+        block_records: DEFAULT_BLOCK_RECORDS,
+    };
+    let (store, report) = follower::open_store(config.data_dir.clone(), store_config)
+        .await
+        .map_err(RunError::Open)?;
+    let epoch = follower::read_epoch(&config.data_dir).map_err(|e| RunError::Open(e.into()))?;
+    info!(
+        data_dir = %config.data_dir.display(),
+        persisted = report.persisted,
+        segments = report.segments,
+        truncated_bytes = report.truncated_bytes,
+        took_ms = report.took.as_millis() as u64,
+        epoch = epoch.as_deref().unwrap_or("none"),
+        "log opened"
+    );
+    let settings = ReplicaSettings {
+        replica_id: config.replica_id.clone().unwrap_or_else(host_name),
+        data_dir: config.data_dir.clone(),
+        peers: config
+            .peer_urls
+            .iter()
+            .filter(|u| !u.trim().is_empty())
+            .cloned()
+            .collect(),
+        trim_keep: config.trim_keep,
+    };
+    let replica = Replica::new(settings, Arc::new(store), epoch);
+    replica
+        .metrics()
+        .open_seconds
+        .set(report.took.as_secs_f64());
+    let follower = tokio::spawn(follower::run(
+        replica.clone(),
+        config.redis_url.clone(),
+        shutdown.clone(),
+    ));
+    info!(
+        listen = %config.listen,
+        replica_id = %replica.settings().replica_id,
+        peers = ?replica.settings().peers,
+        "replication-log serving"
+    );
+    let drain = shutdown.clone();
+    let serve = axum::serve(listener, api::router(replica.clone()))
+        .with_graceful_shutdown(async move { drain.cancelled().await });
+    tokio::select! {
+        r = serve => r.map_err(RunError::Serve)?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
+            warn!("connections still open {DRAIN_TIMEOUT:?} after shutdown began; exiting anyway");
+        }
+    }
+    let _ = follower.await;
+    info!(
+        persisted = replica.store().persisted(),
+        "replication-log stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,597 @@
+//! The replica's follower task: bootstraps an empty log from a peer, anchors a broker that has no
+//! epoch, follows the stream with `XREAD BLOCK` on its own connection, repairs holes from the
+//! stream or from peers, appends each batch with one group commit, publishes the persisted
+//! position, trims the stream below the lowest replica, and detects broker data loss (epoch gone
+//! or changed, sequence below the log). Reconnects with backoff; the HTTP API keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use super::store::{LogStore, StoreError};
+use super::{Phase, Replica};
+use crate::broker::{AnchorOutcome, Broker, BrokerError, StreamReader, split_dense};
+use crate::log_client::{LogClient, LogClientError};
+use crate::message::Message;
+
+/// Most messages one XREAD returns.
+const READ_COUNT: usize = 1000;
+/// How long one XREAD blocks.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+/// Messages copied from a peer per group commit.
+const COPY_BATCH: usize = 4096;
+/// How often the stream is trimmed at most.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Why following stopped (the caller decides whether to retry).
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("shutting down")]
+    Shutdown,
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Peer(#[from] LogClientError),
+    #[error("{0}")]
+    Diverged(String),
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// Exponential backoff between retries (100 ms doubling to 5 s).
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: Duration::from_millis(100),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+
+    async fn wait(&mut self, shutdown: &CancellationToken) -> Result<(), FollowError> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => Err(FollowError::Shutdown),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+}
+
+/// The file in the data dir that remembers the broker epoch the log follows.
+pub fn epoch_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("epoch")
+}
+
+/// Reads the remembered epoch (none for a new log).
+pub fn read_epoch(data_dir: &Path) -> Result<Option<String>, StoreError> {
+    let path = epoch_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Io {
+            op: "reading",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Remembers `epoch` durably (write, sync, rename, sync the directory).
+fn write_epoch(data_dir: &Path, epoch: &str) -> Result<(), StoreError> {
+    use std::io::Write;
+    let path = epoch_path(data_dir);
+    let tmp = data_dir.join("epoch.tmp");
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_owned();
+        move |source| StoreError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+    f.write_all(epoch.as_bytes()).map_err(io("writing", &tmp))?;
+    f.sync_all().map_err(io("syncing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("renaming", &tmp))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing", data_dir))?;
+    Ok(())
+}
+
+/// Runs the follower until shutdown (or until the log is found diverged).
+pub async fn run(replica: Replica, redis_url: String, shutdown: CancellationToken) {
+    let span = info_span!("follower", replica_id = %replica.settings().replica_id);
+    async move {
+        if replica.store().persisted() == 0 && !replica.settings().peers.is_empty() {
+            replica.set_phase(Phase::Bootstrapping);
+            if let Err(FollowError::Shutdown) = bootstrap_from_peer(&replica, &shutdown).await {
+                return;
+            }
+        }
+        replica.set_phase(Phase::Starting);
+        let mut backoff = Backoff::new();
+        loop {
+            let broker = match Broker::connect(&redis_url).await {
+                Ok(b) => b,
+                Err(e) => {
+                    replica.metrics().broker_errors.inc();
+                    warn!(error = %e, redis_url, "cannot reach the broker; retrying with backoff");
+                    if backoff.wait(&shutdown).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match session(&replica, &broker, &shutdown, &mut backoff).await {
+                Err(FollowError::Shutdown) => return,
+                Err(FollowError::Diverged(reason)) => {
+                    error!(%reason, "the log diverged from the broker; stopped following (serving reads only)");
+                    replica.set_phase(Phase::Diverged);
+                    replica.set_error(Some(reason));
+                    shutdown.cancelled().await;
+                    return;
+                }
+                Err(e) => {
+                    replica.metrics().broker_errors.inc();
+                    warn!(error = %e, "following interrupted; reconnecting with backoff");
+                    if replica.phase() == Phase::Live {
+                        replica.set_phase(Phase::CatchingUp);
+                    }
+                    if backoff.wait(&shutdown).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(never) => match never {},
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// One connection's worth of following. Returns only with an error.
+async fn session(
+    replica: &Replica,
+    broker: &Broker,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<std::convert::Infallible, FollowError> {
+    let mut reader: StreamReader = broker.reader().await?;
+    let mut epoch = ensure_epoch(replica, broker, shutdown).await?;
+    broker
+        .publish_persisted(&replica.settings().replica_id, replica.store().persisted())
+        .await?;
+    info!(
+        epoch,
+        persisted = replica.store().persisted(),
+        "following the broker's stream"
+    );
+    let mut last_trim = Instant::now() - TRIM_EVERY;
+    loop {
+        let persisted = replica.store().persisted();
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return Err(FollowError::Shutdown),
+            r = reader.read_after(persisted, READ_COUNT, READ_BLOCK) => r?,
+        };
+        backoff.reset();
+        let state = broker.state().await?;
+        replica.set_head(state.head);
+        if state.epoch.as_deref() != Some(epoch.as_str()) || state.head < persisted {
+            // Whatever this read returned may belong to another history: drop it and sort out
+            // the broker first.
+            epoch = ensure_epoch(replica, broker, shutdown).await?;
+            continue;
+        }
+        let split = split_dense(persisted, batch);
+        append(replica, split.dense).await?;
+        let gap_to = match split.gap {
+            Some((gap, _)) => Some(gap.to),
+            // Nothing new in the stream although the head is past us: the stream was trimmed
+            // (or lost) below the head.
+            None if replica.store().persisted() < state.head
+                && persisted == replica.store().persisted() =>
+            {
+                Some(state.head)
+            }
+            None => None,
+        };
+        if let Some(to) = gap_to {
+            repair(replica, broker, to, shutdown).await?;
+        }
+        let persisted = replica.store().persisted();
+        broker
+            .publish_persisted(&replica.settings().replica_id, persisted)
+            .await?;
+        replica.update_lag();
+        if replica.error().is_none() {
+            let phase = if persisted >= replica.head() {
+                Phase::Live
+            } else {
+                Phase::CatchingUp
+            };
+            if replica.phase() != phase {
+                info!(?phase, persisted, head = replica.head(), "phase changed");
+            }
+            replica.set_phase(phase);
+        }
+        if last_trim.elapsed() >= TRIM_EVERY {
+            last_trim = Instant::now();
+            trim(replica, broker).await?;
+        }
+    }
+}
+
+/// Appends a dense batch (one group commit) on the blocking pool.
+async fn append(replica: &Replica, batch: Vec<Message>) -> Result<(), FollowError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let store = replica.store().clone();
+    let n = batch.len();
+    let stats = tokio::task::spawn_blocking(move || store.append_batch(&batch))
+        .await
+        .map_err(|e| FollowError::Task(e.to_string()))??;
+    let m = replica.metrics();
+    m.appended.inc_by(n as u64);
+    m.batch_size.observe(n as f64);
+    m.fsync_seconds.observe(stats.sync.as_secs_f64());
+    Ok(())
+}
+
+/// Makes sure the broker has an epoch this log may follow, and returns it:
+/// - no epoch: anchor it at this log's persisted position, unless a reachable peer is further
+///   (then copy from that peer first);
+/// - the epoch this log follows, head not below the log: fine;
+/// - the same epoch with the head below the log (sequence went backwards): wait, reporting it;
+/// - another epoch: adopt it when this log is at or below its anchor (the gap is repaired from
+///   peers), else the log has diverged.
+async fn ensure_epoch(
+    replica: &Replica,
+    broker: &Broker,
+    shutdown: &CancellationToken,
+) -> Result<String, FollowError> {
+    let mut backoff = Backoff::new();
+    loop {
+        let state = broker.state().await?;
+        replica.set_head(state.head);
+        let persisted = replica.store().persisted();
+        let known = replica.epoch();
+        match (&state.epoch, &known) {
+            (None, _) => {
+                if let Some(previous) = &known {
+                    let what = format!(
+                        "the broker lost its data: epoch {previous} is gone (no epoch now); \
+                         re-anchoring on the replication log at position {persisted} or a peer's higher one"
+                    );
+                    note_broker_loss(replica, &what);
+                }
+                if let Some((url, peer_persisted)) = highest_peer(replica, persisted).await {
+                    info!(peer = %url, peer_persisted, persisted, "a peer is further; copying from it before anchoring");
+                    if let Err(e) = copy_from(replica, &url, u64::MAX).await {
+                        warn!(peer = %url, error = %e, "copying from the peer failed; retrying");
+                        backoff.wait(shutdown).await?;
+                    }
+                    continue;
+                }
+                match broker.anchor(persisted).await {
+                    Ok(AnchorOutcome::Anchored(epoch)) => {
+                        info!(
+                            epoch,
+                            position = persisted,
+                            "anchored the broker at this log's persisted position"
+                        );
+                        adopt(replica, &epoch)?;
+                        return Ok(epoch);
+                    }
+                    // Someone else anchored meanwhile: look again.
+                    Ok(AnchorOutcome::AlreadyAnchored(_)) => continue,
+                    Err(BrokerError::Redis(e)) if e.code() == Some("SEQAHEAD") => {
+                        let what = format!("cannot anchor the broker: {e}");
+                        error!(reason = %what, "broker has a sequence but no epoch");
+                        replica.set_phase(Phase::BrokerLost);
+                        replica.set_error(Some(what));
+                        backoff.wait(shutdown).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            (Some(epoch), Some(k)) if epoch == k => {
+                if state.head < persisted {
+                    let what = format!(
+                        "the broker's sequence went backwards in epoch {epoch}: head {} is below this log's \
+                         persisted position {persisted}; not applying until the broker is repaired or re-anchored",
+                        state.head
+                    );
+                    note_broker_loss(replica, &what);
+                    backoff.wait(shutdown).await?;
+                    continue;
+                }
+                if replica.phase() == Phase::BrokerLost {
+                    replica.set_phase(Phase::CatchingUp);
+                }
+                replica.set_error(None);
+                return Ok(epoch.clone());
+            }
+            (Some(epoch), known) => {
+                if let Some(previous) = known {
+                    let what = format!(
+                        "the broker's epoch changed from {previous} to {epoch} (anchored at position {}); \
+                         this log is at {persisted}",
+                        state.anchor
+                    );
+                    note_broker_loss(replica, &what);
+                }
+                let fits = match known {
+                    Some(_) => persisted <= state.anchor,
+                    // A log that never followed an epoch (new, or copied from a peer) may
+                    // follow any that does not run behind it.
+                    None => persisted <= state.head.max(state.anchor),
+                };
+                if !fits {
+                    return Err(FollowError::Diverged(format!(
+                        "this log holds positions up to {persisted}, past the anchor {} of the broker's epoch {epoch} \
+                         (previous epoch {}); its history past {} may differ from the cluster's",
+                        state.anchor,
+                        known.as_deref().unwrap_or("none"),
+                        state.anchor
+                    )));
+                }
+                if known.is_some() {
+                    info!(
+                        epoch,
+                        anchor = state.anchor,
+                        persisted,
+                        "following the new epoch; missing positions come from peers"
+                    );
+                }
+                adopt(replica, epoch)?;
+                replica.set_phase(Phase::CatchingUp);
+                replica.set_error(None);
+                return Ok(epoch.clone());
+            }
+        }
+    }
+}
+
+fn note_broker_loss(replica: &Replica, what: &str) {
+    if replica.error().as_deref() != Some(what) {
+        error!(reason = %what, "broker data loss detected; stopped applying");
+        replica.metrics().broker_losses.inc();
+    }
+    replica.set_phase(Phase::BrokerLost);
+    replica.set_error(Some(what.to_owned()));
+    replica.set_broker_loss(what.to_owned());
+}
+
+/// Follows `epoch` from now on, remembering it in the data dir.
+fn adopt(replica: &Replica, epoch: &str) -> Result<(), FollowError> {
+    if replica.epoch().as_deref() != Some(epoch) {
+        write_epoch(&replica.settings().data_dir, epoch)?;
+        replica.set_epoch(Some(epoch.to_owned()));
+    }
+    Ok(())
+}
+
+/// The reachable peer (not this replica, not diverged) with the highest persisted position
+/// above `than`, if any.
+async fn highest_peer(replica: &Replica, than: u64) -> Option<(String, u64)> {
+    let client = LogClient::new(replica.settings().peers.clone());
+    let mut best: Option<(String, u64)> = None;
+    for url in client.urls() {
+        match client.status_of(url).await {
+            Ok(s) if s.replica_id == replica.settings().replica_id => {}
+            Ok(s) if s.phase == "diverged" => {}
+            Ok(s) if s.persisted > than && best.as_ref().is_none_or(|(_, p)| s.persisted > *p) => {
+                best = Some((url.clone(), s.persisted));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(peer = %url, error = %e, "peer status unavailable"),
+        }
+    }
+    best
+}
+
+/// Copies a peer's snapshot after this log's persisted position, up to `upto`. Returns how many
+/// messages were appended (what was copied stays even when a later part fails).
+async fn copy_from(replica: &Replica, url: &str, upto: u64) -> Result<u64, FollowError> {
+    let client = LogClient::new([url.to_owned()]);
+    let after = replica.store().persisted();
+    let mut snapshot = client.snapshot_from(url, after).await?;
+    let mut pending: Vec<Message> = Vec::new();
+    let mut copied = 0u64;
+    let mut last = after;
+    while last < upto {
+        let Some(batch) = snapshot.next_batch().await? else {
+            break;
+        };
+        for m in batch {
+            if m.position > upto {
+                break;
+            }
+            last = m.position;
+            pending.push(m);
+        }
+        if pending.len() >= COPY_BATCH {
+            copied += pending.len() as u64;
+            append(replica, std::mem::take(&mut pending)).await?;
+        }
+    }
+    copied += pending.len() as u64;
+    append(replica, pending).await?;
+    replica.metrics().peer_messages.inc_by(copied);
+    replica.update_lag();
+    Ok(copied)
+}
+
+/// An empty replica copies the first peer with a non-empty history (best effort: what is missing
+/// later is repaired from the stream or peers).
+async fn bootstrap_from_peer(
+    replica: &Replica,
+    shutdown: &CancellationToken,
+) -> Result<(), FollowError> {
+    let client = LogClient::new(replica.settings().peers.clone());
+    for url in client.urls() {
+        if shutdown.is_cancelled() {
+            return Err(FollowError::Shutdown);
+        }
+        let status = match client.status_of(url).await {
+            Ok(s) => s,
+            Err(e) => {
+                info!(peer = %url, error = %e, "peer not available for bootstrap");
+                continue;
+            }
+        };
+        if status.replica_id == replica.settings().replica_id
+            || status.persisted == 0
+            || status.phase == "diverged"
+        {
+            continue;
+        }
+        let started = Instant::now();
+        info!(peer = %url, peer_persisted = status.persisted, "bootstrapping from a peer's snapshot");
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return Err(FollowError::Shutdown),
+            r = copy_from(replica, url, u64::MAX) => r,
+        };
+        match result {
+            Ok(copied) => {
+                info!(peer = %url, copied, persisted = replica.store().persisted(), took_ms = started.elapsed().as_millis() as u64, "bootstrapped from peer");
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(peer = %url, error = %e, persisted = replica.store().persisted(), "bootstrap from peer failed; trying the next")
+            }
+        }
+    }
+    info!("no peer has history to copy; following the stream from the start");
+    Ok(())
+}
+
+/// Fills this log up to `to`, from the stream if it still holds the positions, else from peers.
+/// Waits (with backoff) while neither has them.
+async fn repair(
+    replica: &Replica,
+    broker: &Broker,
+    to: u64,
+    shutdown: &CancellationToken,
+) -> Result<(), FollowError> {
+    let from = replica.store().persisted() + 1;
+    let mut backoff = Backoff::new();
+    let mut warned = false;
+    while replica.store().persisted() < to {
+        let persisted = replica.store().persisted();
+        let in_stream = broker.range(persisted, to, READ_COUNT).await?;
+        let split = split_dense(persisted, in_stream);
+        if !split.dense.is_empty() {
+            append(replica, split.dense).await?;
+            continue;
+        }
+        let mut progressed = false;
+        let client = LogClient::new(replica.settings().peers.clone());
+        for url in client.urls() {
+            match client.status_of(url).await {
+                Ok(s)
+                    if s.replica_id != replica.settings().replica_id
+                        && s.phase != "diverged"
+                        && s.persisted > persisted => {}
+                _ => continue,
+            }
+            match copy_from(replica, url, to).await {
+                Ok(n) if n > 0 => {
+                    progressed = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(peer = %url, error = %e, "repairing from the peer failed"),
+            }
+        }
+        if progressed {
+            continue;
+        }
+        if !warned {
+            warn!(
+                from = persisted + 1,
+                to, "positions are neither in the stream nor at any peer yet; retrying"
+            );
+            warned = true;
+        }
+        backoff.wait(shutdown).await?;
+    }
+    let m = replica.metrics();
+    m.gaps_repaired.inc();
+    m.gap_messages.inc_by(to + 1 - from);
+    info!(from, to, "repaired a gap in the stream");
+    Ok(())
+}
+
+/// Trims the stream below the lowest persisted position of all registered replicas, keeping
+/// `trim_keep` entries of slack.
+async fn trim(replica: &Replica, broker: &Broker) -> Result<(), FollowError> {
+    let replicas = broker.replicas().await?;
+    let Some(min) = replicas.iter().map(|(_, p)| *p).min() else {
+        return Ok(());
+    };
+    let keep = replica.settings().trim_keep;
+    if min <= keep {
+        return Ok(());
+    }
+    let upto = min - keep;
+    let removed = broker.trim_through(upto).await?;
+    if removed > 0 {
+        let m = replica.metrics();
+        m.trims.inc();
+        m.trimmed_entries.inc_by(removed);
+        tracing::debug!(upto, removed, lowest_replica = min, "trimmed the stream");
+    }
+    Ok(())
+}
+
+/// `replication-log forget-replica <ID>`: removes a replica from the set that holds trimming back.
+pub async fn forget_replica(redis_url: &str, replica_id: &str) -> Result<bool, BrokerError> {
+    let broker = Broker::connect(redis_url).await?;
+    let before = broker.replicas().await?;
+    let position = before
+        .iter()
+        .find(|(id, _)| id == replica_id)
+        .map(|(_, p)| *p);
+    let removed = broker.forget_replica(replica_id).await?;
+    if removed {
+        info!(
+            replica_id,
+            persisted = position.unwrap_or(0),
+            "removed the replica from the set that holds stream trimming back"
+        );
+    } else {
+        let known: Vec<&str> = before.iter().map(|(id, _)| id.as_str()).collect();
+        warn!(
+            replica_id,
+            ?known,
+            "no such replica registered; nothing removed"
+        );
+    }
+    Ok(removed)
+}
+
+/// Opens the log on the blocking pool.
+pub async fn open_store(
+    dir: PathBuf,
+    config: super::store::StoreConfig,
+) -> Result<(LogStore, super::store::OpenReport), FollowError> {
+    tokio::task::spawn_blocking(move || LogStore::open(&dir, config))
+        .await
+        .map_err(|e| FollowError::Task(e.to_string()))?
+        .map_err(FollowError::from)
+}

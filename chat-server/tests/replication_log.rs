@@ -1,0 +1,691 @@
+//! Integration tests of the `replication-log` binary against a real Redis: replicas following the
+//! stream, crash and torn-tail recovery, peer bootstrap, trimming, and broker data loss.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chat_server::broker::{Broker, WriteOutcome};
+use chat_server::message::{Message, NewMessage};
+use futures::StreamExt;
+use support::{
+    LOG_BIN, Proc, RedisServer, free_port, http, snapshot, status, wait_position, wait_ready,
+};
+
+const CHANNELS: [&str; 5] = ["alpha", "beta", "gamma", "delta", "epsilon"];
+
+/// One replica process and where its data lives.
+struct Log {
+    proc: Proc,
+    data: PathBuf,
+}
+
+/// Starts replica `id` on `port` with `peers` (comma-separated) and extra flags.
+fn start_log(
+    dir: &Path,
+    redis: &RedisServer,
+    id: &str,
+    port: u16,
+    peers: &str,
+    extra: &[&str],
+) -> Log {
+    let data = dir.join(id);
+    std::fs::create_dir_all(&data).expect("data dir");
+    let mut args = vec![
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--redis-url".to_owned(),
+        redis.url(),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        "--replica-id".to_owned(),
+        id.to_owned(),
+    ];
+    if !peers.is_empty() {
+        args.push("--peer-url".to_owned());
+        args.push(peers.to_owned());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Log {
+        proc: Proc::spawn(id, LOG_BIN, args, port, dir),
+        data,
+    }
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Writes `n` messages spread over the channels, 32 at a time, retrying while the broker is
+/// unavailable. Returns the positions the broker gave them.
+async fn write_n(broker: &Broker, tag: &str, n: usize) -> Vec<u64> {
+    let writes = (0..n).map(|i| {
+        let broker = broker.clone();
+        let msg = NewMessage {
+            channel: CHANNELS[i % CHANNELS.len()].to_owned(),
+            id: Some(format!("{tag}-{i}")),
+            author: "tester".to_owned(),
+            text: format!("{tag} message {i} {}", "x".repeat(i % 50)),
+        };
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match broker
+                    .write(&msg, "unused", 1_764_000_000_000 + i as i64)
+                    .await
+                {
+                    Ok(WriteOutcome::Accepted(m)) | Ok(WriteOutcome::Duplicate(m)) => {
+                        return m.position;
+                    }
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "write kept failing: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    });
+    futures::stream::iter(writes)
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+async fn connect(redis: &RedisServer) -> Broker {
+    Broker::connect(&redis.url()).await.expect("broker")
+}
+
+/// The raw `/snapshot` body, for byte-for-byte comparisons.
+async fn snapshot_text(url: &str) -> String {
+    let resp = http()
+        .get(format!("{url}/snapshot?after=0"))
+        .send()
+        .await
+        .expect("snapshot");
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("snapshot body")
+}
+
+fn assert_dense(history: &[Message], upto: u64) {
+    assert_eq!(history.len() as u64, upto, "history length");
+    for (i, m) in history.iter().enumerate() {
+        assert_eq!(m.position, i as u64 + 1, "position at index {i}");
+    }
+}
+
+fn dump(logs: &[&Log]) {
+    for l in logs {
+        let text = l.proc.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!(
+            "===== {} =====\n{}",
+            l.proc.name,
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_follow_the_stream_and_hold_identical_histories() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let peers = format!("{},{}", url(pa), url(pb));
+    let a = start_log(
+        dir.path(),
+        &redis,
+        "log-a",
+        pa,
+        &peers,
+        &["--segment-bytes", "65536"],
+    );
+    let b = start_log(dir.path(), &redis, "log-b", pb, &peers, &[]);
+    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
+    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    let broker = connect(&redis).await;
+    let mut positions = write_n(&broker, "follow", 3000).await;
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=3000).collect::<Vec<u64>>());
+    wait_position(
+        &[a.proc.url.clone(), b.proc.url.clone()],
+        "persisted",
+        3000,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let text_a = snapshot_text(&a.proc.url).await;
+    let text_b = snapshot_text(&b.proc.url).await;
+    if text_a != text_b {
+        dump(&[&a, &b]);
+    }
+    assert_eq!(text_a, text_b, "replicas hold the same bytes");
+    let history = snapshot(&a.proc.url).await;
+    assert_dense(&history, 3000);
+    assert!(
+        std::fs::read_dir(a.data.join("segments")).unwrap().count() > 3,
+        "segments rolled"
+    );
+
+    // Pages match a filter of the snapshot, on both replicas, and `after` skips.
+    for channel in CHANNELS {
+        let want: Vec<u64> = history
+            .iter()
+            .filter(|m| m.channel == channel)
+            .map(|m| m.position)
+            .collect();
+        for l in [&a, &b] {
+            let got: Vec<u64> = support::read_all(&l.proc.url, channel)
+                .await
+                .iter()
+                .map(|m| m.position)
+                .collect();
+            assert_eq!(got, want, "{channel} on {}", l.proc.name);
+        }
+        let page: serde_json::Value = http()
+            .get(format!(
+                "{}/channels/{channel}/messages?after={}&limit=3",
+                a.proc.url, want[10]
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let got: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["position"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, want[11..14].to_vec());
+        assert_eq!(page["next"].as_u64(), Some(want[13]));
+    }
+    // The contract's other routes.
+    let client = http();
+    let r = client
+        .get(format!("{}/messages/alpha", a.proc.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for bad in [
+        "/channels/alpha/messages?after=x",
+        "/channels/alpha/messages?limit=0",
+        "/channels/-bad/messages",
+        "/snapshot?after=-1",
+    ] {
+        let r = client
+            .get(format!("{}{bad}", a.proc.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
+    let r = client
+        .get(format!("{}/snapshot?after=2990", a.proc.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-snapshot-position"], "3000");
+    assert_eq!(r.text().await.unwrap().lines().count(), 10);
+    let r = client
+        .get(format!("{}/snapshot?after=5000", a.proc.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let s = status(&a.proc.url).await;
+    assert_eq!(s["replica_id"], "log-a");
+    assert_eq!(s["phase"], "live");
+    assert_eq!(s["persisted"], 3000);
+    assert_eq!(s["messages"], 3000);
+    assert!(s["epoch"].is_string(), "{s}");
+    let metrics = client
+        .get(format!("{}/metrics", a.proc.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "replication_log_messages_appended_total 3000",
+        "replication_log_fsync_duration_seconds_bucket",
+        "replication_log_batch_size_messages_count",
+        "replication_log_lag_messages 0",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+    // Both replicas registered their persisted position.
+    let mut replicas = broker.replicas().await.unwrap();
+    replicas.sort();
+    assert_eq!(
+        replicas,
+        vec![("log-a".to_owned(), 3000), ("log-b".to_owned(), 3000)]
+    );
+    // SIGTERM drains and exits 0.
+    let mut a = a;
+    let exit = a.proc.terminate().expect("exit status");
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_mid_load_restarts_byte_identical() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let peers = format!("{},{}", url(pa), url(pb));
+    let a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
+    let mut b = start_log(
+        dir.path(),
+        &redis,
+        "log-b",
+        pb,
+        &peers,
+        &["--segment-bytes", "32768"],
+    );
+    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
+    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    let broker = connect(&redis).await;
+    let load = {
+        let broker = broker.clone();
+        tokio::spawn(async move { write_n(&broker, "crash", 6000).await })
+    };
+    // Kill b once it has some of the load, leave it down a moment, restart it.
+    wait_position(
+        &[b.proc.url.clone()],
+        "persisted",
+        1500,
+        Duration::from_secs(60),
+    )
+    .await;
+    b.proc.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.proc.restart();
+    let written = load.await.unwrap();
+    assert_eq!(written.len(), 6000);
+    wait_position(
+        &[a.proc.url.clone(), b.proc.url.clone()],
+        "persisted",
+        6000,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (ta, tb) = (
+        snapshot_text(&a.proc.url).await,
+        snapshot_text(&b.proc.url).await,
+    );
+    if ta != tb {
+        dump(&[&a, &b]);
+    }
+    assert_eq!(ta, tb);
+    assert_dense(&snapshot(&b.proc.url).await, 6000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_replica_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let peers = format!("{},{}", url(pa), url(pb));
+    let a = start_log(
+        dir.path(),
+        &redis,
+        "log-a",
+        pa,
+        &peers,
+        &["--trim-keep", "10"],
+    );
+    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
+    let broker = connect(&redis).await;
+    write_n(&broker, "boot", 2000).await;
+    wait_position(
+        &[a.proc.url.clone()],
+        "persisted",
+        2000,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The stream no longer holds the early history: only a peer can provide it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.stream_len().await.unwrap() > 100 {
+        assert!(Instant::now() < deadline, "stream not trimmed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = start_log(
+        dir.path(),
+        &redis,
+        "log-b",
+        pb,
+        &peers,
+        &["--trim-keep", "10"],
+    );
+    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    write_n(&broker, "boot-after", 300).await;
+    wait_position(
+        &[a.proc.url.clone(), b.proc.url.clone()],
+        "persisted",
+        2300,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (ta, tb) = (
+        snapshot_text(&a.proc.url).await,
+        snapshot_text(&b.proc.url).await,
+    );
+    if ta != tb {
+        dump(&[&a, &b]);
+    }
+    assert_eq!(ta, tb);
+    assert_dense(&snapshot(&b.proc.url).await, 2300);
+    assert!(
+        b.proc.log_text().contains("bootstrapped from peer"),
+        "{}",
+        b.proc.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_is_truncated_on_restart_and_refollowed() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let peers = format!("{},{}", url(pa), url(pb));
+    let a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
+    let mut b = start_log(
+        dir.path(),
+        &redis,
+        "log-b",
+        pb,
+        &peers,
+        &["--segment-bytes", "16384"],
+    );
+    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
+    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    let broker = connect(&redis).await;
+    write_n(&broker, "torn", 800).await;
+    wait_position(
+        &[a.proc.url.clone(), b.proc.url.clone()],
+        "persisted",
+        800,
+        Duration::from_secs(60),
+    )
+    .await;
+    b.proc.kill9();
+    // Cut the last segment in the middle of its last record.
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(b.data.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    assert!(segments.len() > 1);
+    let last = segments.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    b.proc.restart();
+    write_n(&broker, "torn-after", 200).await;
+    wait_position(
+        &[a.proc.url.clone(), b.proc.url.clone()],
+        "persisted",
+        1000,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (ta, tb) = (
+        snapshot_text(&a.proc.url).await,
+        snapshot_text(&b.proc.url).await,
+    );
+    if ta != tb {
+        dump(&[&a, &b]);
+    }
+    assert_eq!(ta, tb);
+    let log = b.proc.log_text();
+    assert!(log.contains("truncating a torn or corrupt tail"), "{log}");
+    assert!(
+        log.contains(&last.display().to_string()),
+        "the warning names the file: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_keeps_the_stream_bounded_and_waits_for_a_stopped_replica() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let peers = format!("{},{}", url(pa), url(pb));
+    let a = start_log(
+        dir.path(),
+        &redis,
+        "log-a",
+        pa,
+        &peers,
+        &["--trim-keep", "100"],
+    );
+    let mut b = start_log(
+        dir.path(),
+        &redis,
+        "log-b",
+        pb,
+        &peers,
+        &["--trim-keep", "100"],
+    );
+    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
+    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    let broker = connect(&redis).await;
+    let first_in_stream = |broker: Broker| async move {
+        broker
+            .range(0, u64::MAX, 1)
+            .await
+            .unwrap()
+            .first()
+            .map(|m| m.position)
+    };
+    let wait_len = |broker: Broker, max: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let len = broker.stream_len().await.unwrap();
+            if len <= max {
+                return len;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream still holds {len} entries (want <= {max})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Live replicas keep the stream bounded while it grows.
+    for round in 1..=3u64 {
+        write_n(&broker, &format!("trim-{round}"), 1000).await;
+        wait_position(
+            &[a.proc.url.clone(), b.proc.url.clone()],
+            "persisted",
+            round * 1000,
+            Duration::from_secs(60),
+        )
+        .await;
+        wait_len(broker.clone(), 100).await;
+    }
+    // A stopped replica holds trimming back at its position.
+    b.proc.kill9();
+    write_n(&broker, "trim-4", 2000).await;
+    wait_position(
+        &[a.proc.url.clone()],
+        "persisted",
+        5000,
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let first = first_in_stream(broker.clone()).await.unwrap();
+    assert!(
+        first <= 3001 - 100,
+        "trimmed past the stopped replica: first entry {first}"
+    );
+    assert!(broker.stream_len().await.unwrap() >= 2000);
+    // Forgetting it (an explicit, logged action) lets trimming go on.
+    let out = std::process::Command::new(LOG_BIN)
+        .args(["forget-replica", "log-b", "--redis-url", &redis.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("removed the replica"),
+        "{out:?}"
+    );
+    write_n(&broker, "trim-5", 10).await;
+    wait_len(broker.clone(), 110).await;
+    assert_eq!(broker.replicas().await.unwrap().len(), 1);
+    // The forgotten replica comes back, re-registers and repairs from its peer.
+    b.proc.restart();
+    wait_position(
+        &[b.proc.url.clone()],
+        "persisted",
+        5010,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        snapshot_text(&a.proc.url).await,
+        snapshot_text(&b.proc.url).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_broker_is_detected_reported_and_re_anchored() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let peers = format!("{},{}", url(pa), url(pb));
+    let a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
+    let b = start_log(dir.path(), &redis, "log-b", pb, &peers, &[]);
+    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
+    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    let broker = connect(&redis).await;
+    write_n(&broker, "before", 1000).await;
+    wait_position(
+        &[a.proc.url.clone(), b.proc.url.clone()],
+        "persisted",
+        1000,
+        Duration::from_secs(60),
+    )
+    .await;
+    let old_epoch = status(&a.proc.url).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    redis.wipe();
+    // A replica re-anchors the broker at the log's position: the order continues after 1000.
+    let broker = connect(&redis).await;
+    let positions = write_n(&broker, "after", 500).await;
+    assert!(
+        positions.iter().all(|p| *p > 1000),
+        "positions reused after the wipe"
+    );
+    wait_position(
+        &[a.proc.url.clone(), b.proc.url.clone()],
+        "persisted",
+        1500,
+        Duration::from_secs(60),
+    )
+    .await;
+    let state = broker.state().await.unwrap();
+    assert_eq!(state.anchor, 1000);
+    let new_epoch = state.epoch.unwrap();
+    assert_ne!(new_epoch, old_epoch);
+    for l in [&a, &b] {
+        let s = status(&l.proc.url).await;
+        assert_eq!(s["epoch"], new_epoch.as_str(), "{s}");
+        let loss = s["broker_loss"].as_str().unwrap_or_default();
+        assert!(
+            loss.contains(&old_epoch),
+            "{}: broker loss not reported: {s}",
+            l.proc.name
+        );
+        assert!(
+            l.proc.log_text().contains("broker data loss detected"),
+            "{}",
+            l.proc.log_text()
+        );
+    }
+    let (ta, tb) = (
+        snapshot_text(&a.proc.url).await,
+        snapshot_text(&b.proc.url).await,
+    );
+    if ta != tb {
+        dump(&[&a, &b]);
+    }
+    assert_eq!(ta, tb);
+    assert_dense(&snapshot(&a.proc.url).await, 1500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_ahead_of_a_new_anchor_reports_diverged() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let peers = format!("{},{}", url(pa), url(pb));
+    let mut a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
+    let mut b = start_log(dir.path(), &redis, "log-b", pb, &peers, &[]);
+    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
+    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    let broker = connect(&redis).await;
+    write_n(&broker, "one", 300).await;
+    wait_position(
+        &[b.proc.url.clone()],
+        "persisted",
+        300,
+        Duration::from_secs(60),
+    )
+    .await;
+    b.proc.kill9();
+    write_n(&broker, "two", 200).await;
+    wait_position(
+        &[a.proc.url.clone()],
+        "persisted",
+        500,
+        Duration::from_secs(60),
+    )
+    .await;
+    // a (at 500) is down when the broker loses its data; b (at 300) anchors it at 300.
+    a.proc.kill9();
+    redis.wipe();
+    b.proc.restart();
+    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    let broker = connect(&redis).await;
+    write_n(&broker, "three", 50).await;
+    assert_eq!(broker.state().await.unwrap().anchor, 300);
+    a.proc.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&a.proc.url).await;
+        if s["phase"] == "diverged" {
+            assert!(
+                s["error"].as_str().unwrap().contains("past the anchor 300"),
+                "{s}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reported diverged: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http()
+        .get(format!("{}/readyz", a.proc.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // Its history up to 500 is kept untouched for an operator to inspect.
+    assert_eq!(status(&a.proc.url).await["persisted"], 500);
+}
