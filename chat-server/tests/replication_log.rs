@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use chat_server::broker::{Broker, WriteOutcome};
 use chat_server::message::{Message, NewMessage};
 use futures::StreamExt;
-use support::{
-    LOG_BIN, Proc, RedisServer, free_port, http, snapshot, status, wait_position, wait_ready,
-};
+use support::{LOG_BIN, Proc, RedisServer, free_port, http, snapshot, status};
 
 const CHANNELS: [&str; 5] = ["alpha", "beta", "gamma", "delta", "epsilon"];
 
@@ -126,6 +124,49 @@ fn dump(logs: &[&Log]) {
     }
 }
 
+/// Waits until every replica's `/status` shows `persisted >= target` (a replica still starting
+/// is retried); prints their logs first if one does not get there within 60 s.
+async fn wait_persisted(logs: &[&Log], target: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for l in logs {
+        loop {
+            let persisted = match http().get(format!("{}/status", l.proc.url)).send().await {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|s| s["persisted"].as_u64()),
+                Err(_) => None,
+            };
+            if persisted.is_some_and(|p| p >= target) {
+                break;
+            }
+            if Instant::now() > deadline {
+                dump(logs);
+                panic!("{} stuck at {persisted:?} (want {target})", l.proc.name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits until the replica is ready; prints its log first if it does not get there.
+async fn ready(l: &Log) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http().get(format!("{}/readyz", l.proc.url)).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        if Instant::now() > deadline {
+            dump(&[l]);
+            panic!("{} not ready after 30 s", l.proc.name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_follow_the_stream_and_hold_identical_histories() {
     let redis = RedisServer::start();
@@ -141,19 +182,13 @@ async fn two_replicas_follow_the_stream_and_hold_identical_histories() {
         &["--segment-bytes", "65536"],
     );
     let b = start_log(dir.path(), &redis, "log-b", pb, &peers, &[]);
-    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
-    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    ready(&a).await;
+    ready(&b).await;
     let broker = connect(&redis).await;
     let mut positions = write_n(&broker, "follow", 3000).await;
     positions.sort_unstable();
     assert_eq!(positions, (1..=3000).collect::<Vec<u64>>());
-    wait_position(
-        &[a.proc.url.clone(), b.proc.url.clone()],
-        "persisted",
-        3000,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a, &b], 3000).await;
 
     let text_a = snapshot_text(&a.proc.url).await;
     let text_b = snapshot_text(&b.proc.url).await;
@@ -289,33 +324,21 @@ async fn replica_killed_mid_load_restarts_byte_identical() {
         &peers,
         &["--segment-bytes", "32768"],
     );
-    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
-    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    ready(&a).await;
+    ready(&b).await;
     let broker = connect(&redis).await;
     let load = {
         let broker = broker.clone();
         tokio::spawn(async move { write_n(&broker, "crash", 6000).await })
     };
     // Kill b once it has some of the load, leave it down a moment, restart it.
-    wait_position(
-        &[b.proc.url.clone()],
-        "persisted",
-        1500,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&b], 1500).await;
     b.proc.kill9();
     tokio::time::sleep(Duration::from_millis(500)).await;
     b.proc.restart();
     let written = load.await.unwrap();
     assert_eq!(written.len(), 6000);
-    wait_position(
-        &[a.proc.url.clone(), b.proc.url.clone()],
-        "persisted",
-        6000,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a, &b], 6000).await;
     let (ta, tb) = (
         snapshot_text(&a.proc.url).await,
         snapshot_text(&b.proc.url).await,
@@ -341,16 +364,10 @@ async fn empty_replica_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
         &peers,
         &["--trim-keep", "10"],
     );
-    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
+    ready(&a).await;
     let broker = connect(&redis).await;
     write_n(&broker, "boot", 2000).await;
-    wait_position(
-        &[a.proc.url.clone()],
-        "persisted",
-        2000,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a], 2000).await;
     // The stream no longer holds the early history: only a peer can provide it.
     let deadline = Instant::now() + Duration::from_secs(20);
     while broker.stream_len().await.unwrap() > 100 {
@@ -365,15 +382,9 @@ async fn empty_replica_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
         &peers,
         &["--trim-keep", "10"],
     );
-    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    ready(&b).await;
     write_n(&broker, "boot-after", 300).await;
-    wait_position(
-        &[a.proc.url.clone(), b.proc.url.clone()],
-        "persisted",
-        2300,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a, &b], 2300).await;
     let (ta, tb) = (
         snapshot_text(&a.proc.url).await,
         snapshot_text(&b.proc.url).await,
@@ -405,17 +416,11 @@ async fn torn_tail_is_truncated_on_restart_and_refollowed() {
         &peers,
         &["--segment-bytes", "16384"],
     );
-    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
-    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    ready(&a).await;
+    ready(&b).await;
     let broker = connect(&redis).await;
     write_n(&broker, "torn", 800).await;
-    wait_position(
-        &[a.proc.url.clone(), b.proc.url.clone()],
-        "persisted",
-        800,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a, &b], 800).await;
     b.proc.kill9();
     // Cut the last segment in the middle of its last record.
     let mut segments: Vec<PathBuf> = std::fs::read_dir(b.data.join("segments"))
@@ -434,13 +439,7 @@ async fn torn_tail_is_truncated_on_restart_and_refollowed() {
         .unwrap();
     b.proc.restart();
     write_n(&broker, "torn-after", 200).await;
-    wait_position(
-        &[a.proc.url.clone(), b.proc.url.clone()],
-        "persisted",
-        1000,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a, &b], 1000).await;
     let (ta, tb) = (
         snapshot_text(&a.proc.url).await,
         snapshot_text(&b.proc.url).await,
@@ -479,8 +478,8 @@ async fn trimming_keeps_the_stream_bounded_and_waits_for_a_stopped_replica() {
         &peers,
         &["--trim-keep", "100"],
     );
-    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
-    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    ready(&a).await;
+    ready(&b).await;
     let broker = connect(&redis).await;
     let first_in_stream = |broker: Broker| async move {
         broker
@@ -507,25 +506,13 @@ async fn trimming_keeps_the_stream_bounded_and_waits_for_a_stopped_replica() {
     // Live replicas keep the stream bounded while it grows.
     for round in 1..=3u64 {
         write_n(&broker, &format!("trim-{round}"), 1000).await;
-        wait_position(
-            &[a.proc.url.clone(), b.proc.url.clone()],
-            "persisted",
-            round * 1000,
-            Duration::from_secs(60),
-        )
-        .await;
+        wait_persisted(&[&a, &b], round * 1000).await;
         wait_len(broker.clone(), 100).await;
     }
     // A stopped replica holds trimming back at its position.
     b.proc.kill9();
     write_n(&broker, "trim-4", 2000).await;
-    wait_position(
-        &[a.proc.url.clone()],
-        "persisted",
-        5000,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a], 5000).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let first = first_in_stream(broker.clone()).await.unwrap();
     assert!(
@@ -548,13 +535,8 @@ async fn trimming_keeps_the_stream_bounded_and_waits_for_a_stopped_replica() {
     assert_eq!(broker.replicas().await.unwrap().len(), 1);
     // The forgotten replica comes back, re-registers and repairs from its peer.
     b.proc.restart();
-    wait_position(
-        &[b.proc.url.clone()],
-        "persisted",
-        5010,
-        Duration::from_secs(60),
-    )
-    .await;
+    ready(&b).await;
+    wait_persisted(&[&b], 5010).await;
     assert_eq!(
         snapshot_text(&a.proc.url).await,
         snapshot_text(&b.proc.url).await
@@ -569,17 +551,11 @@ async fn wiped_broker_is_detected_reported_and_re_anchored() {
     let peers = format!("{},{}", url(pa), url(pb));
     let a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
     let b = start_log(dir.path(), &redis, "log-b", pb, &peers, &[]);
-    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
-    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    ready(&a).await;
+    ready(&b).await;
     let broker = connect(&redis).await;
     write_n(&broker, "before", 1000).await;
-    wait_position(
-        &[a.proc.url.clone(), b.proc.url.clone()],
-        "persisted",
-        1000,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a, &b], 1000).await;
     let old_epoch = status(&a.proc.url).await["epoch"]
         .as_str()
         .unwrap()
@@ -593,13 +569,7 @@ async fn wiped_broker_is_detected_reported_and_re_anchored() {
         positions.iter().all(|p| *p > 1000),
         "positions reused after the wipe"
     );
-    wait_position(
-        &[a.proc.url.clone(), b.proc.url.clone()],
-        "persisted",
-        1500,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a, &b], 1500).await;
     let state = broker.state().await.unwrap();
     assert_eq!(state.anchor, 1000);
     let new_epoch = state.epoch.unwrap();
@@ -638,38 +608,29 @@ async fn log_ahead_of_a_new_anchor_reports_diverged() {
     let peers = format!("{},{}", url(pa), url(pb));
     let mut a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
     let mut b = start_log(dir.path(), &redis, "log-b", pb, &peers, &[]);
-    wait_ready(&a.proc.url, Duration::from_secs(30)).await;
-    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    ready(&a).await;
+    ready(&b).await;
     let broker = connect(&redis).await;
     write_n(&broker, "one", 300).await;
-    wait_position(
-        &[b.proc.url.clone()],
-        "persisted",
-        300,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&b], 300).await;
     b.proc.kill9();
     write_n(&broker, "two", 200).await;
-    wait_position(
-        &[a.proc.url.clone()],
-        "persisted",
-        500,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_persisted(&[&a], 500).await;
     // a (at 500) is down when the broker loses its data; b (at 300) anchors it at 300.
     a.proc.kill9();
     redis.wipe();
     b.proc.restart();
-    wait_ready(&b.proc.url, Duration::from_secs(30)).await;
+    ready(&b).await;
     let broker = connect(&redis).await;
     write_n(&broker, "three", 50).await;
     assert_eq!(broker.state().await.unwrap().anchor, 300);
     a.proc.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = status(&a.proc.url).await;
+        let s = match http().get(format!("{}/status", a.proc.url)).send().await {
+            Ok(r) => r.json::<serde_json::Value>().await.unwrap(),
+            Err(_) => serde_json::Value::Null,
+        };
         if s["phase"] == "diverged" {
             assert!(
                 s["error"].as_str().unwrap().contains("past the anchor 300"),

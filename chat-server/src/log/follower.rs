@@ -73,9 +73,19 @@ pub fn epoch_path(data_dir: &Path) -> PathBuf {
     data_dir.join("epoch")
 }
 
+/// The file that marks an epoch whose sequence went backwards under this log.
+fn lost_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("epoch-lost")
+}
+
 /// Reads the remembered epoch (none for a new log).
 pub fn read_epoch(data_dir: &Path) -> Result<Option<String>, StoreError> {
-    let path = epoch_path(data_dir);
+    read_marker(&epoch_path(data_dir))
+}
+
+/// Reads a one-line marker file (none when absent or empty).
+fn read_marker(path: &Path) -> Result<Option<String>, StoreError> {
+    let path = path.to_owned();
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
         Ok(_) => Ok(None),
@@ -88,11 +98,10 @@ pub fn read_epoch(data_dir: &Path) -> Result<Option<String>, StoreError> {
     }
 }
 
-/// Remembers `epoch` durably (write, sync, rename, sync the directory).
-fn write_epoch(data_dir: &Path, epoch: &str) -> Result<(), StoreError> {
+/// Writes a one-line marker file durably (write, sync, rename, sync the directory).
+fn write_marker(data_dir: &Path, path: &Path, epoch: &str) -> Result<(), StoreError> {
     use std::io::Write;
-    let path = epoch_path(data_dir);
-    let tmp = data_dir.join("epoch.tmp");
+    let tmp = path.with_extension("tmp");
     let io = |op: &'static str, p: &Path| {
         let p = p.to_owned();
         move |source| StoreError::Io {
@@ -104,7 +113,7 @@ fn write_epoch(data_dir: &Path, epoch: &str) -> Result<(), StoreError> {
     let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
     f.write_all(epoch.as_bytes()).map_err(io("writing", &tmp))?;
     f.sync_all().map_err(io("syncing", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("renaming", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("renaming", &tmp))?;
     std::fs::File::open(data_dir)
         .and_then(|d| d.sync_all())
         .map_err(io("syncing", data_dir))?;
@@ -143,6 +152,14 @@ pub async fn run(replica: Replica, redis_url: String, shutdown: CancellationToke
                     replica.set_error(Some(reason));
                     shutdown.cancelled().await;
                     return;
+                }
+                Err(FollowError::Store(e)) => {
+                    error!(error = %e, "the log cannot be written; retrying with backoff");
+                    replica.set_phase(Phase::CatchingUp);
+                    replica.set_error(Some(format!("log storage: {e}")));
+                    if backoff.wait(&shutdown).await.is_err() {
+                        return;
+                    }
                 }
                 Err(e) => {
                     replica.metrics().broker_errors.inc();
@@ -294,6 +311,8 @@ async fn ensure_epoch(
                             "anchored the broker at this log's persisted position"
                         );
                         adopt(replica, &epoch)?;
+                        replica.set_phase(Phase::CatchingUp);
+                        replica.set_error(None);
                         return Ok(epoch);
                     }
                     // Someone else anchored meanwhile: look again.
@@ -309,10 +328,19 @@ async fn ensure_epoch(
                 }
             }
             (Some(epoch), Some(k)) if epoch == k => {
-                if state.head < persisted {
+                let data_dir = &replica.settings().data_dir;
+                let lost = read_marker(&lost_path(data_dir))?;
+                if state.head < persisted || lost.as_deref() == Some(epoch.as_str()) {
+                    // Positions past the head may be handed out again to other messages: this
+                    // epoch is not trusted again (across restarts too) until the broker is
+                    // re-anchored with a new one.
+                    if lost.is_none() {
+                        write_marker(data_dir, &lost_path(data_dir), epoch)?;
+                    }
                     let what = format!(
-                        "the broker's sequence went backwards in epoch {epoch}: head {} is below this log's \
-                         persisted position {persisted}; not applying until the broker is repaired or re-anchored",
+                        "the broker's sequence went backwards in epoch {epoch}: head {} was below this log's \
+                         persisted position {persisted}; not applying this epoch again until the broker is \
+                         re-anchored (wipe it, or delete its epoch key)",
                         state.head
                     );
                     note_broker_loss(replica, &what);
@@ -378,9 +406,18 @@ fn note_broker_loss(replica: &Replica, what: &str) {
 
 /// Follows `epoch` from now on, remembering it in the data dir.
 fn adopt(replica: &Replica, epoch: &str) -> Result<(), FollowError> {
+    let data_dir = &replica.settings().data_dir;
     if replica.epoch().as_deref() != Some(epoch) {
-        write_epoch(&replica.settings().data_dir, epoch)?;
+        write_marker(data_dir, &epoch_path(data_dir), epoch)?;
         replica.set_epoch(Some(epoch.to_owned()));
+    }
+    let lost = lost_path(data_dir);
+    if lost.exists() {
+        std::fs::remove_file(&lost).map_err(|source| StoreError::Io {
+            op: "removing",
+            path: lost,
+            source,
+        })?;
     }
     Ok(())
 }

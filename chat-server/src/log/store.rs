@@ -1258,7 +1258,7 @@ mod tests {
         }
         assert_eq!(
             seen,
-            (1..=1000)
+            (1..=1000u64)
                 .filter(|p| p.is_multiple_of(97))
                 .collect::<Vec<_>>()
         );
@@ -1298,6 +1298,44 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(store.persisted(), 3000);
+    }
+
+    /// The log-append benchmark and the open (verify + index) time of the log it leaves:
+    /// `cargo test --release -p chat-server --lib bench_append_1m -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark; run in release with --ignored --nocapture"]
+    fn bench_append_1m() {
+        let dir = tempfile::tempdir().unwrap();
+        let result = bench_append(dir.path(), 1_000_000, 1000, 200).unwrap();
+        println!("{result}");
+        let (store, report) = LogStore::open(dir.path(), StoreConfig::default()).unwrap();
+        println!(
+            "open: {} messages in {} segments verified and indexed in {:.3} s",
+            store.messages(),
+            report.segments,
+            report.took.as_secs_f64()
+        );
+        let store = Arc::new(store);
+        let started = Instant::now();
+        let page = store.channel_page("bench-3", 900_000, 1000).unwrap();
+        println!(
+            "channel page of {} near the end: {:?}",
+            page.len(),
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let mut reader = store.read_after(0, u64::MAX);
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        while let Some(chunk) = reader.next_chunk().unwrap() {
+            out.clear();
+            chunk.write_ndjson(&mut out);
+            bytes += out.len();
+        }
+        println!(
+            "snapshot read: {bytes} bytes of NDJSON in {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
