@@ -650,3 +650,83 @@ async fn log_ahead_of_a_new_anchor_reports_diverged() {
     // Its history up to 500 is kept untouched for an operator to inspect.
     assert_eq!(status(&a.proc.url).await["persisted"], 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_going_backwards_stops_the_replica_until_re_anchored() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pa = free_port();
+    let mut a = start_log(dir.path(), &redis, "log-a", pa, &url(pa), &[]);
+    ready(&a).await;
+    let broker = connect(&redis).await;
+    write_n(&broker, "seq", 300).await;
+    wait_persisted(&[&a], 300).await;
+    // The broker's sequence goes back below what the log persisted (as after a lossy restart).
+    let mut conn = redis.conn();
+    redis::cmd("SET")
+        .arg("chat:seq")
+        .arg(100)
+        .query::<()>(&mut conn)
+        .unwrap();
+    let wait_lost = |a_url: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = status(&a_url).await;
+            if s["phase"] == "broker_lost" {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "not reported: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let s = wait_lost(a.proc.url.clone()).await;
+    assert!(
+        s["error"].as_str().unwrap().contains("went backwards"),
+        "{s}"
+    );
+    let r = http()
+        .get(format!("{}/readyz", a.proc.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The head passing the log again does not make that epoch trustworthy, not even after a restart.
+    redis::cmd("SET")
+        .arg("chat:seq")
+        .arg(400)
+        .query::<()>(&mut conn)
+        .unwrap();
+    a.proc.restart();
+    ready_or_lost(&a).await;
+    let s = wait_lost(a.proc.url.clone()).await;
+    assert_eq!(s["persisted"], 300);
+    // Re-anchoring (the epoch key removed, as a wipe would) lets it follow again.
+    redis::cmd("DEL")
+        .arg("chat:epoch")
+        .query::<()>(&mut conn)
+        .unwrap();
+    redis::cmd("SET")
+        .arg("chat:seq")
+        .arg(300)
+        .query::<()>(&mut conn)
+        .unwrap();
+    ready(&a).await;
+    assert_eq!(broker.state().await.unwrap().anchor, 300);
+    write_n(&broker, "seq-after", 20).await;
+    wait_persisted(&[&a], 320).await;
+    assert!(status(&a.proc.url).await["error"].is_null());
+}
+
+/// Waits until a restarted replica answers `/status` at all.
+async fn ready_or_lost(l: &Log) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http()
+        .get(format!("{}/status", l.proc.url))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "{} does not answer", l.proc.name);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
