@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::broker::WriteOutcome;
 use crate::http::{ApiError, MessagesPage, metrics_response};
@@ -34,7 +35,14 @@ pub fn router(node: Node) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .merge(crate::ui::routes())
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            // A span per request; answers are logged at debug (a 503 from /readyz while
+            // bootstrapping is expected, and failed writes log their own warning).
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         .with_state(node)
 }
 

@@ -190,6 +190,14 @@ async fn ws_connect(node: &str, channel: &str, after: &str) -> Result<Ws, AnyErr
     Ok(ws)
 }
 
+/// A node's current position (`/status`), so a subscriber can start from now.
+async fn position_of(node: &str) -> Result<u64, AnyError> {
+    let s: Value = reqwest::get(format!("{node}/status")).await?.json().await?;
+    s["position"]
+        .as_u64()
+        .ok_or_else(|| format!("{node}/status has no position: {s}").into())
+}
+
 /// Sends one `send` frame and waits for its ack.
 async fn ws_send(ws: &mut Ws, text: &str) -> Result<u64, AnyError> {
     ws.send(Frame::Text(
@@ -294,7 +302,7 @@ async fn latency(
     // One subscriber per node records when each message became visible there.
     let mut subs = Vec::new();
     for node in &nodes {
-        let mut ws = ws_connect(node, CHANNEL, "18446744073709551615").await?;
+        let mut ws = ws_connect(node, CHANNEL, &position_of(node).await?.to_string()).await?;
         let done = done.clone();
         subs.push(tokio::spawn(async move {
             let mut seen: HashMap<u64, f64> = HashMap::new();
@@ -403,8 +411,13 @@ async fn fanout(
     let delivered = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let mut subs = Vec::new();
+    let mut positions = Vec::new();
+    for node in &nodes {
+        positions.push(position_of(node).await?.to_string());
+    }
     for i in 0..subscribers {
-        let mut ws = ws_connect(&nodes[i % nodes.len()], channel, "18446744073709551615").await?;
+        let n = i % nodes.len();
+        let mut ws = ws_connect(&nodes[n], channel, &positions[n]).await?;
         let (delivered, done) = (delivered.clone(), done.clone());
         subs.push(tokio::spawn(async move {
             let mut closed = None;
@@ -424,7 +437,7 @@ async fn fanout(
             closed
         }));
     }
-    let mut writer = ws_connect(&nodes[0], channel, "18446744073709551615").await?;
+    let mut writer = ws_connect(&nodes[0], channel, "0&live=false").await?;
     let text = text_of(size, "fanout");
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let started = Instant::now();
@@ -434,7 +447,6 @@ async fn fanout(
     let base = delivered.load(Ordering::Relaxed);
     while next < deadline {
         tokio::time::sleep_until(next.into()).await;
-        // The writer is itself a subscriber of the channel; its ack comes after its own echo.
         ws_send(&mut writer, &text).await?;
         sent += 1;
         next += period;

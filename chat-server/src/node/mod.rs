@@ -173,7 +173,7 @@ impl Node {
     pub fn status(&self) -> NodeStatus {
         let (position, messages, channels) = {
             let store = self.read();
-            (store.cursor(), store.total(), store.channels().len())
+            (store.cursor(), store.total(), store.channel_count())
         };
         let head = self.head().max(position);
         NodeStatus {

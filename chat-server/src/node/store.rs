@@ -182,6 +182,11 @@ impl Store {
         LocalPage::Complete(page)
     }
 
+    /// Number of channels seen.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
     /// Every channel with its counters, sorted by name.
     pub fn channels(&self) -> Vec<ChannelInfo> {
         let mut list: Vec<ChannelInfo> = self
