@@ -49,3 +49,21 @@ pub fn host_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
 }
+
+/// Parses the command line of `program`; on a bad flag prints a one-line reason and exits 2
+/// (`--help` and `--version` print as usual and exit 0).
+pub fn parse_or_exit<T: Parser>(program: &str) -> T {
+    match T::try_parse() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("bad arguments");
+            eprintln!("{program}: {}", line.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    }
+}

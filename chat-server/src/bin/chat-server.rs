@@ -3,11 +3,10 @@
 use std::process::ExitCode;
 
 use chat_server::config::NodeConfig;
-use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = NodeConfig::parse();
+    let config: NodeConfig = chat_server::config::parse_or_exit("chat-server");
     chat_server::telemetry::init_logging();
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,

@@ -92,19 +92,7 @@ pub enum RunError {
 /// Parses the command line; on a bad flag prints a one-line reason and exits 2 (help and version
 /// print as usual and exit 0).
 pub fn parse_or_exit() -> LogCli {
-    match LogCli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                e.exit();
-            }
-            let rendered = e.render().to_string();
-            let line = rendered.lines().next().unwrap_or("bad arguments");
-            eprintln!("replication-log: {}", line.trim_start_matches("error: "));
-            std::process::exit(2);
-        }
-    }
+    crate::config::parse_or_exit("replication-log")
 }
 
 /// Runs what the command line asks for.
