@@ -402,7 +402,9 @@ async fn raw_post(url: &str, path: &str, extra_head: &str, body: &[u8]) -> (u16,
     let text = String::from_utf8_lossy(&answer).into_owned();
     let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    let json = body.find('{').and_then(|i| serde_json::from_str(body[i..].trim_end_matches(|c| c != '}')).ok());
+    let json = body
+        .find('{')
+        .and_then(|i| serde_json::from_str(body[i..].trim_end_matches(|c| c != '}')).ok());
     (code, json.unwrap_or(Value::String(text)))
 }
 
@@ -477,7 +479,12 @@ async fn bad_input_gets_the_contract_status_and_loses_nothing() {
     ] {
         let (code, v) = raw_post(&url, "/channels/c/messages", head, &body).await;
         assert_eq!(code, 413, "{head}: {v}");
-        assert!(v["error"].as_str().is_some_and(|e| e.contains("larger than")), "{head}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("larger than")),
+            "{head}: {v}"
+        );
     }
     for query in [
         "after=x",
