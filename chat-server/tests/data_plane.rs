@@ -267,7 +267,7 @@ async fn websocket_replay_and_live_meet_without_duplicate_or_hole() {
     let acked = writers.await.unwrap();
     let expected: Vec<u64> = {
         wait_position(
-            &[b.clone()],
+            std::slice::from_ref(&b),
             "position",
             300 + acked.len() as u64,
             Duration::from_secs(30),
