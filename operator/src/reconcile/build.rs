@@ -353,7 +353,7 @@ impl Builder<'_> {
                                 "command": ["redis-server"],
                                 "args": [
                                     "--appendonly", "yes",
-                                    "--appendfsync", "everysec",
+                                    "--appendfsync", "always",
                                     "--dir", "/data",
                                     "--port", REDIS_PORT.to_string(),
                                     "--requirepass", "$(REDIS_PASSWORD)",
