@@ -1,0 +1,322 @@
+//! Finding the cluster under test and the tools around it: the kubeconfig
+//! (`CHAT_CLUSTER_E2E_KUBECONFIG`; a test is skipped with a printed reason when it is unset, and
+//! fails instead when `CHAT_CLUSTER_REQUIRE_E2E` is set), kubectl, the image tags under test,
+//! installing the operator with `kubectl apply -k`, per-scenario namespaces and polling.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use crate::proxy::Proxy;
+
+/// Namespace the operator is installed into by `manifests/`.
+pub const OPERATOR_NAMESPACE: &str = "chat-cluster-system";
+/// Name of the operator Deployment (and its container is `operator`).
+pub const OPERATOR_DEPLOYMENT: &str = "chat-cluster-operator";
+/// Label put on every namespace the suite creates, so leftovers can be swept.
+pub const NAMESPACE_LABEL: &str = "chat-cluster.io/e2e";
+
+/// Image references under test; each can be overridden by an environment variable.
+#[derive(Clone, Debug)]
+pub struct Images {
+    /// The data-plane image (`CHAT_CLUSTER_E2E_IMAGE`, default `chat-cluster/chat-server:0.1.0`).
+    pub chat_server: String,
+    /// The second tag of the same build, target of rolling updates
+    /// (`CHAT_CLUSTER_E2E_NEXT_IMAGE`, default `chat-cluster/chat-server:0.1.1`).
+    pub chat_server_next: String,
+    /// The operator image (`CHAT_CLUSTER_E2E_OPERATOR_IMAGE`, default
+    /// `chat-cluster/chat-cluster-operator:0.1.0`, which is what `e2e/suite/overlay` pins).
+    pub operator: String,
+    /// The broker image (`CHAT_CLUSTER_E2E_REDIS_IMAGE`, default `chat-cluster/redis:7.0`).
+    pub redis: String,
+}
+
+/// The operator tag pinned by `e2e/suite/overlay/kustomization.yaml`.
+const OVERLAY_OPERATOR_IMAGE: &str = "chat-cluster/chat-cluster-operator:0.1.0";
+
+impl Images {
+    /// The tags from the environment, or the local defaults.
+    pub fn from_env() -> Images {
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+        Images {
+            chat_server: var("CHAT_CLUSTER_E2E_IMAGE", "chat-cluster/chat-server:0.1.0"),
+            chat_server_next: var(
+                "CHAT_CLUSTER_E2E_NEXT_IMAGE",
+                "chat-cluster/chat-server:0.1.1",
+            ),
+            operator: var("CHAT_CLUSTER_E2E_OPERATOR_IMAGE", OVERLAY_OPERATOR_IMAGE),
+            redis: var("CHAT_CLUSTER_E2E_REDIS_IMAGE", "chat-cluster/redis:7.0"),
+        }
+    }
+}
+
+/// Everything a scenario needs to reach the cluster (cheap to clone).
+#[derive(Clone)]
+pub struct Harness {
+    /// The kubeconfig file.
+    pub kubeconfig: PathBuf,
+    /// API client.
+    pub client: Client,
+    /// Proxied HTTP to the data plane.
+    pub proxy: Proxy,
+    /// kubectl binary.
+    pub kubectl: PathBuf,
+    /// Image tags under test.
+    pub images: Images,
+    /// The repository root (holds `manifests/`).
+    pub repo_root: PathBuf,
+}
+
+impl Harness {
+    /// The harness for `CHAT_CLUSTER_E2E_KUBECONFIG`, or `None` (after printing why) when the
+    /// variable is unset; an error when it is unset but `CHAT_CLUSTER_REQUIRE_E2E` is set.
+    pub async fn from_env() -> Result<Option<Harness>> {
+        let Some(kubeconfig) = std::env::var_os("CHAT_CLUSTER_E2E_KUBECONFIG") else {
+            if std::env::var_os("CHAT_CLUSTER_REQUIRE_E2E").is_some() {
+                bail!("CHAT_CLUSTER_REQUIRE_E2E is set but CHAT_CLUSTER_E2E_KUBECONFIG is not");
+            }
+            eprintln!(
+                "SKIPPED: CHAT_CLUSTER_E2E_KUBECONFIG is not set (run the suite with `e2e/run-suite`, \
+                 or set it to a cluster's kubeconfig, e.g. target/e2e/kubeconfig after `e2e/cluster up`)"
+            );
+            return Ok(None);
+        };
+        let kubeconfig = PathBuf::from(kubeconfig);
+        let kc = Kubeconfig::read_from(&kubeconfig)
+            .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .context("loading kubeconfig")?;
+        let client = Client::try_from(config).context("building the API client")?;
+        let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let repo_root = repo_root.canonicalize().unwrap_or(repo_root);
+        Ok(Some(Harness {
+            kubeconfig,
+            proxy: Proxy::new(client.clone()),
+            client,
+            kubectl: kubectl_path(),
+            images: Images::from_env(),
+            repo_root,
+        }))
+    }
+
+    /// Runs kubectl against the cluster; stdout on success, an error with stderr otherwise.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = tokio::process::Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output()
+            .await
+            .with_context(|| format!("running {}", self.kubectl.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                stdout.trim()
+            );
+        }
+        Ok(stdout)
+    }
+
+    /// Installs CRD, namespace, RBAC and the operator Deployment with
+    /// `kubectl apply -k e2e/suite/overlay` (that is `manifests/` with the local image tag),
+    /// overrides the image when `CHAT_CLUSTER_E2E_OPERATOR_IMAGE` says so, and waits until the
+    /// CRD is Established and the Deployment Available with every replica updated and ready.
+    /// Idempotent: every scenario calls it.
+    pub async fn install_operator(&self) -> Result<()> {
+        let overlay = self.repo_root.join("e2e/suite/overlay");
+        let overlay = overlay.to_string_lossy();
+        self.kubectl(&["apply", "-k", &overlay]).await?;
+        if self.images.operator != OVERLAY_OPERATOR_IMAGE {
+            let image = format!("operator={}", self.images.operator);
+            self.kubectl(&[
+                "-n",
+                OPERATOR_NAMESPACE,
+                "set",
+                "image",
+                &format!("deployment/{OPERATOR_DEPLOYMENT}"),
+                &image,
+            ])
+            .await?;
+        }
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/chatclusters.chat-cluster.io",
+        ])
+        .await?;
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        wait_for(
+            "operator Deployment Available and rolled out",
+            Duration::from_secs(180),
+            || {
+                let deployments = deployments.clone();
+                async move {
+                    let d = deployments.get(OPERATOR_DEPLOYMENT).await?;
+                    Ok(deployment_rolled_out(&d).then_some(()))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Creates a fresh namespace `e2e-{prefix}-{random}` labelled for the suite.
+    pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
+        let suffix: String = uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .chars()
+            .take(5)
+            .collect();
+        let name = format!("e2e-{prefix}-{suffix}");
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {NAMESPACE_LABEL: "true"}}
+        }))?;
+        api.create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        eprintln!("namespace {name} created");
+        Ok(TestNamespace {
+            name,
+            harness: self.clone(),
+            deleted: false,
+        })
+    }
+}
+
+/// True when the Deployment is Available, observed its generation and has every replica updated,
+/// ready and available (no old pods left).
+pub fn deployment_rolled_out(d: &Deployment) -> bool {
+    let (Some(spec), Some(status)) = (&d.spec, &d.status) else {
+        return false;
+    };
+    let want = spec.replicas.unwrap_or(1);
+    let available = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Available" && c.status == "True");
+    available
+        && status.observed_generation >= d.metadata.generation
+        && status.updated_replicas.unwrap_or(0) == want
+        && status.ready_replicas.unwrap_or(0) == want
+        && status.replicas.unwrap_or(0) == want
+}
+
+/// A namespace owned by one scenario. [`TestNamespace::delete`] removes it and waits; dropping it
+/// without that (a failed test) still asks the API server to delete it.
+pub struct TestNamespace {
+    /// Namespace name.
+    pub name: String,
+    harness: Harness,
+    deleted: bool,
+}
+
+impl TestNamespace {
+    /// Deletes the namespace and waits until it is gone (its pods and volumes with it), so the
+    /// next scenario starts on an idle node.
+    pub async fn delete(mut self) -> Result<()> {
+        self.deleted = true;
+        let api: Api<Namespace> = Api::all(self.harness.client.clone());
+        let started = Instant::now();
+        match api.delete(&self.name, &DeleteParams::foreground()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("deleting namespace {}", self.name)),
+        }
+        let name = self.name.clone();
+        wait_for(
+            &format!("namespace {name} gone"),
+            Duration::from_secs(300),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move { Ok(api.get_opt(&name).await?.is_none().then_some(())) }
+            },
+        )
+        .await?;
+        eprintln!(
+            "namespace {} deleted in {:.1?}",
+            self.name,
+            started.elapsed()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        eprintln!("deleting namespace {} (scenario did not finish)", self.name);
+        let _ = std::process::Command::new(&self.harness.kubectl)
+            .env("KUBECONFIG", &self.harness.kubeconfig)
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// kubectl: `$KUBECTL`, `$K8S_BIN/kubectl`, the newest `~/.cache/chat-cluster/*/bin/kubectl`, or
+/// `kubectl` on the PATH.
+pub fn kubectl_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("KUBECTL") {
+        return p.into();
+    }
+    if let Some(bin) = std::env::var_os("K8S_BIN") {
+        return PathBuf::from(bin).join("kubectl");
+    }
+    let cache =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chat-cluster");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/kubectl"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| "kubectl".into())
+}
+
+/// Polls `check` every 500 ms until it yields a value or `timeout` passes. Errors from `check`
+/// count as "not yet"; the last one is part of the timeout error.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if started.elapsed() >= timeout {
+            match last_error {
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
