@@ -21,7 +21,7 @@ e2e_find_go() {
 e2e_port_busy() {
   local port="$1"
   if command -v ss >/dev/null 2>&1; then
-    ss -Hltn "sport = :$port" 2>/dev/null | grep -q .
+    [[ -n "$(ss -Hltn "sport = :$port" 2>/dev/null)" ]]
   else
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
   fi
