@@ -18,6 +18,8 @@
 //!   other and against the accepted messages (dense, same order, nothing lost or duplicated).
 //! - [`monitor`]: a pod watcher plus `/status` sampler recording per-pod readiness transitions
 //!   against the pods' own phase and lag, with the rollout checks computed from that timeline.
+//! - [`scenario`]: the frame of every test: skip or set up a Running ChatCluster in a fresh
+//!   namespace, start loads, check every holder's history, delete the namespace.
 
 pub mod cluster;
 pub mod harness;
@@ -25,6 +27,7 @@ pub mod history;
 pub mod load;
 pub mod monitor;
 pub mod proxy;
+pub mod scenario;
 
 /// Milliseconds since the Unix epoch on this machine's clock: the one time base of every record.
 pub fn now_ms() -> i64 {

@@ -1,0 +1,312 @@
+//! Rollout scenarios. A rolling update to the second image tag under a steady ~200 messages/s:
+//! no accepted message lost, no chat-server pod ready before its own `/status` shows it caught
+//! up, never fewer ready chat-servers than `spec.replicas`, and the replication log rolled one pod
+//! at a time, each ready only once caught up. Then a chat-server that cannot catch up (the log
+//! made unreachable) leaves the rollout stopped and the ChatCluster Degraded with the reason.
+
+use std::time::Duration;
+
+use chat_cluster_e2e::cluster::Component;
+use chat_cluster_e2e::harness::wait_for;
+use chat_cluster_e2e::load::Pace;
+use chat_cluster_e2e::monitor::{MonitorSpec, PodMonitor};
+use chat_cluster_e2e::now_ms;
+use chat_cluster_e2e::proxy::{CHAT_PORT, LOG_PORT, Target};
+use chat_cluster_e2e::scenario::Scenario;
+use chat_cluster_operator::crd::{CAUGHT_UP_CONDITION, Phase};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+const CHANNEL: &str = "e2e";
+
+fn image_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn rolling_update_under_load() {
+    let Some(s) = Scenario::start("rollout", |_| {}).await.unwrap() else {
+        return;
+    };
+    let ns = s.cluster.namespace.clone();
+    let next = s.harness.images.chat_server_next.clone();
+    let spec = |component: Component, port, gate: Option<&str>| MonitorSpec {
+        namespace: ns.clone(),
+        selector: s.cluster.selector(component),
+        port,
+        sample_every: Duration::from_millis(500),
+        gate: gate.map(str::to_owned),
+    };
+    let chat = PodMonitor::start(
+        s.harness.client.clone(),
+        spec(Component::ChatServer, CHAT_PORT, Some(CAUGHT_UP_CONDITION)),
+    );
+    let log = PodMonitor::start(
+        s.harness.client.clone(),
+        spec(Component::ReplicationLog, LOG_PORT, None),
+    );
+    let load = s.load(CHANNEL, 16, Pace::Rate(200.0), "steady");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    let t0 = now_ms();
+    s.cluster
+        .patch_spec(serde_json::json!({"image": next}))
+        .await
+        .unwrap();
+    wait_for(
+        "every pod on the new image",
+        Duration::from_secs(600),
+        || async {
+            let chat = s.cluster.pods(Component::ChatServer).await?;
+            let log = s.cluster.pods(Component::ReplicationLog).await?;
+            let all_new = chat.len() == 3
+                && log.len() == 2
+                && chat.iter().chain(&log).all(|p| image_of(p) == next);
+            Ok(all_new.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    s.cluster
+        .wait_running("3/3", Duration::from_secs(300))
+        .await
+        .unwrap();
+    let t1 = now_ms();
+    eprintln!("rollout to {next} took {:.1}s", (t1 - t0) as f64 / 1000.0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let report = load.stop().await.unwrap();
+    let chat = chat.stop().await;
+    let log = log.stop().await;
+    eprintln!("load: {}", report.summary());
+    eprintln!(
+        "chat-server pods (times relative to the image change):\n{}",
+        chat.report(t0)
+    );
+    eprintln!("replication-log pods:\n{}", log.report(t0));
+
+    let mut failures = Vec::new();
+    if report.rate() < 100.0 {
+        eprintln!(
+            "note: achieved {:.0} messages/s, below the 200/s asked for",
+            report.rate()
+        );
+    }
+    if !report.rejected.is_empty() {
+        failures.push(format!(
+            "rejected writes: {:?}",
+            &report.rejected[..report.rejected.len().min(5)]
+        ));
+    }
+    let min_ready = chat.min_ready(t0, t1);
+    eprintln!("fewest ready chat-servers during the rollout: {min_ready:?} (spec.replicas 3)");
+    if min_ready.is_none_or(|m| m < 3) {
+        failures.push(format!("ready chat-servers dropped to {min_ready:?} < 3"));
+    }
+    let new_chat: Vec<_> = chat
+        .new_pods(t0)
+        .into_iter()
+        .filter(|p| p.image == next)
+        .collect();
+    if new_chat.len() < 3 {
+        failures.push(format!("only {} new chat-server pods seen", new_chat.len()));
+    }
+    let early = chat.ready_before_caught_up(&["bootstrapping", "catching_up"], 1000);
+    if !early.is_empty() {
+        failures.push(format!("chat-server ready before caught up: {early:?}"));
+    }
+    let in_flight = log.max_in_flight(2, t0, t1);
+    eprintln!("most log pods in flight at once: {in_flight:?}");
+    if in_flight.is_none_or(|m| m > 1) {
+        failures.push(format!("log rolled {in_flight:?} pods at once"));
+    }
+    let new_log = log.new_pods(t0);
+    if new_log.len() < 2 {
+        failures.push(format!("only {} new log pods seen", new_log.len()));
+    }
+    let early_log = log.ready_before_caught_up(&["starting", "bootstrapping"], 1000);
+    if !early_log.is_empty() {
+        failures.push(format!("log replica ready before caught up: {early_log:?}"));
+    }
+    match s.check_histories(CHANNEL, &report.accepted).await {
+        Ok(held) => eprintln!(
+            "{held} messages held everywhere; {} accepted",
+            report.accepted.len()
+        ),
+        Err(e) => failures.push(format!("{e:#}")),
+    }
+    assert!(
+        failures.is_empty(),
+        "rolling update failed:\n{}",
+        failures.join("\n")
+    );
+    s.finish().await.unwrap();
+}
+
+/// Moves every log pod out of (or back into) the log Services' selector by relabelling its
+/// component, so the client Service has no endpoints while the pods keep running.
+async fn set_log_component(s: &Scenario, pods: &[String], component: &str) {
+    for pod in pods {
+        let label = format!("app.kubernetes.io/component={component}");
+        s.harness
+            .kubectl(&[
+                "-n",
+                &s.cluster.namespace,
+                "label",
+                "pod",
+                pod,
+                &label,
+                "--overwrite",
+            ])
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn chat_server_that_cannot_catch_up_stops_the_rollout() {
+    let Some(s) = Scenario::start("stuck", |spec| {
+        spec.rollout.catch_up_timeout = "30s".to_owned()
+    })
+    .await
+    .unwrap() else {
+        return;
+    };
+    let ns = s.cluster.namespace.clone();
+    let report = s
+        .load(CHANNEL, 4, Pace::Count(200), "before")
+        .finish()
+        .await
+        .unwrap();
+    assert_eq!(report.accepted.len(), 200, "{}", report.summary());
+    let phases = s.cluster.record_phases();
+
+    let log_pods = s
+        .cluster
+        .pod_names(Component::ReplicationLog)
+        .await
+        .unwrap();
+    set_log_component(&s, &log_pods, "isolated-by-e2e").await;
+    let log_service = Target::service(&ns, "demo-log", LOG_PORT);
+    wait_for(
+        "log Service without endpoints",
+        Duration::from_secs(60),
+        || async {
+            let answer = s
+                .harness
+                .proxy
+                .get::<serde_json::Value>(&log_service, "/status")
+                .await;
+            Ok(answer.is_err().then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let old: Vec<String> = s.cluster.pod_names(Component::ChatServer).await.unwrap();
+    s.harness
+        .kubectl(&[
+            "-n",
+            &ns,
+            "rollout",
+            "restart",
+            "deployment/demo-chat-server",
+        ])
+        .await
+        .unwrap();
+
+    let degraded = s
+        .cluster
+        .wait_phase(Phase::Degraded, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let conditions = degraded.status.unwrap_or_default().conditions;
+    let reason = conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == "True")
+        .map(|c| format!("{}: {}", c.reason, c.message));
+    eprintln!("Degraded: {reason:?}");
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("CatchUpTimeout")),
+        "{reason:?}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let pods = s.cluster.pods(Component::ChatServer).await.unwrap();
+    let ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let old_ready = pods
+        .iter()
+        .filter(|p| old.contains(&p.name_any()) && ready(p))
+        .count();
+    let new: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| !old.contains(&p.name_any()))
+        .collect();
+    eprintln!(
+        "after the timeout: {old_ready} old pods ready, new pods {:?}",
+        new.iter()
+            .map(|p| (p.name_any(), ready(p)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        old_ready, 3,
+        "old pods were taken down while the new one could not catch up"
+    );
+    assert_eq!(new.len(), 1, "the rollout went on past the stuck pod");
+    assert!(!ready(new[0]), "the stuck pod became ready");
+    let still = s
+        .cluster
+        .get()
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+        .phase;
+    assert_eq!(still, Some(Phase::Degraded));
+
+    // Recovery: the log is reachable again; a fresh pod catches up and the rollout completes.
+    set_log_component(&s, &log_pods, "replication-log").await;
+    s.harness
+        .kubectl(&[
+            "-n",
+            &ns,
+            "delete",
+            "pod",
+            &new[0].name_any(),
+            "--wait=false",
+        ])
+        .await
+        .unwrap();
+    s.cluster
+        .wait_running("3/3", Duration::from_secs(300))
+        .await
+        .unwrap();
+    wait_for(
+        "old chat-server pods replaced",
+        Duration::from_secs(300),
+        || async {
+            let names = s.cluster.pod_names(Component::ChatServer).await?;
+            Ok((names.len() == 3 && names.iter().all(|n| !old.contains(n))).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    s.cluster
+        .wait_running("3/3", Duration::from_secs(120))
+        .await
+        .unwrap();
+    for r in phases.stop() {
+        eprintln!("  {} {} {} {}", r.at_ms, r.phase, r.ready, r.conditions);
+    }
+    s.check_histories(CHANNEL, &report.accepted).await.unwrap();
+    s.finish().await.unwrap();
+}
