@@ -217,23 +217,25 @@ async fn chat_server_that_cannot_catch_up_stops_the_rollout() {
         .await
         .unwrap();
 
-    let degraded = s
-        .cluster
-        .wait_phase(Phase::Degraded, Duration::from_secs(180))
-        .await
-        .unwrap();
-    let conditions = degraded.status.unwrap_or_default().conditions;
-    let reason = conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded" && c.status == "True")
-        .map(|c| format!("{}: {}", c.reason, c.message));
-    eprintln!("Degraded: {reason:?}");
-    assert!(
-        reason
-            .as_deref()
-            .is_some_and(|r| r.contains("CatchUpTimeout")),
-        "{reason:?}"
-    );
+    let reason = wait_for(
+        "Degraded with reason CatchUpTimeout",
+        Duration::from_secs(180),
+        || async {
+            let cc = s.cluster.get().await?;
+            let status = cc.status.unwrap_or_default();
+            let degraded = status
+                .conditions
+                .iter()
+                .find(|c| {
+                    c.type_ == "Degraded" && c.status == "True" && c.reason == "CatchUpTimeout"
+                })
+                .map(|c| format!("{}: {}", c.reason, c.message));
+            Ok(degraded.filter(|_| status.phase == Some(Phase::Degraded)))
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("Degraded: {reason}");
 
     tokio::time::sleep(Duration::from_secs(20)).await;
     let pods = s.cluster.pods(Component::ChatServer).await.unwrap();
