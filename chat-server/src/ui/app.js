@@ -325,6 +325,9 @@
         if (gen === generation && loadingOlder === p) {
           loadingOlder = null;
           updateHistoryTop();
+          // Still at the top (an empty window adds nothing and fires no new scroll event):
+          // go on, the window doubles each time it comes back empty.
+          if (floor > 0 && el.history.scrollTop < 300) loadOlder();
         }
       });
       loadingOlder = p;
