@@ -9,6 +9,8 @@
 //     what was sent through the other node meanwhile, exactly once, in order;
 //   - a message over the size limit shows the 413 error; an invalid channel name is refused;
 //   - a long history opens on its most recent page and older pages load on scroll up;
+//   - with Redis stopped a send shows 503 broker unavailable; once Redis is back, Enter again
+//     stores the message exactly once (the retry reuses the message id);
 // and saves screenshots under target/ui/ (conversation.png, error.png).
 // `e2e/processes down` runs at the end, also on failure. Run it with e2e/ui/run.
 
@@ -300,6 +302,52 @@ describe('chat page in headless Chromium', { concurrency: 1, timeout: 45 * 60_00
     assertOrderedOnce(all, 'whole history');
     assert.deepEqual(all.map((m) => m.text), Array.from({ length: total }, (_, k) => `message ${k + 1}`));
     await page.close();
+  });
+
+  it('shows 503 broker unavailable, and a retry with Enter stores the message once', async () => {
+    const pidFile = path.join(stateDir, 'pids', 'redis.pid');
+    const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
+    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((a) => a !== '');
+    const cwd = fs.readlinkSync(`/proc/${pid}/cwd`);
+    log(`stopping redis (pid ${pid})`);
+    process.kill(pid, 'SIGTERM');
+    for (let k = 0; k < 100; k++) {
+      try { process.kill(pid, 0); } catch (_) { break; }
+      await sleep(50);
+    }
+    const before = (await shown(pageA)).length;
+    const text = 'Sent while the broker was down, retried with Enter.';
+    await pageA.fill('#text', text);
+    await pageA.press('#text', 'Enter');
+    await pageA.waitForFunction(
+      () => /Broker unavailable/.test(document.querySelector('#send-error').textContent),
+      null, { timeout: WAIT },
+    );
+    log(`shown error: ${await pageA.textContent('#send-error')}`);
+    assert.equal(await pageA.inputValue('#text'), text, 'the text stays for the retry');
+
+    const out = fs.openSync(path.join(stateDir, 'logs', 'redis.log'), 'a');
+    const child = spawn(argv[0], argv.slice(1), { cwd, detached: true, stdio: ['ignore', out, out] });
+    child.unref();
+    fs.closeSync(out);
+    fs.writeFileSync(pidFile, `${child.pid}\n`);
+    log(`started redis again (pid ${child.pid})`);
+    // Retry as a person would, until the node has its broker back.
+    const deadline = Date.now() + 60_000;
+    while ((await pageA.inputValue('#text')) !== '') {
+      assert.ok(Date.now() < deadline, `no retry succeeded: ${await pageA.textContent('#send-error')}`);
+      await pageA.waitForFunction(() => !document.querySelector('#send').disabled, null, { timeout: WAIT });
+      await pageA.press('#text', 'Enter');
+      await sleep(1000);
+    }
+    await waitForCount(pageA, before + 1);
+    await waitForCount(pageB, before + 1);
+    await sleep(500);
+    const a = await shown(pageA);
+    const b = await shown(pageB);
+    assert.equal(a.filter((m) => m.text === text).length, 1, 'stored and shown once');
+    assert.deepEqual(a, b);
+    assertOrderedOnce(a, 'after the broker came back');
   });
 
   it('raised no script error in any page', () => {

@@ -148,6 +148,7 @@
       const b = document.createElement('button');
       b.type = 'button';
       b.dataset.channel = c.name;
+      b.title = c.name;
       if (c.name === channel) b.setAttribute('aria-current', 'true');
       const name = document.createElement('span');
       name.className = 'name';
