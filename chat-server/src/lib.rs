@@ -7,6 +7,7 @@
 //! - [`log_client`]: client of the replication log's HTTP API (snapshots, pages, status).
 //! - [`telemetry`]: log set-up (`LOG_FORMAT=json`).
 //! - [`shutdown`]: SIGTERM/SIGINT as one cancellation token.
+//! - [`backoff`]: exponential backoff between retries, cut short by shutdown.
 //! - [`config`]: flags and environment variables of the binaries.
 //! - [`node`]: a chat-server node's state (in-memory window, cursor, phase) and its follower.
 //! - [`api`]: the chat-server's HTTP and WebSocket API.
@@ -14,6 +15,7 @@
 //! - [`server`]: running a node: follower + API + graceful shutdown.
 //! - [`log`]: the replication log: on-disk store, stream follower, HTTP API, `replication-log` CLI.
 pub mod api;
+pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod http;

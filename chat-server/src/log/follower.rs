@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{Backoff, Cancelled};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::store::{LogStore, StoreError};
@@ -42,29 +44,9 @@ pub enum FollowError {
     Task(String),
 }
 
-/// Exponential backoff between retries (100 ms doubling to 5 s).
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
-
-    async fn wait(&mut self, shutdown: &CancellationToken) -> Result<(), FollowError> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        tokio::select! {
-            _ = shutdown.cancelled() => Err(FollowError::Shutdown),
-            _ = tokio::time::sleep(delay) => Ok(()),
-        }
+impl From<Cancelled> for FollowError {
+    fn from(_: Cancelled) -> FollowError {
+        FollowError::Shutdown
     }
 }
 

@@ -7,6 +7,8 @@
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{Backoff, Cancelled};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::broker::{Broker, BrokerError, Gap, StreamReader, split_dense};
@@ -43,29 +45,9 @@ enum FollowError {
     LogBehind(u64),
 }
 
-/// Exponential backoff between retries, logged by the caller.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
-
-    async fn wait(&mut self, shutdown: &CancellationToken) -> Result<(), FollowError> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        tokio::select! {
-            _ = shutdown.cancelled() => Err(FollowError::Shutdown),
-            _ = tokio::time::sleep(delay) => Ok(()),
-        }
+impl From<Cancelled> for FollowError {
+    fn from(_: Cancelled) -> FollowError {
+        FollowError::Shutdown
     }
 }
 
@@ -131,8 +113,8 @@ async fn cycle(node: &Node, broker: &Broker, shutdown: &CancellationToken) -> Fo
             Ok(s) => break s.head,
             Err(e) => {
                 warn!(error = %e, "cannot read the broker head; retrying");
-                if let Err(e) = backoff.wait(shutdown).await {
-                    return e;
+                if let Err(cancelled) = backoff.wait(shutdown).await {
+                    return cancelled.into();
                 }
             }
         }
