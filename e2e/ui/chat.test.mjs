@@ -38,6 +38,7 @@ const tag = Date.now().toString(36);
 const channel = `ui-e2e-${tag}`;
 
 let nodes = []; // [{name, url}]
+let redisPort = 0;
 let context = null;
 let profileDir = null;
 let pageA = null; // on node-0
@@ -162,6 +163,8 @@ describe('chat page in headless Chromium', { concurrency: 1, timeout: 45 * 60_00
     nodes = [...up.stdout.matchAll(/^(node-\d+)\s+(http:\/\/\S+)$/gm)]
       .map((m) => ({ name: m[1], url: m[2] }));
     assert.equal(nodes.length, 2, `expected two node URLs in:\n${up.stdout}`);
+    redisPort = Number((up.stdout.match(/^redis\s+redis:\/\/[^:]+:(\d+)/m) || [])[1]);
+    assert.ok(redisPort, `expected the redis URL in:\n${up.stdout}`);
 
     profileDir = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-ui-chromium-'));
     context = await chromium.launchPersistentContext(profileDir, {
@@ -307,7 +310,16 @@ describe('chat page in headless Chromium', { concurrency: 1, timeout: 45 * 60_00
   it('shows 503 broker unavailable, and a retry with Enter stores the message once', async () => {
     const pidFile = path.join(stateDir, 'pids', 'redis.pid');
     const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
-    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((a) => a !== '');
+    // Redis rewrites its process title, so its command line is rebuilt from its own settings.
+    const argv = ['redis-server'];
+    for (const key of ['bind', 'port', 'dir', 'appendonly', 'appendfsync', 'save', 'protected-mode']) {
+      const r = spawnSync('redis-cli', ['-p', String(redisPort), '--raw', 'CONFIG', 'GET', key], { encoding: 'utf8' });
+      assert.equal(r.status, 0, `redis-cli CONFIG GET ${key}: ${r.stderr}`);
+      const [name, value = ''] = r.stdout.replace(/\n$/, '').split('\n');
+      assert.equal(name, key);
+      argv.push(`--${key}`, value);
+    }
+    argv.push('--daemonize', 'no');
     const cwd = fs.readlinkSync(`/proc/${pid}/cwd`);
     log(`stopping redis (pid ${pid})`);
     process.kill(pid, 'SIGTERM');
@@ -331,7 +343,7 @@ describe('chat page in headless Chromium', { concurrency: 1, timeout: 45 * 60_00
     child.unref();
     fs.closeSync(out);
     fs.writeFileSync(pidFile, `${child.pid}\n`);
-    log(`started redis again (pid ${child.pid})`);
+    log(`started redis again (pid ${child.pid}): ${argv.join(' ')}`);
     // Retry as a person would, until the node has its broker back.
     const deadline = Date.now() + 60_000;
     while ((await pageA.inputValue('#text')) !== '') {
