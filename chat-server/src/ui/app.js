@@ -452,9 +452,12 @@
     showBanner('');
     el.historyTop.textContent = 'Loading…';
     renderChannels();
-    await pollChannels();
     for (let tries = 0; gen === generation; tries++) {
       try {
+        // Fresh counts for the recent-page estimate (without them it would read from 0).
+        channels = (await getJson('/channels')).channels || [];
+        if (gen !== generation) return;
+        renderChannels();
         await loadRecent(gen);
         break;
       } catch (e) {
