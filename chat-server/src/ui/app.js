@@ -234,7 +234,19 @@
   /** Adds live or just-sent messages, following them when the view is at the bottom. */
   function addNew(list) {
     const follow = nearBottom();
-    if (addMessages(list) && follow) scrollToBottom();
+    const added = addMessages(list);
+    if (!added) return;
+    if (follow) scrollToBottom();
+    // Keep the sidebar count current between two polls of GET /channels.
+    const top = positions[positions.length - 1];
+    const info = channels.find((c) => c.name === channel);
+    if (info && top > info.last_position) {
+      info.messages += added;
+      info.last_position = top;
+    } else if (!info) {
+      channels.push({ name: channel, messages: added, last_position: top });
+    }
+    renderChannels();
   }
 
   function updateHistoryTop() {
