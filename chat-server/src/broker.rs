@@ -466,6 +466,16 @@ fn as_string(v: &Value) -> Option<String> {
     }
 }
 
+/// Takes a string out of a reply value without copying its bytes.
+fn into_string(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
 /// Parses `[[id, [field, value, ...]], ...]` into messages.
 fn parse_entries(v: Value) -> Result<Vec<Message>, BrokerError> {
     let entries = match v {
@@ -479,8 +489,7 @@ fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
     let mut parts = as_array(entry)?.into_iter();
     let id = parts
         .next()
-        .as_ref()
-        .and_then(as_string)
+        .and_then(into_string)
         .ok_or_else(|| proto("entry id"))?;
     let position = id
         .strip_suffix("-0")
@@ -495,17 +504,28 @@ fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
         text: String::new(),
         sent_at: 0,
     };
-    let mut it = fields.iter();
+    // Field values are moved out of the reply, not copied: this runs for every message a node
+    // or replica applies.
+    let mut it = fields.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        let value = as_string(v).ok_or_else(|| proto("entry field value"))?;
-        match as_string(k).as_deref() {
-            Some("c") => m.channel = value,
-            Some("i") => m.id = value,
-            Some("a") => m.author = value,
-            Some("t") => m.text = value,
-            Some("s") => m.sent_at = value.parse().map_err(|_| proto("entry sent_at"))?,
-            _ => {}
-        }
+        let key = match &k {
+            Value::BulkString(b) => b.as_slice(),
+            Value::SimpleString(s) => s.as_bytes(),
+            _ => continue,
+        };
+        let slot = match key {
+            b"c" => &mut m.channel,
+            b"i" => &mut m.id,
+            b"a" => &mut m.author,
+            b"t" => &mut m.text,
+            b"s" => {
+                let value = into_string(v).ok_or_else(|| proto("entry sent_at"))?;
+                m.sent_at = value.parse().map_err(|_| proto("entry sent_at"))?;
+                continue;
+            }
+            _ => continue,
+        };
+        *slot = into_string(v).ok_or_else(|| proto("entry field value"))?;
     }
     Ok(m)
 }
@@ -523,6 +543,62 @@ mod tests {
             text: "t".into(),
             sent_at: 0,
         }
+    }
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn stream_entries_parse_into_messages() {
+        let entry = |id: &str, fields: &[&str]| {
+            Value::Array(vec![
+                bulk(id),
+                Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            entry(
+                "7-0",
+                &[
+                    "c",
+                    "room",
+                    "i",
+                    "k1",
+                    "a",
+                    "ann",
+                    "t",
+                    "hé",
+                    "s",
+                    "1764140664123",
+                ],
+            ),
+            entry(
+                "8-0",
+                &[
+                    "s", "5", "t", "x", "c", "other", "i", "k2", "a", "", "extra", "ignored",
+                ],
+            ),
+        ]);
+        let got = parse_entries(reply).unwrap();
+        assert_eq!(
+            got[0],
+            Message {
+                position: 7,
+                channel: "room".into(),
+                id: "k1".into(),
+                author: "ann".into(),
+                text: "hé".into(),
+                sent_at: 1_764_140_664_123,
+            }
+        );
+        assert_eq!(
+            (got[1].position, got[1].channel.as_str(), got[1].sent_at),
+            (8, "other", 5)
+        );
+        assert!(parse_entries(Value::Array(vec![entry("x-1", &[])])).is_err());
+        assert!(parse_entries(Value::Array(vec![entry("9-0", &["s", "soon"])])).is_err());
+        assert_eq!(parse_entries(Value::Nil).unwrap(), Vec::new());
     }
 
     fn positions(v: &[Message]) -> Vec<u64> {
