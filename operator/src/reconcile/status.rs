@@ -144,6 +144,19 @@ pub fn merge_conditions(previous: &[Condition], mut next: Vec<Condition>) -> Vec
     next
 }
 
+/// Whether the cluster had come up before: its previous phase was Running or Progressing, or
+/// Degraded for a reason other than an invalid spec (which can precede the first start).
+fn has_served(previous: &ChatClusterStatus) -> bool {
+    match previous.phase {
+        Some(Phase::Running | Phase::Progressing) => true,
+        Some(Phase::Degraded) => !previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == DEGRADED && c.status == "True" && c.reason == "InvalidSpec"),
+        Some(Phase::Pending) | None => false,
+    }
+}
+
 /// Computes the status.
 pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     let v = inputs.cluster;
@@ -179,15 +192,6 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     let data_plane_up = broker.ready >= 1 && log.ready >= 1;
     let serving = data_plane_up && (spec_replicas == 0 || chat.ready >= 1);
     let settled = broker.settled && log.settled && chat.settled;
-    let phase = if degraded.is_some() {
-        Phase::Degraded
-    } else if !serving {
-        Phase::Pending
-    } else if !settled {
-        Phase::Progressing
-    } else {
-        Phase::Running
-    };
 
     let (available_reason, available_message) = if broker.ready < 1 {
         ("BrokerUnavailable", "the broker is not ready".to_owned())
@@ -211,11 +215,32 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     };
     let available = serving && spec_replicas > 0;
 
+    // Pending is only for a cluster that has not served yet. Once it has (Running or
+    // Progressing before, or Degraded for anything but an invalid spec), losing the broker, every
+    // log replica or every chat-server is an outage: Degraded, with the unavailability reason.
+    let halted = degraded.is_some();
+    let outage = !serving && !halted && inputs.previous.is_some_and(has_served);
+    let degraded = if outage {
+        Some((available_reason, available_message.clone()))
+    } else {
+        degraded
+    };
+    let phase = if degraded.is_some() {
+        Phase::Degraded
+    } else if !serving {
+        Phase::Pending
+    } else if !settled {
+        Phase::Progressing
+    } else {
+        Phase::Running
+    };
+
     let progress_message = format!(
         "chat-server {}/{} ready, {} updated; replication-log {}/{} ready; broker {}/1 ready",
         chat.ready, spec_replicas, chat.updated, log.ready, log.desired, broker.ready
     );
     let (progressing, progressing_reason) = match phase {
+        Phase::Degraded if !halted => (!settled, "RolloutInProgress"),
         Phase::Degraded => (false, "RolloutHalted"),
         Phase::Running => (false, "RolloutComplete"),
         Phase::Pending | Phase::Progressing => (true, "RolloutInProgress"),
@@ -353,4 +378,114 @@ pub async fn patch_if_changed(
     .await
     .map_err(StatusError::Patch)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::validate::validate;
+
+    fn set(replicas: i32, ready: i32) -> StatefulSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": "s", "generation": 1},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}, "serviceName": "s"},
+            "status": {"observedGeneration": 1, "replicas": replicas, "readyReplicas": ready,
+                       "updatedReplicas": replicas, "currentRevision": "r", "updateRevision": "r"},
+        }))
+        .expect("statefulset")
+    }
+
+    fn deployment(replicas: i32, ready: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "demo-chat-server", "generation": 1},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": replicas, "readyReplicas": ready,
+                       "updatedReplicas": replicas},
+        }))
+        .expect("deployment")
+    }
+
+    fn status_with(
+        previous: Option<&ChatClusterStatus>,
+        broker_ready: i32,
+        log_ready: i32,
+        chat_ready: i32,
+    ) -> ChatClusterStatus {
+        let cluster = validate(&ChatCluster::test()).expect("valid");
+        let (broker, log, chat) = (
+            set(1, broker_ready),
+            set(2, log_ready),
+            deployment(3, chat_ready),
+        );
+        compute(&Inputs {
+            cluster: &cluster,
+            previous,
+            broker: &broker,
+            log: &log,
+            chat_server: &chat,
+            logs: &[],
+            gate: &GateSummary::default(),
+            now: Timestamp::now(),
+        })
+    }
+
+    fn reason(s: &ChatClusterStatus, type_: &str) -> (String, String) {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn new_cluster_is_pending_until_it_serves() {
+        let first = status_with(None, 0, 0, 0);
+        assert_eq!(first.phase, Some(Phase::Pending));
+        let still = status_with(Some(&first), 1, 1, 0);
+        assert_eq!(still.phase, Some(Phase::Pending));
+        let running = status_with(Some(&still), 1, 2, 3);
+        assert_eq!(running.phase, Some(Phase::Running));
+    }
+
+    #[test]
+    fn losing_the_broker_of_a_running_cluster_is_degraded_until_it_recovers() {
+        let running = status_with(None, 1, 2, 3);
+        let running = status_with(Some(&running), 1, 2, 3);
+        assert_eq!(running.phase, Some(Phase::Running));
+
+        let lost = status_with(Some(&running), 0, 2, 3);
+        assert_eq!(lost.phase, Some(Phase::Degraded));
+        assert_eq!(
+            reason(&lost, DEGRADED),
+            ("True".into(), "BrokerUnavailable".into())
+        );
+        // Still down on the next reconcile: stays Degraded, not Pending.
+        let still = status_with(Some(&lost), 0, 2, 3);
+        assert_eq!(still.phase, Some(Phase::Degraded));
+
+        let back = status_with(Some(&still), 1, 2, 3);
+        assert_eq!(back.phase, Some(Phase::Running));
+        assert_eq!(
+            reason(&back, DEGRADED),
+            ("False".into(), "AsExpected".into())
+        );
+    }
+
+    #[test]
+    fn losing_every_log_replica_is_degraded() {
+        let running = status_with(None, 1, 2, 3);
+        let lost = status_with(Some(&running), 1, 0, 3);
+        assert_eq!(lost.phase, Some(Phase::Degraded));
+        assert_eq!(
+            reason(&lost, DEGRADED),
+            ("True".into(), "ReplicationLogUnavailable".into())
+        );
+    }
+
+    #[test]
+    fn a_fixed_invalid_spec_starts_pending() {
+        let invalid = invalid(None, 1, "bad".into(), Timestamp::now());
+        let next = status_with(Some(&invalid), 0, 0, 0);
+        assert_eq!(next.phase, Some(Phase::Pending));
+    }
 }
