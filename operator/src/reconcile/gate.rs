@@ -51,6 +51,10 @@ pub struct TimedOutPod {
     pub pod: String,
     /// Last known lag.
     pub lag: Option<u64>,
+    /// The pod's phase from its `/status` (`bootstrapping`, `catching_up`, `live`); None when it
+    /// did not answer. A pod that never reached the log reports lag 0 while bootstrapping, so the
+    /// lag alone would read as caught up.
+    pub phase: Option<String>,
 }
 
 /// The gating outcome of one reconcile.
@@ -220,9 +224,11 @@ pub async fn gate(
                 tracing::debug!(pod = name, reason, "pod still catching up");
                 summary.waiting.push(name);
             }
-            GateDecision::TimedOut { lag } => {
-                summary.timed_out.push(TimedOutPod { pod: name, lag })
-            }
+            GateDecision::TimedOut { lag } => summary.timed_out.push(TimedOutPod {
+                pod: name,
+                lag,
+                phase: status.map(|s| s.phase),
+            }),
         }
     }
     Ok(summary)

@@ -170,10 +170,11 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     let stalled = progress_deadline_exceeded(inputs.chat_server);
     let degraded = if let Some(t) = inputs.gate.timed_out.first() {
         let lag = t.lag.map_or("unknown".to_owned(), |l| l.to_string());
+        let phase = t.phase.as_deref().unwrap_or("status unreachable");
         Some((
             "CatchUpTimeout",
             format!(
-                "pod {} did not catch up within {} (lag {lag}, maxLag {}); rollout halted",
+                "pod {} did not catch up within {} (phase {phase}, lag {lag}, maxLag {}); rollout halted",
                 t.pod, v.spec.rollout.catch_up_timeout, v.spec.rollout.max_lag
             ),
         ))
@@ -479,6 +480,42 @@ mod tests {
         assert_eq!(
             reason(&lost, DEGRADED),
             ("True".into(), "ReplicationLogUnavailable".into())
+        );
+    }
+
+    #[test]
+    fn catch_up_timeout_names_the_pods_phase() {
+        let cluster = validate(&ChatCluster::test()).expect("valid");
+        let (broker, log, chat) = (set(1, 1), set(2, 2), deployment(3, 3));
+        let gate = GateSummary {
+            timed_out: vec![super::super::gate::TimedOutPod {
+                pod: "p".into(),
+                lag: Some(0),
+                phase: Some("bootstrapping".into()),
+            }],
+            ..GateSummary::default()
+        };
+        let s = compute(&Inputs {
+            cluster: &cluster,
+            previous: None,
+            broker: &broker,
+            log: &log,
+            chat_server: &chat,
+            logs: &[],
+            gate: &gate,
+            now: Timestamp::now(),
+        });
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .expect("Degraded condition");
+        assert_eq!(c.reason, "CatchUpTimeout");
+        assert!(
+            c.message.contains("phase bootstrapping, lag 0"),
+            "{}",
+            c.message
         );
     }
 
