@@ -125,6 +125,32 @@ pub struct BrokerSpec {
     /// Volume for the AOF.
     #[serde(default)]
     pub storage: StorageSpec,
+    /// When Redis fsyncs its append-only file. `Always` (the default): a write is acknowledged
+    /// only once it is on disk, so a crash of the broker's node loses nothing acknowledged.
+    /// `Everysec`: lower write latency, but such a crash can lose up to a second of writes that
+    /// no replication-log replica had persisted yet.
+    #[serde(default)]
+    pub append_fsync: AppendFsync,
+}
+
+/// Redis `appendfsync` policy of the broker.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AppendFsync {
+    /// fsync before acknowledging (per event-loop batch).
+    #[default]
+    Always,
+    /// fsync once per second.
+    Everysec,
+}
+
+impl AppendFsync {
+    /// Redis' spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppendFsync::Always => "always",
+            AppendFsync::Everysec => "everysec",
+        }
+    }
 }
 
 /// The replication log StatefulSet.
@@ -300,6 +326,7 @@ impl Default for BrokerSpec {
         BrokerSpec {
             image: default_broker_image(),
             storage: StorageSpec::default(),
+            append_fsync: AppendFsync::default(),
         }
     }
 }

@@ -353,7 +353,7 @@ impl Builder<'_> {
                                 "command": ["redis-server"],
                                 "args": [
                                     "--appendonly", "yes",
-                                    "--appendfsync", "always",
+                                    "--appendfsync", self.v.spec.broker.append_fsync.as_str(),
                                     "--dir", "/data",
                                     "--port", REDIS_PORT.to_string(),
                                     "--requirepass", "$(REDIS_PASSWORD)",
@@ -761,6 +761,32 @@ mod tests {
             );
             assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
         }
+    }
+
+    #[test]
+    fn broker_fsync_policy_follows_the_spec() {
+        let fsync_arg = |cluster: &ChatCluster| {
+            let c = children_of(cluster);
+            let args = c
+                .broker
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.clone())
+                .expect("spec")
+                .containers[0]
+                .args
+                .clone()
+                .unwrap_or_default();
+            let i = args
+                .iter()
+                .position(|a| a == "--appendfsync")
+                .expect("--appendfsync");
+            args[i + 1].clone()
+        };
+        assert_eq!(fsync_arg(&ChatCluster::test()), "always");
+        let mut relaxed = ChatCluster::test();
+        relaxed.spec.broker.append_fsync = crate::crd::AppendFsync::Everysec;
+        assert_eq!(fsync_arg(&relaxed), "everysec");
     }
 
     #[test]
