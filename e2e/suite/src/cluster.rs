@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chat_cluster_operator::crd::{
-    BrokerSpec, ChatCluster, ChatClusterSpec, ImagePullPolicy, Phase, ReplicationLogSpec,
-    RolloutSpec, StorageSpec,
+    ChatCluster, ChatClusterSpec, ImagePullPolicy, Phase, StorageSpec,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -42,30 +41,27 @@ impl Component {
 }
 
 /// The spec the scenarios start from: the images under test, small volumes, 3 chat-servers,
-/// 2 log replicas, maxLag 0.
+/// 2 log replicas, maxLag 0. Fields the suite does not care about keep the CRD's defaults, so a
+/// new defaulted spec field does not break the suite.
 pub fn test_spec(harness: &Harness) -> ChatClusterSpec {
     let storage = StorageSpec {
         size: "256Mi".to_owned(),
         storage_class_name: None,
     };
-    ChatClusterSpec {
+    let mut spec = ChatClusterSpec {
         replicas: 3,
         image: harness.images.chat_server.clone(),
         image_pull_policy: ImagePullPolicy::IfNotPresent,
-        broker: BrokerSpec {
-            image: harness.images.redis.clone(),
-            storage: storage.clone(),
-        },
-        replication_log: ReplicationLogSpec {
-            replicas: 2,
-            storage,
-        },
-        rollout: RolloutSpec {
-            max_lag: 0,
-            catch_up_timeout: "3m".to_owned(),
-        },
         max_message_bytes: 4096,
-    }
+        ..ChatClusterSpec::default()
+    };
+    spec.broker.image = harness.images.redis.clone();
+    spec.broker.storage = storage.clone();
+    spec.replication_log.replicas = 2;
+    spec.replication_log.storage = storage;
+    spec.rollout.max_lag = 0;
+    spec.rollout.catch_up_timeout = "3m".to_owned();
+    spec
 }
 
 /// A ChatCluster in a scenario's namespace.
