@@ -437,19 +437,34 @@ async fn fanout(
             closed
         }));
     }
-    let mut writer = ws_connect(&nodes[0], channel, "0&live=false").await?;
+    // Several writers, each paced at its share of the rate: one writer waiting for each ack in
+    // turn would measure the write round trip, not the fan-out.
+    const WRITERS: u64 = 8;
     let text = text_of(size, "fanout");
-    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let period = Duration::from_secs_f64(WRITERS as f64 / rate as f64);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
-    let mut next = started;
-    let mut sent = 0u64;
     let base = delivered.load(Ordering::Relaxed);
-    while next < deadline {
-        tokio::time::sleep_until(next.into()).await;
-        ws_send(&mut writer, &text).await?;
-        sent += 1;
-        next += period;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut writer =
+            ws_connect(&nodes[w as usize % nodes.len()], channel, "0&live=false").await?;
+        let text = text.clone();
+        writers.push(tokio::spawn(async move {
+            let mut next = started + period.mul_f64(w as f64 / WRITERS as f64);
+            let mut sent = 0u64;
+            while next < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                ws_send(&mut writer, &text).await?;
+                sent += 1;
+                next += period;
+            }
+            Ok::<u64, AnyError>(sent)
+        }));
+    }
+    let mut sent = 0u64;
+    for w in writers {
+        sent += w.await??;
     }
     let send_secs = started.elapsed().as_secs_f64();
     let expected = sent * subscribers as u64;
