@@ -18,27 +18,9 @@ use crate::harness::{Harness, wait_for};
 use crate::now_ms;
 use crate::proxy::{CHAT_PORT, LOG_PORT, Target};
 
-/// The three components, as in the `app.kubernetes.io/component` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Component {
-    /// Redis.
-    Broker,
-    /// The replication-log StatefulSet.
-    ReplicationLog,
-    /// The chat-server Deployment.
-    ChatServer,
-}
-
-impl Component {
-    /// Label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Component::Broker => "broker",
-            Component::ReplicationLog => "replication-log",
-            Component::ChatServer => "chat-server",
-        }
-    }
-}
+/// The three components, as in the `app.kubernetes.io/component` label: the operator's own
+/// definition, so the suite and the operator cannot disagree on label values.
+pub use chat_cluster_operator::reconcile::build::Component;
 
 /// The spec the scenarios start from: the images under test, small volumes, 3 chat-servers,
 /// 2 log replicas, maxLag 0. Fields the suite does not care about keep the CRD's defaults, so a
