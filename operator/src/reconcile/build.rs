@@ -425,9 +425,12 @@ impl Builder<'_> {
             .join(",")
     }
 
+    /// Readiness polls `/readyz` every 2 s and needs 3 failures in a row to take a pod out, so a
+    /// log replica that is a few messages behind for one poll during a burst stays in service;
+    /// becoming ready still takes one success (caught up).
     fn http_probes() -> (Value, Value) {
         (
-            json!({"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 1}),
+            json!({"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3}),
             json!({"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6}),
         )
     }
