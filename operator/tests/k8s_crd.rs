@@ -213,6 +213,13 @@ async fn manifests_build_and_pass_server_side_dry_run() {
         !out.contains("\nkind: ChatCluster\n"),
         "installing the operator must not create a cluster"
     );
+    // A server-side dry run does not create the namespace, so the namespaced objects would be
+    // refused on a fresh cluster: create it for real first (idempotent), then dry-run everything.
+    let (ok, _, err) = kubectl(
+        &kc,
+        &["apply", "-f", &format!("{root}/manifests/namespace.yaml")],
+    );
+    assert!(ok, "{err}");
     let (ok, _, err) = kubectl(
         &kc,
         &[
