@@ -261,18 +261,27 @@ async fn follow(
             last_check = Instant::now();
             match check_broker(node, broker, epoch).await {
                 Ok(head) if idle && head > node.read().cursor() => {
-                    // Nothing to read yet behind the head: the stream was trimmed past us.
+                    // The read came back empty yet the head is ahead: either the entries arrived
+                    // just after the read (still in the stream) or the stream was trimmed past
+                    // us (a hole).
                     let cursor = node.read().cursor();
-                    repair(
-                        node,
-                        broker,
-                        Gap {
-                            from: cursor + 1,
-                            to: head,
-                        },
-                        shutdown,
-                    )
-                    .await?;
+                    let found = broker.range(cursor, head, READ_COUNT).await;
+                    match found {
+                        Ok(found) if !found.is_empty() => {
+                            apply_repairing(node, broker, found, shutdown).await?;
+                        }
+                        Ok(_) => {
+                            let gap = Gap {
+                                from: cursor + 1,
+                                to: head,
+                            };
+                            repair(node, broker, gap, shutdown).await?;
+                        }
+                        Err(e) => {
+                            node.metrics().broker_errors.inc();
+                            node_warn_broker(&e);
+                        }
+                    }
                 }
                 Ok(_) => {}
                 Err(FollowError::Broker(e)) => {
@@ -355,11 +364,19 @@ async fn repair(
         if cursor >= gap.to {
             return Ok(());
         }
-        let from_stream = broker.range(cursor, gap.to, READ_COUNT).await?;
-        let split = split_dense(cursor, from_stream);
-        if !split.dense.is_empty() {
-            apply(node, split.dense);
-            continue;
+        // A broker error here is retried like any other: the hole is still there to fill.
+        match broker.range(cursor, gap.to, READ_COUNT).await {
+            Ok(from_stream) => {
+                let split = split_dense(cursor, from_stream);
+                if !split.dense.is_empty() {
+                    apply(node, split.dense);
+                    continue;
+                }
+            }
+            Err(e) => {
+                node.metrics().broker_errors.inc();
+                node_warn_broker(&e);
+            }
         }
         match copy_snapshot(node, cursor, gap.to).await {
             Ok(()) if node.read().cursor() > cursor => continue,
