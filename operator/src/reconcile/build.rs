@@ -304,22 +304,32 @@ impl Builder<'_> {
         })
     }
 
-    fn broker_service(&self) -> Result<Service, BuildError> {
-        let name = &self.names.broker;
+    /// A ClusterIP Service in front of one component's pods, on one named port.
+    fn cluster_ip_service(
+        &self,
+        name: &str,
+        component: Component,
+        port_name: &str,
+        port: u16,
+    ) -> Result<Service, BuildError> {
         typed(
             "Service",
             name,
             json!({
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": self.metadata(name, Component::Broker),
+                "metadata": self.metadata(name, component),
                 "spec": {
                     "type": "ClusterIP",
-                    "selector": selector_labels(&self.v.name, Component::Broker),
-                    "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": "redis", "protocol": "TCP"}],
+                    "selector": selector_labels(&self.v.name, component),
+                    "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}],
                 },
             }),
         )
+    }
+
+    fn broker_service(&self) -> Result<Service, BuildError> {
+        self.cluster_ip_service(&self.names.broker, Component::Broker, "redis", REDIS_PORT)
     }
 
     fn broker(&self, facts: &Facts) -> Result<StatefulSet, BuildError> {
@@ -395,21 +405,7 @@ impl Builder<'_> {
     }
 
     fn log_service(&self) -> Result<Service, BuildError> {
-        let name = &self.names.log;
-        typed(
-            "Service",
-            name,
-            json!({
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": self.metadata(name, Component::ReplicationLog),
-                "spec": {
-                    "type": "ClusterIP",
-                    "selector": selector_labels(&self.v.name, Component::ReplicationLog),
-                    "ports": [{"name": "http", "port": LOG_PORT, "targetPort": "http", "protocol": "TCP"}],
-                },
-            }),
-        )
+        self.cluster_ip_service(&self.names.log, Component::ReplicationLog, "http", LOG_PORT)
     }
 
     /// Peer URLs of every log replica, through the headless Service.
@@ -550,20 +546,11 @@ impl Builder<'_> {
     }
 
     fn chat_service(&self) -> Result<Service, BuildError> {
-        let name = &self.names.chat_server;
-        typed(
-            "Service",
-            name,
-            json!({
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": self.metadata(name, Component::ChatServer),
-                "spec": {
-                    "type": "ClusterIP",
-                    "selector": selector_labels(&self.v.name, Component::ChatServer),
-                    "ports": [{"name": "http", "port": CHAT_PORT, "targetPort": "http", "protocol": "TCP"}],
-                },
-            }),
+        self.cluster_ip_service(
+            &self.names.chat_server,
+            Component::ChatServer,
+            "http",
+            CHAT_PORT,
         )
     }
 
