@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chat_server::broker::{Broker, WriteOutcome};
@@ -19,40 +19,66 @@ struct Log {
     data: PathBuf,
 }
 
-/// Starts replica `id` on `port` with `peers` (comma-separated) and extra flags.
-fn start_log(
-    dir: &Path,
-    redis: &RedisServer,
-    id: &str,
-    port: u16,
-    peers: &str,
-    extra: &[&str],
-) -> Log {
-    let data = dir.join(id);
-    std::fs::create_dir_all(&data).expect("data dir");
-    let mut args = vec![
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--redis-url".to_owned(),
-        redis.url(),
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-        "--replica-id".to_owned(),
-        id.to_owned(),
-    ];
-    if !peers.is_empty() {
-        args.push("--peer-url".to_owned());
-        args.push(peers.to_owned());
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// A Redis, a scratch directory, and the ports and peer list of two replicas `log-a` and `log-b`.
+struct Fixture {
+    redis: RedisServer,
+    dir: tempfile::TempDir,
+    ports: [u16; 2],
+    peers: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let ports = [free_port(), free_port()];
+        Fixture {
+            redis: RedisServer::start(),
+            dir: tempfile::tempdir().unwrap(),
+            peers: format!("{},{}", url(ports[0]), url(ports[1])),
+            ports,
+        }
     }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Log {
-        proc: Proc::spawn(id, LOG_BIN, args, port, dir),
-        data,
+
+    /// Starts replica `log-a` (`index` 0) or `log-b` (1) with the extra flags; does not wait.
+    fn start(&self, index: usize, extra: &[&str]) -> Log {
+        let id = ["log-a", "log-b"][index];
+        let data = self.dir.path().join(id);
+        std::fs::create_dir_all(&data).expect("data dir");
+        let args: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{}", self.ports[index]),
+            "--redis-url",
+            &self.redis.url(),
+            "--data-dir",
+            &data.display().to_string(),
+            "--replica-id",
+            id,
+            "--peer-url",
+            &self.peers,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        Log {
+            proc: Proc::spawn(id, LOG_BIN, args, self.ports[index], self.dir.path()),
+            data,
+        }
     }
 }
 
-fn url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
+/// Starts both replicas (each with its extra flags), waits until both are ready, and connects a
+/// broker client.
+async fn two_replicas(extra_a: &[&str], extra_b: &[&str]) -> (Fixture, Log, Log, Broker) {
+    let fx = Fixture::new();
+    let (a, b) = (fx.start(0, extra_a), fx.start(1, extra_b));
+    ready(&a).await;
+    ready(&b).await;
+    let broker = connect(&fx.redis).await;
+    (fx, a, b, broker)
 }
 
 /// Writes `n` messages spread over the channels, 32 at a time, retrying while the broker is
@@ -103,6 +129,47 @@ async fn snapshot_text(url: &str) -> String {
         .expect("snapshot");
     assert_eq!(resp.status(), 200);
     resp.text().await.expect("snapshot body")
+}
+
+/// Asserts that both replicas serve the same `/snapshot` bytes (printing their logs if not).
+async fn assert_same_bytes(a: &Log, b: &Log) {
+    let (ta, tb) = (
+        snapshot_text(&a.proc.url).await,
+        snapshot_text(&b.proc.url).await,
+    );
+    if ta != tb {
+        dump(&[a, b]);
+    }
+    assert_eq!(
+        ta, tb,
+        "{} and {} hold different bytes",
+        a.proc.name, b.proc.name
+    );
+}
+
+/// Polls the replica's `/status` (`Null` while it does not answer) until `done` holds, for at most
+/// `secs` seconds; returns the status that satisfied it.
+async fn wait_status(
+    l: &Log,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = match http().get(format!("{}/status", l.proc.url)).send().await {
+            Ok(r) => r.json::<serde_json::Value>().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if done(&s) {
+            return s;
+        }
+        if Instant::now() > deadline {
+            dump(&[l]);
+            panic!("{}: not {what} after {secs} s: {s}", l.proc.name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn assert_dense(history: &[Message], upto: u64) {
@@ -169,33 +236,13 @@ async fn ready(l: &Log) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_follow_the_stream_and_hold_identical_histories() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let peers = format!("{},{}", url(pa), url(pb));
-    let a = start_log(
-        dir.path(),
-        &redis,
-        "log-a",
-        pa,
-        &peers,
-        &["--segment-bytes", "65536"],
-    );
-    let b = start_log(dir.path(), &redis, "log-b", pb, &peers, &[]);
-    ready(&a).await;
-    ready(&b).await;
-    let broker = connect(&redis).await;
+    let (_fx, a, b, broker) = two_replicas(&["--segment-bytes", "65536"], &[]).await;
     let mut positions = write_n(&broker, "follow", 3000).await;
     positions.sort_unstable();
     assert_eq!(positions, (1..=3000).collect::<Vec<u64>>());
     wait_persisted(&[&a, &b], 3000).await;
 
-    let text_a = snapshot_text(&a.proc.url).await;
-    let text_b = snapshot_text(&b.proc.url).await;
-    if text_a != text_b {
-        dump(&[&a, &b]);
-    }
-    assert_eq!(text_a, text_b, "replicas hold the same bytes");
+    assert_same_bytes(&a, &b).await;
     let history = snapshot(&a.proc.url).await;
     assert_dense(&history, 3000);
     assert!(
@@ -311,22 +358,7 @@ async fn two_replicas_follow_the_stream_and_hold_identical_histories() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_mid_load_restarts_byte_identical() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let peers = format!("{},{}", url(pa), url(pb));
-    let a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
-    let mut b = start_log(
-        dir.path(),
-        &redis,
-        "log-b",
-        pb,
-        &peers,
-        &["--segment-bytes", "32768"],
-    );
-    ready(&a).await;
-    ready(&b).await;
-    let broker = connect(&redis).await;
+    let (_fx, a, mut b, broker) = two_replicas(&[], &["--segment-bytes", "32768"]).await;
     let load = {
         let broker = broker.clone();
         tokio::spawn(async move { write_n(&broker, "crash", 6000).await })
@@ -339,33 +371,16 @@ async fn replica_killed_mid_load_restarts_byte_identical() {
     let written = load.await.unwrap();
     assert_eq!(written.len(), 6000);
     wait_persisted(&[&a, &b], 6000).await;
-    let (ta, tb) = (
-        snapshot_text(&a.proc.url).await,
-        snapshot_text(&b.proc.url).await,
-    );
-    if ta != tb {
-        dump(&[&a, &b]);
-    }
-    assert_eq!(ta, tb);
+    assert_same_bytes(&a, &b).await;
     assert_dense(&snapshot(&b.proc.url).await, 6000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_replica_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let peers = format!("{},{}", url(pa), url(pb));
-    let a = start_log(
-        dir.path(),
-        &redis,
-        "log-a",
-        pa,
-        &peers,
-        &["--trim-keep", "10"],
-    );
+    let fx = Fixture::new();
+    let a = fx.start(0, &["--trim-keep", "10"]);
     ready(&a).await;
-    let broker = connect(&redis).await;
+    let broker = connect(&fx.redis).await;
     write_n(&broker, "boot", 2000).await;
     wait_persisted(&[&a], 2000).await;
     // The stream no longer holds the early history: only a peer can provide it.
@@ -374,25 +389,11 @@ async fn empty_replica_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
         assert!(Instant::now() < deadline, "stream not trimmed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let b = start_log(
-        dir.path(),
-        &redis,
-        "log-b",
-        pb,
-        &peers,
-        &["--trim-keep", "10"],
-    );
+    let b = fx.start(1, &["--trim-keep", "10"]);
     ready(&b).await;
     write_n(&broker, "boot-after", 300).await;
     wait_persisted(&[&a, &b], 2300).await;
-    let (ta, tb) = (
-        snapshot_text(&a.proc.url).await,
-        snapshot_text(&b.proc.url).await,
-    );
-    if ta != tb {
-        dump(&[&a, &b]);
-    }
-    assert_eq!(ta, tb);
+    assert_same_bytes(&a, &b).await;
     assert_dense(&snapshot(&b.proc.url).await, 2300);
     assert!(
         b.proc.log_text().contains("bootstrapped from peer"),
@@ -403,22 +404,7 @@ async fn empty_replica_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_tail_is_truncated_on_restart_and_refollowed() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let peers = format!("{},{}", url(pa), url(pb));
-    let a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
-    let mut b = start_log(
-        dir.path(),
-        &redis,
-        "log-b",
-        pb,
-        &peers,
-        &["--segment-bytes", "16384"],
-    );
-    ready(&a).await;
-    ready(&b).await;
-    let broker = connect(&redis).await;
+    let (_fx, a, mut b, broker) = two_replicas(&[], &["--segment-bytes", "16384"]).await;
     write_n(&broker, "torn", 800).await;
     wait_persisted(&[&a, &b], 800).await;
     b.proc.kill9();
@@ -440,14 +426,7 @@ async fn torn_tail_is_truncated_on_restart_and_refollowed() {
     b.proc.restart();
     write_n(&broker, "torn-after", 200).await;
     wait_persisted(&[&a, &b], 1000).await;
-    let (ta, tb) = (
-        snapshot_text(&a.proc.url).await,
-        snapshot_text(&b.proc.url).await,
-    );
-    if ta != tb {
-        dump(&[&a, &b]);
-    }
-    assert_eq!(ta, tb);
+    assert_same_bytes(&a, &b).await;
     let log = b.proc.log_text();
     assert!(log.contains("truncating a torn or corrupt tail"), "{log}");
     assert!(
@@ -458,29 +437,8 @@ async fn torn_tail_is_truncated_on_restart_and_refollowed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimming_keeps_the_stream_bounded_and_waits_for_a_stopped_replica() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let peers = format!("{},{}", url(pa), url(pb));
-    let a = start_log(
-        dir.path(),
-        &redis,
-        "log-a",
-        pa,
-        &peers,
-        &["--trim-keep", "100"],
-    );
-    let mut b = start_log(
-        dir.path(),
-        &redis,
-        "log-b",
-        pb,
-        &peers,
-        &["--trim-keep", "100"],
-    );
-    ready(&a).await;
-    ready(&b).await;
-    let broker = connect(&redis).await;
+    let keep = ["--trim-keep", "100"];
+    let (fx, a, mut b, broker) = two_replicas(&keep, &keep).await;
     let first_in_stream = |broker: Broker| async move {
         broker
             .range(0, u64::MAX, 1)
@@ -522,7 +480,7 @@ async fn trimming_keeps_the_stream_bounded_and_waits_for_a_stopped_replica() {
     assert!(broker.stream_len().await.unwrap() >= 2000);
     // Forgetting it (an explicit, logged action) lets trimming go on.
     let out = std::process::Command::new(LOG_BIN)
-        .args(["forget-replica", "log-b", "--redis-url", &redis.url()])
+        .args(["forget-replica", "log-b", "--redis-url", &fx.redis.url()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -537,23 +495,12 @@ async fn trimming_keeps_the_stream_bounded_and_waits_for_a_stopped_replica() {
     b.proc.restart();
     ready(&b).await;
     wait_persisted(&[&b], 5010).await;
-    assert_eq!(
-        snapshot_text(&a.proc.url).await,
-        snapshot_text(&b.proc.url).await
-    );
+    assert_same_bytes(&a, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_broker_is_detected_reported_and_re_anchored() {
-    let mut redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let peers = format!("{},{}", url(pa), url(pb));
-    let a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
-    let b = start_log(dir.path(), &redis, "log-b", pb, &peers, &[]);
-    ready(&a).await;
-    ready(&b).await;
-    let broker = connect(&redis).await;
+    let (mut fx, a, b, broker) = two_replicas(&[], &[]).await;
     write_n(&broker, "before", 1000).await;
     wait_persisted(&[&a, &b], 1000).await;
     let old_epoch = status(&a.proc.url).await["epoch"]
@@ -561,9 +508,9 @@ async fn wiped_broker_is_detected_reported_and_re_anchored() {
         .unwrap()
         .to_owned();
 
-    redis.wipe();
+    fx.redis.wipe();
     // A replica re-anchors the broker at the log's position: the order continues after 1000.
-    let broker = connect(&redis).await;
+    let broker = connect(&fx.redis).await;
     let positions = write_n(&broker, "after", 500).await;
     assert!(
         positions.iter().all(|p| *p > 1000),
@@ -589,28 +536,13 @@ async fn wiped_broker_is_detected_reported_and_re_anchored() {
             l.proc.log_text()
         );
     }
-    let (ta, tb) = (
-        snapshot_text(&a.proc.url).await,
-        snapshot_text(&b.proc.url).await,
-    );
-    if ta != tb {
-        dump(&[&a, &b]);
-    }
-    assert_eq!(ta, tb);
+    assert_same_bytes(&a, &b).await;
     assert_dense(&snapshot(&a.proc.url).await, 1500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_ahead_of_a_new_anchor_reports_diverged() {
-    let mut redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let peers = format!("{},{}", url(pa), url(pb));
-    let mut a = start_log(dir.path(), &redis, "log-a", pa, &peers, &[]);
-    let mut b = start_log(dir.path(), &redis, "log-b", pb, &peers, &[]);
-    ready(&a).await;
-    ready(&b).await;
-    let broker = connect(&redis).await;
+    let (mut fx, mut a, mut b, broker) = two_replicas(&[], &[]).await;
     write_n(&broker, "one", 300).await;
     wait_persisted(&[&b], 300).await;
     b.proc.kill9();
@@ -618,29 +550,18 @@ async fn log_ahead_of_a_new_anchor_reports_diverged() {
     wait_persisted(&[&a], 500).await;
     // a (at 500) is down when the broker loses its data; b (at 300) anchors it at 300.
     a.proc.kill9();
-    redis.wipe();
+    fx.redis.wipe();
     b.proc.restart();
     ready(&b).await;
-    let broker = connect(&redis).await;
+    let broker = connect(&fx.redis).await;
     write_n(&broker, "three", 50).await;
     assert_eq!(broker.state().await.unwrap().anchor, 300);
     a.proc.restart();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = match http().get(format!("{}/status", a.proc.url)).send().await {
-            Ok(r) => r.json::<serde_json::Value>().await.unwrap(),
-            Err(_) => serde_json::Value::Null,
-        };
-        if s["phase"] == "diverged" {
-            assert!(
-                s["error"].as_str().unwrap().contains("past the anchor 300"),
-                "{s}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "not reported diverged: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let s = wait_status(&a, 30, "diverged", |s| s["phase"] == "diverged").await;
+    assert!(
+        s["error"].as_str().unwrap().contains("past the anchor 300"),
+        "{s}"
+    );
     let r = http()
         .get(format!("{}/readyz", a.proc.url))
         .send()
@@ -653,33 +574,21 @@ async fn log_ahead_of_a_new_anchor_reports_diverged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequence_going_backwards_stops_the_replica_until_re_anchored() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let pa = free_port();
-    let mut a = start_log(dir.path(), &redis, "log-a", pa, &url(pa), &[]);
+    let fx = Fixture::new();
+    let mut a = fx.start(0, &[]);
     ready(&a).await;
-    let broker = connect(&redis).await;
+    let broker = connect(&fx.redis).await;
     write_n(&broker, "seq", 300).await;
     wait_persisted(&[&a], 300).await;
     // The broker's sequence goes back below what the log persisted (as after a lossy restart).
-    let mut conn = redis.conn();
+    let mut conn = fx.redis.conn();
     redis::cmd("SET")
         .arg("chat:seq")
         .arg(100)
         .query::<()>(&mut conn)
         .unwrap();
-    let wait_lost = |a_url: String| async move {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = status(&a_url).await;
-            if s["phase"] == "broker_lost" {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "not reported: {s}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let s = wait_lost(a.proc.url.clone()).await;
+    let lost = |s: &serde_json::Value| s["phase"] == "broker_lost";
+    let s = wait_status(&a, 20, "broker_lost", lost).await;
     assert!(
         s["error"].as_str().unwrap().contains("went backwards"),
         "{s}"
@@ -697,8 +606,7 @@ async fn sequence_going_backwards_stops_the_replica_until_re_anchored() {
         .query::<()>(&mut conn)
         .unwrap();
     a.proc.restart();
-    ready_or_lost(&a).await;
-    let s = wait_lost(a.proc.url.clone()).await;
+    let s = wait_status(&a, 20, "broker_lost after a restart", lost).await;
     assert_eq!(s["persisted"], 300);
     // Re-anchoring (the epoch key removed, as a wipe would) lets it follow again.
     redis::cmd("DEL")
@@ -715,18 +623,4 @@ async fn sequence_going_backwards_stops_the_replica_until_re_anchored() {
     write_n(&broker, "seq-after", 20).await;
     wait_persisted(&[&a], 320).await;
     assert!(status(&a.proc.url).await["error"].is_null());
-}
-
-/// Waits until a restarted replica answers `/status` at all.
-async fn ready_or_lost(l: &Log) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http()
-        .get(format!("{}/status", l.proc.url))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "{} does not answer", l.proc.name);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
