@@ -259,112 +259,82 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(300);
 
+    /// The decision for a pod that has not passed yet, `secs` after its creation, given its
+    /// `/status`, the known broker head and `maxLag` (catch-up timeout 300 s).
+    fn decide(
+        status: Option<ServerStatus>,
+        known_head: Option<u64>,
+        max_lag: u64,
+        secs: i64,
+    ) -> GateDecision {
+        let pod = chat_pod("p", CREATED, &[]);
+        gate_decision(
+            &pod,
+            status.as_ref(),
+            known_head,
+            max_lag,
+            TIMEOUT,
+            at(secs),
+        )
+    }
+
+    fn pass(lag: u64, position: u64) -> GateDecision {
+        GateDecision::Pass { lag, position }
+    }
+
+    fn is_wait(d: &GateDecision) -> bool {
+        matches!(d, GateDecision::Wait { .. })
+    }
+
     #[test]
     fn passes_a_live_pod_within_max_lag() {
-        let pod = chat_pod("p", CREATED, &[]);
-        let d = gate_decision(
-            &pod,
-            Some(&server("live", 100, 100)),
-            None,
-            0,
-            TIMEOUT,
-            at(10),
+        assert_eq!(
+            decide(Some(server("live", 100, 100)), None, 0, 10),
+            pass(0, 100)
         );
         assert_eq!(
-            d,
-            GateDecision::Pass {
-                lag: 0,
-                position: 100
-            }
-        );
-        let d = gate_decision(
-            &pod,
-            Some(&server("live", 95, 100)),
-            None,
-            5,
-            TIMEOUT,
-            at(10),
-        );
-        assert_eq!(
-            d,
-            GateDecision::Pass {
-                lag: 5,
-                position: 95
-            }
+            decide(Some(server("live", 95, 100)), None, 5, 10),
+            pass(5, 95)
         );
     }
 
     #[test]
     fn waits_while_catching_up_or_lagging() {
-        let pod = chat_pod("p", CREATED, &[]);
         for status in [
             server("bootstrapping", 0, 100),
             server("catching_up", 50, 100),
             server("live", 95, 100),
         ] {
-            let d = gate_decision(&pod, Some(&status), None, 2, TIMEOUT, at(10));
-            assert!(
-                matches!(d, GateDecision::Wait { .. }),
-                "{status:?} gave {d:?}"
-            );
+            let d = decide(Some(status.clone()), None, 2, 10);
+            assert!(is_wait(&d), "{status:?} gave {d:?}");
         }
-        let d = gate_decision(&pod, None, None, 0, TIMEOUT, at(10));
-        assert!(matches!(d, GateDecision::Wait { .. }));
+        assert!(is_wait(&decide(None, None, 0, 10)));
     }
 
     #[test]
     fn the_known_broker_head_counts_when_it_is_ahead() {
-        let pod = chat_pod("p", CREATED, &[]);
-        let d = gate_decision(
-            &pod,
-            Some(&server("live", 100, 100)),
-            Some(110),
-            5,
-            TIMEOUT,
-            at(10),
-        );
-        assert!(matches!(d, GateDecision::Wait { .. }), "{d:?}");
-        let d = gate_decision(
-            &pod,
-            Some(&server("live", 100, 100)),
-            Some(90),
-            0,
-            TIMEOUT,
-            at(10),
-        );
-        assert_eq!(
-            d,
-            GateDecision::Pass {
-                lag: 0,
-                position: 100
-            }
-        );
+        let live = || Some(server("live", 100, 100));
+        let d = decide(live(), Some(110), 5, 10);
+        assert!(is_wait(&d), "{d:?}");
+        assert_eq!(decide(live(), Some(90), 0, 10), pass(0, 100));
     }
 
     #[test]
     fn times_out_after_catch_up_timeout_and_reports_the_lag() {
-        let pod = chat_pod("p", CREATED, &[]);
-        let d = gate_decision(
-            &pod,
-            Some(&server("catching_up", 40, 100)),
-            None,
-            0,
-            TIMEOUT,
-            at(301),
+        let behind = Some(server("catching_up", 40, 100));
+        assert_eq!(
+            decide(behind, None, 0, 301),
+            GateDecision::TimedOut { lag: Some(60) }
         );
-        assert_eq!(d, GateDecision::TimedOut { lag: Some(60) });
-        let d = gate_decision(&pod, None, None, 0, TIMEOUT, at(301));
-        assert_eq!(d, GateDecision::TimedOut { lag: None });
+        assert_eq!(
+            decide(None, None, 0, 301),
+            GateDecision::TimedOut { lag: None }
+        );
         // Exactly at the timeout it is still gated.
-        let d = gate_decision(
-            &pod,
-            Some(&server("live", 100, 100)),
-            None,
-            0,
-            TIMEOUT,
-            at(300),
+        assert_eq!(
+            decide(Some(server("live", 100, 100)), None, 0, 300),
+            pass(0, 100)
         );
-        assert!(matches!(d, GateDecision::Pass { .. }));
     }
 
     #[test]
@@ -375,10 +345,14 @@ mod tests {
             GateDecision::Done
         );
         let not_yet = chat_pod("p", CREATED, &[(CAUGHT_UP_CONDITION, "False")]);
-        assert!(matches!(
-            gate_decision(&not_yet, None, None, 0, TIMEOUT, at(1)),
-            GateDecision::Wait { .. }
-        ));
+        assert!(is_wait(&gate_decision(
+            &not_yet,
+            None,
+            None,
+            0,
+            TIMEOUT,
+            at(1)
+        )));
         let mut terminating = chat_pod("p", CREATED, &[]);
         terminating.metadata.deletion_timestamp = terminating.metadata.creation_timestamp.clone();
         assert_eq!(
