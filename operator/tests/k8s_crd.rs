@@ -11,10 +11,9 @@ use serde_json::json;
 
 #[tokio::test]
 async fn crd_installs_and_kubectl_shows_the_columns() {
-    let Some(kc) = kubeconfig() else { return };
-    let _serial = SERIAL.lock().await;
-    let client = client(&kc).await;
-    install_crd(&client).await;
+    let Some((kc, client, _serial)) = k8s_session().await else {
+        return;
+    };
     let ns = TestNamespace::create(&client, &kc, "crd-columns").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
     let created = api
@@ -56,10 +55,9 @@ async fn crd_installs_and_kubectl_shows_the_columns() {
 
 #[tokio::test]
 async fn invalid_specs_are_rejected_with_a_message_naming_the_field() {
-    let Some(kc) = kubeconfig() else { return };
-    let _serial = SERIAL.lock().await;
-    let client = client(&kc).await;
-    install_crd(&client).await;
+    let Some((kc, client, _serial)) = k8s_session().await else {
+        return;
+    };
     let ns = TestNamespace::create(&client, &kc, "crd-invalid").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
 
@@ -187,10 +185,9 @@ async fn invalid_specs_are_rejected_with_a_message_naming_the_field() {
 
 #[tokio::test]
 async fn manifests_build_and_pass_server_side_dry_run() {
-    let Some(kc) = kubeconfig() else { return };
-    let _serial = SERIAL.lock().await;
-    let client = client(&kc).await;
-    install_crd(&client).await;
+    let Some((kc, _client, _serial)) = k8s_session().await else {
+        return;
+    };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let (ok, out, err) = kubectl(&kc, &["kustomize", &format!("{root}/manifests")]);
     assert!(ok, "{err}");

@@ -325,10 +325,9 @@ async fn phase(api: &Api<ChatCluster>, name: &str) -> Option<Phase> {
 
 #[tokio::test]
 async fn gate_passes_live_chat_servers_only_and_degrades_after_the_timeout() {
-    let Some(kc) = kubeconfig() else { return };
-    let _serial = SERIAL.lock().await;
-    let client = client(&kc).await;
-    install_crd(&client).await;
+    let Some((kc, client, _serial)) = k8s_session().await else {
+        return;
+    };
 
     // The data plane, with the live node's log held back.
     let mut host = TestHost::start();

@@ -36,6 +36,16 @@ pub fn kubeconfig() -> Option<PathBuf> {
     }
 }
 
+/// The start of every test here: the cluster's kubeconfig (None: test skipped), the lock that
+/// serializes the tests of one binary (hold it to the end), and a client, with the CRD installed.
+pub async fn k8s_session() -> Option<(PathBuf, Client, tokio::sync::MutexGuard<'static, ()>)> {
+    let kc = kubeconfig()?;
+    let serial = SERIAL.lock().await;
+    let client = client(&kc).await;
+    install_crd(&client).await;
+    Some((kc, client, serial))
+}
+
 /// A client for the kubeconfig.
 pub async fn client(kubeconfig: &Path) -> Client {
     let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig reads");
