@@ -2,14 +2,15 @@
 //! operator, run as a child process, creates every child with owner references, follows spec
 //! edits and `kubectl scale`, lets the garbage collector remove children, computes status from
 //! child status (the test plays kubelet by patching pod status), and does no writes when
-//! nothing changes.
+//! nothing changes, and a ChatCluster deleted mid-reconcile is not an error.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chat_cluster_operator::crd::{ChatCluster, Phase};
+use chat_cluster_operator::crd::{ChatCluster, ChatClusterStatus, Phase};
+use chat_cluster_operator::reconcile::status;
 use common::*;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -50,10 +51,9 @@ async fn all_children_owned(client: &Client, ns: &str, uid: &str) -> bool {
 
 #[tokio::test]
 async fn children_with_owner_references_follow_spec_edits_scale_and_deletion() {
-    let Some(kc) = kubeconfig() else { return };
-    let _serial = SERIAL.lock().await;
-    let client = client(&kc).await;
-    install_crd(&client).await;
+    let Some((kc, client, _serial)) = k8s_session().await else {
+        return;
+    };
     let ns = TestNamespace::create(&client, &kc, "op-children").await;
     let op = Operator::start_leading(&client, &kc, &ns.name, "op-children").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
@@ -303,10 +303,9 @@ fn condition(c: &ChatCluster, type_: &str) -> Option<(String, String)> {
 
 #[tokio::test]
 async fn status_follows_child_status_and_a_steady_cluster_does_no_writes() {
-    let Some(kc) = kubeconfig() else { return };
-    let _serial = SERIAL.lock().await;
-    let client = client(&kc).await;
-    install_crd(&client).await;
+    let Some((kc, client, _serial)) = k8s_session().await else {
+        return;
+    };
     let ns = TestNamespace::create(&client, &kc, "op-status").await;
     let op = Operator::start_leading(&client, &kc, &ns.name, "op-status").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
@@ -480,5 +479,55 @@ async fn status_follows_child_status_and_a_steady_cluster_does_no_writes() {
             == 0.0,
         "{}",
         op.log_text()
+    );
+}
+
+#[tokio::test]
+async fn status_of_a_cluster_deleted_during_its_reconcile_is_not_an_error() {
+    let Some((kc, client, _serial)) = k8s_session().await else {
+        return;
+    };
+    let ns = TestNamespace::create(&client, &kc, "op-gone").await;
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
+    let demo = || cluster("demo", &ns.name, json!({}));
+    let next = ChatClusterStatus {
+        phase: Some(Phase::Pending),
+        ready: "0/3".into(),
+        ..ChatClusterStatus::default()
+    };
+
+    // The reconcile read the object, then someone deleted it before the status step.
+    let stale = api
+        .create(&PostParams::default(), &demo())
+        .await
+        .expect("created");
+    api.delete("demo", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    wait_for("ChatCluster gone", Duration::from_secs(10), || async {
+        api.get_opt("demo").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let written = status::patch_if_changed(&client, &stale, &next)
+        .await
+        .expect("a deleted ChatCluster is not a reconcile error");
+    assert!(!written, "nothing can be written for a deleted object");
+
+    // A live one is written, and only when the status changed.
+    let live = api
+        .create(&PostParams::default(), &demo())
+        .await
+        .expect("created again");
+    assert!(
+        status::patch_if_changed(&client, &live, &next)
+            .await
+            .expect("patched")
+    );
+    let read = api.get("demo").await.expect("read");
+    assert_eq!(read.status.as_ref(), Some(&next));
+    assert!(
+        !status::patch_if_changed(&client, &read, &next)
+            .await
+            .expect("no-op")
     );
 }

@@ -359,6 +359,8 @@ pub async fn probe_logs(client: &Client, namespace: &str, pods: &[Pod]) -> Vec<L
 }
 
 /// Patches the status subresource when `next` differs from the current status; true when written.
+/// A ChatCluster deleted while it was being reconciled (404) is not an error: there is no status
+/// left to write, and its children go with the garbage collector.
 pub async fn patch_if_changed(
     client: &Client,
     cluster: &ChatCluster,
@@ -371,14 +373,21 @@ pub async fn patch_if_changed(
         Api::namespaced(client.clone(), &cluster.namespace().unwrap_or_default());
     let patch =
         json!({"apiVersion": "chat-cluster.io/v1alpha1", "kind": "ChatCluster", "status": next});
-    api.patch_status(
-        &cluster.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map_err(StatusError::Patch)?;
-    Ok(true)
+    match api
+        .patch_status(
+            &cluster.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::debug!("ChatCluster deleted during the reconcile; status not written");
+            Ok(false)
+        }
+        Err(e) => Err(StatusError::Patch(e)),
+    }
 }
 
 #[cfg(test)]
