@@ -16,10 +16,9 @@ use serde_json::json;
 
 #[tokio::test]
 async fn one_leader_reconciles_and_the_other_takes_over_after_it_dies() {
-    let Some(kc) = kubeconfig() else { return };
-    let _serial = SERIAL.lock().await;
-    let client = client(&kc).await;
-    install_crd(&client).await;
+    let Some((kc, client, _serial)) = k8s_session().await else {
+        return;
+    };
     let ns = TestNamespace::create(&client, &kc, "op-leader").await;
     let mut first = Operator::start_leading(&client, &kc, &ns.name, "first").await;
     let second = Operator::start(&kc, &ns.name, "chat-cluster-operator", "second");
@@ -84,12 +83,18 @@ async fn one_leader_reconciles_and_the_other_takes_over_after_it_dies() {
         || async { services.get_opt("demo-log").await.ok()?.map(|_| ()) },
     )
     .await;
-    assert!(
-        second
-            .metric("chat_cluster_operator_reconciles_total")
-            .await
-            > 0.0
-    );
+    // The reconcile that recreated it is counted when it ends (after the status step).
+    wait_for(
+        "the new leader counts its reconciles",
+        Duration::from_secs(10),
+        || async {
+            let n = second
+                .metric("chat_cluster_operator_reconciles_total")
+                .await;
+            (n > 0.0).then_some(())
+        },
+    )
+    .await;
 
     // SIGTERM: the lease is released and the process exits 0.
     second.terminate();
