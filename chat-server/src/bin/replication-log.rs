@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: every message is parsed from Redis replies into many small allocations; glibc's
+/// malloc/free was a quarter of this process's CPU under load (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = chat_server::log::cli::parse_or_exit();
