@@ -1,5 +1,5 @@
 //! Integration tests of the `replication-log` binary against a real Redis: replicas following the
-//! stream, crash and torn-tail recovery, peer bootstrap, trimming, and broker data loss.
+//! stream, crash and torn-tail recovery, peer bootstrap, trimming, broker outage and data loss.
 
 mod support;
 
@@ -623,4 +623,38 @@ async fn sequence_going_backwards_stops_the_replica_until_re_anchored() {
     write_n(&broker, "seq-after", 20).await;
     wait_persisted(&[&a], 320).await;
     assert!(status(&a.proc.url).await["error"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_replica_stays_ready_and_serves_reads_while_the_broker_is_down() {
+    let (mut fx, a, b, broker) = two_replicas(&[], &[]).await;
+    write_n(&broker, "up", 500).await;
+    wait_persisted(&[&a, &b], 500).await;
+    fx.redis.kill();
+    // Long enough for the followers' blocked reads to fail and a few reconnects to be refused.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for l in [&a, &b] {
+        let r = http()
+            .get(format!("{}/readyz", l.proc.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{} unready without a broker", l.proc.name);
+        assert_eq!(status(&l.proc.url).await["phase"], "live");
+        assert_dense(&snapshot(&l.proc.url).await, 500);
+        let log = l.proc.log_text();
+        assert!(
+            log.contains("following interrupted") || log.contains("cannot reach the broker"),
+            "{} did not notice the broker going away: {log}",
+            l.proc.name
+        );
+    }
+    // The broker comes back with its data (AOF): both follow on from where they were.
+    fx.redis.restart();
+    let broker = connect(&fx.redis).await;
+    let positions = write_n(&broker, "back", 100).await;
+    assert!(positions.iter().all(|p| (501..=600).contains(p)));
+    wait_persisted(&[&a, &b], 600).await;
+    assert_same_bytes(&a, &b).await;
+    assert_dense(&snapshot(&a.proc.url).await, 600);
 }

@@ -2,7 +2,8 @@
 //! epoch, follows the stream with `XREAD BLOCK` on its own connection, repairs holes from the
 //! stream or from peers, appends each batch with one group commit, publishes the persisted
 //! position, trims the stream below the lowest replica, and detects broker data loss (epoch gone
-//! or changed, sequence below the log). Reconnects with backoff; the HTTP API keeps serving.
+//! or changed, sequence below the log). Reconnects with backoff; the HTTP API keeps serving, and
+//! a live replica stays ready while the broker is unreachable.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -144,11 +145,12 @@ pub async fn run(replica: Replica, redis_url: String, shutdown: CancellationToke
                     }
                 }
                 Err(e) => {
+                    // A live replica stays live (and ready) while the broker is away, like a
+                    // chat-server node: nothing can be accepted meanwhile, so what it persisted is
+                    // still the whole history, and the nodes keep paging old messages through
+                    // it. The next session re-reads the head and the epoch before going on.
                     replica.metrics().broker_errors.inc();
-                    warn!(error = %e, "following interrupted; reconnecting with backoff");
-                    if replica.phase() == Phase::Live {
-                        replica.set_phase(Phase::CatchingUp);
-                    }
+                    warn!(error = %e, phase = ?replica.phase(), "following interrupted; reconnecting with backoff");
                     if backoff.wait(&shutdown).await.is_err() {
                         return;
                     }
