@@ -222,6 +222,12 @@ fn node_warn_broker(e: &BrokerError) {
     warn!(error = %e, "broker unavailable; retrying with backoff");
 }
 
+/// A failed broker round trip while following: counted and logged; the caller retries.
+fn broker_error(node: &Node, e: &BrokerError) {
+    node.metrics().broker_errors.inc();
+    node_warn_broker(e);
+}
+
 /// Follows the stream from the node's cursor until shutdown or a broker identity change.
 async fn follow(
     node: &Node,
@@ -245,8 +251,7 @@ async fn follow(
                 b
             }
             Err(e) => {
-                node.metrics().broker_errors.inc();
-                node_warn_broker(&e);
+                broker_error(node, &e);
                 backoff.wait(shutdown).await?;
                 reader = open_reader(broker, shutdown).await?;
                 continue;
@@ -278,15 +283,13 @@ async fn follow(
                             repair(node, broker, gap, shutdown).await?;
                         }
                         Err(e) => {
-                            node.metrics().broker_errors.inc();
-                            node_warn_broker(&e);
+                            broker_error(node, &e);
                         }
                     }
                 }
                 Ok(_) => {}
                 Err(FollowError::Broker(e)) => {
-                    node.metrics().broker_errors.inc();
-                    node_warn_broker(&e);
+                    broker_error(node, &e);
                 }
                 Err(e) => return Err(e),
             }
@@ -374,8 +377,7 @@ async fn repair(
                 }
             }
             Err(e) => {
-                node.metrics().broker_errors.inc();
-                node_warn_broker(&e);
+                broker_error(node, &e);
             }
         }
         match copy_snapshot(node, cursor, gap.to).await {
