@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
+use chat_server::config::NodeConfig;
+
 /// mimalloc: every message is parsed from Redis replies into many small allocations; glibc's
 /// malloc/free was a quarter of this process's CPU under load (see BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use chat_server::config::NodeConfig;
 
 #[tokio::main]
 async fn main() -> ExitCode {
