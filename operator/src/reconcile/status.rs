@@ -421,6 +421,19 @@ mod tests {
         log_ready: i32,
         chat_ready: i32,
     ) -> ChatClusterStatus {
+        let gate = GateSummary::default();
+        status_gated(previous, broker_ready, log_ready, chat_ready, &gate)
+    }
+
+    /// The status of the test cluster (1 broker, 2 log replicas, 3 chat-servers) with these
+    /// ready counts and gating outcome.
+    fn status_gated(
+        previous: Option<&ChatClusterStatus>,
+        broker_ready: i32,
+        log_ready: i32,
+        chat_ready: i32,
+        gate: &GateSummary,
+    ) -> ChatClusterStatus {
         let cluster = validate(&ChatCluster::test()).expect("valid");
         let (broker, log, chat) = (
             set(1, broker_ready),
@@ -434,7 +447,7 @@ mod tests {
             log: &log,
             chat_server: &chat,
             logs: &[],
-            gate: &GateSummary::default(),
+            gate,
             now: Timestamp::now(),
         })
     }
@@ -494,8 +507,6 @@ mod tests {
 
     #[test]
     fn catch_up_timeout_names_the_pods_phase() {
-        let cluster = validate(&ChatCluster::test()).expect("valid");
-        let (broker, log, chat) = (set(1, 1), set(2, 2), deployment(3, 3));
         let gate = GateSummary {
             timed_out: vec![super::super::gate::TimedOutPod {
                 pod: "p".into(),
@@ -504,16 +515,7 @@ mod tests {
             }],
             ..GateSummary::default()
         };
-        let s = compute(&Inputs {
-            cluster: &cluster,
-            previous: None,
-            broker: &broker,
-            log: &log,
-            chat_server: &chat,
-            logs: &[],
-            gate: &gate,
-            now: Timestamp::now(),
-        });
+        let s = status_gated(None, 1, 2, 3, &gate);
         assert_eq!(s.phase, Some(Phase::Degraded));
         let c = s
             .conditions
