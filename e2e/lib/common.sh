@@ -35,3 +35,21 @@ e2e_pid_alive() {
   state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
   [[ "$state" != "Z" ]]
 }
+
+# e2e_with_progress WHAT CMD... — runs CMD; while it runs, prints "WHAT: still running (Ns)" to
+# stderr every E2E_PROGRESS_EVERY seconds (default 30), so a long build is never silent; then
+# "WHAT: done in Ns" (or "failed after Ns"). Returns CMD's exit status.
+e2e_with_progress() {
+  local what="$1" start=$SECONDS ticker status=0
+  shift
+  (
+    trap 'exit 0' TERM
+    while sleep "${E2E_PROGRESS_EVERY:-30}"; do e2e_log "$what: still running ($((SECONDS - start))s)"; done
+  ) &
+  ticker=$!
+  "$@" || status=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  if ((status == 0)); then e2e_log "$what: done in $((SECONDS - start))s"; else e2e_log "$what: failed after $((SECONDS - start))s"; fi
+  return "$status"
+}
