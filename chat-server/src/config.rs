@@ -1,4 +1,4 @@
-//! Command-line flags and environment variables of the data-plane binaries (see CONTRACT.md).
+//! Command-line flags and environment variables of the data-plane binaries (documented in docs/configuration.md).
 
 use std::net::SocketAddr;
 

@@ -1,4 +1,4 @@
-//! The chat-server's HTTP and WebSocket API (see CONTRACT.md): routes, and the write and read
+//! The chat-server's HTTP and WebSocket API (documented in docs/api.md): routes, and the write and read
 //! paths shared by HTTP and WebSocket clients.
 
 mod messages;

@@ -1,4 +1,4 @@
-//! The `replication-log` command line: flags and environment variables (see CONTRACT.md), the
+//! The `replication-log` command line: flags and environment variables (documented in docs/configuration.md), the
 //! `forget-replica` subcommand, and running a replica (open the log, serve HTTP, follow the
 //! broker) until SIGTERM drains it.
 
