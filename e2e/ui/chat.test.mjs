@@ -196,6 +196,18 @@ describe('chat page in headless Chromium', { concurrency: 1, timeout: 45 * 60_00
     assert.equal(again.status, 304);
   });
 
+  it('opens on the channel with the most recent message when the address names none', async () => {
+    const ch = `latest-${Date.now()}`;
+    await post(nodes[0].url, ch, 'the most recent message');
+    const page = await context.newPage();
+    page.on('pageerror', (e) => pageErrors.push(`${nodes[0].url}: ${e.message}`));
+    await page.goto(`${nodes[0].url}/`);
+    await waitLive(page);
+    assert.equal(await page.textContent('#channel-name'), ch);
+    await waitForCount(page, 1);
+    await page.close();
+  });
+
   it('shows messages sent from both nodes on both pages, once each, in the same order', async () => {
     pageA = await openPage(nodes[0].url, channel);
     pageB = await openPage(nodes[1].url, channel);

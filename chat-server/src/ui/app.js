@@ -26,7 +26,8 @@
   'use strict';
 
   const CHANNEL_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-  const DEFAULT_CHANNEL = 'default-channel';
+  // Opened when the address names no channel and no channel has a message yet.
+  const DEFAULT_CHANNEL = 'general';
   const AUTHOR_KEY = 'chat-cluster.author';
   /** Messages the first screen aims to show, and each "older" load adds. */
   const PAGE = 200;
@@ -497,6 +498,23 @@
     return raw;
   }
 
+  // The channel to open first: the one the address names, else the one with the most recent
+  // message (highest last_position in GET /channels), else DEFAULT_CHANNEL.
+  async function initialChannel() {
+    if (location.hash.replace(/^#/, '')) return channelFromHash();
+    try {
+      const list = (await getJson('/channels')).channels || [];
+      let latest = null;
+      for (const c of list) {
+        if ((c.last_position || 0) > ((latest && latest.last_position) || 0)) latest = c;
+      }
+      if (latest) return latest.name;
+    } catch (_) {
+      // The node does not answer yet: open the default; openChannel retries its history.
+    }
+    return DEFAULT_CHANNEL;
+  }
+
   function showChannelError(text) {
     el.channelError.textContent = text || '';
     el.channelError.hidden = !text;
@@ -641,7 +659,7 @@
     pollStatus();
     setInterval(pollStatus, POLL_MS);
     setInterval(pollChannels, POLL_MS);
-    openChannel(channelFromHash());
+    initialChannel().then(openChannel);
   }
 
   init();
