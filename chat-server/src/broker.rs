@@ -6,7 +6,12 @@
 //! - `chat:seq`: the last position handed out (INCR).
 //! - `chat:epoch`: a random value set once when the broker's data was anchored; a different value
 //!   (or none) means the broker lost its data.
-//! - `chat:anchor`: the position the current epoch started from (0 for a new cluster).
+//! - `chat:anchor`: the position the current epoch continues after (0 for a new cluster).
+//! - `chat:base`: the last position of the history the current epoch was anchored on; positions
+//!   `base+1 ..= anchor` are void (skipped after a data loss, see [`crate::protocol`]).
+//! - `chat:limit`: the highest position the write script may hand out, raised by the replicas as
+//!   they persist (each records it on disk first), so a broker that loses its data can be
+//!   re-anchored past every position it may have handed out.
 //! - `chat:replicas`: hash replica id → persisted position, read for trimming.
 //! - `chat:dedupe:<channel>:<id>`: hash `p s a t` of the first message with that id, with a TTL.
 
@@ -25,12 +30,17 @@ const SEQ: &str = "chat:seq";
 const EPOCH: &str = "chat:epoch";
 const ANCHOR: &str = "chat:anchor";
 const REPLICAS: &str = "chat:replicas";
+const BASE: &str = "chat:base";
+const LIMIT: &str = "chat:limit";
 
 fn dedupe_key(channel: &str, id: &str) -> String {
     format!("chat:dedupe:{channel}:{id}")
 }
 
-/// Dedupe by id, take the next position, XADD with the explicit ID. Refuses while unanchored.
+/// Dedupe by id, take the next position, XADD with the explicit ID. Refuses while unanchored,
+/// when the next position is past the limit the replication log granted (`NOLIMIT`), and when
+/// the sequence is below a position the writing node already holds (`BEHIND`: the broker went
+/// back, and the position would be handed out a second time).
 const WRITE_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('NOEPOCH the broker has no epoch yet; waiting for the replication log to anchor it')
@@ -38,6 +48,13 @@ end
 if ARGV[7] == '1' then
   local prev = redis.call('HMGET', KEYS[4], 'p', 's', 'a', 't')
   if prev[1] then return {0, prev[1], prev[2], prev[3], prev[4]} end
+end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cur < tonumber(ARGV[8]) then
+  return redis.error_reply('BEHIND the broker sequence ' .. cur .. ' is below position ' .. ARGV[8] .. ' that this node already holds; the broker went back')
+end
+if cur + 1 > tonumber(redis.call('GET', KEYS[5]) or '0') then
+  return redis.error_reply('NOLIMIT the replication log has not persisted far enough to grant position ' .. (cur + 1) .. ' yet')
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], seq .. '-0', 'c', ARGV[1], 'i', ARGV[2], 'a', ARGV[3], 't', ARGV[4], 's', ARGV[5])
@@ -48,7 +65,8 @@ end
 return {1, seq}
 "#;
 
-/// Sets the epoch, sequence and anchor once, only if the broker has no epoch.
+/// Sets the epoch, sequence, anchor, base and limit once, only if the broker has no epoch.
+/// ARGV: epoch, anchor, base, limit.
 const ANCHOR_LUA: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then return {0, cur} end
@@ -58,8 +76,35 @@ if seq > tonumber(ARGV[2]) then
 end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[4], ARGV[3])
+redis.call('SET', KEYS[5], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1])
 return {1, ARGV[1]}
+"#;
+
+/// Raises the limit to ARGV[2] in epoch ARGV[1] (never lowers it). Returns the limit now.
+const GRANT_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('NOEPOCH the broker is not in epoch ' .. ARGV[1])
+end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+local new = tonumber(ARGV[2])
+if new > cur then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return new
+end
+return cur
+"#;
+
+/// Retires epoch ARGV[1] when the sequence is below position ARGV[2] (the broker went back:
+/// restored from an older copy, failed over to a lagging one, or reset by hand). Without an
+/// epoch the broker refuses writes until the replication log anchors it again. Returns 1 when
+/// it retired the epoch.
+const RETIRE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
 "#;
 
 /// What went wrong talking to the broker.
@@ -69,6 +114,10 @@ pub enum BrokerError {
     Redis(#[from] redis::RedisError),
     #[error("the broker has no epoch yet (not anchored by the replication log)")]
     NotAnchored,
+    #[error("the replication log is behind: {0}")]
+    NoLimit(String),
+    #[error("the broker went back: {0}")]
+    WentBack(String),
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
 }
@@ -83,7 +132,7 @@ impl BrokerError {
                     || e.is_timeout()
                     || e.is_connection_refusal()
             }
-            BrokerError::NotAnchored => true,
+            BrokerError::NotAnchored | BrokerError::NoLimit(_) | BrokerError::WentBack(_) => true,
             BrokerError::Protocol(_) => false,
         }
     }
@@ -113,8 +162,12 @@ pub struct BrokerState {
     pub epoch: Option<String>,
     /// Last position handed out (`chat:seq`).
     pub head: u64,
-    /// Position the current epoch started from.
+    /// Position the current epoch continues after.
     pub anchor: u64,
+    /// Last position of the history the epoch was anchored on (`base+1 ..= anchor` are void).
+    pub base: u64,
+    /// Highest position the write script may hand out (`chat:limit`).
+    pub limit: u64,
 }
 
 /// A client of the broker over one shared, multiplexed, self-reconnecting connection. Cheap to
@@ -125,6 +178,8 @@ pub struct Broker {
     conn: ConnectionManager,
     write: Script,
     anchor: Script,
+    grant: Script,
+    retire: Script,
 }
 
 impl Broker {
@@ -141,6 +196,8 @@ impl Broker {
             conn,
             write: Script::new(WRITE_LUA),
             anchor: Script::new(ANCHOR_LUA),
+            grant: Script::new(GRANT_LUA),
+            retire: Script::new(RETIRE_LUA),
         })
     }
 
@@ -157,11 +214,14 @@ impl Broker {
     }
 
     /// Runs the write script: dedupe, next position, XADD. Returns only after Redis accepted it.
+    /// `holds` is the last position the writing node has applied: the script refuses
+    /// ([`BrokerError::WentBack`]) when the broker's sequence is below it.
     pub async fn write(
         &self,
         msg: &NewMessage,
         generated_id: &str,
         sent_at: i64,
+        holds: u64,
     ) -> Result<WriteOutcome, BrokerError> {
         let (id, dedupe) = match &msg.id {
             Some(id) => (id.as_str(), true),
@@ -174,6 +234,7 @@ impl Broker {
             .key(SEQ)
             .key(EPOCH)
             .key(dedupe_key(&msg.channel, id))
+            .key(LIMIT)
             .arg(&msg.channel)
             .arg(id)
             .arg(&msg.author)
@@ -181,14 +242,14 @@ impl Broker {
             .arg(sent_at)
             .arg(DEDUPE_TTL.as_secs())
             .arg(if dedupe { "1" } else { "0" })
+            .arg(holds)
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| {
-                if e.code() == Some("NOEPOCH") {
-                    BrokerError::NotAnchored
-                } else {
-                    BrokerError::Redis(e)
-                }
+            .map_err(|e| match e.code() {
+                Some("NOEPOCH") => BrokerError::NotAnchored,
+                Some("NOLIMIT") => BrokerError::NoLimit(e.detail().unwrap_or_default().to_owned()),
+                Some("BEHIND") => BrokerError::WentBack(e.detail().unwrap_or_default().to_owned()),
+                _ => BrokerError::Redis(e),
             })?;
         let items = as_array(reply)?;
         let flag = items
@@ -231,22 +292,41 @@ impl Broker {
     /// Epoch, head and anchor in one round trip.
     pub async fn state(&self) -> Result<BrokerState, BrokerError> {
         let mut conn = self.conn.clone();
-        let (epoch, head, anchor): (Option<String>, Option<u64>, Option<u64>) = redis::cmd("MGET")
+        type Reply = (
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+        );
+        let (epoch, head, anchor, base, limit): Reply = redis::cmd("MGET")
             .arg(EPOCH)
             .arg(SEQ)
             .arg(ANCHOR)
+            .arg(BASE)
+            .arg(LIMIT)
             .query_async(&mut conn)
             .await?;
+        let anchor = anchor.unwrap_or(0);
         Ok(BrokerState {
             epoch,
             head: head.unwrap_or(0),
-            anchor: anchor.unwrap_or(0),
+            anchor,
+            // A broker anchored before bases existed: nothing is void.
+            base: base.unwrap_or(anchor),
+            limit: limit.unwrap_or(0),
         })
     }
 
-    /// Gives a broker without an epoch a new one, continuing the order after `position` (the
-    /// replication log's persisted position). A no-op when an epoch exists.
-    pub async fn anchor(&self, position: u64) -> Result<AnchorOutcome, BrokerError> {
+    /// Gives a broker without an epoch a new one: its sequence continues after `anchor`, the
+    /// positions `base+1 ..= anchor` are void, and writes may go up to `limit`. A no-op when an
+    /// epoch exists. Errors with code `SEQAHEAD` when the sequence is already past `anchor`.
+    pub async fn anchor(
+        &self,
+        anchor: u64,
+        base: u64,
+        limit: u64,
+    ) -> Result<AnchorOutcome, BrokerError> {
         let epoch = uuid::Uuid::new_v4().simple().to_string();
         let mut conn = self.conn.clone();
         let reply: Value = self
@@ -254,8 +334,12 @@ impl Broker {
             .key(EPOCH)
             .key(SEQ)
             .key(ANCHOR)
+            .key(BASE)
+            .key(LIMIT)
             .arg(&epoch)
-            .arg(position)
+            .arg(anchor)
+            .arg(base)
+            .arg(limit)
             .invoke_async(&mut conn)
             .await?;
         let items = as_array(reply)?;
@@ -272,6 +356,44 @@ impl Broker {
         } else {
             AnchorOutcome::AlreadyAnchored(value)
         })
+    }
+
+    /// Raises the write limit to `limit` in `epoch` (never lowers it); returns the limit now.
+    /// Errors with [`BrokerError::NotAnchored`] when the broker is not in `epoch`.
+    pub async fn grant(&self, epoch: &str, limit: u64) -> Result<u64, BrokerError> {
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .grant
+            .key(EPOCH)
+            .key(LIMIT)
+            .arg(epoch)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| {
+                if e.code() == Some("NOEPOCH") {
+                    BrokerError::NotAnchored
+                } else {
+                    BrokerError::Redis(e)
+                }
+            })?;
+        as_u64(&reply).ok_or_else(|| proto("grant reply"))
+    }
+
+    /// Retires `epoch` when the broker's sequence is below `position` (it went back and would
+    /// hand positions out a second time); returns whether it did. The broker then has no epoch
+    /// and refuses writes until the replication log anchors it past every handed-out position.
+    pub async fn retire(&self, epoch: &str, position: u64) -> Result<bool, BrokerError> {
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .retire
+            .key(EPOCH)
+            .key(SEQ)
+            .arg(epoch)
+            .arg(position)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(as_u64(&reply) == Some(1))
     }
 
     /// Records a replica's persisted position (trimming never passes the lowest one).
@@ -399,44 +521,6 @@ impl StreamReader {
     }
 }
 
-/// A hole in what should be a dense run of positions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gap {
-    /// First missing position.
-    pub from: u64,
-    /// Last missing position.
-    pub to: u64,
-}
-
-/// A batch read after a cursor, split at its first hole.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    /// The messages that continue the cursor densely (may be empty).
-    pub dense: Vec<Message>,
-    /// The first hole after `dense`, and everything the batch held after it.
-    pub gap: Option<(Gap, Vec<Message>)>,
-}
-
-/// Splits `batch` into the part that continues `cursor` densely and what follows the first hole.
-/// Entries at or below the cursor (a replayed read) are dropped.
-pub fn split_dense(cursor: u64, batch: Vec<Message>) -> Split {
-    let mut dense: Vec<Message> = batch.into_iter().filter(|m| m.position > cursor).collect();
-    for (i, (m, expected)) in dense.iter().zip(cursor + 1..).enumerate() {
-        if m.position != expected {
-            let gap = Gap {
-                from: expected,
-                to: m.position - 1,
-            };
-            let rest = dense.split_off(i);
-            return Split {
-                dense,
-                gap: Some((gap, rest)),
-            };
-        }
-    }
-    Split { dense, gap: None }
-}
-
 fn proto(what: &str) -> BrokerError {
     BrokerError::Protocol(what.to_owned())
 }
@@ -534,17 +618,6 @@ fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
 mod tests {
     use super::*;
 
-    fn msg(position: u64) -> Message {
-        Message {
-            position,
-            channel: "c".into(),
-            id: position.to_string(),
-            author: String::new(),
-            text: "t".into(),
-            sent_at: 0,
-        }
-    }
-
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
     }
@@ -599,28 +672,5 @@ mod tests {
         assert!(parse_entries(Value::Array(vec![entry("x-1", &[])])).is_err());
         assert!(parse_entries(Value::Array(vec![entry("9-0", &["s", "soon"])])).is_err());
         assert_eq!(parse_entries(Value::Nil).unwrap(), Vec::new());
-    }
-
-    fn positions(v: &[Message]) -> Vec<u64> {
-        v.iter().map(|m| m.position).collect()
-    }
-
-    #[test]
-    fn dense_batches_pass_and_replays_are_dropped() {
-        let split = split_dense(2, vec![msg(1), msg(2), msg(3), msg(4)]);
-        assert_eq!(positions(&split.dense), vec![3, 4]);
-        assert_eq!(split.gap, None);
-    }
-
-    #[test]
-    fn a_hole_is_reported_with_what_surrounds_it() {
-        let split = split_dense(2, vec![msg(3), msg(6), msg(7)]);
-        assert_eq!(positions(&split.dense), vec![3]);
-        let (gap, rest) = split.gap.unwrap();
-        assert_eq!(gap, Gap { from: 4, to: 5 });
-        assert_eq!(positions(&rest), vec![6, 7]);
-        let split = split_dense(0, vec![msg(10)]);
-        assert!(split.dense.is_empty());
-        assert_eq!(split.gap.unwrap().0, Gap { from: 1, to: 9 });
     }
 }

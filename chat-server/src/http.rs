@@ -20,6 +20,8 @@ pub const MAX_LIMIT: usize = 10_000;
 pub struct ApiError {
     pub status: StatusCode,
     pub reason: String,
+    /// Seconds after which a retry may succeed, sent as `Retry-After` (RFC 9110 §10.2.3).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -27,7 +29,14 @@ impl ApiError {
         ApiError {
             status,
             reason: reason.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client to retry after `seconds`.
+    pub fn with_retry_after(mut self, seconds: u32) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(reason: impl Into<String>) -> ApiError {
@@ -56,13 +65,18 @@ struct ErrorBody<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(ErrorBody {
                 error: &self.reason,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        resp
     }
 }
 

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`message`]: the message record, its JSON form and the contract's validation rules.
 //! - [`broker`]: the Redis broker — key names, write/anchor Lua scripts, stream reads.
+//! - [`protocol`]: the replication protocol's decisions as pure functions (gaps, page coverage,
+//!   anchoring after a broker data loss, resume points).
 //! - [`http`]: HTTP pieces both services share (JSON errors, page queries, `/metrics`).
 //! - [`log_client`]: client of the replication log's HTTP API (snapshots, pages, status).
 //! - [`telemetry`]: log set-up (`LOG_FORMAT=json`).
@@ -23,6 +25,7 @@ pub mod log;
 pub mod log_client;
 pub mod message;
 pub mod node;
+pub mod protocol;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -9,9 +9,12 @@ use serde::Deserialize;
 
 use crate::http::MessagesPage;
 use crate::message::Message;
+use crate::protocol::{page_covers, page_is_enough};
 
 /// Header carrying the position a snapshot runs up to.
 pub const SNAPSHOT_POSITION_HEADER: &str = "x-snapshot-position";
+/// Header of a replica's channel page: the replica's persisted position, read before the page.
+pub const PERSISTED_POSITION_HEADER: &str = "x-persisted-position";
 
 /// What went wrong reading from the replication log.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,10 @@ pub enum LogClientError {
     Transport { url: String, source: reqwest::Error },
     #[error("replica {url} sent a bad snapshot: {reason}")]
     BadSnapshot { url: String, reason: String },
+    #[error(
+        "no replication-log replica holds this channel's history through position {needed} yet ({replicas})"
+    )]
+    Behind { needed: u64, replicas: String },
 }
 
 /// A replica's `/status`.
@@ -39,6 +46,10 @@ pub struct LogStatus {
     pub head: u64,
     pub lag: u64,
     pub messages: u64,
+    /// Highest position this replica granted the broker (recorded on its disk first); 0 from a
+    /// replica that does not say.
+    #[serde(default)]
+    pub limit: u64,
 }
 
 /// Client of one or more replicas (tried in order).
@@ -110,15 +121,23 @@ impl LogClient {
         })
     }
 
-    /// One page of a channel's history (`GET /channels/{c}/messages?after=P&limit=N`).
+    /// One page of a channel's history (`GET /channels/{c}/messages?after=P&limit=N`) that is
+    /// complete at least through position `needed`: the first replica whose page is full, or
+    /// whose persisted position (`X-Persisted-Position`) reaches `needed`, answers. A replica that
+    /// is behind is skipped, never taken as "nothing more".
+    ///
+    /// Errors: [`LogClientError::Behind`] when every replica that answered is behind `needed`,
+    /// [`LogClientError::Unreachable`] when none answered.
     pub async fn channel_page(
         &self,
         channel: &str,
         after: u64,
         limit: usize,
+        needed: u64,
     ) -> Result<MessagesPage, LogClientError> {
         let path = format!("/channels/{channel}/messages?after={after}&limit={limit}");
         let mut failures = Vec::new();
+        let mut behind = Vec::new();
         for url in &self.urls {
             let resp = match self.get(url, &path, Some(Duration::from_secs(10))).await {
                 Ok(r) => r,
@@ -127,18 +146,39 @@ impl LogClient {
                     continue;
                 }
             };
-            match resp.json::<MessagesPage>().await {
-                Ok(page) => return Ok(page),
-                Err(source) => failures.push(
-                    LogClientError::Transport {
-                        url: url.clone(),
-                        source,
-                    }
-                    .to_string(),
-                ),
+            let persisted: Option<u64> = resp
+                .headers()
+                .get(PERSISTED_POSITION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let page = match resp.json::<MessagesPage>().await {
+                Ok(page) => page,
+                Err(source) => {
+                    failures.push(
+                        LogClientError::Transport {
+                            url: url.clone(),
+                            source,
+                        }
+                        .to_string(),
+                    );
+                    continue;
+                }
+            };
+            let positions: Vec<u64> = page.messages.iter().map(|m| m.position).collect();
+            let covered = page_covers(after, limit, &positions, persisted);
+            if page_is_enough(covered, needed, positions.len() >= limit) {
+                return Ok(page);
             }
+            behind.push(format!("{url} holds through {covered}"));
         }
-        Err(LogClientError::Unreachable(failures.join("; ")))
+        if behind.is_empty() {
+            return Err(LogClientError::Unreachable(failures.join("; ")));
+        }
+        behind.extend(failures);
+        Err(LogClientError::Behind {
+            needed,
+            replicas: behind.join("; "),
+        })
     }
 
     /// `GET /status` of one replica.
@@ -241,7 +281,7 @@ impl Snapshot {
         for line in block[..].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let m: Message =
                 serde_json::from_slice(line).map_err(|e| self.bad(&format!("bad line: {e}")))?;
-            if m.position != self.last + 1 {
+            if !m.continues(self.last) {
                 return Err(self.bad(&format!("position {} after {}", m.position, self.last)));
             }
             self.last = m.position;

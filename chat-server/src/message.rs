@@ -35,6 +35,32 @@ impl Message {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// A void record at `position`: it stands for the positions after the record before it up to
+    /// `position`, which hold nothing because a broker data loss skipped them (see
+    /// [`crate::protocol`]). It is the one record with an empty channel (no channel name is
+    /// empty); it belongs to no channel and is never shown to clients.
+    pub fn void(position: u64) -> Message {
+        Message {
+            position,
+            channel: String::new(),
+            id: String::new(),
+            author: String::new(),
+            text: String::new(),
+            sent_at: 0,
+        }
+    }
+
+    /// True for a void record ([`Message::void`]).
+    pub fn is_void(&self) -> bool {
+        self.channel.is_empty()
+    }
+
+    /// True when this record may follow position `cursor` in the log: a message at `cursor + 1`,
+    /// or a void record past `cursor`.
+    pub fn continues(&self, cursor: u64) -> bool {
+        self.position == cursor + 1 || (self.is_void() && self.position > cursor)
+    }
+
     /// Bytes of user payload (text, author, id, channel): the basis of the memory bound.
     pub fn payload_bytes(&self) -> usize {
         self.text.len() + self.author.len() + self.id.len() + self.channel.len()

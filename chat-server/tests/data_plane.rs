@@ -614,7 +614,9 @@ async fn a_wiped_broker_is_detected_reported_and_the_order_continues_from_the_lo
         }
     }
     assert_eq!(reported.load(Ordering::Relaxed), 2);
-    // The replication log re-anchors the broker at what it persisted; the order continues.
+    // The replication log re-anchors the broker past every position the old epoch may have
+    // handed out (the replicas' recorded limit: the default lease of 100000 positions); the
+    // order continues after it, 51..=100000 are void.
     let deadline = Instant::now() + Duration::from_secs(30);
     let next = loop {
         let (code, v) = post(&urls[0], "c", json!({"text": "after the wipe"})).await;
@@ -627,13 +629,13 @@ async fn a_wiped_broker_is_detected_reported_and_the_order_continues_from_the_lo
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(next, 51);
-    wait_position(&urls, "position", 51, Duration::from_secs(30)).await;
+    assert_eq!(next, 100_001);
+    wait_position(&urls, "position", 100_001, Duration::from_secs(30)).await;
     for url in &urls {
         let all = read_all(url, "c").await;
         assert_eq!(
             all.iter().map(|m| m.position).collect::<Vec<_>>(),
-            (1..=51).collect::<Vec<_>>()
+            (1..=50).chain([100_001]).collect::<Vec<_>>()
         );
         assert_eq!(all[50].text, "after the wipe");
     }

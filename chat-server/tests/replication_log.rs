@@ -58,6 +58,9 @@ impl Fixture {
             id,
             "--peer-url",
             &self.peers,
+            // A small lease keeps the positions after a re-anchoring easy to name.
+            "--position-lease",
+            &LEASE.to_string(),
         ]
         .iter()
         .chain(extra)
@@ -96,7 +99,7 @@ async fn write_n(broker: &Broker, tag: &str, n: usize) -> Vec<u64> {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 match broker
-                    .write(&msg, "unused", 1_764_000_000_000 + i as i64)
+                    .write(&msg, "unused", 1_764_000_000_000 + i as i64, 0)
                     .await
                 {
                     Ok(WriteOutcome::Accepted(m)) | Ok(WriteOutcome::Duplicate(m)) => {
@@ -170,6 +173,17 @@ async fn wait_status(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The `--position-lease` every replica of these tests runs with.
+const LEASE: u64 = 2000;
+
+/// Asserts the positions of a snapshot (void records included) are exactly `want`.
+fn assert_positions(history: &[Message], want: impl IntoIterator<Item = u64>) {
+    let got: Vec<u64> = history.iter().map(|m| m.position).collect();
+    let want: Vec<u64> = want.into_iter().collect();
+    assert_eq!(got.len(), want.len(), "history length");
+    assert!(got == want, "positions differ from what was expected");
 }
 
 fn assert_dense(history: &[Message], upto: u64) {
@@ -509,16 +523,17 @@ async fn wiped_broker_is_detected_reported_and_re_anchored() {
         .to_owned();
 
     fx.redis.wipe();
-    // A replica re-anchors the broker at the log's position: the order continues after 1000.
+    // A replica re-anchors the broker past every position the old epoch could have handed out
+    // (the limit it recorded, LEASE): positions 1001..LEASE are void, the order continues after.
     let broker = connect(&fx.redis).await;
     let positions = write_n(&broker, "after", 500).await;
     assert!(
-        positions.iter().all(|p| *p > 1000),
+        positions.iter().all(|p| *p > LEASE),
         "positions reused after the wipe"
     );
-    wait_persisted(&[&a, &b], 1500).await;
+    wait_persisted(&[&a, &b], LEASE + 500).await;
     let state = broker.state().await.unwrap();
-    assert_eq!(state.anchor, 1000);
+    assert_eq!((state.base, state.anchor), (1000, LEASE));
     let new_epoch = state.epoch.unwrap();
     assert_ne!(new_epoch, old_epoch);
     for l in [&a, &b] {
@@ -537,7 +552,12 @@ async fn wiped_broker_is_detected_reported_and_re_anchored() {
         );
     }
     assert_same_bytes(&a, &b).await;
-    assert_dense(&snapshot(&a.proc.url).await, 1500);
+    let history = snapshot(&a.proc.url).await;
+    assert_positions(
+        &history,
+        (1..=1000).chain([LEASE]).chain(LEASE + 1..=LEASE + 500),
+    );
+    assert!(history[1000].is_void(), "{:?}", history[1000]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,11 +575,12 @@ async fn log_ahead_of_a_new_anchor_reports_diverged() {
     ready(&b).await;
     let broker = connect(&fx.redis).await;
     write_n(&broker, "three", 50).await;
-    assert_eq!(broker.state().await.unwrap().anchor, 300);
+    let state = broker.state().await.unwrap();
+    assert_eq!((state.base, state.anchor), (300, LEASE));
     a.proc.restart();
     let s = wait_status(&a, 30, "diverged", |s| s["phase"] == "diverged").await;
     assert!(
-        s["error"].as_str().unwrap().contains("past the anchor 300"),
+        s["error"].as_str().unwrap().contains("past the base 300"),
         "{s}"
     );
     let r = http()
@@ -573,56 +594,44 @@ async fn log_ahead_of_a_new_anchor_reports_diverged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequence_going_backwards_stops_the_replica_until_re_anchored() {
+async fn sequence_going_backwards_retires_the_epoch_and_re_anchors_past_it() {
     let fx = Fixture::new();
-    let mut a = fx.start(0, &[]);
+    let a = fx.start(0, &[]);
     ready(&a).await;
     let broker = connect(&fx.redis).await;
     write_n(&broker, "seq", 300).await;
     wait_persisted(&[&a], 300).await;
-    // The broker's sequence goes back below what the log persisted (as after a lossy restart).
+    let old_epoch = broker.state().await.unwrap().epoch.unwrap();
+    // The broker's sequence goes back below what the log persisted (as after a lossy restart,
+    // a restore from an older copy, or a reset by hand), keeping its epoch.
     let mut conn = fx.redis.conn();
     redis::cmd("SET")
         .arg("chat:seq")
         .arg(100)
         .query::<()>(&mut conn)
         .unwrap();
-    let lost = |s: &serde_json::Value| s["phase"] == "broker_lost";
-    let s = wait_status(&a, 20, "broker_lost", lost).await;
+    // The replica retires that epoch and anchors a new one past every position handed out: no
+    // position 101..300 is ever given to a second message.
+    let s = wait_status(&a, 20, "re-anchored", |s| {
+        s["epoch"].as_str().is_some_and(|e| e != old_epoch) && s["phase"] == "live"
+    })
+    .await;
     assert!(
-        s["error"].as_str().unwrap().contains("went backwards"),
+        s["broker_loss"].as_str().unwrap().contains(&old_epoch),
         "{s}"
     );
-    let r = http()
-        .get(format!("{}/readyz", a.proc.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    // The head passing the log again does not make that epoch trustworthy, not even after a restart.
-    redis::cmd("SET")
-        .arg("chat:seq")
-        .arg(400)
-        .query::<()>(&mut conn)
-        .unwrap();
-    a.proc.restart();
-    let s = wait_status(&a, 20, "broker_lost after a restart", lost).await;
-    assert_eq!(s["persisted"], 300);
-    // Re-anchoring (the epoch key removed, as a wipe would) lets it follow again.
-    redis::cmd("DEL")
-        .arg("chat:epoch")
-        .query::<()>(&mut conn)
-        .unwrap();
-    redis::cmd("SET")
-        .arg("chat:seq")
-        .arg(300)
-        .query::<()>(&mut conn)
-        .unwrap();
-    ready(&a).await;
-    assert_eq!(broker.state().await.unwrap().anchor, 300);
-    write_n(&broker, "seq-after", 20).await;
-    wait_persisted(&[&a], 320).await;
+    assert!(a.proc.log_text().contains("went backwards"));
+    let state = broker.state().await.unwrap();
+    assert_eq!((state.base, state.anchor), (300, LEASE));
+    let positions = write_n(&broker, "seq-after", 20).await;
+    assert!(positions.iter().all(|p| *p > LEASE), "{positions:?}");
+    wait_persisted(&[&a], LEASE + 20).await;
     assert!(status(&a.proc.url).await["error"].is_null());
+    let history = snapshot(&a.proc.url).await;
+    assert_positions(
+        &history,
+        (1..=300).chain([LEASE]).chain(LEASE + 1..=LEASE + 20),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,11 +82,15 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
     };
     let started = std::time::Instant::now();
     let id = uuid::Uuid::new_v4().to_string();
-    let outcome = broker.write(&msg, &id, now_millis()).await.map_err(|e| {
-        node.metrics().broker_errors.inc();
-        tracing::warn!(error = %e, "write failed");
-        ApiError::unavailable(format!("broker unavailable: {e}"))
-    })?;
+    let holds = node.read().cursor();
+    let outcome = broker
+        .write(&msg, &id, now_millis(), holds)
+        .await
+        .map_err(|e| {
+            node.metrics().broker_errors.inc();
+            tracing::warn!(error = %e, "write failed");
+            ApiError::unavailable(format!("broker unavailable: {e}"))
+        })?;
     node.metrics()
         .write_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -98,7 +102,9 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
 }
 
 /// One page of a channel: from memory when the window holds it, else from the replication log
-/// and then memory. Never returns a page with a hole: it may return fewer than `limit`.
+/// and then memory. Never returns a page with a hole, and never ends early: a range that left the
+/// window and that no replica holds yet is an error (`503` with `Retry-After`), not an empty or
+/// short page. It may return fewer than `limit` only when nothing more exists up to `upto`.
 pub(crate) async fn read_page(
     node: &Node,
     channel: &str,
@@ -111,18 +117,27 @@ pub(crate) async fn read_page(
         LocalPage::Complete(page) => return Ok(page),
         LocalPage::Evicted { evicted_through } => evicted_through,
     };
-    let from_log = node.log().channel_page(channel, after, limit).await.map_err(|e| {
-        ApiError::unavailable(format!("history before position {evicted_through} is in the replication log, which is unavailable: {e}"))
-    })?;
+    let needed = evicted_through.min(upto);
+    let from_log = node
+        .log()
+        .channel_page(channel, after, limit, needed)
+        .await
+        .map_err(|e| {
+            node.metrics().history_unavailable.inc();
+            ApiError::unavailable(format!(
+                "history of {channel} after position {after} (through {needed}) has left this node's memory \
+                 and is not available from the replication log yet: {e}"
+            ))
+            .with_retry_after(1)
+        })?;
     let mut page: Vec<Arc<Message>> = from_log
         .messages
         .into_iter()
         .take_while(|m| m.position <= upto)
         .map(Arc::new)
         .collect();
-    let reached = page.last().map_or(after, |m| m.position);
+    let reached = page.last().map_or(after, |m| m.position).max(needed);
     if page.len() < limit
-        && reached >= evicted_through
         && let LocalPage::Complete(rest) =
             node.read().page(channel, reached, upto, limit - page.len())
     {

@@ -19,16 +19,24 @@ use crate::http::{ApiError, form_pairs};
 use crate::message::{NewMessage, validate_channel};
 use crate::node::Node;
 use crate::node::store::ws_frame;
+use crate::protocol::{Resume, resume_point};
 
 /// Close code for a consumer that fell behind its queue (application range 4000–4999).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code when the node drops its history to bootstrap again.
 pub const CLOSE_RESET: u16 = 1012;
+/// Close code when history the replay needs is not available yet (RFC 6455 §7.4.1 "Try Again
+/// Later"); the reason names the position to resume from.
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Close code for a frame over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Messages replayed per page.
 const REPLAY_PAGE: usize = 1000;
+/// How long a replay waits for the replication log to hold a range that left memory.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a waiting replay asks again.
+const REPLAY_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 type Sink = SplitSink<WebSocket, Frame>;
 
@@ -116,6 +124,16 @@ async fn serve(
     after: u64,
 ) -> Option<Ending> {
     let mut last = after;
+    let resume = resume_point(after, node.read().voids());
+    if let Resume::Lost { lost_from, void_to } = resume {
+        // The reader holds positions the cluster lost in a broker data loss: say so, once,
+        // before anything else; what follows `after` is complete.
+        node.metrics().history_resets.inc();
+        let frame = lost_frame(lost_from, after, void_to);
+        if sink.send(Frame::Text(frame.into())).await.is_err() {
+            return None;
+        }
+    }
     // Replay what is there now without holding a live queue, then subscribe and replay the
     // little that arrived meanwhile: from then on the queue carries exactly what follows.
     let upto = node.read().cursor();
@@ -210,7 +228,10 @@ async fn serve_writes(
     }
 }
 
-/// Sends the channel's messages in `last+1 ..= upto`, advancing `last`.
+/// Sends the channel's messages in `last+1 ..= upto`, advancing `last`. Never skips: when a part
+/// of the range has left memory and no replica holds it yet, it waits (retrying every
+/// [`REPLAY_RETRY`]) up to [`REPLAY_WAIT`], then ends the session with [`CLOSE_TRY_AGAIN`] and
+/// the position to resume from.
 async fn replay(
     node: &Node,
     sink: &mut Sink,
@@ -218,15 +239,32 @@ async fn replay(
     last: &mut u64,
     upto: u64,
 ) -> Result<(), Option<Ending>> {
+    let mut waiting_since: Option<std::time::Instant> = None;
     while *last < upto {
-        let page = read_page(node, channel, *last, upto, REPLAY_PAGE)
-            .await
-            .map_err(|e| {
-                Some(Ending {
+        let page = match read_page(node, channel, *last, upto, REPLAY_PAGE).await {
+            Ok(page) => page,
+            Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= REPLAY_WAIT {
+                    return Err(Some(Ending {
+                        code: CLOSE_TRY_AGAIN,
+                        reason: short(&format!(
+                            "history after {last} is not available yet; reconnect with after={last}"
+                        )),
+                    }));
+                }
+                debug!(error = %e.reason, "replay waits for the replication log");
+                tokio::time::sleep(REPLAY_RETRY).await;
+                continue;
+            }
+            Err(e) => {
+                return Err(Some(Ending {
                     code: 1011,
                     reason: short(&e.reason),
-                })
-            })?;
+                }));
+            }
+        };
+        waiting_since = None;
         let Some(end) = page.last().map(|m| m.position) else {
             return Ok(());
         };
@@ -265,6 +303,22 @@ async fn handle_client_frame(node: &Node, channel: &str, text: &str) -> String {
         }
         Err(e) => error_frame(id.as_deref(), &e.reason),
     }
+}
+
+/// `{"type":"lost","from":F,"to":T,"reason":...}`: positions `F ..= T` the reader may hold were
+/// acknowledged but never persisted before the broker lost its data; they are gone, and the
+/// cluster's history continues after `void_to` (documented in docs/api.md).
+fn lost_frame(from: u64, to: u64, void_to: u64) -> String {
+    serde_json::json!({
+        "type": "lost",
+        "from": from,
+        "to": to,
+        "reason": format!(
+            "the broker lost its data: positions {from}..{to} were never persisted and are gone; \
+             the history continues after position {void_to}"
+        ),
+    })
+    .to_string()
 }
 
 fn error_frame(id: Option<&str>, reason: &str) -> String {

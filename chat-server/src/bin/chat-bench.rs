@@ -518,7 +518,12 @@ async fn bootstrap(
                         text: text.clone(),
                     };
                     broker
-                        .write(&msg, &format!("h{i}"), chat_server::message::now_millis())
+                        .write(
+                            &msg,
+                            &format!("h{i}"),
+                            chat_server::message::now_millis(),
+                            0,
+                        )
                         .await?;
                 }
             }));

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::Replica;
 use crate::http::{ApiError, MessagesPage, PageQuery, form_pairs, metrics_response};
-use crate::log_client::SNAPSHOT_POSITION_HEADER;
+use crate::log_client::{PERSISTED_POSITION_HEADER, SNAPSHOT_POSITION_HEADER};
 use crate::message::validate_channel;
 
 /// The replica's routes.
@@ -29,13 +29,17 @@ pub fn router(replica: Replica) -> Router {
         .with_state(replica)
 }
 
+/// A channel page, with the persisted position read before it in `X-Persisted-Position`: the
+/// page holds every message of the channel after `after` up to that position (or is full), so a
+/// reader can tell "nothing more" from "this replica is behind".
 async fn channel_messages(
     State(replica): State<Replica>,
     Path(channel): Path<String>,
     page: PageQuery,
-) -> Result<Json<MessagesPage>, ApiError> {
+) -> Result<Response, ApiError> {
     validate_channel(&channel)?;
     let store = replica.store().clone();
+    let persisted = store.persisted();
     let messages =
         tokio::task::spawn_blocking(move || store.channel_page(&channel, page.after, page.limit))
             .await
@@ -46,7 +50,10 @@ async fn channel_messages(
                 )
             })?
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(Json(MessagesPage::new(messages)))
+    let mut resp = Json(MessagesPage::new(messages)).into_response();
+    resp.headers_mut()
+        .insert(PERSISTED_POSITION_HEADER, HeaderValue::from(persisted));
+    Ok(resp)
 }
 
 /// `GET /snapshot?after=P`: every message after P up to the persisted position now, in order.

@@ -67,6 +67,13 @@ pub struct LogConfig {
     /// Stream entries kept below the lowest persisted position of all replicas when trimming.
     #[arg(long, env = "LOG_TRIM_KEEP", default_value_t = 10_000)]
     pub trim_keep: u64,
+    /// Positions the broker may hand out beyond what this replica has persisted. The replica
+    /// records each grant on disk before making it, so a broker that loses its data is
+    /// re-anchored past every position it may have handed out; writes wait (503) once nobody has
+    /// persisted within this many positions of the head.
+    #[arg(long, env = "LOG_POSITION_LEASE", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub position_lease: u64,
     /// Size past which a new segment file is started, in bytes.
     #[arg(long, env = "LOG_SEGMENT_BYTES", default_value_t = DEFAULT_SEGMENT_BYTES,
           value_parser = clap::value_parser!(u64).range(1024..))]
@@ -122,6 +129,7 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         .await
         .map_err(RunError::Open)?;
     let epoch = follower::read_epoch(&config.data_dir).map_err(|e| RunError::Open(e.into()))?;
+    let limit = follower::read_limit(&config.data_dir).map_err(|e| RunError::Open(e.into()))?;
     info!(
         data_dir = %config.data_dir.display(),
         persisted = report.persisted,
@@ -141,8 +149,10 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
             .cloned()
             .collect(),
         trim_keep: config.trim_keep,
+        position_lease: config.position_lease,
     };
     let replica = Replica::new(settings, Arc::new(store), epoch);
+    replica.set_limit(limit);
     replica
         .metrics()
         .open_seconds

@@ -15,9 +15,11 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::store::{LogStore, StoreError};
 use super::{Phase, Replica};
-use crate::broker::{AnchorOutcome, Broker, BrokerError, StreamReader, split_dense};
+use crate::broker::{AnchorOutcome, Broker, BrokerError, StreamReader};
+use crate::log_client::LogStatus;
 use crate::log_client::{LogClient, LogClientError};
 use crate::message::Message;
+use crate::protocol::{anchor_position, epoch_fits, next_limit, split_dense, void_after};
 
 /// Most messages one XREAD returns.
 const READ_COUNT: usize = 1000;
@@ -56,9 +58,65 @@ pub fn epoch_path(data_dir: &Path) -> PathBuf {
     data_dir.join("epoch")
 }
 
-/// The file that marks an epoch whose sequence went backwards under this log.
+/// The file that marked an epoch whose sequence went backwards under this log (older versions;
+/// such an epoch is now retired at once, and the file is removed when an epoch is adopted).
 fn lost_path(data_dir: &Path) -> PathBuf {
     data_dir.join("epoch-lost")
+}
+
+/// The file that records the highest position this replica granted the broker.
+fn limit_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("limit")
+}
+
+/// Reads the recorded limit (0 when none was ever granted).
+pub fn read_limit(data_dir: &Path) -> Result<u64, StoreError> {
+    let path = limit_path(data_dir);
+    match read_marker(&path)? {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| StoreError::Corrupt {
+            path,
+            offset: 0,
+            reason: format!("limit file holds {v:?}, not a position"),
+        }),
+    }
+}
+
+/// Records `limit` durably (before the broker may use it) unless a higher one is recorded.
+async fn record_limit(replica: &Replica, limit: u64) -> Result<(), FollowError> {
+    if limit <= replica.limit() {
+        return Ok(());
+    }
+    let data_dir = replica.settings().data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        write_marker(&data_dir, &limit_path(&data_dir), &limit.to_string())
+    })
+    .await
+    .map_err(|e| FollowError::Task(e.to_string()))??;
+    replica.set_limit(limit);
+    Ok(())
+}
+
+/// Raises the broker's write limit when it comes within half a lease of what this replica has
+/// persisted: records the new limit on disk, then grants it.
+async fn grant(
+    replica: &Replica,
+    broker: &Broker,
+    epoch: &str,
+    broker_limit: u64,
+) -> Result<(), FollowError> {
+    let persisted = replica.store().persisted();
+    let Some(limit) = next_limit(persisted, broker_limit, replica.settings().position_lease) else {
+        return Ok(());
+    };
+    record_limit(replica, limit).await?;
+    broker.grant(epoch, limit).await?;
+    tracing::debug!(
+        limit,
+        persisted,
+        "granted the broker positions up to the limit"
+    );
+    Ok(())
 }
 
 /// Reads the remembered epoch (none for a new log).
@@ -175,6 +233,7 @@ async fn session(
     broker
         .publish_persisted(&replica.settings().replica_id, replica.store().persisted())
         .await?;
+    grant(replica, broker, &epoch, broker.state().await?.limit).await?;
     info!(
         epoch,
         persisted = replica.store().persisted(),
@@ -216,6 +275,7 @@ async fn session(
         broker
             .publish_persisted(&replica.settings().replica_id, persisted)
             .await?;
+        grant(replica, broker, &epoch, state.limit).await?;
         replica.update_lag();
         if replica.error().is_none() {
             let phase = if persisted >= replica.head() {
@@ -253,12 +313,15 @@ async fn append(replica: &Replica, batch: Vec<Message>) -> Result<(), FollowErro
 }
 
 /// Makes sure the broker has an epoch this log may follow, and returns it:
-/// - no epoch: anchor it at this log's persisted position, unless a reachable peer is further
-///   (then copy from that peer first);
+/// - no epoch: anchor it past every position the old epoch may have handed out
+///   ([`anchor_position`]: this log's persisted position or the highest limit any replica
+///   recorded, whichever is higher), after copying from a reachable peer that is further; the
+///   skipped positions are recorded as a void record;
 /// - the epoch this log follows, head not below the log: fine;
-/// - the same epoch with the head below the log (sequence went backwards): wait, reporting it;
-/// - another epoch: adopt it when this log is at or below its anchor (the gap is repaired from
-///   peers), else the log has diverged.
+/// - the same epoch with the head below the log (the broker went back): retire the epoch, so it
+///   is anchored again past every handed-out position;
+/// - another epoch: adopt it when it fits this log ([`epoch_fits`]; missing positions come from
+///   peers or are void), else the log has diverged.
 async fn ensure_epoch(
     replica: &Replica,
     broker: &Broker,
@@ -275,11 +338,12 @@ async fn ensure_epoch(
                 if let Some(previous) = &known {
                     let what = format!(
                         "the broker lost its data: epoch {previous} is gone (no epoch now); \
-                         re-anchoring on the replication log at position {persisted} or a peer's higher one"
+                         re-anchoring past every position it may have handed out"
                     );
                     note_broker_loss(replica, &what);
                 }
-                if let Some((url, peer_persisted)) = highest_peer(replica, persisted).await {
+                let peers = peer_statuses(replica).await;
+                if let Some((url, peer_persisted)) = highest_peer(&peers, persisted) {
                     info!(peer = %url, peer_persisted, persisted, "a peer is further; copying from it before anchoring");
                     if let Err(e) = copy_from(replica, &url, u64::MAX).await {
                         warn!(peer = %url, error = %e, "copying from the peer failed; retrying");
@@ -287,12 +351,24 @@ async fn ensure_epoch(
                     }
                     continue;
                 }
-                match broker.anchor(persisted).await {
+                let granted = peers
+                    .iter()
+                    .map(|(_, s)| s.limit)
+                    .fold(replica.limit(), u64::max);
+                let anchor = anchor_position(persisted, granted);
+                let limit = anchor.saturating_add(replica.settings().position_lease);
+                record_limit(replica, limit).await?;
+                match broker.anchor(anchor, persisted, limit).await {
                     Ok(AnchorOutcome::Anchored(epoch)) => {
+                        if anchor > persisted {
+                            append(replica, vec![Message::void(anchor)]).await?;
+                        }
                         info!(
                             epoch,
-                            position = persisted,
-                            "anchored the broker at this log's persisted position"
+                            anchor,
+                            base = persisted,
+                            void = anchor - persisted,
+                            "anchored the broker past every position the old epoch may have handed out"
                         );
                         adopt(replica, &epoch)?;
                         replica.set_phase(Phase::CatchingUp);
@@ -312,23 +388,16 @@ async fn ensure_epoch(
                 }
             }
             (Some(epoch), Some(k)) if epoch == k => {
-                let data_dir = &replica.settings().data_dir;
-                let lost = read_marker(&lost_path(data_dir))?;
-                if state.head < persisted || lost.as_deref() == Some(epoch.as_str()) {
-                    // Positions past the head may be handed out again to other messages: this
-                    // epoch is not trusted again (across restarts too) until the broker is
-                    // re-anchored with a new one.
-                    if lost.is_none() {
-                        write_marker(data_dir, &lost_path(data_dir), epoch)?;
-                    }
+                if state.head < persisted {
+                    // Positions past the head would be handed out again to other messages:
+                    // retire this epoch so the broker is anchored past them.
                     let what = format!(
-                        "the broker's sequence went backwards in epoch {epoch}: head {} was below this log's \
-                         persisted position {persisted}; not applying this epoch again until the broker is \
-                         re-anchored (wipe it, or delete its epoch key)",
+                        "the broker's sequence went backwards in epoch {epoch}: head {} is below this log's \
+                         persisted position {persisted}; retiring the epoch",
                         state.head
                     );
                     note_broker_loss(replica, &what);
-                    backoff.wait(shutdown).await?;
+                    broker.retire(epoch, persisted).await?;
                     continue;
                 }
                 if replica.phase() == Phase::BrokerLost {
@@ -340,33 +409,34 @@ async fn ensure_epoch(
             (Some(epoch), known) => {
                 if let Some(previous) = known {
                     let what = format!(
-                        "the broker's epoch changed from {previous} to {epoch} (anchored at position {}); \
+                        "the broker's epoch changed from {previous} to {epoch} (base {}, anchor {}); \
                          this log is at {persisted}",
-                        state.anchor
+                        state.base, state.anchor
                     );
                     note_broker_loss(replica, &what);
                 }
-                let fits = match known {
-                    Some(_) => persisted <= state.anchor,
-                    // A log that never followed an epoch (new, or copied from a peer) may
-                    // follow any that does not run behind it.
-                    None => persisted <= state.head.max(state.anchor),
-                };
-                if !fits {
+                if !epoch_fits(
+                    known.is_some(),
+                    persisted,
+                    state.base,
+                    state.anchor,
+                    state.head,
+                ) {
                     return Err(FollowError::Diverged(format!(
-                        "this log holds positions up to {persisted}, past the anchor {} of the broker's epoch {epoch} \
+                        "this log holds positions up to {persisted}, past the base {} of the broker's epoch {epoch} \
                          (previous epoch {}); its history past {} may differ from the cluster's",
-                        state.anchor,
+                        state.base,
                         known.as_deref().unwrap_or("none"),
-                        state.anchor
+                        state.base
                     )));
                 }
                 if known.is_some() {
                     info!(
                         epoch,
+                        base = state.base,
                         anchor = state.anchor,
                         persisted,
-                        "following the new epoch; missing positions come from peers"
+                        "following the new epoch; missing positions come from peers or are void"
                     );
                 }
                 adopt(replica, epoch)?;
@@ -406,23 +476,28 @@ fn adopt(replica: &Replica, epoch: &str) -> Result<(), FollowError> {
     Ok(())
 }
 
-/// The reachable peer (not this replica, not diverged) with the highest persisted position
-/// above `than`, if any.
-async fn highest_peer(replica: &Replica, than: u64) -> Option<(String, u64)> {
+/// The status of every reachable peer (not this replica, not diverged).
+async fn peer_statuses(replica: &Replica) -> Vec<(String, LogStatus)> {
     let client = LogClient::new(replica.settings().peers.clone());
-    let mut best: Option<(String, u64)> = None;
+    let mut out = Vec::new();
     for url in client.urls() {
         match client.status_of(url).await {
             Ok(s) if s.replica_id == replica.settings().replica_id => {}
             Ok(s) if s.phase == "diverged" => {}
-            Ok(s) if s.persisted > than && best.as_ref().is_none_or(|(_, p)| s.persisted > *p) => {
-                best = Some((url.clone(), s.persisted));
-            }
-            Ok(_) => {}
+            Ok(s) => out.push((url.clone(), s)),
             Err(e) => tracing::debug!(peer = %url, error = %e, "peer status unavailable"),
         }
     }
-    best
+    out
+}
+
+/// The peer with the highest persisted position above `than`, if any.
+fn highest_peer(peers: &[(String, LogStatus)], than: u64) -> Option<(String, u64)> {
+    peers
+        .iter()
+        .filter(|(_, s)| s.persisted > than)
+        .max_by_key(|(_, s)| s.persisted)
+        .map(|(url, s)| (url.clone(), s.persisted))
 }
 
 /// Copies a peer's snapshot after this log's persisted position, up to `upto`. Returns how many
@@ -514,6 +589,13 @@ async fn repair(
     let mut warned = false;
     while replica.store().persisted() < to {
         let persisted = replica.store().persisted();
+        let state = broker.state().await?;
+        if let Some(void) = void_after(persisted, state.base, state.anchor) {
+            // The epoch was anchored on exactly this history: what follows up to the anchor
+            // holds nothing anywhere.
+            append(replica, vec![Message::void(void)]).await?;
+            continue;
+        }
         let in_stream = broker.range(persisted, to, READ_COUNT).await?;
         let split = split_dense(persisted, in_stream);
         if !split.dense.is_empty() {

@@ -63,6 +63,9 @@ pub struct ReplicaSettings {
     pub peers: Vec<String>,
     /// Entries kept in the stream below the lowest persisted position of all replicas.
     pub trim_keep: u64,
+    /// Positions the broker may hand out past this replica's persisted position
+    /// (`--position-lease`).
+    pub position_lease: u64,
 }
 
 /// `GET /status`.
@@ -74,6 +77,10 @@ pub struct ReplicaStatus {
     pub head: u64,
     pub lag: u64,
     pub messages: u64,
+    /// The highest position this replica granted the broker, recorded on its disk first (peers
+    /// read it when they anchor a broker that lost its data).
+    #[serde(default)]
+    pub limit: u64,
     /// The broker epoch this log follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
@@ -92,6 +99,7 @@ struct State {
     epoch: Option<String>,
     error: Option<String>,
     broker_loss: Option<String>,
+    limit: u64,
 }
 
 /// Everything a replica's tasks share. Cheap to clone.
@@ -119,6 +127,7 @@ impl Replica {
                 epoch,
                 error: None,
                 broker_loss: None,
+                limit: 0,
             }),
             metrics,
         }))
@@ -189,6 +198,15 @@ impl Replica {
         self.state().broker_loss = Some(what);
     }
 
+    /// The highest position this replica has granted the broker (recorded on disk).
+    pub fn limit(&self) -> u64 {
+        self.state().limit
+    }
+
+    pub(crate) fn set_limit(&self, limit: u64) {
+        self.state().limit = limit;
+    }
+
     /// Ready: caught up with the broker head and nothing wrong.
     pub fn is_ready(&self) -> bool {
         let state = self.state();
@@ -206,6 +224,7 @@ impl Replica {
             head: state.head,
             lag: state.head.saturating_sub(persisted),
             messages,
+            limit: state.limit,
             epoch: state.epoch.clone(),
             error: state.error.clone(),
             broker_loss: state.broker_loss.clone(),

@@ -130,6 +130,8 @@ struct Segment {
     records: u64,
 }
 
+/// A run of consecutive records of one segment. Record `i` of a block holds position
+/// `first + i`, except in a void block: its one record (a void record) covers `first ..= last`.
 #[derive(Clone, Copy)]
 struct Block {
     first: u64,
@@ -137,6 +139,10 @@ struct Block {
     offset: u64,
     len: u64,
     records: u32,
+    /// Position of the block's last record.
+    last: u64,
+    /// The block is one void record.
+    void: bool,
 }
 
 #[derive(Default)]
@@ -155,6 +161,8 @@ struct Meta {
     /// Position before the first record (0 for a log that starts at 1).
     base: u64,
     persisted: u64,
+    /// Positions covered by void records (they hold no message).
+    voided: u64,
 }
 
 impl Meta {
@@ -168,23 +176,38 @@ impl Meta {
         position: u64,
         channel: &str,
     ) {
+        // A void record (empty channel) is a block of its own, covering every position after
+        // the record before it; it belongs to no channel.
+        let void = channel.is_empty();
+        let first = self.persisted + 1;
         let new_block = match self.blocks.last() {
-            Some(b) => b.segment != segment || b.records >= block_records,
+            Some(b) => b.segment != segment || b.records >= block_records || b.void || void,
             None => true,
         };
         if new_block {
             self.blocks.push(Block {
-                first: position,
+                first: if void { first } else { position },
                 segment,
                 offset,
                 len: 0,
                 records: 0,
+                last: position,
+                void,
             });
         }
         let block_no = (self.blocks.len() - 1) as u32;
         if let Some(b) = self.blocks.last_mut() {
             b.len += len;
             b.records += 1;
+            b.last = position;
+        }
+        if void {
+            self.voided += position + 1 - first;
+            let seg = &mut self.segments[segment as usize];
+            seg.len = offset + len;
+            seg.records += 1;
+            self.persisted = position;
+            return;
         }
         let ch = match self.channels.get_mut(channel) {
             Some(ch) => ch,
@@ -387,7 +410,7 @@ impl LogStore {
     /// Number of messages held.
     pub fn messages(&self) -> u64 {
         let meta = self.meta();
-        meta.persisted - meta.base
+        meta.persisted - meta.base - meta.voided
     }
 
     /// Number of segment files.
@@ -427,15 +450,18 @@ impl LogStore {
             let meta = self.meta();
             (meta.segments.last().map(|s| s.len), meta.persisted + 1)
         };
+        let first_expected = expected;
         for m in batch {
-            if m.position != expected {
+            if !m.continues(expected - 1) {
                 return Err(StoreError::NotDense {
                     expected,
                     got: m.position,
                 });
             }
-            expected += 1;
+            expected = m.position + 1;
         }
+        // From here on `expected` is the first position the next record covers.
+        let mut expected = first_expected;
         w.buf.clear();
         w.pending.clear();
         for m in batch {
@@ -447,9 +473,12 @@ impl LogStore {
                 if !w.buf.is_empty() {
                     stats.sync += self.commit(&mut w)?;
                 }
-                self.roll(&mut w, m.position)?;
+                // A segment is named by the first position it covers (a void record covers
+                // from the position after the previous record).
+                self.roll(&mut w, expected)?;
                 segment_len = Some(0);
             }
+            expected = m.position + 1;
             let payload = m.to_json();
             if payload.len() > MAX_PAYLOAD as usize {
                 w.buf.clear();
@@ -686,6 +715,11 @@ fn scan_segment(
         }
         // A record whose checksum holds but whose content is wrong is not a torn write: refuse.
         let head: RecordHead = parse_json(&payload, &path, offset)?;
+        // A void record (empty channel) covers every position up to its own.
+        let void = head.channel.is_empty() && head.position >= position;
+        if void {
+            position = head.position;
+        }
         if head.position != position {
             return Err(StoreError::Corrupt {
                 path,
@@ -790,11 +824,12 @@ impl LogReader {
         if self.next > self.upto {
             return Ok(None);
         }
-        let (file, path, start, len, first) = {
+        let (file, path, start, blocks) = {
             let meta = self.store.meta();
             let b = meta.block_of(self.next);
             let head = meta.blocks[b];
             let mut len = 0;
+            let mut blocks = Vec::new();
             for block in &meta.blocks[b..] {
                 if block.segment != head.segment
                     || block.first > self.upto
@@ -803,27 +838,36 @@ impl LogReader {
                     break;
                 }
                 len += block.len;
+                blocks.push(*block);
             }
             let seg = &meta.segments[head.segment as usize];
-            (
-                seg.file.clone(),
-                seg.path.clone(),
-                head.offset,
-                len,
-                head.first,
-            )
+            (seg.file.clone(), seg.path.clone(), head.offset, blocks)
         };
+        let len = blocks.iter().map(|b| b.len).sum();
         let buf = read_at(&file, &path, start, len)?;
         let mut records = Vec::new();
         let mut at = 0usize;
-        let mut position = first;
-        while at < buf.len() && position <= self.upto {
-            let payload_len = frame_at(&buf, at, &path, start)?.len();
-            if position >= self.next {
-                records.push(((at + HEADER) as u32, payload_len as u32));
+        let mut position = self.next;
+        'blocks: for block in &blocks {
+            for i in 0..u64::from(block.records) {
+                // The position this record holds (a void record: the last it covers).
+                let held = if block.void {
+                    block.last
+                } else {
+                    block.first + i
+                };
+                if held > self.upto {
+                    // Nothing past `upto` is returned (a void record may cover beyond it).
+                    position = self.upto + 1;
+                    break 'blocks;
+                }
+                let payload_len = frame_at(&buf, at, &path, start)?.len();
+                if held >= self.next {
+                    records.push(((at + HEADER) as u32, payload_len as u32));
+                }
+                at += HEADER + payload_len;
+                position = held + 1;
             }
-            at += HEADER + payload_len;
-            position += 1;
         }
         let chunk = RecordChunk {
             first: self.next,
@@ -837,7 +881,8 @@ impl LogReader {
     }
 }
 
-/// Consecutive records read from one segment; record `i` holds position `first + i`.
+/// Consecutive records read from one segment, from position `first` on (void records cover
+/// several positions each).
 pub struct RecordChunk {
     pub first: u64,
     buf: Vec<u8>,
@@ -1176,6 +1221,55 @@ mod tests {
             }
             other => panic!("unexpected {other}"),
         }
+    }
+
+    #[test]
+    fn void_records_cover_skipped_positions_across_reopen_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path(), small());
+            fill(&store, 1, 10, 4);
+            store.append_batch(&[Message::void(1000)]).unwrap();
+            assert!(matches!(
+                store.append_batch(&[msg(1000, "a")]),
+                Err(StoreError::NotDense {
+                    expected: 1001,
+                    got: 1000
+                })
+            ));
+            store
+                .append_batch(&[msg(1001, channel_for(1001)), msg(1002, "a")])
+                .unwrap();
+            assert_eq!(store.persisted(), 1002);
+            assert_eq!(store.messages(), 12);
+        }
+        let store = open(dir.path(), small());
+        assert_eq!((store.persisted(), store.messages()), (1002, 12));
+        let all: Vec<u64> = store
+            .messages_between(0, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|m| m.position)
+            .collect();
+        let want: Vec<u64> = (1..=10).chain([1000, 1001, 1002]).collect();
+        assert_eq!(all, want);
+        // Reads that start or end inside the void.
+        let mid: Vec<u64> = store
+            .messages_between(500, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|m| m.position)
+            .collect();
+        assert_eq!(mid, vec![1000, 1001, 1002]);
+        assert!(store.messages_between(10, 500).unwrap().is_empty());
+        assert!(store.channels().iter().all(|c| !c.name.is_empty()));
+        let page: Vec<u64> = store
+            .channel_page("a", 0, 100)
+            .unwrap()
+            .iter()
+            .map(|m| m.position)
+            .collect();
+        assert_eq!(page.last(), Some(&1002));
     }
 
     #[test]

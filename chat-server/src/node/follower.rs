@@ -11,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, Cancelled};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::broker::{Broker, BrokerError, Gap, StreamReader, split_dense};
+use crate::broker::{Broker, BrokerError, StreamReader};
 use crate::log_client::LogClientError;
 use crate::message::Message;
 use crate::node::store::Store;
 use crate::node::{Node, Phase};
+use crate::protocol::{Gap, split_dense, void_after};
 
 /// Messages asked for per `XREAD`.
 const READ_COUNT: usize = 1000;
@@ -31,7 +32,9 @@ enum FollowError {
     Shutdown,
     #[error("broker epoch changed from {old} to {new}; the broker lost its data")]
     EpochChanged { old: String, new: String },
-    #[error("broker sequence went backwards from {cursor} to {head} in epoch {epoch}")]
+    #[error(
+        "broker sequence went backwards from {cursor} to {head} in epoch {epoch}; epoch retired"
+    )]
     SequenceBackwards {
         cursor: u64,
         head: u64,
@@ -100,6 +103,7 @@ async fn cycle(node: &Node, broker: &Broker, shutdown: &CancellationToken) -> Fo
         Ok(e) => e,
         Err(e) => return e,
     };
+    let epoch = &epoch;
     let started = Instant::now();
     if let Err(e) = bootstrap(node, shutdown).await {
         return e;
@@ -127,10 +131,19 @@ async fn cycle(node: &Node, broker: &Broker, shutdown: &CancellationToken) -> Fo
         "bootstrapped from the replication log; catching up with the broker"
     );
     node.set_phase(Phase::CatchingUp);
-    match follow(node, broker, &epoch, target, shutdown).await {
+    match follow(node, broker, epoch, target, shutdown).await {
         Ok(()) => FollowError::Shutdown,
         Err(e) => e,
     }
+}
+
+/// The broker epoch a node follows: its id, and the history it was anchored on (`base`) and
+/// continues after (`anchor`; `base+1 ..= anchor` are void).
+#[derive(Debug, Clone)]
+struct Epoch {
+    id: String,
+    base: u64,
+    anchor: u64,
 }
 
 /// Reads the broker's epoch, waiting while it has none (a new or wiped broker that the
@@ -139,14 +152,18 @@ async fn wait_for_epoch(
     node: &Node,
     broker: &Broker,
     shutdown: &CancellationToken,
-) -> Result<String, FollowError> {
+) -> Result<Epoch, FollowError> {
     let mut backoff = Backoff::new();
     loop {
         match broker.state().await {
             Ok(s) => match s.epoch {
-                Some(epoch) => {
-                    node.set_epoch(Some(epoch.clone()));
-                    return Ok(epoch);
+                Some(id) => {
+                    node.set_epoch(Some(id.clone()));
+                    return Ok(Epoch {
+                        id,
+                        base: s.base,
+                        anchor: s.anchor,
+                    });
                 }
                 None => info!(
                     "the broker has no epoch yet; waiting for the replication log to anchor it"
@@ -232,7 +249,7 @@ fn broker_error(node: &Node, e: &BrokerError) {
 async fn follow(
     node: &Node,
     broker: &Broker,
-    epoch: &str,
+    epoch: &Epoch,
     target: u64,
     shutdown: &CancellationToken,
 ) -> Result<(), FollowError> {
@@ -261,7 +278,7 @@ async fn follow(
         if let Some(last) = batch.last() {
             node.set_head(last.position);
         }
-        apply_repairing(node, broker, batch, shutdown).await?;
+        apply_repairing(node, broker, epoch, batch, shutdown).await?;
         if idle || last_check.elapsed() >= CHECK_EVERY {
             last_check = Instant::now();
             match check_broker(node, broker, epoch).await {
@@ -273,14 +290,14 @@ async fn follow(
                     let found = broker.range(cursor, head, READ_COUNT).await;
                     match found {
                         Ok(found) if !found.is_empty() => {
-                            apply_repairing(node, broker, found, shutdown).await?;
+                            apply_repairing(node, broker, epoch, found, shutdown).await?;
                         }
                         Ok(_) => {
                             let gap = Gap {
                                 from: cursor + 1,
                                 to: head,
                             };
-                            repair(node, broker, gap, shutdown).await?;
+                            repair(node, broker, epoch, gap, shutdown).await?;
                         }
                         Err(e) => {
                             broker_error(node, &e);
@@ -306,17 +323,20 @@ async fn follow(
 }
 
 /// Reads the broker's identity and head; errors when it is not the broker this node follows.
-async fn check_broker(node: &Node, broker: &Broker, epoch: &str) -> Result<u64, FollowError> {
+/// A sequence below what this node holds (the broker went back) retires the epoch, so the
+/// replication log anchors the broker again past every position handed out.
+async fn check_broker(node: &Node, broker: &Broker, epoch: &Epoch) -> Result<u64, FollowError> {
     let state = broker.state().await?;
     let current = state.epoch.clone().unwrap_or_else(|| "<none>".to_owned());
-    if current != epoch {
+    if current != epoch.id {
         return Err(FollowError::EpochChanged {
-            old: epoch.to_owned(),
+            old: epoch.id.clone(),
             new: current,
         });
     }
     let cursor = node.read().cursor();
     if state.head < cursor {
+        broker.retire(&epoch.id, cursor).await?;
         return Err(FollowError::SequenceBackwards {
             cursor,
             head: state.head,
@@ -331,6 +351,7 @@ async fn check_broker(node: &Node, broker: &Broker, epoch: &str) -> Result<u64, 
 async fn apply_repairing(
     node: &Node,
     broker: &Broker,
+    epoch: &Epoch,
     mut batch: Vec<Message>,
     shutdown: &CancellationToken,
 ) -> Result<(), FollowError> {
@@ -341,16 +362,18 @@ async fn apply_repairing(
         let Some((gap, rest)) = split.gap else {
             return Ok(());
         };
-        repair(node, broker, gap, shutdown).await?;
+        repair(node, broker, epoch, gap, shutdown).await?;
         batch = rest;
     }
 }
 
 /// Fills `gap` (and nothing after it) from the stream if it still holds it, else from the log,
-/// waiting for the log when it has not persisted that far yet.
+/// waiting for the log when it has not persisted that far yet. Positions the epoch skipped
+/// (void) are applied as a void record once the node holds the history the epoch was anchored on.
 async fn repair(
     node: &Node,
     broker: &Broker,
+    epoch: &Epoch,
     gap: Gap,
     shutdown: &CancellationToken,
 ) -> Result<(), FollowError> {
@@ -366,6 +389,10 @@ async fn repair(
         let cursor = node.read().cursor();
         if cursor >= gap.to {
             return Ok(());
+        }
+        if let Some(void) = void_after(cursor, epoch.base, epoch.anchor) {
+            apply(node, [Message::void(void)]);
+            continue;
         }
         // A broker error here is retried like any other: the hole is still there to fill.
         match broker.range(cursor, gap.to, READ_COUNT).await {

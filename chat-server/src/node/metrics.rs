@@ -21,6 +21,8 @@ pub struct NodeMetrics {
     pub slow_consumers: Counter,
     pub write_seconds: Histogram,
     pub broker_errors: Counter,
+    pub history_unavailable: Counter,
+    pub history_resets: Counter,
 }
 
 impl Default for NodeMetrics {
@@ -40,6 +42,8 @@ impl Default for NodeMetrics {
             slow_consumers: Counter::default(),
             write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             broker_errors: Counter::default(),
+            history_unavailable: Counter::default(),
+            history_resets: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -106,6 +110,16 @@ impl Default for NodeMetrics {
             "broker_errors",
             "Failed broker round trips",
             m.broker_errors.clone(),
+        );
+        registry.register(
+            "history_unavailable",
+            "Reads refused (503, or a WebSocket closed with 1013) because a range that left memory is not in the replication log yet",
+            m.history_unavailable.clone(),
+        );
+        registry.register(
+            "history_resets",
+            "Readers told that positions they hold were lost in a broker data loss",
+            m.history_resets.clone(),
         );
         NodeMetrics { registry, ..m }
     }

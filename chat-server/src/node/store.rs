@@ -83,6 +83,8 @@ pub struct Store {
     total: u64,
     window_bytes: usize,
     channels: HashMap<String, Channel>,
+    /// Void ranges `(from, to)` applied, ascending.
+    voids: Vec<(u64, u64)>,
 }
 
 impl Store {
@@ -96,12 +98,19 @@ impl Store {
             total: 0,
             window_bytes: 0,
             channels: HashMap::new(),
+            voids: Vec::new(),
         }
     }
 
     /// Last applied position.
     pub fn cursor(&self) -> u64 {
         self.cursor
+    }
+
+    /// Position ranges `(from, to)` (inclusive, ascending) that hold nothing because a broker
+    /// data loss skipped them.
+    pub fn voids(&self) -> &[(u64, u64)] {
+        &self.voids
     }
 
     /// Messages applied in all.
@@ -115,13 +124,19 @@ impl Store {
         (n, self.window_bytes)
     }
 
-    /// Applies the next message; it must be at `cursor + 1`.
+    /// Applies the next message; it must be at `cursor + 1`, or be a void record past the cursor
+    /// (positions skipped after a broker data loss: remembered in [`Store::voids`]).
     pub fn apply(&mut self, message: Message) -> Result<(), OutOfOrder> {
-        if message.position != self.cursor + 1 {
+        if !message.continues(self.cursor) {
             return Err(OutOfOrder {
                 cursor: self.cursor,
                 got: message.position,
             });
+        }
+        if message.is_void() {
+            self.voids.push((self.cursor + 1, message.position));
+            self.cursor = message.position;
+            return Ok(());
         }
         self.cursor = message.position;
         self.total += 1;
@@ -288,6 +303,26 @@ mod tests {
         );
         assert_eq!(positions(s.page("c", 7, u64::MAX, 10)), vec![8, 9, 10]);
         assert_eq!(s.channels()[0].messages, 10);
+    }
+
+    #[test]
+    fn void_records_skip_positions_and_are_remembered() {
+        let mut s = Store::new(10, 4);
+        s.apply(msg(1, "c")).unwrap();
+        s.apply(Message::void(100)).unwrap();
+        assert_eq!(s.cursor(), 100);
+        assert_eq!(s.voids(), &[(2, 100)]);
+        assert_eq!(s.total(), 1);
+        assert_eq!(
+            s.apply(msg(100, "c")),
+            Err(OutOfOrder {
+                cursor: 100,
+                got: 100
+            })
+        );
+        s.apply(msg(101, "c")).unwrap();
+        assert_eq!(positions(s.page("c", 0, u64::MAX, 10)), vec![1, 101]);
+        assert_eq!(s.channel_count(), 1);
     }
 
     #[test]

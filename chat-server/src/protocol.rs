@@ -1,0 +1,350 @@
+//! The replication protocol's decisions, as pure functions: positions and the holes between
+//! them, how far a source of history can vouch for a range, and where a broker that lost its data
+//! is re-anchored. No I/O here: the node follower ([`crate::node::follower`]), the replica's
+//! follower ([`crate::log::follower`]) and the read paths ([`crate::api`]) gather the facts and
+//! act on what these functions decide. Every decision is table-tested below.
+//!
+//! # Positions
+//! A position is a message's place in the cluster-wide order. Within one broker epoch positions
+//! are dense (`1, 2, 3 …`, taken by `INCR` in the write script). When the broker loses its data
+//! the new epoch starts past every position the old one may have handed out (see
+//! [`anchor_position`]), so a position is never given to a second message; the positions
+//! skipped that way hold nothing anywhere.
+
+use crate::message::Message;
+
+/// A hole in what should be a dense run of positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// First missing position.
+    pub from: u64,
+    /// Last missing position.
+    pub to: u64,
+}
+
+/// A batch read after a cursor, split at its first hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The messages that continue the cursor densely (may be empty).
+    pub dense: Vec<Message>,
+    /// The first hole after `dense`, and everything the batch held after it.
+    pub gap: Option<(Gap, Vec<Message>)>,
+}
+
+/// Splits `batch` into the part that continues `cursor` densely and what follows the first hole.
+/// Entries at or below the cursor (a replayed read) are dropped.
+pub fn split_dense(cursor: u64, batch: Vec<Message>) -> Split {
+    let mut dense: Vec<Message> = batch.into_iter().filter(|m| m.position > cursor).collect();
+    for (i, (m, expected)) in dense.iter().zip(cursor + 1..).enumerate() {
+        if m.position != expected {
+            let gap = Gap {
+                from: expected,
+                to: m.position - 1,
+            };
+            let rest = dense.split_off(i);
+            return Split {
+                dense,
+                gap: Some((gap, rest)),
+            };
+        }
+    }
+    Split { dense, gap: None }
+}
+
+/// How far one replica's channel page can be trusted: every message of the channel with a
+/// position in `after+1 ..= covered` is in the page.
+///
+/// A replica answers a page from what it has persisted; a page shorter than `limit` is complete
+/// only up to the replica's persisted position (read before the page), a full page up to its own
+/// last message. `persisted: None` (a replica too old to say) vouches for nothing past the page.
+pub fn page_covers(after: u64, limit: usize, positions: &[u64], persisted: Option<u64>) -> u64 {
+    let last = positions.last().copied();
+    if positions.len() >= limit {
+        return last.unwrap_or(after);
+    }
+    match persisted {
+        Some(p) => p.max(last.unwrap_or(after)),
+        None => last.unwrap_or(after),
+    }
+}
+
+/// What a node's history page needs from the replication log when its memory window no longer
+/// holds the start of the range: a replica page that covers at least up to `needed` (the last
+/// position evicted from memory), or that is full.
+pub fn page_is_enough(covered: u64, needed: u64, full: bool) -> bool {
+    full || covered >= needed
+}
+
+/// Where a broker without an epoch is anchored: the position its new epoch continues after.
+///
+/// - `persisted`: the anchoring replica's persisted position (after copying from any reachable
+///   peer that was further);
+/// - `limit`: the highest position the old epoch may have handed out, as recorded durably by the
+///   replicas that granted it (0 when nothing was ever granted: a new cluster);
+///
+/// The new epoch continues after the larger of the two, so no position of the old epoch, even one
+/// acknowledged and never persisted, is handed out again. The positions between `persisted` and
+/// the anchor are void: they hold nothing on any node or replica.
+pub fn anchor_position(persisted: u64, limit: u64) -> u64 {
+    persisted.max(limit)
+}
+
+/// How far the broker may hand out positions once a replica has persisted through `persisted`:
+/// `persisted + lease`. A replica raises the broker's limit (and records it on disk first) when
+/// the limit comes within half a lease of what it has persisted, so writes never wait for it
+/// while it keeps up.
+pub fn next_limit(persisted: u64, current: u64, lease: u64) -> Option<u64> {
+    let lease = lease.max(2);
+    let wanted = persisted.saturating_add(lease);
+    if current >= persisted.saturating_add(lease / 2) || wanted <= current {
+        None
+    } else {
+        Some(wanted)
+    }
+}
+
+/// Whether a log (or a node's copy) at `persisted` may follow a broker epoch it did not anchor,
+/// whose history was anchored on `base` and continues after `anchor`:
+/// - one that followed an earlier epoch (`followed`) fits when it holds nothing past `base`
+///   (what is missing up to `base` comes from peers, `base+1 ..= anchor` is void), or when it
+///   already ends exactly at `anchor` (it holds the void record);
+/// - one that never followed an epoch (new, or copied from a peer) fits when it does not run
+///   past the head.
+///
+/// A log holding positions in `base+1 ..= anchor` that are not void has history the cluster
+/// declared lost: it has diverged.
+pub fn epoch_fits(followed: bool, persisted: u64, base: u64, anchor: u64, head: u64) -> bool {
+    if followed {
+        persisted <= base || persisted == anchor
+    } else {
+        persisted <= head.max(anchor)
+    }
+}
+
+/// The void record a copy at `cursor` must apply to continue the epoch anchored on `base` after
+/// `anchor`: `Some(anchor)` when the copy ends exactly at `base` and the anchor skipped positions.
+pub fn void_after(cursor: u64, base: u64, anchor: u64) -> Option<u64> {
+    (cursor == base && anchor > base).then_some(anchor)
+}
+
+/// How a resuming reader's position relates to the history a node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Nothing special: replay what follows `after`.
+    Continue,
+    /// `after` lies in a void range left by a broker data loss: positions `lost_from ..= after`
+    /// the reader may hold were never persisted and are gone; replay continues after `after`
+    /// (the next position the cluster has is past the void).
+    Lost { lost_from: u64, void_to: u64 },
+}
+
+/// Classifies a reader's `after` against the void ranges a node knows (`(from, to)` inclusive,
+/// ascending).
+pub fn resume_point(after: u64, voids: &[(u64, u64)]) -> Resume {
+    for &(from, to) in voids {
+        if (from..=to).contains(&after) {
+            return Resume::Lost {
+                lost_from: from,
+                void_to: to,
+            };
+        }
+    }
+    Resume::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(position: u64) -> Message {
+        Message {
+            position,
+            channel: "c".into(),
+            id: position.to_string(),
+            author: String::new(),
+            text: "t".into(),
+            sent_at: 0,
+        }
+    }
+
+    fn positions(v: &[Message]) -> Vec<u64> {
+        v.iter().map(|m| m.position).collect()
+    }
+
+    #[test]
+    fn dense_batches_pass_and_replays_are_dropped() {
+        let split = split_dense(2, vec![msg(1), msg(2), msg(3), msg(4)]);
+        assert_eq!(positions(&split.dense), vec![3, 4]);
+        assert_eq!(split.gap, None);
+    }
+
+    #[test]
+    fn a_hole_is_reported_with_what_surrounds_it() {
+        let split = split_dense(2, vec![msg(3), msg(6), msg(7)]);
+        assert_eq!(positions(&split.dense), vec![3]);
+        let (gap, rest) = split.gap.unwrap();
+        assert_eq!(gap, Gap { from: 4, to: 5 });
+        assert_eq!(positions(&rest), vec![6, 7]);
+        let split = split_dense(0, vec![msg(10)]);
+        assert!(split.dense.is_empty());
+        assert_eq!(split.gap.unwrap().0, Gap { from: 1, to: 9 });
+    }
+
+    #[test]
+    fn page_coverage_table() {
+        // (after, limit, positions, persisted) -> covered through
+        type Row<'a> = (u64, usize, &'a [u64], Option<u64>, u64);
+        let rows: &[Row] = &[
+            // A replica behind: an empty page vouches only for what it persisted (input 1).
+            (5, 1000, &[], Some(5), 5),
+            // Caught up: an empty page is complete through the persisted position.
+            (5, 1000, &[], Some(45), 45),
+            // A short page: complete through persisted.
+            (0, 1000, &[1, 2, 3], Some(40), 40),
+            // A full page: complete through its last message, whatever was persisted.
+            (0, 3, &[1, 2, 3], Some(40), 3),
+            (0, 3, &[1, 2, 3], Some(2), 3),
+            // An old replica that does not say: only what it returned.
+            (0, 1000, &[1, 2], None, 2),
+            (7, 1000, &[], None, 7),
+        ];
+        for &(after, limit, pos, persisted, want) in rows {
+            assert_eq!(
+                page_covers(after, limit, pos, persisted),
+                want,
+                "after={after} limit={limit} positions={pos:?} persisted={persisted:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_enough_table() {
+        let rows = [
+            (5, 40, false, false),
+            (40, 40, false, true),
+            (45, 40, false, true),
+            (3, 40, true, true),
+        ];
+        for (covered, needed, full, want) in rows {
+            assert_eq!(
+                page_is_enough(covered, needed, full),
+                want,
+                "{covered} {needed} {full}"
+            );
+        }
+    }
+
+    #[test]
+    fn anchor_table() {
+        // (persisted, recorded limit) -> anchor
+        let rows = [
+            (0, 0, 0),             // a new cluster starts at 1
+            (5, 0, 5),             // nothing granted (an upgraded log): continue after the log
+            (5, 100_005, 100_005), // input 2: 6..15 were acknowledged, never persisted
+            (200_000, 100_005, 200_000),
+        ];
+        for (persisted, limit, want) in rows {
+            assert_eq!(
+                anchor_position(persisted, limit),
+                want,
+                "{persisted} {limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn limit_table() {
+        // (persisted, current limit, lease) -> new limit
+        let rows = [
+            (0, 0, 1000, Some(1000)),
+            (100, 1000, 1000, None), // still more than half a lease ahead
+            (500, 1000, 1000, None), // exactly half a lease left: not yet
+            (501, 1000, 1000, Some(1501)), // less than half left: raise
+            (900, 1000, 1000, Some(1900)),
+            (5000, 1000, 1000, Some(6000)), // far behind the log (a restored broker)
+            (0, 5000, 1000, None),          // never lowered
+        ];
+        for (persisted, current, lease, want) in rows {
+            assert_eq!(
+                next_limit(persisted, current, lease),
+                want,
+                "{persisted} {current} {lease}"
+            );
+        }
+    }
+
+    #[test]
+    fn epoch_fits_table() {
+        // (followed, persisted, base, anchor, head) -> fits
+        let rows = [
+            (true, 5, 5, 100_005, 100_010, true), // the anchoring replica's history
+            (true, 3, 5, 100_005, 100_010, true), // behind: 4..5 from peers, then void
+            (true, 100_005, 5, 100_005, 100_010, true), // already holds the void record
+            (true, 9, 5, 100_005, 100_010, false), // 6..9 were declared lost: diverged
+            (true, 100_007, 5, 100_005, 100_010, false), // past the anchor: another history
+            (true, 50, 50, 50, 60, true),         // no void (a new cluster's epoch)
+            (false, 0, 5, 100_005, 100_010, true), // an empty log
+            (false, 100_010, 5, 100_005, 100_010, true), // copied from a peer, caught up
+            (false, 100_011, 5, 100_005, 100_010, false), // ahead of the broker
+        ];
+        for (followed, persisted, base, anchor, head, want) in rows {
+            assert_eq!(
+                epoch_fits(followed, persisted, base, anchor, head),
+                want,
+                "followed={followed} persisted={persisted} base={base} anchor={anchor} head={head}"
+            );
+        }
+    }
+
+    #[test]
+    fn void_after_table() {
+        // (cursor, base, anchor) -> void record to apply
+        let rows = [
+            (5, 5, 100_005, Some(100_005)),
+            (4, 5, 100_005, None), // position 5 must come from the log first
+            (100_005, 5, 100_005, None),
+            (5, 5, 5, None), // nothing skipped
+        ];
+        for (cursor, base, anchor, want) in rows {
+            assert_eq!(
+                void_after(cursor, base, anchor),
+                want,
+                "{cursor} {base} {anchor}"
+            );
+        }
+    }
+
+    #[test]
+    fn resume_table() {
+        let voids = [(6, 100_005), (200_001, 300_000)];
+        let rows = [
+            (0, Resume::Continue),
+            (5, Resume::Continue),
+            (
+                6,
+                Resume::Lost {
+                    lost_from: 6,
+                    void_to: 100_005,
+                },
+            ),
+            (
+                15,
+                Resume::Lost {
+                    lost_from: 6,
+                    void_to: 100_005,
+                },
+            ),
+            (100_006, Resume::Continue),
+            (
+                250_000,
+                Resume::Lost {
+                    lost_from: 200_001,
+                    void_to: 300_000,
+                },
+            ),
+        ];
+        for (after, want) in rows {
+            assert_eq!(resume_point(after, &voids), want, "after={after}");
+        }
+    }
+}
