@@ -31,10 +31,6 @@ pub enum LogClientError {
     Transport { url: String, source: reqwest::Error },
     #[error("replica {url} sent a bad snapshot: {reason}")]
     BadSnapshot { url: String, reason: String },
-    #[error(
-        "no replication-log replica holds this channel's history through position {needed} yet ({replicas})"
-    )]
-    Behind { needed: u64, replicas: String },
 }
 
 /// A replica's `/status`.
@@ -121,23 +117,24 @@ impl LogClient {
         })
     }
 
-    /// One page of a channel's history (`GET /channels/{c}/messages?after=P&limit=N`) that is
-    /// complete at least through position `needed`: the first replica whose page is full, or
-    /// whose persisted position (`X-Persisted-Position`) reaches `needed`, answers. A replica that
-    /// is behind is skipped, never taken as "nothing more".
+    /// One page of a channel's history (`GET /channels/{c}/messages?after=P&limit=N`), preferably
+    /// one complete at least through position `needed`: the first replica whose page is full,
+    /// or whose persisted position (`X-Persisted-Position`) reaches `needed`, answers. When every
+    /// replica is behind, the page that reaches furthest is returned with how far it is
+    /// complete ([`ReplicaPage::covered`]): a replica that is behind is never taken as "nothing
+    /// more".
     ///
-    /// Errors: [`LogClientError::Behind`] when every replica that answered is behind `needed`,
-    /// [`LogClientError::Unreachable`] when none answered.
+    /// Errors: [`LogClientError::Unreachable`] when no replica answered.
     pub async fn channel_page(
         &self,
         channel: &str,
         after: u64,
         limit: usize,
         needed: u64,
-    ) -> Result<MessagesPage, LogClientError> {
+    ) -> Result<ReplicaPage, LogClientError> {
         let path = format!("/channels/{channel}/messages?after={after}&limit={limit}");
         let mut failures = Vec::new();
-        let mut behind = Vec::new();
+        let mut best: Option<ReplicaPage> = None;
         for url in &self.urls {
             let resp = match self.get(url, &path, Some(Duration::from_secs(10))).await {
                 Ok(r) => r,
@@ -166,19 +163,21 @@ impl LogClient {
             };
             let positions: Vec<u64> = page.messages.iter().map(|m| m.position).collect();
             let covered = page_covers(after, limit, &positions, persisted);
-            if page_is_enough(covered, needed, positions.len() >= limit) {
-                return Ok(page);
+            let enough = page_is_enough(covered, needed, positions.len() >= limit);
+            let candidate = ReplicaPage {
+                source: url.clone(),
+                page,
+                covered,
+                enough,
+            };
+            if enough {
+                return Ok(candidate);
             }
-            behind.push(format!("{url} holds through {covered}"));
+            if best.as_ref().is_none_or(|b| covered > b.covered) {
+                best = Some(candidate);
+            }
         }
-        if behind.is_empty() {
-            return Err(LogClientError::Unreachable(failures.join("; ")));
-        }
-        behind.extend(failures);
-        Err(LogClientError::Behind {
-            needed,
-            replicas: behind.join("; "),
-        })
+        best.ok_or_else(|| LogClientError::Unreachable(failures.join("; ")))
     }
 
     /// `GET /status` of one replica.
@@ -222,6 +221,18 @@ impl LogClient {
         }
         Ok(resp)
     }
+}
+
+/// A replica's channel page and how far it can be trusted.
+#[derive(Debug, Clone)]
+pub struct ReplicaPage {
+    /// The replica that answered.
+    pub source: String,
+    pub page: MessagesPage,
+    /// Every message of the channel in `after+1 ..= covered` is in the page.
+    pub covered: u64,
+    /// The page reaches the position that was needed (or is full).
+    pub enough: bool,
 }
 
 /// A snapshot being streamed: NDJSON messages in global order, dense from `after + 1` up to

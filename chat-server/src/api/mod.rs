@@ -102,9 +102,10 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
 }
 
 /// One page of a channel: from memory when the window holds it, else from the replication log
-/// and then memory. Never returns a page with a hole, and never ends early: a range that left the
-/// window and that no replica holds yet is an error (`503` with `Retry-After`), not an empty or
-/// short page. It may return fewer than `limit` only when nothing more exists up to `upto`.
+/// and then memory. Never returns a page with a hole, and never ends early: every page is
+/// complete up to its last message, an empty page means nothing exists in `after+1 ..= upto`,
+/// and a range that left the window and that no replica holds yet is an error (`503` with
+/// `Retry-After`), not an empty page.
 pub(crate) async fn read_page(
     node: &Node,
     channel: &str,
@@ -118,24 +119,37 @@ pub(crate) async fn read_page(
         LocalPage::Evicted { evicted_through } => evicted_through,
     };
     let needed = evicted_through.min(upto);
+    let unavailable = |why: String| {
+        node.metrics().history_unavailable.inc();
+        ApiError::unavailable(format!(
+            "history of {channel} after position {after} has left this node's memory and the \
+             replication log does not hold it yet: {why}"
+        ))
+        .with_retry_after(1)
+    };
     let from_log = node
         .log()
         .channel_page(channel, after, limit, needed)
         .await
-        .map_err(|e| {
-            node.metrics().history_unavailable.inc();
-            ApiError::unavailable(format!(
-                "history of {channel} after position {after} (through {needed}) has left this node's memory \
-                 and is not available from the replication log yet: {e}"
-            ))
-            .with_retry_after(1)
-        })?;
+        .map_err(|e| unavailable(e.to_string()))?;
     let mut page: Vec<Arc<Message>> = from_log
+        .page
         .messages
         .into_iter()
-        .take_while(|m| m.position <= upto)
+        .take_while(|m| m.position <= upto && m.position <= from_log.covered)
         .map(Arc::new)
         .collect();
+    if !from_log.enough {
+        // The log is behind: what it returned is complete up to its last message; past that
+        // nothing can be said yet.
+        if page.is_empty() {
+            return Err(unavailable(format!(
+                "{} holds it only through position {}, position {needed} is needed",
+                from_log.source, from_log.covered
+            )));
+        }
+        return Ok(page);
+    }
     let reached = page.last().map_or(after, |m| m.position).max(needed);
     if page.len() < limit
         && let LocalPage::Complete(rest) =

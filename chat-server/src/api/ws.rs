@@ -229,9 +229,9 @@ async fn serve_writes(
 }
 
 /// Sends the channel's messages in `last+1 ..= upto`, advancing `last`. Never skips: when a part
-/// of the range has left memory and no replica holds it yet, it waits (retrying every
-/// [`REPLAY_RETRY`]) up to [`REPLAY_WAIT`], then ends the session with [`CLOSE_TRY_AGAIN`] and
-/// the position to resume from.
+/// of the range has left memory and no replica holds it yet, it sends a `waiting` frame and
+/// waits (retrying every [`REPLAY_RETRY`]) up to [`REPLAY_WAIT`], then ends the session with
+/// [`CLOSE_TRY_AGAIN`] and the position to resume from.
 async fn replay(
     node: &Node,
     sink: &mut Sink,
@@ -244,6 +244,13 @@ async fn replay(
         let page = match read_page(node, channel, *last, upto, REPLAY_PAGE).await {
             Ok(page) => page,
             Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                if waiting_since.is_none() {
+                    // Tell the reader why nothing comes, once per stall.
+                    let frame = waiting_frame(*last, &e.reason);
+                    if sink.send(Frame::Text(frame.into())).await.is_err() {
+                        return Err(None);
+                    }
+                }
                 let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= REPLAY_WAIT {
                     return Err(Some(Ending {
@@ -303,6 +310,13 @@ async fn handle_client_frame(node: &Node, channel: &str, text: &str) -> String {
         }
         Err(e) => error_frame(id.as_deref(), &e.reason),
     }
+}
+
+/// `{"type":"waiting","after":P,"reason":...}`: the replay is held at `P` because the history
+/// after it has left this node's memory and no replica holds it yet; it goes on when one does,
+/// or the connection is closed with 1013 and `after=P` (documented in docs/api.md).
+fn waiting_frame(after: u64, reason: &str) -> String {
+    serde_json::json!({"type": "waiting", "after": after, "reason": reason}).to_string()
 }
 
 /// `{"type":"lost","from":F,"to":T,"reason":...}`: positions `F ..= T` the reader may hold were
