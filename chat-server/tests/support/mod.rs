@@ -3,6 +3,7 @@
 //! of them, and small HTTP helpers to talk to them like a client would.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod redis;
 
 use std::collections::BTreeMap;
@@ -116,6 +117,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     log_ports: Vec<u16>,
     pub node_args: Vec<String>,
+    /// The Redis URL the replicas use (a [`proxy::Proxy`] to cut them off), if not Redis's own.
+    log_redis_url: Option<String>,
 }
 
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_chat-server");
@@ -129,14 +132,43 @@ impl Cluster {
 
     /// As [`Cluster::start`], with extra flags for every node.
     pub async fn start_with(nodes: usize, replicas: usize, node_args: &[&str]) -> Cluster {
+        Cluster::start_inner(nodes, replicas, node_args, false)
+            .await
+            .0
+    }
+
+    /// As [`Cluster::start_with`], with every replica reaching Redis through a [`proxy::Proxy`]
+    /// that the test can pause to cut the replicas off while the nodes still reach Redis.
+    pub async fn start_cut_off(
+        nodes: usize,
+        replicas: usize,
+        node_args: &[&str],
+    ) -> (Cluster, proxy::Proxy) {
+        let (c, p) = Cluster::start_inner(nodes, replicas, node_args, true).await;
+        (c, p.expect("proxy"))
+    }
+
+    async fn start_inner(
+        nodes: usize,
+        replicas: usize,
+        node_args: &[&str],
+        proxied: bool,
+    ) -> (Cluster, Option<proxy::Proxy>) {
         let dir = tempfile::tempdir().expect("temp dir");
+        let redis = RedisServer::start();
+        let proxy = if proxied {
+            Some(proxy::Proxy::start(redis.port()).await)
+        } else {
+            None
+        };
         let mut c = Cluster {
-            redis: RedisServer::start(),
+            redis,
             logs: Vec::new(),
             nodes: Vec::new(),
             log_ports: (0..replicas).map(|_| free_port()).collect(),
             dir,
             node_args: node_args.iter().map(|s| s.to_string()).collect(),
+            log_redis_url: proxy.as_ref().map(|p| p.url()),
         };
         for i in 0..replicas {
             let p = c.spawn_log(i);
@@ -148,7 +180,7 @@ impl Cluster {
         for _ in 0..nodes {
             c.add_node().await;
         }
-        c
+        (c, proxy)
     }
 
     pub fn log_list(&self) -> String {
@@ -171,7 +203,9 @@ impl Cluster {
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--redis-url".into(),
-            self.redis.url(),
+            self.log_redis_url
+                .clone()
+                .unwrap_or_else(|| self.redis.url()),
             "--data-dir".into(),
             data.display().to_string(),
             "--replica-id".into(),

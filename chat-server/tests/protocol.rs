@@ -1,0 +1,269 @@
+//! The replication protocol's promises at its edges, against real Redis and real binaries, with
+//! one component cut off from Redis by a pausable TCP proxy (the partition others do not see):
+//! - a history read never ends early or skips when the replication log is behind (input 1 of
+//!   issue "Replication protocol"): pages are complete up to their end or a 503, the WebSocket
+//!   replay says `waiting` and goes on without a hole once the log catches up;
+//! - a position is never handed out twice after the broker loses its data while the log lags
+//!   (input 2), and a reader holding lost positions is told so with a `lost` frame.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use support::{Cluster, http, post, wait_position, wait_ready};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(url: &str, channel: &str, after: u64) -> Ws {
+    let ws_url = format!(
+        "{}/ws?channel={channel}&after={after}",
+        url.replace("http://", "ws://")
+    );
+    tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("ws connect")
+        .0
+}
+
+/// What a reader saw: JSON frames, or the close frame (code, reason).
+#[derive(Debug)]
+enum Seen {
+    Json(Value),
+    Close(u16, String),
+}
+
+/// The next frame within `timeout` (None on timeout).
+async fn next_frame(ws: &mut Ws, timeout: Duration) -> Option<Seen> {
+    loop {
+        let f = tokio::time::timeout(timeout, ws.next()).await.ok()??;
+        match f {
+            Ok(Frame::Text(t)) => return Some(Seen::Json(serde_json::from_str(&t).unwrap())),
+            Ok(Frame::Close(c)) => {
+                return Some(match c {
+                    Some(c) => Seen::Close(c.code.into(), c.reason.to_string()),
+                    None => Seen::Close(1005, String::new()),
+                });
+            }
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn get_page(url: &str, channel: &str, after: u64) -> (u16, Option<String>, Value) {
+    let r = http()
+        .get(format!("{url}/channels/{channel}/messages?after={after}"))
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (code, retry, r.json().await.unwrap())
+}
+
+fn positions(page: &Value) -> Vec<u64> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["position"].as_u64().unwrap())
+        .collect()
+}
+
+async fn post_ok(url: &str, channel: &str, text: &str) -> u64 {
+    let (code, v) = post(url, channel, json!({"text": text})).await;
+    assert_eq!(code, 201, "{v}");
+    v["position"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_never_end_early_while_the_log_is_behind() {
+    let (cluster, proxy) = Cluster::start_cut_off(1, 1, &["--memory-window", "5"]).await;
+    let node = cluster.nodes[0].url.clone();
+    let log = cluster.logs[0].url.clone();
+    for i in 0..5 {
+        post_ok(&node, "c", &format!("before {i}")).await;
+    }
+    wait_position(
+        std::slice::from_ref(&log),
+        "persisted",
+        5,
+        Duration::from_secs(20),
+    )
+    .await;
+    proxy.pause();
+    for i in 0..40 {
+        post_ok(&node, "c", &format!("during {i}")).await;
+    }
+    // Memory holds 41..45, the log 1..5: 6..40 are nowhere a page could come from.
+    let (code, _, page) = get_page(&node, "c", 0).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        positions(&page),
+        (1..=5).collect::<Vec<_>>(),
+        "a prefix, complete"
+    );
+    let (code, retry, body) = get_page(&node, "c", 5).await;
+    assert_eq!(code, 503, "an empty 200 would say 'nothing more': {body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(
+        body["error"].as_str().unwrap().contains("replication log"),
+        "{body}"
+    );
+
+    // The WebSocket replay delivers 1..5, says it waits, and goes on without a hole once the
+    // log catches up.
+    let mut ws = ws_connect(&node, "c", 0).await;
+    let mut got = Vec::new();
+    let mut waited = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !waited && Instant::now() < deadline {
+        match next_frame(&mut ws, Duration::from_secs(1)).await {
+            Some(Seen::Json(v)) if v["type"] == "message" => {
+                got.push(v["position"].as_u64().unwrap())
+            }
+            Some(Seen::Json(v)) if v["type"] == "waiting" => {
+                assert_eq!(v["after"], 5, "{v}");
+                waited = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(waited, "no waiting frame; got {got:?}");
+    assert_eq!(got, (1..=5).collect::<Vec<_>>());
+    proxy.resume();
+    let live = post_ok(&node, "c", "live").await;
+    assert_eq!(live, 46);
+    while got.last() != Some(&46) {
+        match next_frame(&mut ws, Duration::from_secs(15)).await {
+            Some(Seen::Json(v)) if v["type"] == "message" => {
+                got.push(v["position"].as_u64().unwrap())
+            }
+            other => panic!("after {got:?}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        got,
+        (1..=46).collect::<Vec<_>>(),
+        "gap-free replay then live"
+    );
+
+    // With the log still cut off, a replay that cannot go on ends with 1013 and where to resume.
+    proxy.pause();
+    for i in 0..10 {
+        post_ok(&node, "c", &format!("second cut {i}")).await;
+    }
+    let mut ws = ws_connect(&node, "c", 46).await;
+    let mut closed = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while closed.is_none() && Instant::now() < deadline {
+        match next_frame(&mut ws, Duration::from_secs(15)).await {
+            Some(Seen::Close(code, reason)) => closed = Some((code, reason)),
+            Some(Seen::Json(v)) => assert_eq!(v["type"], "waiting", "{v}"),
+            None => break,
+        }
+    }
+    let (code, reason) = closed.expect("closed with a code");
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("after=46"), "{reason}");
+    proxy.resume();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_loss_never_hands_a_position_out_twice() {
+    let (mut cluster, proxy) = Cluster::start_cut_off(1, 1, &[]).await;
+    let node = cluster.nodes[0].url.clone();
+    let log = cluster.logs[0].url.clone();
+    for i in 0..5 {
+        post_ok(&node, "c", &format!("old {i}")).await;
+    }
+    wait_position(
+        std::slice::from_ref(&log),
+        "persisted",
+        5,
+        Duration::from_secs(20),
+    )
+    .await;
+    // The replica is cut off; 6..15 are acknowledged and delivered, persisted by no replica.
+    proxy.pause();
+    let mut ws = ws_connect(&node, "c", 0).await;
+    let mut held: BTreeMap<u64, String> = BTreeMap::new();
+    for i in 0..10 {
+        post_ok(&node, "c", &format!("acked then lost {i}")).await;
+    }
+    while held.len() < 15 {
+        match next_frame(&mut ws, Duration::from_secs(10)).await {
+            Some(Seen::Json(v)) if v["type"] == "message" => {
+                held.insert(
+                    v["position"].as_u64().unwrap(),
+                    v["text"].as_str().unwrap().to_owned(),
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The broker loses its data; the replica comes back and re-anchors it.
+    let mut conn = cluster.redis.conn();
+    redis::cmd("FLUSHALL").query::<()>(&mut conn).unwrap();
+    proxy.resume();
+    let close = loop {
+        match next_frame(&mut ws, Duration::from_secs(30)).await {
+            Some(Seen::Close(code, reason)) => break (code, reason),
+            Some(Seen::Json(v)) => panic!("unexpected {v}"),
+            None => panic!("the reader was not told about the reload"),
+        }
+    };
+    assert_eq!(close.0, 1012, "{close:?}");
+    assert!(close.1.contains("after=15"), "{close:?}");
+    wait_ready(&node, Duration::from_secs(60)).await;
+
+    // Resuming where it was told: first the explicit word that 6..15 are gone, then every
+    // message accepted after the loss, none of them at a position the reader already holds.
+    let mut ws = ws_connect(&node, "c", 15).await;
+    match next_frame(&mut ws, Duration::from_secs(10)).await {
+        Some(Seen::Json(v)) if v["type"] == "lost" => {
+            assert_eq!(
+                (v["from"].as_u64(), v["to"].as_u64()),
+                (Some(6), Some(15)),
+                "{v}"
+            );
+        }
+        other => panic!("expected a lost frame, got {other:?}"),
+    }
+    let mut new = Vec::new();
+    for i in 0..10 {
+        new.push(post_ok(&node, "c", &format!("new {i}")).await);
+    }
+    assert!(
+        new.iter().all(|p| !held.contains_key(p)),
+        "positions handed out twice: {new:?}"
+    );
+    let mut got = Vec::new();
+    while got.len() < new.len() {
+        match next_frame(&mut ws, Duration::from_secs(10)).await {
+            Some(Seen::Json(v)) if v["type"] == "message" => {
+                got.push(v["position"].as_u64().unwrap())
+            }
+            other => panic!("after {got:?}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, new);
+    let (code, _, page) = get_page(&node, "c", 15).await;
+    assert_eq!(code, 200);
+    assert_eq!(positions(&page), new);
+    // A node started now gets the same history: 1..5, then the new messages.
+    let i = cluster.add_node().await;
+    let (_, _, page) = get_page(&cluster.nodes[i].url, "c", 0).await;
+    assert_eq!(
+        positions(&page),
+        (1..=5).chain(new.iter().copied()).collect::<Vec<_>>()
+    );
+}
