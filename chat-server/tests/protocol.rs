@@ -214,12 +214,10 @@ async fn a_broker_loss_never_hands_a_position_out_twice() {
     let mut conn = cluster.redis.conn();
     redis::cmd("FLUSHALL").query::<()>(&mut conn).unwrap();
     proxy.resume();
-    let close = loop {
-        match next_frame(&mut ws, Duration::from_secs(30)).await {
-            Some(Seen::Close(code, reason)) => break (code, reason),
-            Some(Seen::Json(v)) => panic!("unexpected {v}"),
-            None => panic!("the reader was not told about the reload"),
-        }
+    let close = match next_frame(&mut ws, Duration::from_secs(30)).await {
+        Some(Seen::Close(code, reason)) => (code, reason),
+        Some(Seen::Json(v)) => panic!("unexpected {v}"),
+        None => panic!("the reader was not told about the reload"),
     };
     assert_eq!(close.0, 1012, "{close:?}");
     assert!(close.1.contains("after=15"), "{close:?}");
