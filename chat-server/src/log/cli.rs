@@ -127,6 +127,7 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         persisted = report.persisted,
         segments = report.segments,
         truncated_bytes = report.truncated_bytes,
+        cluster_id = %report.cluster_id.map_or_else(|| "none".to_owned(), |id| id.to_string()),
         took_ms = report.took.as_millis() as u64,
         epoch = epoch.as_deref().unwrap_or("none"),
         "log opened"

@@ -431,6 +431,10 @@ async fn copy_from(replica: &Replica, url: &str, upto: u64) -> Result<u64, Follo
     let client = LogClient::new([url.to_owned()]);
     let after = replica.store().persisted();
     let mut snapshot = client.snapshot_from(url, after).await?;
+    if let Some(id) = &snapshot.cluster_id {
+        // Adopt the peer's cluster id, or refuse a peer of another cluster.
+        replica.store().adopt_cluster_id(id, url)?;
+    }
     let mut pending: Vec<Message> = Vec::new();
     let mut copied = 0u64;
     let mut last = after;
