@@ -511,6 +511,45 @@ async fn corruption_in_the_middle_of_the_last_segment_refuses_to_start() {
     assert!(!log.contains("truncating"), "{log}");
 }
 
+/// Snapshots carry the log's cluster id, and a replica whose log has another id refuses to copy
+/// that peer's snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_cluster_is_refused() {
+    let fx = Fixture::new();
+    let a = fx.start(0, &[]);
+    ready(&a).await;
+    let broker = connect(&fx.redis).await;
+    write_n(&broker, "theirs", 200).await;
+    wait_persisted(&[&a], 200).await;
+    let resp = http()
+        .get(format!("{}/snapshot?after=190", a.proc.url))
+        .send()
+        .await
+        .unwrap();
+    let served = resp.headers()["x-log-cluster-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(served, cluster_id(&a).trim());
+    let data = fx.dir.path().join("log-b");
+    std::fs::create_dir_all(&data).unwrap();
+    let ours = "6a1f0c1e-0000-4000-8000-000000000001";
+    std::fs::write(data.join("cluster-id"), ours).unwrap();
+    let b = fx.start(1, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want = format!("serves log cluster {served}, this log is cluster {ours}");
+    while !b.proc.log_text().contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal: {}",
+            b.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!b.proc.log_text().contains("bootstrapped from peer"));
+    assert_eq!(cluster_id(&b).trim(), ours);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimming_keeps_the_stream_bounded_and_waits_for_a_stopped_replica() {
     let keep = ["--trim-keep", "100"];
