@@ -454,7 +454,8 @@ async fn torn_tail_is_truncated_on_restart_and_refollowed() {
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_in_the_middle_of_the_last_segment_refuses_to_start() {
-    let (_fx, a, mut b, broker) = two_replicas(&[], &[]).await;
+    let keep = ["--trim-keep", "10"];
+    let (fx, a, mut b, broker) = two_replicas(&keep, &keep).await;
     write_n(&broker, "flip", 800).await;
     wait_persisted(&[&a, &b], 800).await;
     let exit = b.proc.terminate().expect("exit status");
@@ -509,6 +510,31 @@ async fn corruption_in_the_middle_of_the_last_segment_refuses_to_start() {
         "nothing was truncated"
     );
     assert!(!log.contains("truncating"), "{log}");
+
+    // Opt-in repair: the damaged segment is moved aside and copied again from the peer (the
+    // stream no longer holds those positions).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.stream_len().await.unwrap() > 100 {
+        assert!(Instant::now() < deadline, "stream not trimmed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = fx.start(1, &["--trim-keep", "10", "--repair-from-peers"]);
+    ready(&b).await;
+    wait_persisted(&[&a, &b], 800).await;
+    assert_same_bytes(&a, &b).await;
+    let kept: Vec<PathBuf> = std::fs::read_dir(b.data.join("quarantine"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    let log = b.proc.log_text();
+    assert!(
+        log.contains("moving the segment and every later one aside"),
+        "{log}"
+    );
+    assert!(log.contains("bootstrapped from peer"), "{log}");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes, "kept as it was");
 }
 
 /// Snapshots carry the log's cluster id, and a replica whose log has another id refuses to copy

@@ -140,6 +140,25 @@ pub enum StoreError {
     Poisoned(String),
 }
 
+impl StoreError {
+    /// The segment file [`LogStore::open`] refused, when moving it (and every later segment)
+    /// aside lets the log open: a damaged, misnamed, misplaced, empty or foreign segment. `None`
+    /// for every other error (I/O, a garbled `cluster-id` file, write errors).
+    pub fn refused_segment(&self) -> Option<&Path> {
+        match self {
+            StoreError::Damaged { path, .. } | StoreError::ForeignSegment { path, .. } => {
+                Some(path)
+            }
+            StoreError::Corrupt { path, .. }
+                if path.parent().and_then(Path::file_name) == Some("segments".as_ref()) =>
+            {
+                Some(path)
+            }
+            _ => None,
+        }
+    }
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
         op,
@@ -354,6 +373,61 @@ fn classify_entry(name: &str) -> EntryKind {
         Ok(first) => EntryKind::Segment(first),
         Err(_) => EntryKind::BadSegment("the segment name is past the largest position".to_owned()),
     }
+}
+
+/// The names to move aside for the refused file `refused`, among the segment directory's
+/// `names`: the refused file, and when it is named like a valid segment every segment after it
+/// (their positions would not continue the log any more).
+fn quarantine_set(refused: &str, names: &[String]) -> Vec<String> {
+    let after = match classify_entry(refused) {
+        EntryKind::Segment(first) => Some(first),
+        _ => None,
+    };
+    let mut out: Vec<String> = names
+        .iter()
+        .filter(|name| {
+            name.as_str() == refused
+                || matches!(
+                    (after, classify_entry(name)),
+                    (Some(from), EntryKind::Segment(first)) if first > from
+                )
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
+/// Moves the refused segment `path` (see [`StoreError::refused_segment`]) and every later
+/// segment to `<data dir>/quarantine/<unix seconds>/`, where they are kept (never deleted), and
+/// fsyncs the directories. Returns the files' new paths. Errors: I/O.
+pub fn quarantine(data_dir: &Path, path: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let seg_dir = data_dir.join("segments");
+    let refused = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&seg_dir).map_err(io_err("listing", &seg_dir))? {
+        let entry = entry.map_err(io_err("listing", &seg_dir))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let root = data_dir.join("quarantine");
+    let target = root.join(stamp.to_string());
+    std::fs::create_dir_all(&target).map_err(io_err("creating", &target))?;
+    let mut moved = Vec::new();
+    for name in quarantine_set(&refused, &names) {
+        let (from, to) = (seg_dir.join(&name), target.join(&name));
+        std::fs::rename(&from, &to).map_err(io_err("moving aside", &from))?;
+        moved.push(to);
+    }
+    sync_dir(&target)?;
+    sync_dir(&root)?;
+    sync_dir(&seg_dir)?;
+    Ok(moved)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -2683,5 +2757,66 @@ mod tests {
             }
         }
         assert!(refused > 10 && cut > 10, "refused {refused}, cut {cut}");
+    }
+
+    #[test]
+    fn quarantine_set_table() {
+        let names: Vec<String> = [
+            "00000000000000000001.seg",
+            "00000000000000000101.seg",
+            "00000000000000000201.seg",
+            "00000000000000000000.seg",
+            "00000000000000000301.seg.tmp",
+            "notes.txt",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (refused, want) in [
+            (
+                "00000000000000000101.seg",
+                vec!["00000000000000000101.seg", "00000000000000000201.seg"],
+            ),
+            ("00000000000000000201.seg", vec!["00000000000000000201.seg"]),
+            (
+                "00000000000000000001.seg",
+                vec![
+                    "00000000000000000001.seg",
+                    "00000000000000000101.seg",
+                    "00000000000000000201.seg",
+                ],
+            ),
+            // A misnamed file goes alone.
+            ("00000000000000000000.seg", vec!["00000000000000000000.seg"]),
+        ] {
+            assert_eq!(quarantine_set(refused, &names), want, "{refused}");
+        }
+    }
+
+    #[test]
+    fn quarantine_moves_the_refused_segment_and_later_ones_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), small());
+        fill(&store, 1, 300, 10);
+        drop(store);
+        let files = segment_files(dir.path());
+        let mut bytes = std::fs::read(&files[2]).unwrap();
+        let mid = record_spans(&bytes)[1].0 + HEADER + 3;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&files[2], &bytes).unwrap();
+        let err = LogStore::open(dir.path(), small()).err().unwrap();
+        assert_eq!(err.refused_segment(), Some(files[2].as_path()), "{err}");
+        let moved = quarantine(dir.path(), &files[2]).unwrap();
+        assert_eq!(moved.len(), files.len() - 2);
+        assert_eq!(std::fs::read(&moved[0]).unwrap(), bytes, "kept as it was");
+        let (store, report) = LogStore::open(dir.path(), small()).unwrap();
+        assert_eq!(report.persisted, parse_name(&files[2]) - 1);
+        let store = Arc::new(store);
+        fill(&store, report.persisted + 1, 300, 10);
+        assert_eq!(store.messages_between(0, 300).unwrap().len(), 300);
+        // Errors that moving segments cannot fix name no segment.
+        std::fs::write(dir.path().join(CLUSTER_ID_FILE), "garbled").unwrap();
+        let err = LogStore::open(dir.path(), small()).err().unwrap();
+        assert_eq!(err.refused_segment(), None, "{err}");
     }
 }
