@@ -15,6 +15,8 @@ use crate::protocol::{page_covers, page_is_enough};
 pub const SNAPSHOT_POSITION_HEADER: &str = "x-snapshot-position";
 /// Header of a replica's channel page: the replica's persisted position, read before the page.
 pub const PERSISTED_POSITION_HEADER: &str = "x-persisted-position";
+/// Header carrying the cluster id of the replica's log (a UUID), when it has one.
+pub const LOG_CLUSTER_ID_HEADER: &str = "x-log-cluster-id";
 
 /// What went wrong reading from the replication log.
 #[derive(Debug, thiserror::Error)]
@@ -106,10 +108,16 @@ impl LogClient {
                 url: url.to_owned(),
                 reason: format!("missing {SNAPSHOT_POSITION_HEADER} header"),
             })?;
+        let cluster_id = resp
+            .headers()
+            .get(LOG_CLUSTER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Ok(Snapshot {
             source: url.to_owned(),
             after,
             position,
+            cluster_id,
             last: after,
             resp,
             buf: BytesMut::new(),
@@ -243,6 +251,8 @@ pub struct Snapshot {
     pub after: u64,
     /// The position the snapshot runs up to (`X-Snapshot-Position`).
     pub position: u64,
+    /// The serving log's cluster id (`X-Log-Cluster-Id`), if it sent one.
+    pub cluster_id: Option<String>,
     last: u64,
     resp: reqwest::Response,
     buf: BytesMut,

@@ -119,6 +119,13 @@ async fn write_n(broker: &Broker, tag: &str, n: usize) -> Vec<u64> {
         .await
 }
 
+/// The replica's log cluster id (its data dir's `cluster-id` file).
+fn cluster_id(l: &Log) -> String {
+    let id = std::fs::read_to_string(l.data.join("cluster-id")).expect("cluster-id file");
+    assert_eq!(id.trim().len(), 36, "{id:?}");
+    id
+}
+
 async fn connect(redis: &RedisServer) -> Broker {
     Broker::connect(&redis.url()).await.expect("broker")
 }
@@ -259,6 +266,11 @@ async fn two_replicas_follow_the_stream_and_hold_identical_histories() {
     assert_same_bytes(&a, &b).await;
     let history = snapshot(&a.proc.url).await;
     assert_dense(&history, 3000);
+    assert_eq!(
+        cluster_id(&a),
+        cluster_id(&b),
+        "replicas started together agree"
+    );
     assert!(
         std::fs::read_dir(a.data.join("segments")).unwrap().count() > 3,
         "segments rolled"
@@ -409,6 +421,7 @@ async fn empty_replica_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
     wait_persisted(&[&a, &b], 2300).await;
     assert_same_bytes(&a, &b).await;
     assert_dense(&snapshot(&b.proc.url).await, 2300);
+    assert_eq!(cluster_id(&a), cluster_id(&b), "b adopted a's cluster id");
     assert!(
         b.proc.log_text().contains("bootstrapped from peer"),
         "{}",
@@ -447,6 +460,134 @@ async fn torn_tail_is_truncated_on_restart_and_refollowed() {
         log.contains(&last.display().to_string()),
         "the warning names the file: {log}"
     );
+}
+
+/// Issue 9 (e): a bit flipped in the middle of the last segment of a stopped replica, with
+/// records after it that passed their checksum and were acknowledged, makes the restart refuse:
+/// it exits non-zero with one line naming the file, the offset and the positions, and truncates
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_in_the_middle_of_the_last_segment_refuses_to_start() {
+    let keep = ["--trim-keep", "10"];
+    let (fx, a, mut b, broker) = two_replicas(&keep, &keep).await;
+    write_n(&broker, "flip", 800).await;
+    wait_persisted(&[&a, &b], 800).await;
+    let exit = b.proc.terminate().expect("exit status");
+    assert!(exit.success(), "{exit:?}");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(b.data.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap().clone();
+    let first: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    assert!(
+        bytes.starts_with(b"CHLOGSEG"),
+        "written with a segment header"
+    );
+    // The record holding the middle byte: its offset and position.
+    let middle = bytes.len() / 2;
+    let (mut at, mut position) = (40, first);
+    loop {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize + 8;
+        if middle < at + len {
+            break;
+        }
+        at += len;
+        position += 1;
+    }
+    assert!(position < 800, "records follow the damaged one");
+    bytes[middle] ^= 0x20;
+    std::fs::write(&last, &bytes).unwrap();
+    b.proc.restart();
+    let status = b
+        .proc
+        .wait_exit(Duration::from_secs(30))
+        .expect("the replica refuses to start and exits");
+    assert!(!status.success(), "{status:?}");
+    let log = b.proc.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("replication-log: "))
+        .unwrap_or_else(|| panic!("no one-line reason: {log}"));
+    assert!(line.contains("refusing to start: corrupt log"), "{line}");
+    assert!(line.contains(&last.display().to_string()), "{line}");
+    assert!(line.contains(&format!("at offset {at}:")), "{line}");
+    assert!(
+        line.contains(&format!("positions {position}..=800")),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        bytes,
+        "nothing was truncated"
+    );
+    assert!(!log.contains("truncating"), "{log}");
+
+    // Opt-in repair: the damaged segment is moved aside and copied again from the peer (the
+    // stream no longer holds those positions).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.stream_len().await.unwrap() > 100 {
+        assert!(Instant::now() < deadline, "stream not trimmed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = fx.start(1, &["--trim-keep", "10", "--repair-from-peers"]);
+    ready(&b).await;
+    wait_persisted(&[&a, &b], 800).await;
+    assert_same_bytes(&a, &b).await;
+    let kept: Vec<PathBuf> = std::fs::read_dir(b.data.join("quarantine"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    let log = b.proc.log_text();
+    assert!(
+        log.contains("moving the segment and every later one aside"),
+        "{log}"
+    );
+    assert!(log.contains("bootstrapped from peer"), "{log}");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes, "kept as it was");
+}
+
+/// Snapshots carry the log's cluster id, and a replica whose log has another id refuses to copy
+/// that peer's snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_cluster_is_refused() {
+    let fx = Fixture::new();
+    let a = fx.start(0, &[]);
+    ready(&a).await;
+    let broker = connect(&fx.redis).await;
+    write_n(&broker, "theirs", 200).await;
+    wait_persisted(&[&a], 200).await;
+    let resp = http()
+        .get(format!("{}/snapshot?after=190", a.proc.url))
+        .send()
+        .await
+        .unwrap();
+    let served = resp.headers()["x-log-cluster-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(served, cluster_id(&a).trim());
+    let data = fx.dir.path().join("log-b");
+    std::fs::create_dir_all(&data).unwrap();
+    let ours = "6a1f0c1e-0000-4000-8000-000000000001";
+    std::fs::write(data.join("cluster-id"), ours).unwrap();
+    let b = fx.start(1, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want = format!("serves log cluster {served}, this log is cluster {ours}");
+    while !b.proc.log_text().contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal: {}",
+            b.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!b.proc.log_text().contains("bootstrapped from peer"));
+    assert_eq!(cluster_id(&b).trim(), ours);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

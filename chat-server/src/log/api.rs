@@ -13,7 +13,9 @@ use tracing::{info, warn};
 
 use super::Replica;
 use crate::http::{ApiError, MessagesPage, PageQuery, form_pairs, metrics_response};
-use crate::log_client::{PERSISTED_POSITION_HEADER, SNAPSHOT_POSITION_HEADER};
+use crate::log_client::{
+    LOG_CLUSTER_ID_HEADER, PERSISTED_POSITION_HEADER, SNAPSHOT_POSITION_HEADER,
+};
 use crate::message::validate_channel;
 
 /// The replica's routes.
@@ -57,6 +59,8 @@ async fn channel_messages(
 }
 
 /// `GET /snapshot?after=P`: every message after P up to the persisted position now, in order.
+/// Headers: `X-Snapshot-Position` (that position) and `X-Log-Cluster-Id` (the log's cluster id,
+/// when it has one; a replica copying the snapshot adopts it or refuses a different one).
 async fn snapshot(
     State(replica): State<Replica>,
     RawQuery(query): RawQuery,
@@ -108,6 +112,11 @@ async fn snapshot(
         HeaderValue::from_static("application/x-ndjson"),
     );
     headers.insert(SNAPSHOT_POSITION_HEADER, HeaderValue::from(position));
+    if let Some(id) = store.cluster_id()
+        && let Ok(value) = HeaderValue::from_str(&id.to_string())
+    {
+        headers.insert(LOG_CLUSTER_ID_HEADER, value);
+    }
     Ok(resp)
 }
 

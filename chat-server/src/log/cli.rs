@@ -3,7 +3,7 @@
 //! broker) until SIGTERM drains it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::follower::{self, FollowError};
-use super::store::{DEFAULT_BLOCK_RECORDS, DEFAULT_SEGMENT_BYTES, StoreConfig};
+use super::store::{
+    DEFAULT_BLOCK_RECORDS, DEFAULT_SEGMENT_BYTES, LogStore, OpenReport, StoreConfig, quarantine,
+};
 use super::{Replica, ReplicaSettings, api};
 use crate::broker::BrokerError;
 use crate::config::host_name;
@@ -78,6 +80,11 @@ pub struct LogConfig {
     #[arg(long, env = "LOG_SEGMENT_BYTES", default_value_t = DEFAULT_SEGMENT_BYTES,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub segment_bytes: u64,
+    /// When the log refuses to open because of a damaged, misplaced or foreign segment: move that
+    /// segment and every later one to `<data-dir>/quarantine/<unix seconds>/` and copy those
+    /// positions again from the stream or peers (needs --peer-url). Off: refuse to start.
+    #[arg(long, env = "LOG_REPAIR_FROM_PEERS")]
+    pub repair_from_peers: bool,
 }
 
 /// Why a replica could not run.
@@ -113,6 +120,35 @@ pub async fn main(cli: LogCli, shutdown: CancellationToken) -> Result<(), RunErr
     }
 }
 
+/// Opens the log. With `--repair-from-peers` and peers, a refused segment and every later one
+/// are moved aside (kept under `<data-dir>/quarantine/`) until the log opens; their positions are
+/// then copied again from the stream or peers by the follower. Otherwise a refusal is returned.
+async fn open_log(
+    config: &LogConfig,
+    store_config: StoreConfig,
+) -> Result<(LogStore, OpenReport), RunError> {
+    let repair = config.repair_from_peers && config.peer_urls.iter().any(|u| !u.trim().is_empty());
+    if config.repair_from_peers && !repair {
+        warn!("--repair-from-peers has no effect without --peer-url");
+    }
+    loop {
+        let e = match follower::open_store(config.data_dir.clone(), store_config).await {
+            Ok(opened) => return Ok(opened),
+            Err(FollowError::Store(e)) if repair => e,
+            Err(e) => return Err(RunError::Open(e)),
+        };
+        let Some(path) = e.refused_segment().map(Path::to_owned) else {
+            return Err(RunError::Open(e.into()));
+        };
+        warn!(error = %e, "the log refuses to open; --repair-from-peers: moving the segment and every later one aside");
+        let moved = quarantine(&config.data_dir, &path).map_err(|e| RunError::Open(e.into()))?;
+        warn!(
+            moved = ?moved,
+            "moved aside (kept for inspection); their positions are copied again from the stream or peers"
+        );
+    }
+}
+
 /// Opens the log, serves the API and follows the broker until `shutdown`, then drains.
 pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let listener = TcpListener::bind(config.listen)
@@ -125,9 +161,7 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         segment_bytes: config.segment_bytes,
         block_records: DEFAULT_BLOCK_RECORDS,
     };
-    let (store, report) = follower::open_store(config.data_dir.clone(), store_config)
-        .await
-        .map_err(RunError::Open)?;
+    let (store, report) = open_log(&config, store_config).await?;
     let epoch = follower::read_epoch(&config.data_dir).map_err(|e| RunError::Open(e.into()))?;
     let limit = follower::read_limit(&config.data_dir).map_err(|e| RunError::Open(e.into()))?;
     info!(
@@ -135,6 +169,7 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         persisted = report.persisted,
         segments = report.segments,
         truncated_bytes = report.truncated_bytes,
+        cluster_id = %report.cluster_id.map_or_else(|| "none".to_owned(), |id| id.to_string()),
         took_ms = report.took.as_millis() as u64,
         epoch = epoch.as_deref().unwrap_or("none"),
         "log opened"

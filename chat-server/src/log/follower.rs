@@ -97,14 +97,17 @@ async fn record_limit(replica: &Replica, limit: u64) -> Result<(), FollowError> 
     Ok(())
 }
 
-/// Raises the broker's write limit when it comes within half a lease of what this replica has
-/// persisted: records the new limit on disk, then grants it.
+/// Remembers (on disk) the broker's current write limit, so whichever replica anchors a broker
+/// that lost its data knows every position that may have been handed out; then raises the limit
+/// when it comes within half a lease of what this replica has persisted: records the new limit
+/// on disk, then grants it.
 async fn grant(
     replica: &Replica,
     broker: &Broker,
     epoch: &str,
     broker_limit: u64,
 ) -> Result<(), FollowError> {
+    record_limit(replica, broker_limit).await?;
     let persisted = replica.store().persisted();
     let Some(limit) = next_limit(persisted, broker_limit, replica.settings().position_lease) else {
         return Ok(());
@@ -506,6 +509,10 @@ async fn copy_from(replica: &Replica, url: &str, upto: u64) -> Result<u64, Follo
     let client = LogClient::new([url.to_owned()]);
     let after = replica.store().persisted();
     let mut snapshot = client.snapshot_from(url, after).await?;
+    if let Some(id) = &snapshot.cluster_id {
+        // Adopt the peer's cluster id, or refuse a peer of another cluster.
+        replica.store().adopt_cluster_id(id, url)?;
+    }
     let mut pending: Vec<Message> = Vec::new();
     let mut copied = 0u64;
     let mut last = after;

@@ -2,7 +2,8 @@
 //! on local disk, served to chat-server nodes and peers. This module owns the replica's shared
 //! state ([`Replica`]: store, phase, broker head, epoch, errors, metrics) and its `/status`.
 //!
-//! - [`store`]: segment files, record framing, index, tail verification, group commit.
+//! - [`store`]: segment files (header, cluster id, record framing), index, verification at open
+//!   (torn tails, corruption, foreign segments), group commit.
 //! - [`follower`]: following the stream, gap repair, peer bootstrap, anchoring and epoch checks,
 //!   publishing the persisted position and trimming the stream.
 //! - [`api`]: the HTTP API (pages, snapshots, health, status, metrics).
@@ -118,6 +119,9 @@ impl Replica {
     pub fn new(settings: ReplicaSettings, store: Arc<LogStore>, epoch: Option<String>) -> Replica {
         let metrics = LogMetrics::default();
         metrics.persisted.set(store.persisted() as i64);
+        if let Some(epoch) = &epoch {
+            store.propose_cluster_id(epoch);
+        }
         Replica(Arc::new(Inner {
             settings,
             store,
@@ -182,7 +186,12 @@ impl Replica {
         self.state().epoch.clone()
     }
 
+    /// Follows `epoch` from now on; a log without a cluster id yet will derive it from the
+    /// epoch (see [`LogStore::propose_cluster_id`]).
     pub(crate) fn set_epoch(&self, epoch: Option<String>) {
+        if let Some(epoch) = &epoch {
+            self.0.store.propose_cluster_id(epoch);
+        }
         self.state().epoch = epoch;
     }
 

@@ -1,14 +1,42 @@
 //! The replication log's storage engine: segment files of framed records on local disk, the
 //! in-memory index that finds a position or a channel's messages without scanning from the start,
-//! tail verification at open, and group-committed appends. Plain synchronous file I/O (callers in
-//! async code use `spawn_blocking`).
+//! verification of every segment at open (torn tails, corruption, foreign segments), the log's
+//! cluster id, and group-committed appends. Plain synchronous file I/O (callers in async code use
+//! `spawn_blocking`).
 //!
 //! # On disk
-//! `<data-dir>/segments/<first position, 20 digits>.seg`, each a run of records
-//! `[len u32 LE][crc32c u32 LE of payload][payload]` where the payload is the message's JSON.
+//! `<data-dir>/segments/<first position, 20 digits>.seg`, each a segment header followed by a run
+//! of records `[len u32 LE][crc32c u32 LE of payload][payload]` where the payload is the
+//! message's JSON. The segment header (format v2, [`SEGMENT_HEADER_LEN`] = 40 bytes) is
+//! `[magic "CHLOGSEG"][format version u32 LE = 2][cluster id, 16 bytes][first position u64 LE]
+//! [crc32c u32 LE of the preceding 36 bytes]`. A segment that does not start with the magic is a
+//! legacy (format v1) segment written before headers existed: records from byte 0, no cluster id.
+//! Legacy segments are still read (and a legacy last segment is still appended to); new segments
+//! are always written with a header. No legacy record can start with the magic (its length field
+//! would read as about 1.3 GB, past [`MAX_PAYLOAD`]).
+//!
 //! Positions are dense across segments: a segment starts at the position after the previous
-//! segment's last record. A new segment starts once the current one is past
-//! [`StoreConfig::segment_bytes`].
+//! segment's last record, and its name, its header and its first record all carry that position.
+//! A new segment starts once the current one is past [`StoreConfig::segment_bytes`]; it is
+//! created atomically (header written to `<name>.seg.tmp`, fsynced, renamed, directory fsynced),
+//! so a named segment without a valid header never comes from a crash.
+//!
+//! `<data-dir>/cluster-id` holds the log's cluster id (a UUID, written durably). It is fixed when
+//! the log gets its first id: from the file, else from the first segment with a header, else when
+//! the first segment is created (the id of the peer it was bootstrapped from if any, see
+//! [`LogStore::adopt_cluster_id`], else one derived from the broker epoch the log follows, see
+//! [`LogStore::propose_cluster_id`], so replicas that start together agree, else a random one).
+//!
+//! # Open: what is a torn tail, what is refused
+//! Only an incomplete last write is a torn tail and is cut off (logged): in the last segment, a
+//! record header or payload running past the end of the file, or a bad record (checksum, length)
+//! with no valid record anywhere after it (the rest is zeros or garbage from an interrupted
+//! write). Everything else is refused with an error naming the file, byte offset and positions:
+//! a bad record followed by valid records (corruption of acknowledged records; nothing is
+//! truncated), any damage before the last segment, a segment whose name is not 20 digits of a
+//! position >= 1, a header or first record that does not match the name, segments that do not
+//! continue each other, an empty (0-byte) segment, a segment without records other than a
+//! headed last one (being created), and a segment of another cluster (foreign header id).
 //!
 //! # Index (rebuilt at open)
 //! Records are grouped into *blocks* of at most [`StoreConfig::block_records`] consecutive records
@@ -21,15 +49,17 @@
 //! then does the persisted position advance. Readers copy block locations under a short read lock
 //! and `pread` outside it, so they see exactly the records up to the persisted position.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use uuid::Uuid;
 
 use crate::message::Message;
 
@@ -40,9 +70,17 @@ pub const DEFAULT_BLOCK_RECORDS: u32 = 64;
 /// Bytes of a record header (length and CRC).
 const HEADER: usize = 8;
 /// Longest payload a record may hold; a longer length in a header is corruption.
-const MAX_PAYLOAD: u32 = 16 << 20;
+pub const MAX_PAYLOAD: u32 = 16 << 20;
 /// About how many bytes one sequential read covers.
 const READ_CHUNK: u64 = 256 << 10;
+/// The first bytes of a segment written with a header (format v2).
+const SEGMENT_MAGIC: [u8; 8] = *b"CHLOGSEG";
+/// The segment format written now.
+const FORMAT_VERSION: u32 = 2;
+/// Bytes of a segment header: magic, version, cluster id, first position, crc32c.
+pub const SEGMENT_HEADER_LEN: u64 = 40;
+/// The file in the data dir holding the log's cluster id.
+pub const CLUSTER_ID_FILE: &str = "cluster-id";
 
 /// What went wrong in the storage engine.
 #[derive(Debug, thiserror::Error)]
@@ -53,18 +91,72 @@ pub enum StoreError {
         path: PathBuf,
         source: io::Error,
     },
+    /// A file of the log that cannot be used (bad name, header, record content or order).
     #[error("corrupt log: {} at offset {offset}: {reason}", path.display())]
     Corrupt {
         path: PathBuf,
         offset: u64,
         reason: String,
     },
+    /// Damaged records that are not a torn tail: positions `from..=to` would be lost by cutting
+    /// there. Nothing was changed on disk.
+    #[error(
+        "corrupt log: {} at offset {offset}: {reason}; positions {from}..={to} affected; \
+         refusing to open (nothing was truncated)",
+        path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+        from: u64,
+        to: u64,
+    },
+    /// A segment whose header carries another cluster's id.
+    #[error(
+        "foreign segment {}: it belongs to log cluster {found}, this log is cluster {ours}",
+        path.display()
+    )]
+    ForeignSegment {
+        path: PathBuf,
+        found: Uuid,
+        ours: Uuid,
+    },
+    /// A peer whose log is another cluster's.
+    #[error("peer {peer} serves log cluster {theirs}, this log is cluster {ours}")]
+    ClusterMismatch {
+        peer: String,
+        ours: Uuid,
+        theirs: Uuid,
+    },
+    /// A peer sent a cluster id that is not a UUID.
+    #[error("peer {peer} sent a malformed log cluster id {value:?}")]
+    BadClusterId { peer: String, value: String },
     #[error("batch does not continue the log: expected position {expected}, got {got}")]
     NotDense { expected: u64, got: u64 },
     #[error("message {position} is {len} bytes, more than a record may hold")]
     TooLarge { position: u64, len: usize },
     #[error("the log refuses writes after a failed sync ({0}); restart the replica")]
     Poisoned(String),
+}
+
+impl StoreError {
+    /// The segment file [`LogStore::open`] refused, when moving it (and every later segment)
+    /// aside lets the log open: a damaged, misnamed, misplaced, empty or foreign segment. `None`
+    /// for every other error (I/O, a garbled `cluster-id` file, write errors).
+    pub fn refused_segment(&self) -> Option<&Path> {
+        match self {
+            StoreError::Damaged { path, .. } | StoreError::ForeignSegment { path, .. } => {
+                Some(path)
+            }
+            StoreError::Corrupt { path, .. }
+                if path.parent().and_then(Path::file_name) == Some("segments".as_ref()) =>
+            {
+                Some(path)
+            }
+            _ => None,
+        }
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -107,8 +199,10 @@ pub struct AppendStats {
 pub struct OpenReport {
     pub segments: usize,
     pub persisted: u64,
-    /// Bytes cut from the tail of the last segment (a torn or corrupt last record), if any.
+    /// Bytes cut from the tail of the last segment (a torn last write), if any.
     pub truncated_bytes: u64,
+    /// The log's cluster id, if it has one yet.
+    pub cluster_id: Option<Uuid>,
     pub took: Duration,
 }
 
@@ -121,10 +215,11 @@ pub struct ChannelSummary {
 }
 
 struct Segment {
-    first: u64,
     path: PathBuf,
     /// Read handle (`pread`), shared with readers.
     file: Arc<File>,
+    /// Bytes before the first record: the segment header, 0 for a legacy segment.
+    start: u64,
     /// Persisted bytes.
     len: u64,
     records: u64,
@@ -163,6 +258,11 @@ struct Meta {
     persisted: u64,
     /// Positions covered by void records (they hold no message).
     voided: u64,
+    /// The log's cluster id, once it has one.
+    cluster: Option<Uuid>,
+    /// The id a new log takes when it creates its first segment (see
+    /// [`LogStore::propose_cluster_id`]).
+    proposed: Option<Uuid>,
 }
 
 impl Meta {
@@ -244,6 +344,9 @@ struct Writer {
 
 /// The on-disk log. Share it as `Arc<LogStore>`; one writer appends, any number of readers read.
 pub struct LogStore {
+    /// The data dir (holds [`CLUSTER_ID_FILE`]).
+    data_dir: PathBuf,
+    /// `<data dir>/segments`.
     dir: PathBuf,
     config: StoreConfig,
     meta: RwLock<Meta>,
@@ -262,18 +365,213 @@ fn segment_name(first: u64) -> String {
     format!("{first:020}.seg")
 }
 
-fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".seg")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// What a file in the segments directory is, by its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EntryKind {
+    /// A segment whose first position is this.
+    Segment(u64),
+    /// A segment being created (`<name>.seg.tmp`): left over from a crash, removed at open.
+    Creating,
+    /// Not the log's (ignored, with a warning).
+    Other,
+    /// Named like a segment but the name does not fit: refused.
+    BadSegment(String),
+}
+
+/// Classifies a file in the segments directory by its name.
+fn classify_entry(name: &str) -> EntryKind {
+    if name.ends_with(".seg.tmp") {
+        return EntryKind::Creating;
     }
-    digits.parse().ok()
+    let Some(digits) = name.strip_suffix(".seg") else {
+        return EntryKind::Other;
+    };
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return EntryKind::BadSegment(
+            "a segment name must be 20 decimal digits and .seg".to_owned(),
+        );
+    }
+    match digits.parse::<u64>() {
+        Ok(0) => EntryKind::BadSegment("a segment cannot start at position 0".to_owned()),
+        Ok(first) => EntryKind::Segment(first),
+        Err(_) => EntryKind::BadSegment("the segment name is past the largest position".to_owned()),
+    }
+}
+
+/// The names to move aside for the refused file `refused`, among the segment directory's
+/// `names`: the refused file, and when it is named like a valid segment every segment after it
+/// (their positions would not continue the log any more).
+fn quarantine_set(refused: &str, names: &[String]) -> Vec<String> {
+    let after = match classify_entry(refused) {
+        EntryKind::Segment(first) => Some(first),
+        _ => None,
+    };
+    let mut out: Vec<String> = names
+        .iter()
+        .filter(|name| {
+            name.as_str() == refused
+                || matches!(
+                    (after, classify_entry(name)),
+                    (Some(from), EntryKind::Segment(first)) if first > from
+                )
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
+/// Moves the refused segment `path` (see [`StoreError::refused_segment`]) and every later
+/// segment to `<data dir>/quarantine/<unix seconds>/`, where they are kept (never deleted), and
+/// fsyncs the directories. Returns the files' new paths. Errors: I/O.
+pub fn quarantine(data_dir: &Path, path: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let seg_dir = data_dir.join("segments");
+    let refused = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&seg_dir).map_err(io_err("listing", &seg_dir))? {
+        let entry = entry.map_err(io_err("listing", &seg_dir))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let root = data_dir.join("quarantine");
+    let target = root.join(stamp.to_string());
+    std::fs::create_dir_all(&target).map_err(io_err("creating", &target))?;
+    let mut moved = Vec::new();
+    for name in quarantine_set(&refused, &names) {
+        let (from, to) = (seg_dir.join(&name), target.join(&name));
+        std::fs::rename(&from, &to).map_err(io_err("moving aside", &from))?;
+        moved.push(to);
+    }
+    sync_dir(&target)?;
+    sync_dir(&root)?;
+    sync_dir(&seg_dir)?;
+    Ok(moved)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing directory", dir))
+}
+
+/// Writes `contents` to `path` durably: temp file, fsync, rename, fsync of the directory.
+fn write_durably(dir: &Path, path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    f.write_all(contents).map_err(io_err("writing", &tmp))?;
+    f.sync_all().map_err(io_err("syncing", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_err("renaming", &tmp))?;
+    sync_dir(dir)
+}
+
+/// Reads `<data dir>/cluster-id` (none when absent or empty).
+fn read_cluster_id(data_dir: &Path) -> Result<Option<Uuid>, StoreError> {
+    let path = data_dir.join(CLUSTER_ID_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StoreError::Io {
+                op: "reading",
+                path,
+                source,
+            });
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    Uuid::parse_str(text.trim())
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            path,
+            offset: 0,
+            reason: format!("not a cluster id: {e}"),
+        })
+}
+
+/// The cluster id a log following broker epoch `epoch` takes: the epoch itself when it is a
+/// UUID (as the broker makes them), else 16 bytes derived from it.
+fn cluster_id_from_epoch(epoch: &str) -> Uuid {
+    if let Ok(id) = Uuid::parse_str(epoch) {
+        return id;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+        let crc = crc32c::crc32c_append(i as u32 + 1, epoch.as_bytes());
+        chunk.copy_from_slice(&crc.to_le_bytes());
+    }
+    Uuid::from_bytes(bytes)
+}
+
+/// The header at the start of a format-v2 segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SegmentHeader {
+    cluster: Uuid,
+    /// The position of the segment's first record.
+    first: u64,
+}
+
+/// The [`SEGMENT_HEADER_LEN`] bytes of a segment header.
+fn encode_segment_header(h: &SegmentHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SEGMENT_HEADER_LEN as usize);
+    out.extend_from_slice(&SEGMENT_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(h.cluster.as_bytes());
+    out.extend_from_slice(&h.first.to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// What the start of a segment file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HeadRead {
+    /// No magic: a legacy (format v1) segment, records from byte 0.
+    Legacy,
+    Header(SegmentHeader),
+    /// The magic, but the header cannot be used.
+    Bad(String),
+}
+
+/// Reads the segment header at the start of `bytes`.
+fn decode_segment_header(bytes: &[u8]) -> HeadRead {
+    let n = bytes.len().min(SEGMENT_MAGIC.len());
+    if n == 0 || bytes[..n] != SEGMENT_MAGIC[..n] {
+        return HeadRead::Legacy;
+    }
+    let len = SEGMENT_HEADER_LEN as usize;
+    if bytes.len() < len {
+        return HeadRead::Bad(format!(
+            "incomplete segment header ({} of {len} bytes)",
+            bytes.len()
+        ));
+    }
+    let word = |at: usize| [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+    let crc = u32::from_le_bytes(word(len - 4));
+    if crc32c::crc32c(&bytes[..len - 4]) != crc {
+        return HeadRead::Bad("segment header checksum mismatch".to_owned());
+    }
+    let version = u32::from_le_bytes(word(8));
+    if version != FORMAT_VERSION {
+        return HeadRead::Bad(format!("unsupported segment format version {version}"));
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&bytes[12..28]);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bytes[28..36]);
+    HeadRead::Header(SegmentHeader {
+        cluster: Uuid::from_bytes(id),
+        first: u64::from_le_bytes(first),
+    })
 }
 
 /// Encodes one record (header and payload) onto `out`.
@@ -283,59 +581,323 @@ fn encode_record(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// Why a record could not be read back.
+/// What is wrong with the record at some offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Damage {
+    /// Fewer bytes left than a record header.
+    TornHeader,
+    /// The header announces more payload than the file holds.
+    TornPayload,
+    /// A complete record that fails its checksum, or a length past the limit.
+    Bad(String),
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::TornHeader => f.write_str("incomplete record header"),
+            Damage::TornPayload => f.write_str("incomplete record payload"),
+            Damage::Bad(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// A record read back, or why not.
 enum Frame<'a> {
     Record(&'a [u8]),
-    /// Not enough bytes for the header or payload the header announces.
-    Torn(&'static str),
-    Bad(String),
+    Damaged(Damage),
 }
 
 /// Reads the record at the start of `buf`.
 fn decode_record(buf: &[u8]) -> Frame<'_> {
     if buf.len() < HEADER {
-        return Frame::Torn("incomplete record header");
+        return Frame::Damaged(Damage::TornHeader);
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
     let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     if len > MAX_PAYLOAD {
-        return Frame::Bad(format!("record length {len} exceeds the limit"));
+        return Frame::Damaged(Damage::Bad(format!(
+            "record length {len} exceeds the limit"
+        )));
     }
     let end = HEADER + len as usize;
     if buf.len() < end {
-        return Frame::Torn("incomplete record payload");
+        return Frame::Damaged(Damage::TornPayload);
     }
     let payload = &buf[HEADER..end];
     if crc32c::crc32c(payload) != crc {
-        return Frame::Bad("checksum mismatch".to_owned());
+        return Frame::Damaged(Damage::Bad("checksum mismatch".to_owned()));
     }
     Frame::Record(payload)
 }
 
+/// A good record found by [`scan_segment_bytes`].
+struct ScannedRecord<'a> {
+    offset: u64,
+    len: u64,
+    position: u64,
+    channel: Cow<'a, str>,
+}
+
+/// A segment's bytes read front to back up to the first damaged record.
+struct SegmentScan<'a> {
+    header: Option<SegmentHeader>,
+    /// Bytes before the first record.
+    start: u64,
+    records: Vec<ScannedRecord<'a>>,
+    /// Where the good records end: the file's end, or where `damage` starts.
+    end: u64,
+    damage: Option<Damage>,
+}
+
+/// Reads a whole segment file whose name says `first`. Damaged records stop the scan (the caller
+/// decides); a header or a checksummed record that does not fit is an error `(offset, reason)`.
+fn scan_segment_bytes(bytes: &[u8], first: u64) -> Result<SegmentScan<'_>, (u64, String)> {
+    let (header, start) = match decode_segment_header(bytes) {
+        HeadRead::Legacy => (None, 0),
+        HeadRead::Bad(reason) => return Err((0, reason)),
+        HeadRead::Header(h) if h.first != first => {
+            return Err((
+                0,
+                format!(
+                    "the segment header says first position {}, the file name {first}",
+                    h.first
+                ),
+            ));
+        }
+        HeadRead::Header(h) => (Some(h), SEGMENT_HEADER_LEN),
+    };
+    let mut records = Vec::new();
+    let mut offset = start;
+    let mut position = first;
+    let damage = loop {
+        let rest = &bytes[offset as usize..];
+        if rest.is_empty() {
+            break None;
+        }
+        let payload = match decode_record(rest) {
+            // Never written (a message is not empty): zeros where records should be.
+            Frame::Record([]) => break Some(Damage::Bad("empty record".to_owned())),
+            Frame::Record(p) => p,
+            Frame::Damaged(d) => break Some(d),
+        };
+        // A record whose checksum holds but whose content is wrong is not a torn write.
+        let head: RecordHead = serde_json::from_slice(payload)
+            .map_err(|e| (offset, format!("record is not a message: {e}")))?;
+        // A void record (empty channel) covers every position up to its own.
+        if head.channel.is_empty() && head.position >= position {
+            position = head.position;
+        }
+        if head.position != position {
+            return Err((
+                offset,
+                format!(
+                    "record holds position {}, expected {position}",
+                    head.position
+                ),
+            ));
+        }
+        let len = (HEADER + payload.len()) as u64;
+        records.push(ScannedRecord {
+            offset,
+            len,
+            position,
+            channel: head.channel,
+        });
+        offset += len;
+        position += 1;
+    };
+    Ok(SegmentScan {
+        header,
+        start,
+        records,
+        end: offset,
+        damage,
+    })
+}
+
+/// Valid records found after a damaged one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ValidAfter {
+    /// Offset of the first valid record after the damage.
+    offset: u64,
+    /// Positions of the first and last of the run of valid records starting there.
+    first: u64,
+    last: u64,
+}
+
+/// The position and length of a valid record (checksum holds, payload is a message) at `at`.
+fn valid_record_at(bytes: &[u8], at: usize) -> Option<(u64, usize)> {
+    let Frame::Record(payload) = decode_record(bytes.get(at..)?) else {
+        return None;
+    };
+    if payload.first() != Some(&b'{') {
+        return None;
+    }
+    let head: RecordHead = serde_json::from_slice(payload).ok()?;
+    Some((head.position, HEADER + payload.len()))
+}
+
+/// Looks for a valid record starting anywhere after `damaged` (the offset of a damaged record),
+/// and follows the run of valid records from the first one found.
+fn find_valid_after(bytes: &[u8], damaged: u64) -> Option<ValidAfter> {
+    let mut at = damaged as usize + 1;
+    while at + HEADER <= bytes.len() {
+        if let Some((first, len)) = valid_record_at(bytes, at) {
+            let mut last = first;
+            let mut next = at + len;
+            while let Some((position, len)) = valid_record_at(bytes, next) {
+                last = position;
+                next += len;
+            }
+            return Some(ValidAfter {
+                offset: at as u64,
+                first,
+                last,
+            });
+        }
+        at += 1;
+    }
+    None
+}
+
+/// What open does about a damaged record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DamageDecision {
+    /// An incomplete last write: cut the file at the damaged record.
+    Truncate,
+    /// Corruption of records that were (or may have been) acknowledged: refuse to open.
+    Refuse,
+}
+
+/// Decides about a damaged record: only in the last segment and with no valid record after it
+/// is it a torn tail. (A torn header or payload runs to the end of the file, so nothing valid
+/// can follow it unless its length field was corrupted; then it is refused like a bad checksum.)
+fn decide_damage(last_segment: bool, valid_after: Option<&ValidAfter>) -> DamageDecision {
+    if last_segment && valid_after.is_none() {
+        DamageDecision::Truncate
+    } else {
+        DamageDecision::Refuse
+    }
+}
+
+/// A segment verified by [`check_segment`], ready to index.
+struct CheckedSegment<'a> {
+    header: Option<SegmentHeader>,
+    start: u64,
+    records: Vec<ScannedRecord<'a>>,
+    /// Length to cut the file to, with why, when its tail is torn.
+    truncate: Option<(u64, Damage)>,
+}
+
+/// Verifies the bytes of segment `path` (first position `first`). `next_first` is the next
+/// segment's first position, `None` for the last segment. Decides every case of the module docs'
+/// "Open" section; touches no file.
+fn check_segment<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    first: u64,
+    next_first: Option<u64>,
+) -> Result<CheckedSegment<'a>, StoreError> {
+    let corrupt = |offset: u64, reason: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        offset,
+        reason,
+    };
+    if bytes.is_empty() {
+        return Err(corrupt(
+            0,
+            "empty segment file (segments are created with a header, so no crash leaves one)"
+                .to_owned(),
+        ));
+    }
+    let scan =
+        scan_segment_bytes(bytes, first).map_err(|(offset, reason)| corrupt(offset, reason))?;
+    let last = next_first.is_none();
+    let mut truncate = None;
+    if let Some(damage) = scan.damage {
+        let from = scan.records.last().map_or(first, |r| r.position + 1);
+        let valid_after = find_valid_after(bytes, scan.end);
+        match decide_damage(last, valid_after.as_ref()) {
+            DamageDecision::Truncate => truncate = Some((scan.end, damage)),
+            DamageDecision::Refuse => {
+                let to = match (valid_after, next_first) {
+                    (Some(v), _) => v.last,
+                    (None, Some(next)) => next.saturating_sub(1),
+                    (None, None) => from,
+                };
+                let reason = match valid_after {
+                    Some(v) => format!(
+                        "{damage}, with valid records for positions {}..={} from offset {} on \
+                         (not a torn write)",
+                        v.first, v.last, v.offset
+                    ),
+                    None => format!("{damage} (not the last segment)"),
+                };
+                return Err(StoreError::Damaged {
+                    path: path.to_owned(),
+                    offset: scan.end,
+                    reason,
+                    from,
+                    to: to.max(from),
+                });
+            }
+        }
+    }
+    if scan.records.is_empty() && !(last && scan.header.is_some()) {
+        let reason = if last {
+            "a legacy segment without a single complete record"
+        } else {
+            "a segment without records, followed by another segment"
+        };
+        return Err(corrupt(scan.start, reason.to_owned()));
+    }
+    Ok(CheckedSegment {
+        header: scan.header,
+        start: scan.start,
+        records: scan.records,
+        truncate,
+    })
+}
+
 impl LogStore {
     /// Opens (or creates) the log under `dir`, verifying every segment and rebuilding the index.
-    /// A torn or corrupt record in the last segment is cut off together with everything after
-    /// it (logged); corruption anywhere else is an error naming the file and offset.
+    /// A torn last write in the last segment is cut off (logged); everything else that does not
+    /// fit (see the module docs) is an error naming the file, offset and positions, and leaves
+    /// the files as they were. Leftover `*.seg.tmp` files of an interrupted segment creation are
+    /// removed.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<(LogStore, OpenReport), StoreError> {
         let started = Instant::now();
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir).map_err(io_err("creating", &seg_dir))?;
+        let file_cluster = read_cluster_id(dir)?;
         let mut firsts = Vec::new();
+        let mut creating = Vec::new();
         for entry in std::fs::read_dir(&seg_dir).map_err(io_err("listing", &seg_dir))? {
             let entry = entry.map_err(io_err("listing", &seg_dir))?;
             let name = entry.file_name();
-            match name.to_str().and_then(parse_segment_name) {
-                Some(first) => firsts.push(first),
-                None => {
+            match classify_entry(&name.to_string_lossy()) {
+                EntryKind::Segment(first) => firsts.push(first),
+                EntryKind::Creating => creating.push(entry.path()),
+                EntryKind::Other => {
                     tracing::warn!(file = %entry.path().display(), "ignoring a file that is not a segment")
+                }
+                EntryKind::BadSegment(reason) => {
+                    return Err(StoreError::Corrupt {
+                        path: entry.path(),
+                        offset: 0,
+                        reason,
+                    });
                 }
             }
         }
         firsts.sort_unstable();
-        let mut meta = Meta::default();
-        let mut truncated_bytes = 0;
-        let count = firsts.len();
-        for (i, first) in firsts.into_iter().enumerate() {
+        let mut meta = Meta {
+            cluster: file_cluster,
+            ..Meta::default()
+        };
+        let mut truncate = None;
+        for (i, &first) in firsts.iter().enumerate() {
             let path = seg_dir.join(segment_name(first));
             if i == 0 {
                 meta.base = first - 1;
@@ -350,16 +912,76 @@ impl LogStore {
                     ),
                 });
             }
-            let file = File::open(&path).map_err(io_err("opening", &path))?;
+            let mut file = File::open(&path).map_err(io_err("opening", &path))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)
+                .map_err(io_err("reading", &path))?;
+            let checked = check_segment(&path, &bytes, first, firsts.get(i + 1).copied())?;
+            if let Some(h) = checked.header {
+                match meta.cluster {
+                    None => meta.cluster = Some(h.cluster),
+                    Some(ours) if ours != h.cluster => {
+                        return Err(StoreError::ForeignSegment {
+                            path,
+                            found: h.cluster,
+                            ours,
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+            let index = meta.segments.len() as u32;
             meta.segments.push(Segment {
-                first,
                 path: path.clone(),
                 file: Arc::new(file),
-                len: 0,
+                start: checked.start,
+                len: checked.start,
                 records: 0,
             });
-            let last = i + 1 == count;
-            truncated_bytes += scan_segment(&mut meta, config, i as u32, last)?;
+            for r in &checked.records {
+                meta.index(
+                    config.block_records,
+                    index,
+                    r.offset,
+                    r.len,
+                    r.position,
+                    &r.channel,
+                );
+            }
+            if let Some((keep, damage)) = checked.truncate {
+                truncate = Some((path, keep, bytes.len() as u64 - keep, damage));
+            }
+        }
+        // Only now that every segment passed is anything on disk changed.
+        let mut truncated_bytes = 0;
+        if let Some((path, keep, cut, damage)) = truncate {
+            tracing::warn!(
+                file = %path.display(),
+                offset = keep,
+                bytes = cut,
+                reason = %damage,
+                kept_through = meta.persisted,
+                "truncating a torn or corrupt tail of the last segment (an incomplete last write: nothing valid after it)"
+            );
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err("opening", &path))?;
+            f.set_len(keep).map_err(io_err("truncating", &path))?;
+            f.sync_all().map_err(io_err("syncing", &path))?;
+            truncated_bytes = cut;
+        }
+        for tmp in &creating {
+            tracing::info!(file = %tmp.display(), "removing a segment whose creation was interrupted");
+            std::fs::remove_file(tmp).map_err(io_err("removing", tmp))?;
+        }
+        if !creating.is_empty() {
+            sync_dir(&seg_dir)?;
+        }
+        if let Some(id) = meta.cluster
+            && file_cluster.is_none()
+        {
+            write_durably(dir, &dir.join(CLUSTER_ID_FILE), id.to_string().as_bytes())?;
         }
         let file = match meta.segments.last() {
             Some(seg) => Some(
@@ -374,9 +996,11 @@ impl LogStore {
             segments: meta.segments.len(),
             persisted: meta.persisted,
             truncated_bytes,
+            cluster_id: meta.cluster,
             took: started.elapsed(),
         };
         let store = LogStore {
+            data_dir: dir.to_owned(),
             dir: seg_dir,
             config,
             meta: RwLock::new(meta),
@@ -388,6 +1012,57 @@ impl LogStore {
             }),
         };
         Ok((store, report))
+    }
+
+    /// The log's cluster id, once it has one (see the module docs).
+    pub fn cluster_id(&self) -> Option<Uuid> {
+        self.meta().cluster
+    }
+
+    /// Takes a peer's cluster id (`theirs`, a UUID as text from `peer`) before copying from it:
+    /// a log without an id adopts it (written durably to `cluster-id`), a log with the same id
+    /// goes on. Errors: [`StoreError::BadClusterId`] when `theirs` is not a UUID,
+    /// [`StoreError::ClusterMismatch`] when this log already has another id, I/O errors writing
+    /// the file.
+    pub fn adopt_cluster_id(&self, theirs: &str, peer: &str) -> Result<(), StoreError> {
+        let theirs = Uuid::parse_str(theirs.trim()).map_err(|_| StoreError::BadClusterId {
+            peer: peer.to_owned(),
+            value: theirs.to_owned(),
+        })?;
+        // The writer lock orders this with the creation of a first segment.
+        let _w = self.writer();
+        let ours = self.meta().cluster;
+        match ours {
+            Some(ours) if ours == theirs => Ok(()),
+            Some(ours) => Err(StoreError::ClusterMismatch {
+                peer: peer.to_owned(),
+                ours,
+                theirs,
+            }),
+            None => {
+                self.set_cluster_id(theirs)?;
+                tracing::info!(cluster_id = %theirs, peer, "adopted the peer's log cluster id");
+                Ok(())
+            }
+        }
+    }
+
+    /// Remembers the broker epoch the log follows: a log without a cluster id yet takes one
+    /// derived from it when it creates its first segment, so replicas that start together on a
+    /// new broker agree on the id. No effect once the log has an id.
+    pub fn propose_cluster_id(&self, epoch: &str) {
+        let mut meta = self.meta_mut();
+        if meta.cluster.is_none() {
+            meta.proposed = Some(cluster_id_from_epoch(epoch));
+        }
+    }
+
+    /// Writes `id` to the data dir durably, then makes it the log's id.
+    fn set_cluster_id(&self, id: Uuid) -> Result<(), StoreError> {
+        let path = self.data_dir.join(CLUSTER_ID_FILE);
+        write_durably(&self.data_dir, &path, id.to_string().as_bytes())?;
+        self.meta_mut().cluster = Some(id);
+        Ok(())
     }
 
     fn meta(&self) -> RwLockReadGuard<'_, Meta> {
@@ -446,9 +1121,13 @@ impl LogStore {
         if let Some(reason) = &w.poisoned {
             return Err(StoreError::Poisoned(reason.clone()));
         }
-        let (mut segment_len, mut expected) = {
+        // (persisted length, bytes before the first record) of the last segment.
+        let (mut segment, mut expected) = {
             let meta = self.meta();
-            (meta.segments.last().map(|s| s.len), meta.persisted + 1)
+            (
+                meta.segments.last().map(|s| (s.len, s.start)),
+                meta.persisted + 1,
+            )
         };
         let first_expected = expected;
         for m in batch {
@@ -465,18 +1144,19 @@ impl LogStore {
         w.buf.clear();
         w.pending.clear();
         for m in batch {
-            let full = segment_len.is_some_and(|len| {
+            // A segment holding no record yet is never full.
+            let full = segment.is_some_and(|(len, start)| {
                 let used = len + w.buf.len() as u64;
-                used > 0 && used >= self.config.segment_bytes
+                used > start && used >= self.config.segment_bytes
             });
-            if segment_len.is_none() || full {
+            if segment.is_none() || full {
                 if !w.buf.is_empty() {
                     stats.sync += self.commit(&mut w)?;
                 }
                 // A segment is named by the first position it covers (a void record covers
                 // from the position after the previous record).
                 self.roll(&mut w, expected)?;
-                segment_len = Some(0);
+                segment = Some((SEGMENT_HEADER_LEN, SEGMENT_HEADER_LEN));
             }
             expected = m.position + 1;
             let payload = m.to_json();
@@ -488,7 +1168,7 @@ impl LogStore {
                     len: payload.len(),
                 });
             }
-            let offset = segment_len.unwrap_or(0) + w.buf.len() as u64;
+            let offset = segment.map_or(0, |(len, _)| len) + w.buf.len() as u64;
             encode_record(&mut w.buf, &payload);
             let len = (HEADER + payload.len()) as u64;
             w.pending.push((offset, len, m.position, m.channel.clone()));
@@ -550,31 +1230,40 @@ impl LogStore {
         Ok(sync)
     }
 
-    /// Starts a new segment whose first record will be `first`.
+    /// Starts a new segment whose first record will be `first`, atomically: its header goes to
+    /// `<name>.seg.tmp`, which is fsynced and renamed, and the directory fsynced. The first
+    /// segment of a log without a cluster id fixes the id (proposed, else random) first.
     fn roll(&self, w: &mut Writer, first: u64) -> Result<(), StoreError> {
+        let (cluster, proposed) = {
+            let meta = self.meta();
+            (meta.cluster, meta.proposed)
+        };
+        let cluster = match cluster {
+            Some(id) => id,
+            None => {
+                let id = proposed.unwrap_or_else(Uuid::new_v4);
+                self.set_cluster_id(id)?;
+                tracing::info!(cluster_id = %id, "this log's cluster id is set");
+                id
+            }
+        };
         let path = self.dir.join(segment_name(first));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("creating", &path))?;
-        sync_dir(&self.dir)?;
+        let header = encode_segment_header(&SegmentHeader { cluster, first });
+        write_durably(&self.dir, &path, &header)?;
         let reader = File::open(&path).map_err(io_err("opening", &path))?;
         let append = OpenOptions::new()
             .append(true)
             .open(&path)
             .map_err(io_err("opening for append", &path))?;
-        drop(file);
         let mut meta = self.meta_mut();
         if meta.segments.is_empty() {
             meta.base = first - 1;
         }
         meta.segments.push(Segment {
-            first,
             path,
             file: Arc::new(reader),
-            len: 0,
+            start: SEGMENT_HEADER_LEN,
+            len: SEGMENT_HEADER_LEN,
             records: 0,
         });
         w.file = Some(append);
@@ -666,110 +1355,6 @@ impl LogStore {
     }
 }
 
-/// Verifies segment `index` record by record, indexing what is good. In the last segment a bad
-/// record and everything after it is cut off; elsewhere it is an error. Returns bytes cut.
-fn scan_segment(
-    meta: &mut Meta,
-    config: StoreConfig,
-    index: u32,
-    last: bool,
-) -> Result<u64, StoreError> {
-    let (path, first) = {
-        let seg = &meta.segments[index as usize];
-        (seg.path.clone(), seg.first)
-    };
-    let file = File::open(&path).map_err(io_err("opening", &path))?;
-    let file_len = file
-        .metadata()
-        .map_err(io_err("reading metadata of", &path))?
-        .len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut offset = 0u64;
-    let mut position = first;
-    let mut payload = Vec::new();
-    let problem: Option<String> = loop {
-        if offset == file_len {
-            break None;
-        }
-        let mut header = [0u8; HEADER];
-        if file_len - offset < HEADER as u64 {
-            break Some("incomplete record header".to_owned());
-        }
-        reader
-            .read_exact(&mut header)
-            .map_err(io_err("reading", &path))?;
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_PAYLOAD {
-            break Some(format!("record length {len} exceeds the limit"));
-        }
-        if file_len - offset - (HEADER as u64) < u64::from(len) {
-            break Some("incomplete record payload".to_owned());
-        }
-        payload.resize(len as usize, 0);
-        reader
-            .read_exact(&mut payload)
-            .map_err(io_err("reading", &path))?;
-        if crc32c::crc32c(&payload) != crc {
-            break Some("checksum mismatch".to_owned());
-        }
-        // A record whose checksum holds but whose content is wrong is not a torn write: refuse.
-        let head: RecordHead = parse_json(&payload, &path, offset)?;
-        // A void record (empty channel) covers every position up to its own.
-        let void = head.channel.is_empty() && head.position >= position;
-        if void {
-            position = head.position;
-        }
-        if head.position != position {
-            return Err(StoreError::Corrupt {
-                path,
-                offset,
-                reason: format!(
-                    "record holds position {}, expected {position}",
-                    head.position
-                ),
-            });
-        }
-        let rec_len = HEADER as u64 + u64::from(len);
-        meta.index(
-            config.block_records,
-            index,
-            offset,
-            rec_len,
-            position,
-            &head.channel,
-        );
-        offset += rec_len;
-        position += 1;
-    };
-    let Some(reason) = problem else {
-        return Ok(0);
-    };
-    if !last {
-        return Err(StoreError::Corrupt {
-            path,
-            offset,
-            reason,
-        });
-    }
-    let cut = file_len - offset;
-    tracing::warn!(
-        file = %path.display(),
-        offset,
-        bytes = cut,
-        reason,
-        kept_through = position - 1,
-        "truncating a torn or corrupt tail of the last segment"
-    );
-    let f = OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(io_err("opening", &path))?;
-    f.set_len(offset).map_err(io_err("truncating", &path))?;
-    f.sync_all().map_err(io_err("syncing", &path))?;
-    Ok(cut)
-}
-
 fn read_at(file: &File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
     let mut buf = vec![0u8; len as usize];
     file.read_exact_at(&mut buf, offset)
@@ -781,15 +1366,10 @@ fn read_at(file: &File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, S
 fn frame_at<'a>(buf: &'a [u8], at: usize, path: &Path, base: u64) -> Result<&'a [u8], StoreError> {
     match decode_record(&buf[at.min(buf.len())..]) {
         Frame::Record(p) => Ok(p),
-        Frame::Torn(reason) => Err(StoreError::Corrupt {
+        Frame::Damaged(damage) => Err(StoreError::Corrupt {
             path: path.to_owned(),
             offset: base + at as u64,
-            reason: reason.to_owned(),
-        }),
-        Frame::Bad(reason) => Err(StoreError::Corrupt {
-            path: path.to_owned(),
-            offset: base + at as u64,
-            reason,
+            reason: damage.to_string(),
         }),
     }
 }
@@ -1211,16 +1791,39 @@ mod tests {
         files.sort();
         let first = &files[0];
         let mut bytes = std::fs::read(first).unwrap();
-        bytes[HEADER + 2] ^= 0x01;
+        // Inside the payload of the first record.
+        bytes[SEGMENT_HEADER_LEN as usize + HEADER + 2] ^= 0x01;
         std::fs::write(first, &bytes).unwrap();
         let err = LogStore::open(dir.path(), small()).err().unwrap();
         match err {
-            StoreError::Corrupt { path, offset, .. } => {
+            StoreError::Damaged {
+                path,
+                offset,
+                from,
+                to,
+                ..
+            } => {
                 assert_eq!(&path, first);
-                assert_eq!(offset, 0);
+                assert_eq!(offset, SEGMENT_HEADER_LEN);
+                assert_eq!(from, 1);
+                let second = parse_name(&files[1]);
+                assert_eq!(to, second - 1, "the rest of the first segment");
             }
             other => panic!("unexpected {other}"),
         }
+        assert_eq!(std::fs::read(first).unwrap(), bytes, "nothing was changed");
+        // A damaged segment header is refused too.
+        let mut bytes = std::fs::read(&files[1]).unwrap();
+        bytes[30] ^= 0x01;
+        std::fs::write(&files[1], &bytes).unwrap();
+        let mut fixed = std::fs::read(first).unwrap();
+        fixed[SEGMENT_HEADER_LEN as usize + HEADER + 2] ^= 0x01;
+        std::fs::write(first, &fixed).unwrap();
+        let err = LogStore::open(dir.path(), small()).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Corrupt { path, offset: 0, reason } if path == &files[1] && reason.contains("header checksum")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1440,5 +2043,873 @@ mod tests {
         assert!(r.per_second() > 0.0);
         let store = open(dir.path(), StoreConfig::default());
         assert_eq!(store.persisted(), 2000);
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn parse_name(path: &Path) -> u64 {
+        match classify_entry(path.file_name().unwrap().to_str().unwrap()) {
+            EntryKind::Segment(first) => first,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// (offset, length) of every good record of a segment file, front to back.
+    fn record_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
+        let mut at = match decode_segment_header(bytes) {
+            HeadRead::Header(_) => SEGMENT_HEADER_LEN as usize,
+            _ => 0,
+        };
+        let mut out = Vec::new();
+        while let Frame::Record(p) = decode_record(&bytes[at..]) {
+            out.push((at, HEADER + p.len()));
+            at += HEADER + p.len();
+        }
+        out
+    }
+
+    #[test]
+    fn damage_decisions() {
+        let v = ValidAfter {
+            offset: 100,
+            first: 7,
+            last: 9,
+        };
+        for (last, valid, want) in [
+            (true, None, DamageDecision::Truncate),
+            (true, Some(v), DamageDecision::Refuse),
+            (false, None, DamageDecision::Refuse),
+            (false, Some(v), DamageDecision::Refuse),
+        ] {
+            assert_eq!(
+                decide_damage(last, valid.as_ref()),
+                want,
+                "last {last} valid {valid:?}"
+            );
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Outcome {
+        /// Opened with this many records, cut to this length if any.
+        Keep { records: usize, cut_to: Option<u64> },
+        /// Refused as damage of positions `from..=to` at `offset`.
+        Refuse { offset: u64, from: u64, to: u64 },
+        /// Refused as a file that does not fit.
+        Invalid { offset: u64 },
+    }
+
+    fn outcome(bytes: &[u8], first: u64, next: Option<u64>) -> Outcome {
+        match check_segment(Path::new("x.seg"), bytes, first, next) {
+            Ok(c) => Outcome::Keep {
+                records: c.records.len(),
+                cut_to: c.truncate.map(|(keep, _)| keep),
+            },
+            Err(StoreError::Damaged {
+                offset, from, to, ..
+            }) => Outcome::Refuse { offset, from, to },
+            Err(StoreError::Corrupt { offset, .. }) => Outcome::Invalid { offset },
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+
+    /// Every case of a segment's bytes: what open keeps, cuts, or refuses.
+    #[test]
+    fn segment_classification_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), StoreConfig::default());
+        fill(&store, 1, 20, 20);
+        drop(store);
+        let good = std::fs::read(last_segment(dir.path())).unwrap();
+        let spans = record_spans(&good);
+        assert_eq!(spans.len(), 20);
+        let end = good.len();
+        // Offset of the record of position p.
+        let at = |p: usize| spans[p - 1].0;
+        let flip = |offset: usize, bit: u8| {
+            let mut b = good.clone();
+            b[offset] ^= bit;
+            b
+        };
+        let with = |tail: &[u8]| {
+            let mut b = good.clone();
+            b.extend_from_slice(tail);
+            b
+        };
+        let zeros_from = |offset: usize| {
+            let mut b = good.clone();
+            b[offset..].fill(0);
+            b
+        };
+        let garbage: Vec<u8> = (0..300u32).map(|i| (i * 37 + 11) as u8).collect();
+        let h = SEGMENT_HEADER_LEN as usize;
+        let mid = Outcome::Refuse {
+            offset: at(10) as u64,
+            from: 10,
+            to: 20,
+        };
+        // (what, segment bytes, first position from its name, next segment's first, outcome)
+        type Case = (&'static str, Vec<u8>, u64, Option<u64>, Outcome);
+        let cases: Vec<Case> = vec![
+            (
+                "intact",
+                good.clone(),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 20,
+                    cut_to: None,
+                },
+            ),
+            (
+                "torn header: 3 bytes of a next record",
+                with(&[7, 0, 0]),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 20,
+                    cut_to: Some(end as u64),
+                },
+            ),
+            (
+                "torn payload: last record cut short",
+                good[..end - 5].to_vec(),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 19,
+                    cut_to: Some(at(20) as u64),
+                },
+            ),
+            (
+                "bad checksum in the last record",
+                flip(end - 3, 0x55),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 19,
+                    cut_to: Some(at(20) as u64),
+                },
+            ),
+            (
+                "garbage after the last record",
+                with(&garbage),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 20,
+                    cut_to: Some(end as u64),
+                },
+            ),
+            (
+                "zeros after the last record",
+                with(&[0; 500]),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 20,
+                    cut_to: Some(end as u64),
+                },
+            ),
+            (
+                "bad checksum, then only zeros (interrupted write)",
+                zeros_from(at(10) + HEADER + 5),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 9,
+                    cut_to: Some(at(10) as u64),
+                },
+            ),
+            (
+                "bad checksum mid-segment, valid records after",
+                flip(at(10) + HEADER + 4, 0x10),
+                1,
+                None,
+                mid,
+            ),
+            (
+                "flipped checksum field mid-segment",
+                flip(at(10) + 5, 0x01),
+                1,
+                None,
+                mid,
+            ),
+            (
+                "length grown past the end mid-segment",
+                flip(at(10) + 1, 0x40),
+                1,
+                None,
+                mid,
+            ),
+            (
+                "length shrunk mid-segment",
+                flip(at(10), 0x01),
+                1,
+                None,
+                mid,
+            ),
+            (
+                "bad checksum mid-segment of an earlier segment",
+                flip(at(10) + HEADER + 4, 0x10),
+                1,
+                Some(21),
+                mid,
+            ),
+            (
+                "bad last record of an earlier segment",
+                flip(end - 3, 0x55),
+                1,
+                Some(21),
+                Outcome::Refuse {
+                    offset: at(20) as u64,
+                    from: 20,
+                    to: 20,
+                },
+            ),
+            (
+                "earlier segment cut short",
+                good[..end - 5].to_vec(),
+                1,
+                Some(21),
+                Outcome::Refuse {
+                    offset: at(20) as u64,
+                    from: 20,
+                    to: 20,
+                },
+            ),
+            (
+                "magic damaged: read as legacy, valid records after",
+                flip(0, 0x01),
+                1,
+                None,
+                Outcome::Refuse {
+                    offset: 0,
+                    from: 1,
+                    to: 20,
+                },
+            ),
+            (
+                "empty file",
+                Vec::new(),
+                1,
+                None,
+                Outcome::Invalid { offset: 0 },
+            ),
+            (
+                "header only, last segment (being created)",
+                good[..h].to_vec(),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 0,
+                    cut_to: None,
+                },
+            ),
+            (
+                "header only, not the last segment",
+                good[..h].to_vec(),
+                1,
+                Some(1),
+                Outcome::Invalid { offset: h as u64 },
+            ),
+            (
+                "header only, torn first record",
+                good[..h + 5].to_vec(),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 0,
+                    cut_to: Some(h as u64),
+                },
+            ),
+            (
+                "incomplete segment header",
+                good[..20].to_vec(),
+                1,
+                None,
+                Outcome::Invalid { offset: 0 },
+            ),
+            (
+                "segment header checksum",
+                flip(30, 0x01),
+                1,
+                None,
+                Outcome::Invalid { offset: 0 },
+            ),
+            (
+                "header names another first position",
+                good.clone(),
+                2,
+                None,
+                Outcome::Invalid { offset: 0 },
+            ),
+            (
+                "legacy segment (no header)",
+                good[h..].to_vec(),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 20,
+                    cut_to: None,
+                },
+            ),
+            (
+                "legacy segment whose first record is not the name's",
+                good[h..].to_vec(),
+                5,
+                None,
+                Outcome::Invalid { offset: 0 },
+            ),
+            (
+                "legacy segment with a torn tail",
+                good[h..end - 5].to_vec(),
+                1,
+                None,
+                Outcome::Keep {
+                    records: 19,
+                    cut_to: Some((at(20) - h) as u64),
+                },
+            ),
+            (
+                "legacy segment without a complete record",
+                good[h..h + 10].to_vec(),
+                1,
+                None,
+                Outcome::Invalid { offset: 0 },
+            ),
+        ];
+        for (name, bytes, first, next, want) in cases {
+            assert_eq!(outcome(&bytes, first, next), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn segment_names_table() {
+        for (name, want) in [
+            ("00000000000000000001.seg", EntryKind::Segment(1)),
+            ("00000000000000004097.seg", EntryKind::Segment(4097)),
+            ("18446744073709551615.seg", EntryKind::Segment(u64::MAX)),
+            ("00000000000000004097.seg.tmp", EntryKind::Creating),
+            ("cluster-id", EntryKind::Other),
+            ("notes.txt", EntryKind::Other),
+        ] {
+            assert_eq!(classify_entry(name), want, "{name}");
+        }
+        for bad in [
+            "00000000000000000000.seg",
+            "0000000000000000001.seg",
+            "000000000000000000001.seg",
+            "0000000000000000000a.seg",
+            "99999999999999999999.seg",
+            "1.seg",
+            ".seg",
+        ] {
+            assert!(
+                matches!(classify_entry(bad), EntryKind::BadSegment(_)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn segment_header_round_trip_and_damage() {
+        let h = SegmentHeader {
+            cluster: Uuid::new_v4(),
+            first: 4097,
+        };
+        let bytes = encode_segment_header(&h);
+        assert_eq!(bytes.len() as u64, SEGMENT_HEADER_LEN);
+        assert_eq!(decode_segment_header(&bytes), HeadRead::Header(h));
+        let mut version = bytes.clone();
+        version[8] = 3;
+        let crc = crc32c::crc32c(&version[..36]);
+        version[36..].copy_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(decode_segment_header(&version), HeadRead::Bad(r) if r.contains("version 3"))
+        );
+        let mut flipped = bytes.clone();
+        flipped[20] ^= 0x04;
+        assert!(matches!(decode_segment_header(&flipped), HeadRead::Bad(_)));
+        assert!(matches!(
+            decode_segment_header(&bytes[..39]),
+            HeadRead::Bad(_)
+        ));
+        assert!(matches!(
+            decode_segment_header(&bytes[..3]),
+            HeadRead::Bad(_)
+        ));
+        // A legacy record header cannot start with the magic.
+        let mut legacy = Vec::new();
+        encode_record(&mut legacy, br#"{"position":1}"#);
+        assert_eq!(decode_segment_header(&legacy), HeadRead::Legacy);
+        assert!(u32::from_le_bytes([b'C', b'H', b'L', b'O']) > MAX_PAYLOAD);
+    }
+
+    /// Fault 1: a bit flipped in the middle of the last segment (records after it) is refused,
+    /// naming file, offset and positions, and nothing is truncated.
+    #[test]
+    fn bit_flip_in_the_middle_of_the_last_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            segment_bytes: 65536,
+            block_records: 64,
+        };
+        let store = open(dir.path(), config);
+        // Several segments, the last one well past offset 3000 (about the reported 38 KB).
+        let mut persisted = 0;
+        while store.segments() < 2
+            || std::fs::metadata(last_segment(dir.path())).unwrap().len() < 38_000
+        {
+            fill(&store, persisted + 1, persisted + 50, 50);
+            persisted += 50;
+        }
+        drop(store);
+        let path = last_segment(dir.path());
+        let first = parse_name(&path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 6000, "{} bytes", bytes.len());
+        let spans = record_spans(&bytes);
+        let hit = spans
+            .iter()
+            .position(|&(at, len)| (at..at + len).contains(&3000))
+            .unwrap();
+        bytes[3000] ^= 0x08;
+        std::fs::write(&path, &bytes).unwrap();
+        for _ in 0..2 {
+            let err = LogStore::open(dir.path(), config).err().unwrap();
+            match &err {
+                StoreError::Damaged {
+                    path: p,
+                    offset,
+                    from,
+                    to,
+                    ..
+                } => {
+                    assert_eq!(p, &path);
+                    assert_eq!(*offset, spans[hit].0 as u64);
+                    assert_eq!(*from, first + hit as u64);
+                    assert_eq!(*to, persisted);
+                }
+                other => panic!("unexpected {other}"),
+            }
+            let line = err.to_string();
+            assert!(line.contains(&path.display().to_string()), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                bytes,
+                "nothing was truncated"
+            );
+        }
+    }
+
+    /// Fault 2: an empty (0-byte) last segment is refused; a header-only one (a crash right after
+    /// creating it) opens and is appended to.
+    #[test]
+    fn empty_last_segment_is_refused_but_a_new_one_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), small());
+        fill(&store, 1, 200, 10);
+        drop(store);
+        let path = last_segment(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        let err = LogStore::open(dir.path(), small()).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Corrupt { path: p, offset: 0, .. } if p == &path),
+            "{err}"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        std::fs::write(&path, &bytes).unwrap();
+        // A segment created but never written.
+        let store = open(dir.path(), small());
+        let cluster = store.cluster_id().unwrap();
+        drop(store);
+        let next = dir.path().join("segments").join(segment_name(201));
+        std::fs::write(
+            &next,
+            encode_segment_header(&SegmentHeader {
+                cluster,
+                first: 201,
+            }),
+        )
+        .unwrap();
+        let (store, report) = LogStore::open(dir.path(), small()).unwrap();
+        assert_eq!(report.persisted, 200);
+        assert_eq!(report.truncated_bytes, 0);
+        let store = Arc::new(store);
+        fill(&store, 201, 205, 5);
+        drop(store);
+        let store = open(dir.path(), small());
+        assert_eq!(store.persisted(), 205);
+        assert_eq!(
+            store.messages_between(199, 205).unwrap(),
+            (200..=205)
+                .map(|p| msg(p, channel_for(p)))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// Fault 3: a segment named for position 0 (or otherwise misnamed) is refused; segments that
+    /// do not continue each other or whose first record is not the name's are refused.
+    #[test]
+    fn misnamed_and_misplaced_segments_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), small());
+        fill(&store, 1, 200, 10);
+        drop(store);
+        let files = segment_files(dir.path());
+        let zero = dir.path().join("segments").join("00000000000000000000.seg");
+        std::fs::copy(&files[0], &zero).unwrap();
+        let err = LogStore::open(dir.path(), small()).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Corrupt { path, .. } if path == &zero),
+            "{err}"
+        );
+        std::fs::remove_file(&zero).unwrap();
+        // A gap: the second segment is gone.
+        let second = std::fs::read(&files[1]).unwrap();
+        std::fs::remove_file(&files[1]).unwrap();
+        let err = LogStore::open(dir.path(), small()).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Corrupt { path, .. } if path == &files[2]),
+            "{err}"
+        );
+        // The right contents under another name.
+        let renamed = dir
+            .path()
+            .join("segments")
+            .join(segment_name(parse_name(&files[1]) + 1));
+        std::fs::write(&renamed, &second).unwrap();
+        let err = LogStore::open(dir.path(), small()).err().unwrap();
+        assert!(matches!(&err, StoreError::Corrupt { .. }), "{err}");
+        std::fs::remove_file(&renamed).unwrap();
+        std::fs::write(&files[1], &second).unwrap();
+        let (_, report) = LogStore::open(dir.path(), small()).unwrap();
+        assert_eq!(report.persisted, 200);
+    }
+
+    /// Fault 4: a segment from another cluster with the same positions is refused, naming it.
+    #[test]
+    fn foreign_segments_are_refused() {
+        let ours = tempfile::tempdir().unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        for dir in [&ours, &theirs] {
+            let store = open(dir.path(), small());
+            fill(&store, 1, 200, 10);
+        }
+        let our_files = segment_files(ours.path());
+        let their_files = segment_files(theirs.path());
+        assert_eq!(
+            our_files.iter().map(|f| f.file_name()).collect::<Vec<_>>(),
+            their_files
+                .iter()
+                .map(|f| f.file_name())
+                .collect::<Vec<_>>()
+        );
+        let our_id = open(ours.path(), small()).cluster_id().unwrap();
+        let their_id = open(theirs.path(), small()).cluster_id().unwrap();
+        assert_ne!(our_id, their_id);
+        for i in [our_files.len() - 1, 1] {
+            let saved = std::fs::read(&our_files[i]).unwrap();
+            std::fs::copy(&their_files[i], &our_files[i]).unwrap();
+            let err = LogStore::open(ours.path(), small()).err().unwrap();
+            match &err {
+                StoreError::ForeignSegment { path, found, ours } => {
+                    assert_eq!(path, &our_files[i]);
+                    assert_eq!(*found, their_id);
+                    assert_eq!(*ours, our_id);
+                }
+                other => panic!("unexpected {other}"),
+            }
+            std::fs::write(&our_files[i], saved).unwrap();
+        }
+        // Without the cluster-id file the id comes back from the first segment.
+        std::fs::remove_file(ours.path().join(CLUSTER_ID_FILE)).unwrap();
+        let (_, report) = LogStore::open(ours.path(), small()).unwrap();
+        assert_eq!(report.cluster_id, Some(our_id));
+        assert_eq!(read_cluster_id(ours.path()).unwrap(), Some(our_id));
+    }
+
+    #[test]
+    fn cluster_id_is_fixed_once_adopted_or_proposed() {
+        // A new log takes the id derived from the epoch it follows, when it creates a segment.
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let epoch = "0f6d3c1e9a8b4c7d8e2f1a0b3c4d5e6f";
+        for dir in [&a, &b] {
+            let store = open(dir.path(), small());
+            assert_eq!(store.cluster_id(), None);
+            store.propose_cluster_id(epoch);
+            assert_eq!(
+                store.cluster_id(),
+                None,
+                "only fixed with the first segment"
+            );
+            fill(&store, 1, 5, 5);
+            assert_eq!(store.cluster_id(), Some(Uuid::parse_str(epoch).unwrap()));
+            // Later epochs do not change it.
+            store.propose_cluster_id("e2");
+            fill(&store, 6, 400, 50);
+            assert_eq!(store.cluster_id(), Some(Uuid::parse_str(epoch).unwrap()));
+        }
+        assert_eq!(cluster_id_from_epoch("e1"), cluster_id_from_epoch("e1"));
+        assert_ne!(cluster_id_from_epoch("e1"), cluster_id_from_epoch("e2"));
+        // A log being bootstrapped adopts the peer's id; a different one is refused after that.
+        let c = tempfile::tempdir().unwrap();
+        let store = open(c.path(), small());
+        store.propose_cluster_id("e9");
+        let peer = Uuid::new_v4();
+        store
+            .adopt_cluster_id(&peer.to_string(), "http://peer")
+            .unwrap();
+        store
+            .adopt_cluster_id(&peer.to_string(), "http://peer")
+            .unwrap();
+        let err = store
+            .adopt_cluster_id(&Uuid::new_v4().to_string(), "http://other")
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::ClusterMismatch { ours, .. } if ours == peer),
+            "{err}"
+        );
+        let err = store.adopt_cluster_id("nope", "http://other").unwrap_err();
+        assert!(matches!(err, StoreError::BadClusterId { .. }), "{err}");
+        fill(&store, 1, 3, 3);
+        drop(store);
+        let (store, report) = LogStore::open(c.path(), small()).unwrap();
+        assert_eq!(report.cluster_id, Some(peer));
+        assert_eq!(store.cluster_id(), Some(peer));
+        // A garbled cluster-id file is refused.
+        std::fs::write(c.path().join(CLUSTER_ID_FILE), "not an id").unwrap();
+        assert!(matches!(
+            LogStore::open(c.path(), small()).err().unwrap(),
+            StoreError::Corrupt { .. }
+        ));
+    }
+
+    /// Legacy (format v1) segments, written without a header, are still read and appended to;
+    /// new segments get a header.
+    #[test]
+    fn legacy_segments_are_read_and_continued() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_dir = dir.path().join("segments");
+        std::fs::create_dir_all(&seg_dir).unwrap();
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        for p in 1..=60 {
+            let out = if p <= 40 { &mut first } else { &mut second };
+            encode_record(out, &msg(p, channel_for(p)).to_json());
+        }
+        std::fs::write(seg_dir.join(segment_name(1)), &first).unwrap();
+        std::fs::write(seg_dir.join(segment_name(41)), &second).unwrap();
+        let (store, report) = LogStore::open(dir.path(), small()).unwrap();
+        assert_eq!(report.persisted, 60);
+        assert_eq!(report.cluster_id, None);
+        let store = Arc::new(store);
+        fill(&store, 61, 300, 20);
+        assert!(store.cluster_id().is_some());
+        let all = store.messages_between(0, u64::MAX).unwrap();
+        assert_eq!(
+            all,
+            (1..=300)
+                .map(|p| msg(p, channel_for(p)))
+                .collect::<Vec<_>>()
+        );
+        drop(store);
+        let files = segment_files(dir.path());
+        assert_eq!(
+            decode_segment_header(&std::fs::read(&files[1]).unwrap()),
+            HeadRead::Legacy,
+            "the legacy last segment was continued as it is"
+        );
+        assert!(matches!(
+            decode_segment_header(&std::fs::read(&files[2]).unwrap()),
+            HeadRead::Header(_)
+        ));
+        let store = open(dir.path(), small());
+        assert_eq!(store.persisted(), 300);
+    }
+
+    /// A segment whose creation was interrupted (`.seg.tmp`) is removed at open.
+    #[test]
+    fn interrupted_segment_creation_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), small());
+        fill(&store, 1, 50, 10);
+        drop(store);
+        let tmp = dir
+            .path()
+            .join("segments")
+            .join(format!("{}.tmp", segment_name(51)));
+        std::fs::write(&tmp, [0u8; 17]).unwrap();
+        let (_, report) = LogStore::open(dir.path(), small()).unwrap();
+        assert_eq!(report.persisted, 50);
+        assert!(!tmp.exists());
+    }
+
+    /// The fuzzer of issue 9 (e), deterministic: random mutations of a stopped log's segment files
+    /// (bit flips, byte overwrites, zeroed ranges, cuts, appended garbage). Open may refuse, or cut
+    /// a torn tail, but every record still intact on disk stays in the log.
+    #[test]
+    fn mutated_segments_never_lose_an_intact_record() {
+        let pristine = tempfile::tempdir().unwrap();
+        let store = open(pristine.path(), small());
+        fill(&store, 1, 300, 7);
+        drop(store);
+        let files = segment_files(pristine.path());
+        let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut refused, mut cut) = (0, 0);
+        for run in 0..150 {
+            let dir = tempfile::tempdir().unwrap();
+            let seg_dir = dir.path().join("segments");
+            std::fs::create_dir_all(&seg_dir).unwrap();
+            std::fs::copy(
+                pristine.path().join(CLUSTER_ID_FILE),
+                dir.path().join(CLUSTER_ID_FILE),
+            )
+            .unwrap();
+            // Mostly the last segment, where a torn tail may be cut.
+            let victim = if next(4) == 0 {
+                next(files.len())
+            } else {
+                files.len() - 1
+            };
+            let mut mutated = originals.clone();
+            let bytes = &mut mutated[victim];
+            let len = bytes.len();
+            let what = match next(5) {
+                0 => {
+                    bytes[next(len)] ^= 1 << next(8);
+                    "bit flip"
+                }
+                1 => {
+                    bytes[next(len)] = next(256) as u8;
+                    "byte overwrite"
+                }
+                2 => {
+                    let from = next(len);
+                    let to = (from + 1 + next(64)).min(len);
+                    bytes[from..to].fill(0);
+                    "zeroed range"
+                }
+                3 => {
+                    bytes.truncate(next(len));
+                    "cut"
+                }
+                _ => {
+                    bytes.extend((0..next(100)).map(|_| next(256) as u8));
+                    "appended garbage"
+                }
+            };
+            for (file, bytes) in files.iter().zip(&mutated) {
+                std::fs::write(seg_dir.join(file.file_name().unwrap()), bytes).unwrap();
+            }
+            // Positions whose record bytes are still where they were, unchanged.
+            let mut intact = Vec::new();
+            for (file, (before, after)) in files.iter().zip(originals.iter().zip(&mutated)) {
+                let first = parse_name(file);
+                for (i, &(at, len)) in record_spans(before).iter().enumerate() {
+                    if after.get(at..at + len) == Some(&before[at..at + len]) {
+                        intact.push(first + i as u64);
+                    }
+                }
+            }
+            let context = format!("run {run}: {what} in segment {victim}");
+            match LogStore::open(dir.path(), small()) {
+                Err(_) => refused += 1,
+                Ok((store, report)) => {
+                    if report.truncated_bytes > 0 {
+                        cut += 1;
+                    }
+                    let kept = report.persisted;
+                    assert!(
+                        intact.iter().all(|&p| p <= kept),
+                        "{context}: kept through {kept}, but intact records after that were dropped"
+                    );
+                    let store = Arc::new(store);
+                    let all = store.messages_between(0, u64::MAX).unwrap();
+                    let want: Vec<Message> = (1..=kept).map(|p| msg(p, channel_for(p))).collect();
+                    assert_eq!(all, want, "{context}");
+                }
+            }
+        }
+        assert!(refused > 10 && cut > 10, "refused {refused}, cut {cut}");
+    }
+
+    #[test]
+    fn quarantine_set_table() {
+        let names: Vec<String> = [
+            "00000000000000000001.seg",
+            "00000000000000000101.seg",
+            "00000000000000000201.seg",
+            "00000000000000000000.seg",
+            "00000000000000000301.seg.tmp",
+            "notes.txt",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (refused, want) in [
+            (
+                "00000000000000000101.seg",
+                vec!["00000000000000000101.seg", "00000000000000000201.seg"],
+            ),
+            ("00000000000000000201.seg", vec!["00000000000000000201.seg"]),
+            (
+                "00000000000000000001.seg",
+                vec![
+                    "00000000000000000001.seg",
+                    "00000000000000000101.seg",
+                    "00000000000000000201.seg",
+                ],
+            ),
+            // A misnamed file goes alone.
+            ("00000000000000000000.seg", vec!["00000000000000000000.seg"]),
+        ] {
+            assert_eq!(quarantine_set(refused, &names), want, "{refused}");
+        }
+    }
+
+    #[test]
+    fn quarantine_moves_the_refused_segment_and_later_ones_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), small());
+        fill(&store, 1, 300, 10);
+        drop(store);
+        let files = segment_files(dir.path());
+        let mut bytes = std::fs::read(&files[2]).unwrap();
+        let mid = record_spans(&bytes)[1].0 + HEADER + 3;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&files[2], &bytes).unwrap();
+        let err = LogStore::open(dir.path(), small()).err().unwrap();
+        assert_eq!(err.refused_segment(), Some(files[2].as_path()), "{err}");
+        let moved = quarantine(dir.path(), &files[2]).unwrap();
+        assert_eq!(moved.len(), files.len() - 2);
+        assert_eq!(std::fs::read(&moved[0]).unwrap(), bytes, "kept as it was");
+        let (store, report) = LogStore::open(dir.path(), small()).unwrap();
+        assert_eq!(report.persisted, parse_name(&files[2]) - 1);
+        let store = Arc::new(store);
+        fill(&store, report.persisted + 1, 300, 10);
+        assert_eq!(store.messages_between(0, 300).unwrap().len(), 300);
+        // Errors that moving segments cannot fix name no segment.
+        std::fs::write(dir.path().join(CLUSTER_ID_FILE), "garbled").unwrap();
+        let err = LogStore::open(dir.path(), small()).err().unwrap();
+        assert_eq!(err.refused_segment(), None, "{err}");
     }
 }

@@ -93,6 +93,23 @@ impl Proc {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its exit status, or `None` if
+    /// it is still running (it is left running) or was not started.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.start();
