@@ -15,18 +15,37 @@ use crate::message::{InvalidInput, Message};
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 
-/// An API error: an HTTP status and a reason, answered as `{"error": "<reason>"}`.
+/// An API error: an HTTP status and a reason, answered as `{"error": "<reason>"}`. A failed write
+/// that got past validation also names its id and outcome: `{"error", "id", "outcome"}`, with a
+/// `Retry-After` header (docs/api.md, "Write semantics").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
     pub reason: String,
+    /// For a write: its id (the client's, or the one the server generated) and what is known of
+    /// its outcome.
+    pub write: Option<(String, WriteFate)>,
 }
+
+/// What an error answer says about the write it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteFate {
+    /// Nothing was stored, and nothing will be: retrying (with or without the id) is safe.
+    NotStored,
+    /// It may or may not be stored: retry with the same id to learn which, without storing twice.
+    Unknown,
+}
+
+/// Seconds a client should wait before retrying a failed write (the `Retry-After` header).
+pub const WRITE_RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     pub fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
         ApiError {
             status,
             reason: reason.into(),
+            write: None,
         }
     }
 
@@ -36,6 +55,24 @@ impl ApiError {
 
     pub fn unavailable(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+    }
+
+    /// A write that failed after validation: `503` when nothing was stored, `504` when the outcome
+    /// is unknown; both name the write's `id`.
+    pub fn write_failed(
+        reason: impl Into<String>,
+        id: impl Into<String>,
+        fate: WriteFate,
+    ) -> ApiError {
+        let status = match fate {
+            WriteFate::NotStored => StatusCode::SERVICE_UNAVAILABLE,
+            WriteFate::Unknown => StatusCode::GATEWAY_TIMEOUT,
+        };
+        ApiError {
+            status,
+            reason: reason.into(),
+            write: Some((id.into(), fate)),
+        }
     }
 }
 
@@ -52,17 +89,32 @@ impl From<InvalidInput> for ApiError {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<WriteFate>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: &self.reason,
-            }),
-        )
-            .into_response()
+        let body = Json(ErrorBody {
+            error: &self.reason,
+            id: self.write.as_ref().map(|(id, _)| id.as_str()),
+            outcome: self.write.as_ref().map(|(_, fate)| *fate),
+        });
+        if self.write.is_some() {
+            (
+                self.status,
+                [(
+                    axum::http::header::RETRY_AFTER,
+                    WRITE_RETRY_AFTER_SECS.to_string(),
+                )],
+                body,
+            )
+                .into_response()
+        } else {
+            (self.status, body).into_response()
+        }
     }
 }
 

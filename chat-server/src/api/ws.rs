@@ -260,11 +260,20 @@ async fn handle_client_frame(node: &Node, channel: &str, text: &str) -> String {
         text: text.unwrap_or_default(),
     };
     match write(node, msg).await {
-        Ok(WriteOutcome::Accepted(m) | WriteOutcome::Duplicate(m)) => {
-            serde_json::json!({"type": "ack", "id": m.id, "position": m.position}).to_string()
-        }
+        Ok(WriteOutcome::Accepted(m)) => ack(&m.id, m.position),
+        Ok(WriteOutcome::Duplicate(o)) => ack(&o.id, o.position),
+        Err(ApiError {
+            reason,
+            write: Some((id, fate)),
+            ..
+        }) => serde_json::json!({"type": "error", "id": id, "error": reason, "outcome": fate})
+            .to_string(),
         Err(e) => error_frame(id.as_deref(), &e.reason),
     }
+}
+
+fn ack(id: &str, position: u64) -> String {
+    serde_json::json!({"type": "ack", "id": id, "position": position}).to_string()
 }
 
 fn error_frame(id: Option<&str>, reason: &str) -> String {
