@@ -14,6 +14,9 @@
 //!   the stream entry at `p`. TTL [`DEDUPE_TTL`] for client ids, [`GENERATED_ID_TTL`] for
 //!   generated ones. The author scope is `a<len>:<author>` for authors up to 32 bytes, else
 //!   `h:<sha1 hex of author>` (issue 11: ids are per author).
+//! - `chat:dedupe:<channel>:<id>`: the previous version's record (`p s a t`, with the body, not
+//!   scoped to the author); read only, so a repeat by the same author still dedupes while one
+//!   lives (15 minutes after an upgrade).
 //! - `chat:fence:<token>`: set by [`RESOLVE_LUA`] when a write's reply was lost and its record is
 //!   absent; the write script refuses to run for a fenced token. TTL [`FENCE_TTL`].
 //!
@@ -73,6 +76,12 @@ fn idem_key(channel: &str, author: &str, id: &str) -> String {
     format!("chat:idem:{channel}:{}:{id}", author_scope(author))
 }
 
+/// The dedupe key of the previous version, read (never written) during the 15 minutes after an
+/// upgrade.
+fn legacy_dedupe_key(channel: &str, id: &str) -> String {
+    format!("chat:dedupe:{channel}:{id}")
+}
+
 fn fence_key(token: &str) -> String {
     format!("chat:fence:{token}")
 }
@@ -99,7 +108,9 @@ end
 
 /// Dedupe by (channel, author, id), refuse when fenced or past the deadline, take the next
 /// position, XADD with the explicit ID, record `p s w`. Refuses while unanchored.
-/// KEYS: stream, seq, epoch, dedupe record, fence. ARGV: channel, id, author, text, sent_at,
+/// A record of the previous version (`chat:dedupe:<channel>:<id>`, `p s a t`, not scoped to the
+/// author) still answers a repeat by the same author while it lives (15 minutes after an upgrade).
+/// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record. ARGV: channel, id, author, text, sent_at,
 /// record TTL (s), deadline (Unix ms), token.
 /// Replies `{1, position}` or `{0, p, s, w, author|nil, text|nil}` for an existing record.
 const WRITE_LUA: &str = concat!(
@@ -112,6 +123,10 @@ local prev = redis.call('HMGET', KEYS[4], 'p', 's', 'w')
 if prev[1] then
   local a, t = original(KEYS[1], prev[1])
   return {0, prev[1], prev[2], prev[3] or false, a, t}
+end
+local old = redis.call('HMGET', KEYS[6], 'p', 's', 'a', 't')
+if old[1] and old[3] == ARGV[3] then
+  return {0, old[1], old[2], false, old[3], old[4]}
 end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return redis.error_reply('FENCED this write was abandoned by its node')
@@ -480,6 +495,7 @@ impl Broker {
             .key(EPOCH)
             .key(&key)
             .key(&fence)
+            .key(legacy_dedupe_key(&msg.channel, id))
             .arg(&msg.channel)
             .arg(id)
             .arg(&msg.author)

@@ -495,6 +495,40 @@ async fn ids_are_scoped_to_the_author_and_records_hold_no_body() {
     .await;
     assert_eq!((code, &again), (200, &real));
     assert_eq!(read_all(&url, "c").await.len(), 4);
+
+    // A record of the previous version (body inside, not scoped to the author) still answers a
+    // repeat by its author while it lives; another author's same id is a new message.
+    let _: () = redis::cmd("HSET")
+        .arg("chat:dedupe:c:old-1")
+        .arg(&[
+            "p",
+            "1",
+            "s",
+            "1764140664123",
+            "a",
+            "mallory",
+            "t",
+            "attacker text",
+        ])
+        .query(&mut conn)
+        .unwrap();
+    let (code, legacy) = post(
+        &url,
+        "c",
+        json!({"id": "old-1", "text": "again", "author": "mallory"}),
+    )
+    .await;
+    assert_eq!(
+        (code, legacy["position"].as_u64(), legacy["text"].as_str()),
+        (200, Some(1), Some("attacker text"))
+    );
+    let (code, fresh) = post(
+        &url,
+        "c",
+        json!({"id": "old-1", "text": "mine", "author": "alice"}),
+    )
+    .await;
+    assert_eq!((code, fresh["text"].as_str()), (201, Some("mine")));
 }
 
 /// Issue 9 (c): every write has a definite answer. Redis is stopped (SIGSTOP) for longer than the
