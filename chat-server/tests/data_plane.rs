@@ -662,6 +662,21 @@ async fn a_stalled_broker_gets_true_answers_and_retries_never_store_twice() {
             );
         }
     }
+    // The three writes of the long stall are counted.
+    let metrics = http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "chat_server_writes_outcome_unknown_total 3"),
+        "{metrics}"
+    );
 }
 
 /// Sends a request head and as much of `body` as the server takes, then reads the answer.

@@ -92,6 +92,9 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
         .await
         .map_err(|e| {
             node.metrics().broker_errors.inc();
+            if e.is_outcome_unknown() {
+                node.metrics().outcome_unknown.inc();
+            }
             tracing::warn!(error = %e, id = %id, "write failed");
             write_error(&e, id)
         })?;

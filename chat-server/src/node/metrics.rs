@@ -21,6 +21,8 @@ pub struct NodeMetrics {
     pub slow_consumers: Counter,
     pub write_seconds: Histogram,
     pub broker_errors: Counter,
+    /// Writes answered `504`: the broker could not be asked whether they were stored.
+    pub outcome_unknown: Counter,
 }
 
 impl Default for NodeMetrics {
@@ -40,6 +42,7 @@ impl Default for NodeMetrics {
             slow_consumers: Counter::default(),
             write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             broker_errors: Counter::default(),
+            outcome_unknown: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -106,6 +109,11 @@ impl Default for NodeMetrics {
             "broker_errors",
             "Failed broker round trips",
             m.broker_errors.clone(),
+        );
+        registry.register(
+            "writes_outcome_unknown",
+            "Writes answered 504: the broker could not be asked whether they were stored",
+            m.outcome_unknown.clone(),
         );
         NodeMetrics { registry, ..m }
     }
