@@ -531,6 +531,43 @@ async fn ids_are_scoped_to_the_author_and_records_hold_no_body() {
     assert_eq!((code, fresh["text"].as_str()), (201, Some("mine")));
 }
 
+/// A repeat whose original text is in neither the broker's stream (trimmed), the node's memory
+/// window nor a reachable replication-log replica answers `200` with what is known and
+/// `"text": null`; once a replica answers again, with the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_answers_what_is_known_when_no_copy_of_the_text_is_reachable() {
+    let mut cluster = Cluster::start_with(1, 1, &["--memory-window", "2"]).await;
+    let url = cluster.nodes[0].url.clone();
+    let body = json!({"id": "k1", "text": "first", "author": "ann"});
+    let (code, first) = post(&url, "c", body.clone()).await;
+    assert_eq!(code, 201);
+    for i in 0..3 {
+        assert_eq!(
+            post(&url, "c", json!({"text": format!("more {i}")}))
+                .await
+                .0,
+            201
+        );
+    }
+    let logs = vec![cluster.logs[0].url.clone()];
+    wait_position(&logs, "persisted", 4, Duration::from_secs(20)).await;
+    let _: u64 = redis::cmd("XTRIM")
+        .arg("chat:stream")
+        .arg("MINID")
+        .arg("100-0")
+        .query(&mut cluster.redis.conn())
+        .unwrap();
+    cluster.logs[0].kill9();
+    let (code, known) = post(&url, "c", body.clone()).await;
+    let mut want = first.clone();
+    want["text"] = Value::Null;
+    assert_eq!((code, &known), (200, &want));
+    cluster.logs[0].restart();
+    wait_ready(&logs[0], Duration::from_secs(30)).await;
+    let (code, again) = post(&url, "c", body).await;
+    assert_eq!((code, &again), (200, &first));
+}
+
 /// Issue 9 (c): every write has a definite answer. Redis is stopped (SIGSTOP) for longer than the
 /// node's response timeout while clients write, with and without ids, over HTTP and WebSocket.
 /// A stall shorter than the node's resolve window ends in `503 not_stored` (the node fenced the
