@@ -110,8 +110,8 @@ end
 /// position, XADD with the explicit ID, record `p s w`. Refuses while unanchored.
 /// A record of the previous version (`chat:dedupe:<channel>:<id>`, `p s a t`, not scoped to the
 /// author) still answers a repeat by the same author while it lives (15 minutes after an upgrade).
-/// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record. ARGV: channel, id, author, text, sent_at,
-/// record TTL (s), deadline (Unix ms), token.
+/// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record.
+/// ARGV: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms), token.
 /// Replies `{1, position}` or `{0, p, s, w, author|nil, text|nil}` for an existing record.
 const WRITE_LUA: &str = concat!(
     original_lua!(),
@@ -158,6 +158,7 @@ redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
 return {0}
 "#
 );
+
 /// Sets the epoch, sequence and anchor once, only if the broker has no epoch.
 const ANCHOR_LUA: &str = r#"
 local cur = redis.call('GET', KEYS[1])
