@@ -568,6 +568,15 @@ async fn a_repeat_answers_what_is_known_when_no_copy_of_the_text_is_reachable() 
     assert_eq!((code, &again), (200, &first));
 }
 
+/// The last position the broker handed out (`chat:seq`), read from Redis itself.
+fn broker_head(redis: &support::RedisServer) -> u64 {
+    redis::cmd("GET")
+        .arg("chat:seq")
+        .query::<Option<u64>>(&mut redis.conn())
+        .unwrap()
+        .unwrap_or(0)
+}
+
 /// Issue 9 (c): every write has a definite answer. Redis is stopped (SIGSTOP) for longer than the
 /// node's response timeout while clients write, with and without ids, over HTTP and WebSocket.
 /// A stall shorter than the node's resolve window ends in `503 not_stored` (the node fenced the
@@ -637,7 +646,7 @@ async fn a_stalled_broker_gets_true_answers_and_retries_never_store_twice() {
             assert!(Instant::now() < deadline, "writes did not resume");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let head = status(&url).await["head"].as_u64().unwrap();
+        let head = broker_head(&cluster.redis);
         wait_position(
             std::slice::from_ref(&url),
             "position",
@@ -681,7 +690,7 @@ async fn a_stalled_broker_gets_true_answers_and_retries_never_store_twice() {
             let (code, second) = post(&url, "c", body).await;
             assert_eq!((code, &second), (200, &first));
         }
-        let head = status(&url).await["head"].as_u64().unwrap();
+        let head = broker_head(&cluster.redis);
         wait_position(
             std::slice::from_ref(&url),
             "position",
@@ -714,6 +723,69 @@ async fn a_stalled_broker_gets_true_answers_and_retries_never_store_twice() {
             .any(|l| l == "chat_server_writes_outcome_unknown_total 3"),
         "{metrics}"
     );
+}
+
+/// Redis killed (its connections drop): writes get `503` (not stored) or `504` (unknown, with the
+/// id) and never a false answer; after Redis restarts on its AOF, a retry with the answered id
+/// stores each message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_broker_gets_true_answers_and_retries_never_store_twice() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let url = cluster.nodes[0].url.clone();
+    assert_eq!(post(&url, "c", json!({"text": "warm-up"})).await.0, 201);
+    cluster.redis.kill();
+    let mut answers = Vec::new();
+    for i in 0..3 {
+        let text = format!("while killed {i}");
+        let started = Instant::now();
+        let (code, answer) = post(&url, "c", json!({"text": text, "author": "ann"})).await;
+        eprintln!("{text}: {code} after {:?}: {answer}", started.elapsed());
+        assert!(code == 503 || code == 504, "{text}: {code} {answer}");
+        let outcome = if code == 503 { "not_stored" } else { "unknown" };
+        assert_eq!(answer["outcome"], outcome, "{answer}");
+        answers.push((text, code, answer["id"].as_str().unwrap().to_owned()));
+    }
+    cluster.redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post(&url, "probe", json!({"text": "p"})).await.0 != 201 {
+        assert!(Instant::now() < deadline, "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let head = broker_head(&cluster.redis);
+    wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        head,
+        Duration::from_secs(10),
+    )
+    .await;
+    let history = read_all(&url, "c").await;
+    for (text, code, id) in &answers {
+        if *code == 503 {
+            assert!(
+                history.iter().all(|m| &m.text != text),
+                "{text} answered 503 yet stored"
+            );
+        }
+        let (retry, _) = post(&url, "c", json!({"text": text, "author": "ann", "id": id})).await;
+        assert!(retry == 201 || retry == 200, "retry of {text}: {retry}");
+    }
+    let head = broker_head(&cluster.redis);
+    wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        head,
+        Duration::from_secs(10),
+    )
+    .await;
+    let history = read_all(&url, "c").await;
+    for (text, _, _) in &answers {
+        assert_eq!(
+            history.iter().filter(|m| &m.text == text).count(),
+            1,
+            "{text}"
+        );
+    }
 }
 
 /// Sends a request head and as much of `body` as the server takes, then reads the answer.
