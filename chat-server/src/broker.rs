@@ -1,5 +1,6 @@
-//! The Redis broker: the one place that knows the key names, the write and anchor Lua scripts,
-//! and how stream entries map to [`Message`]s.
+//! The Redis broker: the one place that knows the key names, the write, resolve and anchor Lua
+//! scripts, how stream entries map to [`Message`]s, and how a write whose reply was lost is
+//! resolved into a definite answer (see [`decide`]).
 //!
 //! Keys (all under the `chat:` prefix):
 //! - `chat:stream`: the global order; entry ID `<position>-0`, fields `c i a t s`.
@@ -13,17 +14,51 @@
 //!   they persist (each records it on disk first), so a broker that loses its data can be
 //!   re-anchored past every position it may have handed out.
 //! - `chat:replicas`: hash replica id → persisted position, read for trimming.
-//! - `chat:dedupe:<channel>:<id>`: hash `p s a t` of the first message with that id, with a TTL.
+//! - `chat:idem:<channel>:<author scope>:<id>`: the dedupe record of every write, hash `p s w`
+//!   (position, sent_at in Unix ms, the write's token). No message body: a repeat reads it from
+//!   the stream entry at `p`. TTL [`DEDUPE_TTL`] for client ids, [`GENERATED_ID_TTL`] for
+//!   generated ones. The author scope is `a<len>:<author>` for authors up to 32 bytes, else
+//!   `h:<sha1 hex of author>` (issue 11: ids are per author).
+//! - `chat:dedupe:<channel>:<id>`: the previous version's record (`p s a t`, with the body, not
+//!   scoped to the author); read only, so a repeat by the same author still dedupes while one
+//!   lives (15 minutes after an upgrade).
+//! - `chat:fence:<token>`: set by [`RESOLVE_LUA`] when a write's reply was lost and its record is
+//!   absent; the write script refuses to run for a fenced token. TTL [`FENCE_TTL`].
+//!
+//! Every write carries a deadline ([`WRITE_DEADLINE`] after the node started it, node clock); the
+//! write script refuses once Redis's own `TIME` is past it, so a write stuck in a stalled Redis
+//! cannot apply long after its client was answered.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Script, Value};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 
-use crate::message::{Message, NewMessage};
+use crate::message::{Message, NewMessage, now_millis};
 
-/// How long an idempotency key is remembered. The contract asks for at least 10 minutes.
+/// How long a client-supplied idempotency key is remembered. The contract asks for at least 10
+/// minutes.
 pub const DEDUPE_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long the dedupe record of a write without a client id is kept. Only the node reads it (to
+/// resolve a lost reply), and a client told "outcome unknown, retry with id X" retries within it.
+pub const GENERATED_ID_TTL: Duration = Duration::from_secs(60);
+/// A write script that Redis runs later than this after the node started the write (Redis's
+/// `TIME` against the node's clock) refuses to store anything. Redis's clock may run up to this
+/// much ahead of the node's before every write is refused.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(4);
+/// How long the node waits for the write script's reply (also the connection's response timeout).
+pub const WRITE_WAIT: Duration = Duration::from_secs(5);
+/// After the write's reply is lost, how long the node keeps trying to read the dedupe record (or
+/// fence the write) before it answers "outcome unknown".
+pub const RESOLVE_BUDGET: Duration = Duration::from_secs(2);
+/// Pause between two failed resolve attempts.
+const RESOLVE_PAUSE: Duration = Duration::from_millis(100);
+/// How long a fence lasts. A write can apply until [`WRITE_DEADLINE`] after it started plus the
+/// amount Redis's clock runs behind the node's; the fence is set at least [`WRITE_WAIT`] after the
+/// start, so answers stay correct while Redis's clock is less than about 60 s behind.
+pub const FENCE_TTL: Duration = Duration::from_secs(60);
+/// Authors up to this many bytes appear verbatim in dedupe keys; longer ones are hashed.
+const PLAIN_AUTHOR_BYTES: usize = 32;
 
 const STREAM: &str = "chat:stream";
 const SEQ: &str = "chat:seq";
@@ -33,37 +68,113 @@ const REPLICAS: &str = "chat:replicas";
 const BASE: &str = "chat:base";
 const LIMIT: &str = "chat:limit";
 
-fn dedupe_key(channel: &str, id: &str) -> String {
+/// The part of a dedupe key that names the author: unambiguous (length-prefixed or hashed), so
+/// `(author, id)` pairs never share a key.
+fn author_scope(author: &str) -> String {
+    if author.len() <= PLAIN_AUTHOR_BYTES {
+        format!("a{}:{author}", author.len())
+    } else {
+        format!("h:{}", sha1_smol::Sha1::from(author).digest())
+    }
+}
+
+/// The dedupe record key of a write: per channel, author and id.
+fn idem_key(channel: &str, author: &str, id: &str) -> String {
+    format!("chat:idem:{channel}:{}:{id}", author_scope(author))
+}
+
+/// The dedupe key of the previous version, read (never written) during the 15 minutes after an
+/// upgrade.
+fn legacy_dedupe_key(channel: &str, id: &str) -> String {
     format!("chat:dedupe:{channel}:{id}")
 }
 
-/// Dedupe by id, take the next position, XADD with the explicit ID. Refuses while unanchored,
-/// when the next position is past the limit the replication log granted (`NOLIMIT`), and when
-/// the sequence is below a position the writing node already holds (`BEHIND`: the broker went
-/// back, and the position would be handed out a second time).
-const WRITE_LUA: &str = r#"
+fn fence_key(token: &str) -> String {
+    format!("chat:fence:{token}")
+}
+
+/// Lua shared by the write and resolve scripts: the author and text of the stream entry at
+/// position `p`, or `false, false` once it was trimmed.
+macro_rules! original_lua {
+    () => {
+        r#"
+local function original(stream, p)
+  local e = redis.call('XRANGE', stream, p .. '-0', p .. '-0')
+  local a, t = false, false
+  if e[1] then
+    local f = e[1][2]
+    for i = 1, #f, 2 do
+      if f[i] == 'a' then a = f[i + 1] elseif f[i] == 't' then t = f[i + 1] end
+    end
+  end
+  return a, t
+end
+"#
+    };
+}
+
+/// Dedupe by (channel, author, id), refuse when fenced or past the deadline, take the next
+/// position, XADD with the explicit ID, record `p s w`. Refuses while unanchored.
+/// A record of the previous version (`chat:dedupe:<channel>:<id>`, `p s a t`, not scoped to the
+/// author) still answers a repeat by the same author while it lives (15 minutes after an upgrade).
+/// Refuses (`NOLIMIT`) when the next position is past the limit the replication log granted, and
+/// (`BEHIND`) when the sequence is below a position the writing node already holds (the broker
+/// went back: the position would be handed out a second time).
+/// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record, limit.
+/// ARGV: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms), token, holds.
+/// Replies `{1, position}` or `{0, p, s, w, author|nil, text|nil}` for an existing record.
+const WRITE_LUA: &str = concat!(
+    original_lua!(),
+    r#"
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('NOEPOCH the broker has no epoch yet; waiting for the replication log to anchor it')
 end
-if ARGV[7] == '1' then
-  local prev = redis.call('HMGET', KEYS[4], 'p', 's', 'a', 't')
-  if prev[1] then return {0, prev[1], prev[2], prev[3], prev[4]} end
+local prev = redis.call('HMGET', KEYS[4], 'p', 's', 'w')
+if prev[1] then
+  local a, t = original(KEYS[1], prev[1])
+  return {0, prev[1], prev[2], prev[3] or false, a, t}
+end
+local old = redis.call('HMGET', KEYS[6], 'p', 's', 'a', 't')
+if old[1] and old[3] == ARGV[3] then
+  return {0, old[1], old[2], false, old[3], old[4]}
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  return redis.error_reply('FENCED this write was abandoned by its node')
+end
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[7]) then
+  return redis.error_reply('DEADLINE the write reached redis after its deadline')
 end
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cur < tonumber(ARGV[8]) then
-  return redis.error_reply('BEHIND the broker sequence ' .. cur .. ' is below position ' .. ARGV[8] .. ' that this node already holds; the broker went back')
+if cur < tonumber(ARGV[9]) then
+  return redis.error_reply('BEHIND the broker sequence ' .. cur .. ' is below position ' .. ARGV[9] .. ' that this node already holds; the broker went back')
 end
-if cur + 1 > tonumber(redis.call('GET', KEYS[5]) or '0') then
+if cur + 1 > tonumber(redis.call('GET', KEYS[7]) or '0') then
   return redis.error_reply('NOLIMIT the replication log has not persisted far enough to grant position ' .. (cur + 1) .. ' yet')
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], seq .. '-0', 'c', ARGV[1], 'i', ARGV[2], 'a', ARGV[3], 't', ARGV[4], 's', ARGV[5])
-if ARGV[7] == '1' then
-  redis.call('HSET', KEYS[4], 'p', seq, 's', ARGV[5], 'a', ARGV[3], 't', ARGV[4])
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
-end
+redis.call('HSET', KEYS[4], 'p', seq, 's', ARGV[5], 'w', ARGV[8])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
 return {1, seq}
-"#;
+"#
+);
+
+/// Resolves a write whose reply was lost: its dedupe record if present, else fence the write's
+/// token so it can never apply. KEYS: dedupe record, fence, stream. ARGV: fence TTL (s).
+/// Replies `{1, p, s, w, author|nil, text|nil}` or `{0}` (absent, now fenced).
+const RESOLVE_LUA: &str = concat!(
+    original_lua!(),
+    r#"
+local prev = redis.call('HMGET', KEYS[1], 'p', 's', 'w')
+if prev[1] then
+  local a, t = original(KEYS[3], prev[1])
+  return {1, prev[1], prev[2], prev[3] or false, a, t}
+end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return {0}
+"#
+);
 
 /// Sets the epoch, sequence, anchor, base and limit once, only if the broker has no epoch.
 /// ARGV: epoch, anchor, base, limit.
@@ -107,7 +218,8 @@ redis.call('DEL', KEYS[1])
 return 1
 "#;
 
-/// What went wrong talking to the broker.
+/// What went wrong talking to the broker. Every variant of a write except
+/// [`BrokerError::OutcomeUnknown`] means the write was not stored.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("redis: {0}")]
@@ -120,6 +232,17 @@ pub enum BrokerError {
     WentBack(String),
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// Redis ran the write script after the write's deadline; it stored nothing.
+    #[error("redis ran the write after its {}s deadline and refused it", WRITE_DEADLINE.as_secs())]
+    DeadlinePassed,
+    /// The write's reply was lost, and the node then found no record of it and fenced it: it was
+    /// not stored and never will be.
+    #[error("{0}; the node then checked: the write was not stored and never will be")]
+    Abandoned(String),
+    /// The write's reply was lost and Redis could not be asked within [`RESOLVE_BUDGET`]: the
+    /// write may or may not be stored. Retrying with the same id settles it.
+    #[error("{0}; redis could not be asked whether the write was stored")]
+    OutcomeUnknown(String),
 }
 
 impl BrokerError {
@@ -132,9 +255,18 @@ impl BrokerError {
                     || e.is_timeout()
                     || e.is_connection_refusal()
             }
-            BrokerError::NotAnchored | BrokerError::NoLimit(_) | BrokerError::WentBack(_) => true,
-            BrokerError::Protocol(_) => false,
+            BrokerError::NotAnchored
+            | BrokerError::NoLimit(_)
+            | BrokerError::WentBack(_)
+            | BrokerError::Abandoned(_)
+            | BrokerError::OutcomeUnknown(_) => true,
+            BrokerError::Protocol(_) | BrokerError::DeadlinePassed => false,
         }
+    }
+
+    /// True when a write failed without a definite answer: it may have been stored.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, BrokerError::OutcomeUnknown(_))
     }
 }
 
@@ -143,8 +275,193 @@ impl BrokerError {
 pub enum WriteOutcome {
     /// A new message at a new position.
     Accepted(Message),
-    /// The id had been used on that channel; this is the original message.
-    Duplicate(Message),
+    /// The id had been used on that channel by that author; this is the original message.
+    Duplicate(Original),
+}
+
+impl WriteOutcome {
+    /// The position of the stored message (the new one, or the original of a repeat).
+    pub fn position(&self) -> u64 {
+        match self {
+            WriteOutcome::Accepted(m) => m.position,
+            WriteOutcome::Duplicate(o) => o.position,
+        }
+    }
+}
+
+/// The original message of a repeated id. Dedupe records hold no body: `author` and `text` come
+/// from the stream entry at `position`, and `text` is `None` once the stream no longer holds it
+/// (trimmed after every replica persisted it): then the caller reads it from its own history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Original {
+    pub position: u64,
+    pub channel: String,
+    pub id: String,
+    pub author: String,
+    /// Unix milliseconds, from the dedupe record.
+    pub sent_at: i64,
+    pub text: Option<String>,
+}
+
+impl Original {
+    /// The whole message, when the text is known.
+    pub fn message(&self) -> Option<Message> {
+        Some(Message {
+            position: self.position,
+            channel: self.channel.clone(),
+            id: self.id.clone(),
+            author: self.author.clone(),
+            text: self.text.clone()?,
+            sent_at: self.sent_at,
+        })
+    }
+}
+
+/// A dedupe record as the write and resolve scripts return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    position: u64,
+    /// Unix milliseconds.
+    sent_at: i64,
+    /// The token of the write that stored it (absent only in records of older versions).
+    token: Option<String>,
+    /// Author and text of the stream entry, when the stream still holds it.
+    author: Option<String>,
+    text: Option<String>,
+}
+
+/// What the write call produced.
+#[derive(Debug)]
+pub(crate) enum Call {
+    /// The script stored the message at this position.
+    Applied(u64),
+    /// The script found an existing record and stored nothing.
+    Existing(Record),
+    /// Redis refused (an error reply), or the command never left the node: nothing stored.
+    Refused(BrokerError),
+    /// No usable reply (timeout, connection lost after sending): the write may have applied.
+    Ambiguous(String),
+}
+
+/// What reading the dedupe record after an ambiguous call produced.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// Not tried yet.
+    NotYet,
+    /// The record exists.
+    Found(Record),
+    /// No record, and the write's token is now fenced: it can never apply.
+    Fenced,
+    /// The lookup failed or timed out (the reason).
+    Failed(String),
+}
+
+/// The answer [`decide`] gives.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decision<'a> {
+    /// This write stored the message at this position (201).
+    Stored(u64),
+    /// Another write with the same key stored this original (200).
+    Duplicate(&'a Record),
+    /// Nothing was stored (503).
+    NotStored,
+    /// Read the dedupe record (again).
+    LookUp,
+    /// The budget is spent without an answer (504).
+    Unknown,
+}
+
+/// Decides a write's answer from the call's result, the last dedupe lookup, and whether the
+/// resolve budget has time left. `token` is the write's own token: a record carrying it was
+/// stored by this write. Pure; table-tested below.
+pub(crate) fn decide<'a>(
+    call: &'a Call,
+    lookup: &'a Lookup,
+    token: &str,
+    budget_left: bool,
+) -> Decision<'a> {
+    let mine = |r: &Record| r.token.as_deref() == Some(token);
+    match (call, lookup) {
+        (Call::Applied(p), _) => Decision::Stored(*p),
+        (Call::Existing(r), _) | (Call::Ambiguous(_), Lookup::Found(r)) => {
+            if mine(r) {
+                Decision::Stored(r.position)
+            } else {
+                Decision::Duplicate(r)
+            }
+        }
+        (Call::Refused(_), _) | (Call::Ambiguous(_), Lookup::Fenced) => Decision::NotStored,
+        (Call::Ambiguous(_), Lookup::NotYet | Lookup::Failed(_)) => {
+            if budget_left {
+                Decision::LookUp
+            } else {
+                Decision::Unknown
+            }
+        }
+    }
+}
+
+/// Sorts a failed write call: an error reply from Redis or a refused connection means the script
+/// stored nothing; anything else (a timeout, a connection lost after sending) is ambiguous.
+fn classify(e: RedisError) -> Call {
+    match e.code() {
+        Some("NOEPOCH") => Call::Refused(BrokerError::NotAnchored),
+        Some("DEADLINE") => Call::Refused(BrokerError::DeadlinePassed),
+        Some("NOLIMIT") => Call::Refused(BrokerError::NoLimit(
+            e.detail().unwrap_or_default().to_owned(),
+        )),
+        Some("BEHIND") => Call::Refused(BrokerError::WentBack(
+            e.detail().unwrap_or_default().to_owned(),
+        )),
+        Some(_) => Call::Refused(BrokerError::Redis(e)),
+        None if e.is_connection_refusal() => Call::Refused(BrokerError::Redis(e)),
+        None => Call::Ambiguous(format!("redis: {e}")),
+    }
+}
+
+/// Parses `{p, s, w, author, text}` (the tail of a write or resolve reply).
+fn parse_record(items: &[Value]) -> Result<Record, BrokerError> {
+    let position = items
+        .first()
+        .and_then(as_u64)
+        .ok_or_else(|| proto("record position"))?;
+    let sent_at = items
+        .get(1)
+        .and_then(as_string)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| proto("record sent_at"))?;
+    let opt = |i: usize| items.get(i).and_then(as_string);
+    Ok(Record {
+        position,
+        sent_at,
+        token: opt(2),
+        author: opt(3),
+        text: opt(4),
+    })
+}
+
+/// Parses the write script's reply.
+fn parse_write_reply(reply: Value) -> Result<Call, BrokerError> {
+    let items = as_array(reply)?;
+    match items.first().and_then(as_u64) {
+        Some(1) => items
+            .get(1)
+            .and_then(as_u64)
+            .map(Call::Applied)
+            .ok_or_else(|| proto("write position")),
+        Some(0) => Ok(Call::Existing(parse_record(&items[1..])?)),
+        _ => Err(proto("write flag")),
+    }
+}
+
+/// Parses the resolve script's reply.
+fn parse_resolve_reply(reply: Value) -> Result<Lookup, BrokerError> {
+    let items = as_array(reply)?;
+    match items.first().and_then(as_u64) {
+        Some(1) => Ok(Lookup::Found(parse_record(&items[1..])?)),
+        Some(0) => Ok(Lookup::Fenced),
+        _ => Err(proto("resolve flag")),
+    }
 }
 
 /// Result of [`Broker::anchor`].
@@ -177,6 +494,7 @@ pub struct Broker {
     client: Client,
     conn: ConnectionManager,
     write: Script,
+    resolve: Script,
     anchor: Script,
     grant: Script,
     retire: Script,
@@ -188,13 +506,14 @@ impl Broker {
         let client = Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(WRITE_WAIT))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
         Ok(Broker {
             client,
             conn,
             write: Script::new(WRITE_LUA),
+            resolve: Script::new(RESOLVE_LUA),
             anchor: Script::new(ANCHOR_LUA),
             grant: Script::new(GRANT_LUA),
             retire: Script::new(RETIRE_LUA),
@@ -213,9 +532,17 @@ impl Broker {
         Ok(StreamReader { conn })
     }
 
-    /// Runs the write script: dedupe, next position, XADD. Returns only after Redis accepted it.
+    /// Writes a message with a definite answer whenever Redis can be asked: runs the write script
+    /// (dedupe, fence and deadline checks, next position, XADD, dedupe record), and when its reply
+    /// is lost, resolves the outcome by reading the dedupe record or fencing the write, for up to
+    /// [`RESOLVE_BUDGET`]. The write's id is `msg.id`, or `generated_id` when the client gave none
+    /// (its record then lives [`GENERATED_ID_TTL`]).
+    ///
     /// `holds` is the last position the writing node has applied: the script refuses
     /// ([`BrokerError::WentBack`]) when the broker's sequence is below it.
+    ///
+    /// Returns `Accepted` or `Duplicate` only when the message is stored; every error except
+    /// [`BrokerError::OutcomeUnknown`] means it was not stored and never will be.
     pub async fn write(
         &self,
         msg: &NewMessage,
@@ -223,70 +550,111 @@ impl Broker {
         sent_at: i64,
         holds: u64,
     ) -> Result<WriteOutcome, BrokerError> {
-        let (id, dedupe) = match &msg.id {
-            Some(id) => (id.as_str(), true),
-            None => (generated_id, false),
+        let (id, ttl) = match &msg.id {
+            Some(id) => (id.as_str(), DEDUPE_TTL),
+            None => (generated_id, GENERATED_ID_TTL),
         };
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let key = idem_key(&msg.channel, &msg.author, id);
+        let fence = fence_key(&token);
+        let deadline = now_millis().saturating_add(WRITE_DEADLINE.as_millis() as i64);
         let mut conn = self.conn.clone();
-        let reply: Value = self
-            .write
-            .key(STREAM)
+        let mut invocation = self.write.key(STREAM);
+        invocation
             .key(SEQ)
             .key(EPOCH)
-            .key(dedupe_key(&msg.channel, id))
+            .key(&key)
+            .key(&fence)
+            .key(legacy_dedupe_key(&msg.channel, id))
             .key(LIMIT)
             .arg(&msg.channel)
             .arg(id)
             .arg(&msg.author)
             .arg(&msg.text)
             .arg(sent_at)
-            .arg(DEDUPE_TTL.as_secs())
-            .arg(if dedupe { "1" } else { "0" })
-            .arg(holds)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| match e.code() {
-                Some("NOEPOCH") => BrokerError::NotAnchored,
-                Some("NOLIMIT") => BrokerError::NoLimit(e.detail().unwrap_or_default().to_owned()),
-                Some("BEHIND") => BrokerError::WentBack(e.detail().unwrap_or_default().to_owned()),
-                _ => BrokerError::Redis(e),
-            })?;
-        let items = as_array(reply)?;
-        let flag = items
-            .first()
-            .and_then(as_u64)
-            .ok_or_else(|| proto("write flag"))?;
-        let position = items
-            .get(1)
-            .and_then(as_u64)
-            .ok_or_else(|| proto("write position"))?;
-        if flag == 1 {
-            return Ok(WriteOutcome::Accepted(Message {
-                position,
-                channel: msg.channel.clone(),
-                id: id.to_owned(),
-                author: msg.author.clone(),
-                text: msg.text.clone(),
-                sent_at,
-            }));
-        }
-        let text_of = |i: usize| {
-            items
-                .get(i)
-                .and_then(as_string)
-                .ok_or_else(|| proto("duplicate fields"))
+            .arg(ttl.as_secs())
+            .arg(deadline)
+            .arg(&token)
+            .arg(holds);
+        let reply = tokio::time::timeout(WRITE_WAIT, invocation.invoke_async::<Value>(&mut conn));
+        let call = match reply.await {
+            Err(_) => Call::Ambiguous(format!(
+                "no reply from redis within {}s",
+                WRITE_WAIT.as_secs()
+            )),
+            Ok(Err(e)) => classify(e),
+            Ok(Ok(v)) => parse_write_reply(v).unwrap_or_else(|e| Call::Ambiguous(e.to_string())),
         };
-        let sent_at = text_of(2)?
-            .parse()
-            .map_err(|_| proto("duplicate sent_at"))?;
-        Ok(WriteOutcome::Duplicate(Message {
-            position,
-            channel: msg.channel.clone(),
-            id: id.to_owned(),
-            author: text_of(3)?,
-            text: text_of(4)?,
-            sent_at,
-        }))
+        let resolve_until = Instant::now() + RESOLVE_BUDGET;
+        let mut lookup = Lookup::NotYet;
+        loop {
+            let now = Instant::now();
+            match decide(&call, &lookup, &token, now < resolve_until) {
+                Decision::Stored(position) => {
+                    return Ok(WriteOutcome::Accepted(Message {
+                        position,
+                        channel: msg.channel.clone(),
+                        id: id.to_owned(),
+                        author: msg.author.clone(),
+                        text: msg.text.clone(),
+                        sent_at,
+                    }));
+                }
+                Decision::Duplicate(r) => {
+                    return Ok(WriteOutcome::Duplicate(Original {
+                        position: r.position,
+                        channel: msg.channel.clone(),
+                        id: id.to_owned(),
+                        author: r.author.clone().unwrap_or_else(|| msg.author.clone()),
+                        sent_at: r.sent_at,
+                        text: r.text.clone(),
+                    }));
+                }
+                Decision::NotStored => {
+                    return Err(match call {
+                        Call::Refused(e) => e,
+                        Call::Ambiguous(cause) => BrokerError::Abandoned(cause),
+                        Call::Applied(_) | Call::Existing(_) => proto("decided not stored"),
+                    });
+                }
+                Decision::Unknown => {
+                    let cause = match (&call, &lookup) {
+                        (Call::Ambiguous(c), Lookup::Failed(l)) => format!("{c}; then {l}"),
+                        (Call::Ambiguous(c), _) => c.clone(),
+                        _ => "no answer".to_owned(),
+                    };
+                    return Err(BrokerError::OutcomeUnknown(cause));
+                }
+                Decision::LookUp => {
+                    if matches!(lookup, Lookup::Failed(_)) {
+                        tokio::time::sleep(RESOLVE_PAUSE).await;
+                    }
+                    let left = resolve_until.saturating_duration_since(Instant::now());
+                    lookup = match tokio::time::timeout(left, self.look_up(&key, &fence)).await {
+                        Err(_) => Lookup::Failed(format!(
+                            "no reply to the dedupe lookup within {}s",
+                            RESOLVE_BUDGET.as_secs()
+                        )),
+                        Ok(Err(e)) => Lookup::Failed(format!("dedupe lookup: {e}")),
+                        Ok(Ok(l)) => l,
+                    };
+                }
+            }
+        }
+    }
+
+    /// One run of the resolve script: the dedupe record, or a fence when there is none.
+    async fn look_up(&self, key: &str, fence: &str) -> Result<Lookup, BrokerError> {
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .resolve
+            .key(key)
+            .key(fence)
+            .key(STREAM)
+            .arg(FENCE_TTL.as_secs())
+            .invoke_async(&mut conn)
+            .await?;
+        parse_resolve_reply(reply)
     }
 
     /// Epoch, head and anchor in one round trip.
@@ -521,6 +889,44 @@ impl StreamReader {
     }
 }
 
+/// A hole in what should be a dense run of positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// First missing position.
+    pub from: u64,
+    /// Last missing position.
+    pub to: u64,
+}
+
+/// A batch read after a cursor, split at its first hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The messages that continue the cursor densely (may be empty).
+    pub dense: Vec<Message>,
+    /// The first hole after `dense`, and everything the batch held after it.
+    pub gap: Option<(Gap, Vec<Message>)>,
+}
+
+/// Splits `batch` into the part that continues `cursor` densely and what follows the first hole.
+/// Entries at or below the cursor (a replayed read) are dropped.
+pub fn split_dense(cursor: u64, batch: Vec<Message>) -> Split {
+    let mut dense: Vec<Message> = batch.into_iter().filter(|m| m.position > cursor).collect();
+    for (i, (m, expected)) in dense.iter().zip(cursor + 1..).enumerate() {
+        if m.position != expected {
+            let gap = Gap {
+                from: expected,
+                to: m.position - 1,
+            };
+            let rest = dense.split_off(i);
+            return Split {
+                dense,
+                gap: Some((gap, rest)),
+            };
+        }
+    }
+    Split { dense, gap: None }
+}
+
 fn proto(what: &str) -> BrokerError {
     BrokerError::Protocol(what.to_owned())
 }
@@ -618,6 +1024,17 @@ fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
 mod tests {
     use super::*;
 
+    fn msg(position: u64) -> Message {
+        Message {
+            position,
+            channel: "c".into(),
+            id: position.to_string(),
+            author: String::new(),
+            text: "t".into(),
+            sent_at: 0,
+        }
+    }
+
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
     }
@@ -672,5 +1089,197 @@ mod tests {
         assert!(parse_entries(Value::Array(vec![entry("x-1", &[])])).is_err());
         assert!(parse_entries(Value::Array(vec![entry("9-0", &["s", "soon"])])).is_err());
         assert_eq!(parse_entries(Value::Nil).unwrap(), Vec::new());
+    }
+
+    fn record(token: Option<&str>) -> Record {
+        Record {
+            position: 7,
+            sent_at: 5,
+            token: token.map(str::to_owned),
+            author: Some("ann".into()),
+            text: Some("hi".into()),
+        }
+    }
+
+    /// Call result × dedupe lookup × budget left → answer (201 stored, 200 duplicate, 503 not
+    /// stored, 504 unknown, or look again).
+    #[test]
+    fn decide_table() {
+        let mine = record(Some("tok"));
+        let other = record(Some("other"));
+        let legacy = record(None);
+        let calls = |which: &str| match which {
+            "applied" => Call::Applied(3),
+            "existing-other" => Call::Existing(other.clone()),
+            "existing-mine" => Call::Existing(mine.clone()),
+            "refused" => Call::Refused(BrokerError::DeadlinePassed),
+            "ambiguous" => Call::Ambiguous("timed out".into()),
+            _ => unreachable!(),
+        };
+        let lookups = |which: &str| match which {
+            "not-yet" => Lookup::NotYet,
+            "found-mine" => Lookup::Found(mine.clone()),
+            "found-other" => Lookup::Found(other.clone()),
+            "found-legacy" => Lookup::Found(legacy.clone()),
+            "fenced" => Lookup::Fenced,
+            "failed" => Lookup::Failed("refused".into()),
+            _ => unreachable!(),
+        };
+        #[derive(Debug, PartialEq)]
+        enum Want {
+            Stored(u64),
+            Duplicate(Option<&'static str>),
+            NotStored,
+            LookUp,
+            Unknown,
+        }
+        let table: &[(&str, &str, bool, Want)] = &[
+            // A reply decides alone, whatever else is known.
+            ("applied", "not-yet", true, Want::Stored(3)),
+            ("applied", "failed", false, Want::Stored(3)),
+            (
+                "existing-other",
+                "not-yet",
+                true,
+                Want::Duplicate(Some("other")),
+            ),
+            (
+                "existing-other",
+                "not-yet",
+                false,
+                Want::Duplicate(Some("other")),
+            ),
+            ("existing-mine", "not-yet", true, Want::Stored(7)),
+            ("refused", "not-yet", true, Want::NotStored),
+            ("refused", "failed", false, Want::NotStored),
+            // No reply: look the record up while the budget lasts.
+            ("ambiguous", "not-yet", true, Want::LookUp),
+            ("ambiguous", "failed", true, Want::LookUp),
+            ("ambiguous", "found-mine", true, Want::Stored(7)),
+            ("ambiguous", "found-mine", false, Want::Stored(7)),
+            (
+                "ambiguous",
+                "found-other",
+                true,
+                Want::Duplicate(Some("other")),
+            ),
+            ("ambiguous", "found-legacy", true, Want::Duplicate(None)),
+            ("ambiguous", "fenced", true, Want::NotStored),
+            ("ambiguous", "fenced", false, Want::NotStored),
+            // Budget spent without reaching Redis: unknown.
+            ("ambiguous", "not-yet", false, Want::Unknown),
+            ("ambiguous", "failed", false, Want::Unknown),
+        ];
+        for (call, lookup, budget_left, want) in table {
+            let (c, l) = (calls(call), lookups(lookup));
+            let got = match decide(&c, &l, "tok", *budget_left) {
+                Decision::Stored(p) => Want::Stored(p),
+                Decision::Duplicate(r) => {
+                    assert_eq!(r.position, 7);
+                    Want::Duplicate(match r.token.as_deref() {
+                        Some("other") => Some("other"),
+                        Some(_) => Some("?"),
+                        None => None,
+                    })
+                }
+                Decision::NotStored => Want::NotStored,
+                Decision::LookUp => Want::LookUp,
+                Decision::Unknown => Want::Unknown,
+            };
+            assert_eq!(&got, want, "{call} × {lookup} × budget left {budget_left}");
+        }
+    }
+
+    #[test]
+    fn dedupe_keys_are_per_author_and_unambiguous() {
+        let keys = [
+            idem_key("c", "ann", "k1"),
+            idem_key("c", "bob", "k1"),
+            idem_key("c", "ann:x", "k1"),
+            idem_key("c", "ann", "x:k1"),
+            idem_key("c", "", "k1"),
+            idem_key("d", "ann", "k1"),
+            idem_key("c", &"a".repeat(33), "k1"),
+            idem_key("c", &"b".repeat(33), "k1"),
+        ];
+        let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+        assert_eq!(keys[0], "chat:idem:c:a3:ann:k1");
+        assert_eq!(keys[4], "chat:idem:c:a0::k1");
+        let long = &keys[6];
+        assert!(
+            long.starts_with("chat:idem:c:h:") && long.ends_with(":k1"),
+            "{long}"
+        );
+        assert_eq!(long.len(), "chat:idem:c:h:".len() + 40 + ":k1".len());
+        assert_eq!(idem_key("c", &"x".repeat(128), "k1").len(), long.len());
+    }
+
+    #[test]
+    fn script_replies_parse() {
+        let int = Value::Int;
+        assert!(matches!(
+            parse_write_reply(Value::Array(vec![int(1), int(9)])).unwrap(),
+            Call::Applied(9)
+        ));
+        let existing = Value::Array(vec![
+            int(0),
+            bulk("7"),
+            bulk("5"),
+            bulk("tok"),
+            bulk("ann"),
+            Value::Nil,
+        ]);
+        match parse_write_reply(existing).unwrap() {
+            Call::Existing(r) => assert_eq!(
+                r,
+                Record {
+                    text: None,
+                    ..record(Some("tok"))
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_write_reply(Value::Array(vec![int(2)])).is_err());
+        assert!(matches!(
+            parse_resolve_reply(Value::Array(vec![int(0)])).unwrap(),
+            Lookup::Fenced
+        ));
+        let found = Value::Array(vec![
+            int(1),
+            bulk("7"),
+            bulk("5"),
+            Value::Nil,
+            bulk("ann"),
+            bulk("hi"),
+        ]);
+        match parse_resolve_reply(found).unwrap() {
+            Lookup::Found(r) => assert_eq!(r, record(None)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_resolve_reply(Value::Array(vec![int(1), Value::Nil])).is_err());
+    }
+
+    fn positions(v: &[Message]) -> Vec<u64> {
+        v.iter().map(|m| m.position).collect()
+    }
+
+    #[test]
+    fn dense_batches_pass_and_replays_are_dropped() {
+        let split = split_dense(2, vec![msg(1), msg(2), msg(3), msg(4)]);
+        assert_eq!(positions(&split.dense), vec![3, 4]);
+        assert_eq!(split.gap, None);
+    }
+
+    #[test]
+    fn a_hole_is_reported_with_what_surrounds_it() {
+        let split = split_dense(2, vec![msg(3), msg(6), msg(7)]);
+        assert_eq!(positions(&split.dense), vec![3]);
+        let (gap, rest) = split.gap.unwrap();
+        assert_eq!(gap, Gap { from: 4, to: 5 });
+        assert_eq!(positions(&rest), vec![6, 7]);
+        let split = split_dense(0, vec![msg(10)]);
+        assert!(split.dense.is_empty());
+        assert_eq!(split.gap.unwrap().0, Gap { from: 1, to: 9 });
     }
 }

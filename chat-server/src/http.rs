@@ -15,14 +15,32 @@ use crate::message::{InvalidInput, Message};
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 
-/// An API error: an HTTP status and a reason, answered as `{"error": "<reason>"}`.
+/// An API error: an HTTP status and a reason, answered as `{"error": "<reason>"}`. A failed write
+/// that got past validation also names its id and outcome: `{"error", "id", "outcome"}`, with a
+/// `Retry-After` header (docs/api.md, "Write semantics").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
     pub reason: String,
     /// Seconds after which a retry may succeed, sent as `Retry-After` (RFC 9110 §10.2.3).
     pub retry_after: Option<u32>,
+    /// For a write: its id (the client's, or the one the server generated) and what is known of
+    /// its outcome.
+    pub write: Option<(String, WriteFate)>,
 }
+
+/// What an error answer says about the write it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteFate {
+    /// Nothing was stored, and nothing will be: retrying (with or without the id) is safe.
+    NotStored,
+    /// It may or may not be stored: retry with the same id to learn which, without storing twice.
+    Unknown,
+}
+
+/// Seconds a client should wait before retrying a failed write (the `Retry-After` header).
+pub const WRITE_RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     pub fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
@@ -30,6 +48,7 @@ impl ApiError {
             status,
             reason: reason.into(),
             retry_after: None,
+            write: None,
         }
     }
 
@@ -46,6 +65,25 @@ impl ApiError {
     pub fn unavailable(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
     }
+
+    /// A write that failed after validation: `503` when nothing was stored, `504` when the outcome
+    /// is unknown; both name the write's `id`.
+    pub fn write_failed(
+        reason: impl Into<String>,
+        id: impl Into<String>,
+        fate: WriteFate,
+    ) -> ApiError {
+        let status = match fate {
+            WriteFate::NotStored => StatusCode::SERVICE_UNAVAILABLE,
+            WriteFate::Unknown => StatusCode::GATEWAY_TIMEOUT,
+        };
+        ApiError {
+            status,
+            reason: reason.into(),
+            retry_after: Some(WRITE_RETRY_AFTER_SECS as u32),
+            write: Some((id.into(), fate)),
+        }
+    }
 }
 
 impl From<InvalidInput> for ApiError {
@@ -61,17 +99,20 @@ impl From<InvalidInput> for ApiError {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<WriteFate>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            Json(ErrorBody {
-                error: &self.reason,
-            }),
-        )
-            .into_response();
+        let body = Json(ErrorBody {
+            error: &self.reason,
+            id: self.write.as_ref().map(|(id, _)| id.as_str()),
+            outcome: self.write.as_ref().map(|(_, fate)| *fate),
+        });
+        let mut resp = (self.status, body).into_response();
         if let Some(seconds) = self.retry_after {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, seconds.into());

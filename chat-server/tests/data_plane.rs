@@ -365,7 +365,7 @@ async fn repeated_id_returns_the_original_message_and_stores_nothing_new() {
     let (code, again) = post(
         &b,
         "general",
-        json!({"text": "changed", "author": "bob", "id": "k1"}),
+        json!({"text": "changed", "author": "ann", "id": "k1"}),
     )
     .await;
     assert_eq!(code, 200);
@@ -373,17 +373,419 @@ async fn repeated_id_returns_the_original_message_and_stores_nothing_new() {
     let (code, other) = post(&a, "elsewhere", json!({"text": "hello", "id": "k1"})).await;
     assert_eq!(code, 201, "same id on another channel is another message");
     assert_eq!(other["position"], 2);
-    // Over WebSocket too.
+    // Over WebSocket too (the WebSocket test client writes as author "ws").
     let mut ws = ws_connect(&b, "general", u64::MAX).await;
-    assert_eq!(ws_send(&mut ws, "again", "k1").await, Ok(1));
+    assert_eq!(ws_send(&mut ws, "from ws", "k1").await, Ok(3));
+    assert_eq!(ws_send(&mut ws, "again", "k1").await, Ok(3));
+    let (code, via_http) = post(
+        &a,
+        "general",
+        json!({"text": "x", "author": "ws", "id": "k1"}),
+    )
+    .await;
+    assert_eq!((code, via_http["text"].as_str()), (200, Some("from ws")));
     wait_position(
         &[a.clone(), b.clone()],
         "position",
-        2,
+        3,
         Duration::from_secs(10),
     )
     .await;
-    assert_eq!(read_all(&b, "general").await.len(), 1);
+    assert_eq!(read_all(&b, "general").await.len(), 2);
+}
+
+/// Issue 11: an idempotency key belongs to its author. One author's `msg-42` does not make
+/// another author's `msg-42` return the first one's message. Issue 10: the dedupe record holds no
+/// body, and a repeat still answers the original text once the stream entry is trimmed (from the
+/// node's own history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_scoped_to_the_author_and_records_hold_no_body() {
+    let cluster = Cluster::start(1, 1).await;
+    let url = cluster.nodes[0].url.clone();
+    let (code, attacker) = post(
+        &url,
+        "c",
+        json!({"id": "msg-42", "text": "attacker text", "author": "mallory"}),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, real) = post(
+        &url,
+        "c",
+        json!({"id": "msg-42", "text": "real text", "author": "alice"}),
+    )
+    .await;
+    assert_eq!(code, 201, "{real}");
+    assert_eq!(real["text"], "real text");
+    assert_ne!(real["position"], attacker["position"]);
+    let long_author = "x".repeat(128);
+    let (code, long) = post(
+        &url,
+        "c",
+        json!({"id": "msg-42", "text": "long", "author": long_author}),
+    )
+    .await;
+    assert_eq!(code, 201, "{long}");
+    for (who, text, original) in [
+        ("alice", "retry", &real),
+        ("mallory", "retry", &attacker),
+        (long_author.as_str(), "retry", &long),
+    ] {
+        let (code, again) = post(
+            &url,
+            "c",
+            json!({"id": "msg-42", "text": text, "author": who}),
+        )
+        .await;
+        assert_eq!((code, &again), (200, original), "{who}");
+    }
+
+    // Records: position, sent_at and the write's token, never the text; id-less writes too,
+    // with a short TTL.
+    let mut conn = cluster.redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("chat:idem:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let (code, anonymous) = post(&url, "c", json!({"text": "no id"})).await;
+    assert_eq!(code, 201);
+    let generated = anonymous["id"].as_str().unwrap();
+    let key = format!("chat:idem:c:a9:anonymous:{generated}");
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
+    assert!((1..=60).contains(&ttl), "{key}: ttl {ttl}");
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg("chat:idem:*")
+        .query(&mut conn)
+        .unwrap();
+    for key in &all {
+        let fields: BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap();
+        assert_eq!(
+            fields.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["p", "s", "w"],
+            "{key}"
+        );
+    }
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("chat:idem:c:a5:alice:msg-42")
+        .query(&mut conn)
+        .unwrap();
+    assert!(ttl > 14 * 60, "client ids are kept 15 minutes: {ttl}");
+
+    // The stream entry is gone (trimmed): the node's own history answers.
+    wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        4,
+        Duration::from_secs(10),
+    )
+    .await;
+    let _: u64 = redis::cmd("XTRIM")
+        .arg("chat:stream")
+        .arg("MINID")
+        .arg("100-0")
+        .query(&mut conn)
+        .unwrap();
+    let (code, again) = post(
+        &url,
+        "c",
+        json!({"id": "msg-42", "text": "other", "author": "alice"}),
+    )
+    .await;
+    assert_eq!((code, &again), (200, &real));
+    assert_eq!(read_all(&url, "c").await.len(), 4);
+
+    // A record of the previous version (body inside, not scoped to the author) still answers a
+    // repeat by its author while it lives; another author's same id is a new message.
+    let _: () = redis::cmd("HSET")
+        .arg("chat:dedupe:c:old-1")
+        .arg(&[
+            "p",
+            "1",
+            "s",
+            "1764140664123",
+            "a",
+            "mallory",
+            "t",
+            "attacker text",
+        ])
+        .query(&mut conn)
+        .unwrap();
+    let (code, legacy) = post(
+        &url,
+        "c",
+        json!({"id": "old-1", "text": "again", "author": "mallory"}),
+    )
+    .await;
+    assert_eq!(
+        (code, legacy["position"].as_u64(), legacy["text"].as_str()),
+        (200, Some(1), Some("attacker text"))
+    );
+    let (code, fresh) = post(
+        &url,
+        "c",
+        json!({"id": "old-1", "text": "mine", "author": "alice"}),
+    )
+    .await;
+    assert_eq!((code, fresh["text"].as_str()), (201, Some("mine")));
+}
+
+/// A repeat whose original text is in neither the broker's stream (trimmed), the node's memory
+/// window nor a reachable replication-log replica answers `200` with what is known and
+/// `"text": null`; once a replica answers again, with the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_answers_what_is_known_when_no_copy_of_the_text_is_reachable() {
+    let mut cluster = Cluster::start_with(1, 1, &["--memory-window", "2"]).await;
+    let url = cluster.nodes[0].url.clone();
+    let body = json!({"id": "k1", "text": "first", "author": "ann"});
+    let (code, first) = post(&url, "c", body.clone()).await;
+    assert_eq!(code, 201);
+    for i in 0..3 {
+        assert_eq!(
+            post(&url, "c", json!({"text": format!("more {i}")}))
+                .await
+                .0,
+            201
+        );
+    }
+    let logs = vec![cluster.logs[0].url.clone()];
+    wait_position(&logs, "persisted", 4, Duration::from_secs(20)).await;
+    let _: u64 = redis::cmd("XTRIM")
+        .arg("chat:stream")
+        .arg("MINID")
+        .arg("100-0")
+        .query(&mut cluster.redis.conn())
+        .unwrap();
+    cluster.logs[0].kill9();
+    let (code, known) = post(&url, "c", body.clone()).await;
+    let mut want = first.clone();
+    want["text"] = Value::Null;
+    assert_eq!((code, &known), (200, &want));
+    cluster.logs[0].restart();
+    wait_ready(&logs[0], Duration::from_secs(30)).await;
+    let (code, again) = post(&url, "c", body).await;
+    assert_eq!((code, &again), (200, &first));
+}
+
+/// The last position the broker handed out (`chat:seq`), read from Redis itself.
+fn broker_head(redis: &support::RedisServer) -> u64 {
+    redis::cmd("GET")
+        .arg("chat:seq")
+        .query::<Option<u64>>(&mut redis.conn())
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// Issue 9 (c): every write has a definite answer. Redis is stopped (SIGSTOP) for longer than the
+/// node's response timeout while clients write, with and without ids, over HTTP and WebSocket.
+/// A stall shorter than the node's resolve window ends in `503 not_stored` (the node fenced the
+/// write once Redis answered); a longer one in `504 unknown` with the id to retry with, and the
+/// queued writes are refused by their deadline once Redis runs again. Every answer is true, and
+/// retrying with the answered id stores each message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_broker_gets_true_answers_and_retries_never_store_twice() {
+    let cluster = Cluster::start(1, 1).await;
+    let url = cluster.nodes[0].url.clone();
+    assert_eq!(post(&url, "c", json!({"text": "warm-up"})).await.0, 201);
+
+    // Stalls of 6 s (resolved when Redis runs again) and 9 s (unknown: Redis is still stopped
+    // when the resolve budget ends, 7 s after the write started).
+    for (stall, want_status, want_outcome) in [(6, 503, "not_stored"), (9, 504, "unknown")] {
+        let tag = format!("stall-{stall}");
+        cluster.redis.pause();
+        let started = Instant::now();
+        let mut writes = Vec::new();
+        for (text, id) in [
+            (format!("{tag} without id"), None),
+            (format!("{tag} with id"), Some(format!("{tag}-k"))),
+        ] {
+            let url = url.clone();
+            writes.push(tokio::spawn(async move {
+                let mut body = json!({"text": text, "author": "ann"});
+                if let Some(id) = &id {
+                    body["id"] = json!(id);
+                }
+                let (code, answer) = post(&url, "c", body).await;
+                (text, id, code, answer)
+            }));
+        }
+        let ws_id = format!("{tag}-ws");
+        let ws_write = {
+            let (url, ws_id, text) = (url.clone(), ws_id.clone(), format!("{tag} over ws"));
+            tokio::spawn(async move {
+                let ws_url = format!(
+                    "{}/ws?channel=c&live=false",
+                    url.replace("http://", "ws://")
+                );
+                let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+                let frame = json!({"type": "send", "text": text, "author": "ann", "id": ws_id});
+                ws.send(Frame::Text(frame.to_string().into()))
+                    .await
+                    .unwrap();
+                let reply = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                serde_json::from_str::<Value>(reply.to_text().unwrap()).unwrap()
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(stall).saturating_sub(started.elapsed())).await;
+        cluster.redis.resume();
+        let mut answers = Vec::new();
+        for w in writes {
+            answers.push(w.await.unwrap());
+        }
+        let ws_answer = ws_write.await.unwrap();
+        eprintln!("{tag}: {answers:?} ws {ws_answer}");
+
+        // Once writes work again, each answer is checked against the history.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while post(&url, "probe", json!({"text": "p"})).await.0 != 201 {
+            assert!(Instant::now() < deadline, "writes did not resume");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let head = broker_head(&cluster.redis);
+        wait_position(
+            std::slice::from_ref(&url),
+            "position",
+            head,
+            Duration::from_secs(10),
+        )
+        .await;
+        let history = read_all(&url, "c").await;
+        let count = |text: &str| history.iter().filter(|m| m.text == text).count();
+        assert_eq!(ws_answer["type"], "error", "{tag}: {ws_answer}");
+        assert_eq!(ws_answer["id"], ws_id.as_str(), "{tag}: {ws_answer}");
+        assert_eq!(ws_answer["outcome"], want_outcome, "{tag}: {ws_answer}");
+        assert_eq!(
+            count(&format!("{tag} over ws")),
+            0,
+            "{tag}: ws write stored"
+        );
+        let mut retries = Vec::new();
+        for (text, id, code, answer) in answers {
+            assert_eq!(code, want_status, "{tag} {text}: {answer}");
+            assert_eq!(answer["outcome"], want_outcome, "{tag} {text}: {answer}");
+            let answered_id = answer["id"].as_str().expect("error names the id");
+            if let Some(id) = &id {
+                assert_eq!(answered_id, id);
+            } else {
+                assert_eq!(answered_id.len(), 36, "a generated UUID: {answer}");
+            }
+            // Not stored, and (past its deadline) never will be.
+            assert_eq!(
+                count(&text),
+                0,
+                "{tag}: {text:?} answered {code} yet stored"
+            );
+            retries.push((text, answered_id.to_owned()));
+        }
+        // Retrying with the answered id stores each message once; a second retry repeats it.
+        for (text, id) in retries {
+            let body = json!({"text": text, "author": "ann", "id": id});
+            let (code, first) = post(&url, "c", body.clone()).await;
+            assert_eq!(code, 201, "{tag} retry of {text}: {first}");
+            let (code, second) = post(&url, "c", body).await;
+            assert_eq!((code, &second), (200, &first));
+        }
+        let head = broker_head(&cluster.redis);
+        wait_position(
+            std::slice::from_ref(&url),
+            "position",
+            head,
+            Duration::from_secs(10),
+        )
+        .await;
+        let history = read_all(&url, "c").await;
+        for suffix in ["without id", "with id"] {
+            let text = format!("{tag} {suffix}");
+            assert_eq!(
+                history.iter().filter(|m| m.text == text).count(),
+                1,
+                "{text}"
+            );
+        }
+    }
+    // The three writes of the long stall are counted.
+    let metrics = http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "chat_server_writes_outcome_unknown_total 3"),
+        "{metrics}"
+    );
+}
+
+/// Redis killed (its connections drop): writes get `503` (not stored) or `504` (unknown, with the
+/// id) and never a false answer; after Redis restarts on its AOF, a retry with the answered id
+/// stores each message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_broker_gets_true_answers_and_retries_never_store_twice() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let url = cluster.nodes[0].url.clone();
+    assert_eq!(post(&url, "c", json!({"text": "warm-up"})).await.0, 201);
+    cluster.redis.kill();
+    let mut answers = Vec::new();
+    for i in 0..3 {
+        let text = format!("while killed {i}");
+        let started = Instant::now();
+        let (code, answer) = post(&url, "c", json!({"text": text, "author": "ann"})).await;
+        eprintln!("{text}: {code} after {:?}: {answer}", started.elapsed());
+        assert!(code == 503 || code == 504, "{text}: {code} {answer}");
+        let outcome = if code == 503 { "not_stored" } else { "unknown" };
+        assert_eq!(answer["outcome"], outcome, "{answer}");
+        answers.push((text, code, answer["id"].as_str().unwrap().to_owned()));
+    }
+    cluster.redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post(&url, "probe", json!({"text": "p"})).await.0 != 201 {
+        assert!(Instant::now() < deadline, "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let head = broker_head(&cluster.redis);
+    wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        head,
+        Duration::from_secs(10),
+    )
+    .await;
+    let history = read_all(&url, "c").await;
+    for (text, code, id) in &answers {
+        if *code == 503 {
+            assert!(
+                history.iter().all(|m| &m.text != text),
+                "{text} answered 503 yet stored"
+            );
+        }
+        let (retry, _) = post(&url, "c", json!({"text": text, "author": "ann", "id": id})).await;
+        assert!(retry == 201 || retry == 200, "retry of {text}: {retry}");
+    }
+    let head = broker_head(&cluster.redis);
+    wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        head,
+        Duration::from_secs(10),
+    )
+    .await;
+    let history = read_all(&url, "c").await;
+    for (text, _, _) in &answers {
+        assert_eq!(
+            history.iter().filter(|m| &m.text == text).count(),
+            1,
+            "{text}"
+        );
+    }
 }
 
 /// Sends a request head and as much of `body` as the server takes, then reads the answer.

@@ -6,7 +6,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use chat_server::broker::{Broker, WriteOutcome};
+use chat_server::broker::Broker;
 use chat_server::message::{Message, NewMessage};
 use futures::StreamExt;
 use support::{LOG_BIN, Proc, RedisServer, free_port, http, snapshot, status};
@@ -102,9 +102,7 @@ async fn write_n(broker: &Broker, tag: &str, n: usize) -> Vec<u64> {
                     .write(&msg, "unused", 1_764_000_000_000 + i as i64, 0)
                     .await
                 {
-                    Ok(WriteOutcome::Accepted(m)) | Ok(WriteOutcome::Duplicate(m)) => {
-                        return m.position;
-                    }
+                    Ok(outcome) => return outcome.position(),
                     Err(e) => {
                         assert!(Instant::now() < deadline, "write kept failing: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{page_body, read_page, write};
+use super::{original_body, page_body, read_page, write};
 use crate::broker::WriteOutcome;
 use crate::http::{ApiError, PageQuery};
 use crate::message::{DEFAULT_CHANNEL, NewMessage, validate_channel};
@@ -69,7 +69,9 @@ pub(super) async fn post_message(
     let outcome = write(&node, parsed.into_new_message(channel)).await?;
     Ok(match outcome {
         WriteOutcome::Accepted(m) => (StatusCode::CREATED, Json(m)).into_response(),
-        WriteOutcome::Duplicate(m) => (StatusCode::OK, Json(m)).into_response(),
+        WriteOutcome::Duplicate(o) => {
+            (StatusCode::OK, Json(original_body(&node, o).await)).into_response()
+        }
     })
 }
 

@@ -14,8 +14,8 @@ use axum::routing::get;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::broker::WriteOutcome;
-use crate::http::{ApiError, MessagesPage, metrics_response};
+use crate::broker::{BrokerError, Original, WriteOutcome};
+use crate::http::{ApiError, MessagesPage, WriteFate, metrics_response};
 use crate::message::{Message, NewMessage, now_millis};
 use crate::node::store::LocalPage;
 use crate::node::{Node, Phase};
@@ -68,28 +68,36 @@ async fn metrics(State(node): State<Node>) -> Response {
     metrics_response(&node.metrics().registry)
 }
 
-/// Writes one message through the broker: validation, then the Lua script. The answer comes
-/// only after Redis accepted the write.
+/// Writes one message through the broker: validation, then the Lua script. Every write has an
+/// id (the client's, or a generated UUID). `Ok` means stored (new or an earlier write with the
+/// same id); an error is `400`/`413` (bad input), `503` (not stored) or `504` (outcome unknown),
+/// the last two naming the id to retry with (docs/api.md, "Write semantics").
 pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, ApiError> {
     if let Err(e) = msg.validate(node.settings().max_message_bytes) {
         node.metrics().rejected.inc();
         return Err(e.into());
     }
+    let generated = uuid::Uuid::new_v4().to_string();
+    let id = msg.id.clone().unwrap_or_else(|| generated.clone());
     let Some(broker) = node.broker() else {
-        return Err(ApiError::unavailable(
+        return Err(ApiError::write_failed(
             "broker unavailable: not connected yet",
+            id,
+            WriteFate::NotStored,
         ));
     };
     let started = std::time::Instant::now();
-    let id = uuid::Uuid::new_v4().to_string();
     let holds = node.read().cursor();
     let outcome = broker
-        .write(&msg, &id, now_millis(), holds)
+        .write(&msg, &generated, now_millis(), holds)
         .await
         .map_err(|e| {
             node.metrics().broker_errors.inc();
-            tracing::warn!(error = %e, "write failed");
-            ApiError::unavailable(format!("broker unavailable: {e}"))
+            if e.is_outcome_unknown() {
+                node.metrics().outcome_unknown.inc();
+            }
+            tracing::warn!(error = %e, id = %id, "write failed");
+            write_error(&e, id)
         })?;
     node.metrics()
         .write_seconds
@@ -99,6 +107,55 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
         WriteOutcome::Duplicate(_) => node.metrics().duplicates.inc(),
     };
     Ok(outcome)
+}
+
+/// The answer to a write the broker did not store, or may have: `504` with outcome `unknown` when
+/// the broker could not tell, else `503` with outcome `not_stored`.
+fn write_error(e: &BrokerError, id: String) -> ApiError {
+    if e.is_outcome_unknown() {
+        ApiError::write_failed(
+            format!("outcome unknown: {e}; retry with the same id"),
+            id,
+            WriteFate::Unknown,
+        )
+    } else {
+        ApiError::write_failed(format!("broker unavailable: {e}"), id, WriteFate::NotStored)
+    }
+}
+
+/// The original message of a repeated id as the HTTP API answers it (`200`). The text comes from
+/// the broker's stream entry; once that was trimmed, from this node's history by position (memory,
+/// then the replication log). When neither holds it, the answer has `"text": null`.
+pub(crate) async fn original_body(node: &Node, original: Original) -> serde_json::Value {
+    let message = match original.message() {
+        Some(m) => Some(m),
+        None => read_page(
+            node,
+            &original.channel,
+            original.position.saturating_sub(1),
+            original.position,
+            1,
+        )
+        .await
+        .ok()
+        .and_then(|page| page.into_iter().next())
+        .filter(|m| m.position == original.position && m.id == original.id)
+        .map(Arc::unwrap_or_clone),
+    };
+    let known = message.is_some();
+    let message = message.unwrap_or_else(|| Message {
+        position: original.position,
+        channel: original.channel,
+        id: original.id,
+        author: original.author,
+        text: String::new(),
+        sent_at: original.sent_at,
+    });
+    let mut body = serde_json::to_value(&message).unwrap_or_default();
+    if !known {
+        body["text"] = serde_json::Value::Null;
+    }
+    body
 }
 
 /// One page of a channel: from memory when the window holds it, else from the replication log
@@ -163,4 +220,46 @@ pub(crate) async fn read_page(
 /// A page as the HTTP API answers it.
 pub(crate) fn page_body(page: Vec<Arc<Message>>) -> MessagesPage {
     MessagesPage::new(page.into_iter().map(Arc::unwrap_or_clone).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Broker error → status, outcome and id of the answer.
+    #[test]
+    fn write_errors_say_whether_anything_was_stored() {
+        let table: Vec<(BrokerError, StatusCode, WriteFate)> = vec![
+            (
+                BrokerError::NotAnchored,
+                StatusCode::SERVICE_UNAVAILABLE,
+                WriteFate::NotStored,
+            ),
+            (
+                BrokerError::DeadlinePassed,
+                StatusCode::SERVICE_UNAVAILABLE,
+                WriteFate::NotStored,
+            ),
+            (
+                BrokerError::Abandoned("timed out".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                WriteFate::NotStored,
+            ),
+            (
+                BrokerError::Protocol("x".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                WriteFate::NotStored,
+            ),
+            (
+                BrokerError::OutcomeUnknown("timed out".into()),
+                StatusCode::GATEWAY_TIMEOUT,
+                WriteFate::Unknown,
+            ),
+        ];
+        for (e, status, fate) in table {
+            let answer = write_error(&e, "k1".into());
+            assert_eq!(answer.status, status, "{e}");
+            assert_eq!(answer.write, Some(("k1".to_owned(), fate)), "{e}");
+        }
+    }
 }

@@ -305,9 +305,14 @@ async fn handle_client_frame(node: &Node, channel: &str, text: &str) -> String {
         text: text.unwrap_or_default(),
     };
     match write(node, msg).await {
-        Ok(WriteOutcome::Accepted(m) | WriteOutcome::Duplicate(m)) => {
-            serde_json::json!({"type": "ack", "id": m.id, "position": m.position}).to_string()
-        }
+        Ok(WriteOutcome::Accepted(m)) => ack(&m.id, m.position),
+        Ok(WriteOutcome::Duplicate(o)) => ack(&o.id, o.position),
+        Err(ApiError {
+            reason,
+            write: Some((id, fate)),
+            ..
+        }) => serde_json::json!({"type": "error", "id": id, "error": reason, "outcome": fate})
+            .to_string(),
         Err(e) => error_frame(id.as_deref(), &e.reason),
     }
 }
@@ -333,6 +338,10 @@ fn lost_frame(from: u64, to: u64, void_to: u64) -> String {
         ),
     })
     .to_string()
+}
+
+fn ack(id: &str, position: u64) -> String {
+    serde_json::json!({"type": "ack", "id": id, "position": position}).to_string()
 }
 
 fn error_frame(id: Option<&str>, reason: &str) -> String {

@@ -23,6 +23,8 @@ pub struct NodeMetrics {
     pub broker_errors: Counter,
     pub history_unavailable: Counter,
     pub history_resets: Counter,
+    /// Writes answered `504`: the broker could not be asked whether they were stored.
+    pub outcome_unknown: Counter,
 }
 
 impl Default for NodeMetrics {
@@ -44,6 +46,7 @@ impl Default for NodeMetrics {
             broker_errors: Counter::default(),
             history_unavailable: Counter::default(),
             history_resets: Counter::default(),
+            outcome_unknown: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -120,6 +123,11 @@ impl Default for NodeMetrics {
             "history_resets",
             "Readers told that positions they hold were lost in a broker data loss",
             m.history_resets.clone(),
+        );
+        registry.register(
+            "writes_outcome_unknown",
+            "Writes answered 504: the broker could not be asked whether they were stored",
+            m.outcome_unknown.clone(),
         );
         NodeMetrics { registry, ..m }
     }

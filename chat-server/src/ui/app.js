@@ -13,9 +13,10 @@
  *     network), it reconnects with exponential backoff and jitter, with after=<highest position
  *     held>, so the server replays exactly what was missed;
  *   - sending: POST /channels/C/messages with a client-generated id. A retry (automatic after a
- *     network error, or the user pressing Enter again after a 503) reuses the id, so the server
- *     stores the message at most once. Errors are shown with their cause: 413 too long,
- *     503 broker unavailable, 400 invalid input;
+ *     network error, or the user pressing Enter again after a 503 or 504) reuses the id and the
+ *     author, so the server stores the message at most once (ids are per author). Errors are
+ *     shown with their cause: 413 too long, 503 broker unavailable (not stored), 504 outcome
+ *     unknown (retry to settle it), 400 invalid input;
  *   - the header: the node id and phase from GET /status, and the connection state;
  *   - the author name, remembered in localStorage.
  *
@@ -68,7 +69,7 @@
   let ws = null;
   let reconnectTimer = null;
   let attempts = 0;
-  let pending = null;         // {id, text, channel} of the send not yet confirmed
+  let pending = null;         // {id, text, channel, author} of the send not yet confirmed
   let channels = [];          // last GET /channels answer
 
   // --- small helpers -------------------------------------------------------------------------
@@ -542,6 +543,8 @@
         return `Message too long: ${reason}. Shorten it and send again.`;
       case 503:
         return `Broker unavailable, the message was not stored: ${reason}. Press Enter to retry.`;
+      case 504:
+        return `Broker unavailable, the message may or may not be stored: ${reason}. Press Enter to retry (it will not be stored twice).`;
       case 400:
         return `Message rejected: ${reason}.`;
       default:
@@ -557,11 +560,11 @@
     }
     const target = channel;
     // The same text again on the same channel after a failure is a retry: same id, stored once.
-    if (!pending || pending.text !== text || pending.channel !== target) {
-      pending = { id: newId(), text, channel: target };
+    const author = el.author.value.trim();
+    if (!pending || pending.text !== text || pending.channel !== target || pending.author !== author) {
+      pending = { id: newId(), text, channel: target, author };
     }
     const { id } = pending;
-    const author = el.author.value.trim();
     const body = JSON.stringify(author ? { id, text, author } : { id, text });
     el.send.disabled = true;
     showSendError('');
@@ -595,7 +598,8 @@
           return;
         }
         showSendError(explain(res.status, answer.error || res.statusText || 'no reason given'));
-        if (res.status !== 503) pending = null; // a 4xx will not get better by retrying
+        // A 4xx will not get better by retrying; after a 503 or 504 the same id settles it.
+        if (res.status !== 503 && res.status !== 504) pending = null;
         return;
       }
     } finally {

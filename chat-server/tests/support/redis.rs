@@ -1,5 +1,6 @@
 //! A real `redis-server` per test: free port, temp dir, AOF on, killed on drop. Can be restarted
-//! on the same data, killed, or wiped (restarted empty) to simulate broker loss.
+//! on the same data, killed, wiped (restarted empty) to simulate broker loss, or paused and
+//! resumed (SIGSTOP/SIGCONT) to simulate a stalled broker.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -76,9 +77,32 @@ impl RedisServer {
     /// Kills the server (SIGKILL) without touching its data.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the server with SIGSTOP: connections stay open, nothing is answered (a stalled
+    /// broker: a long fsync, a swap storm, a paused VM).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
     }
 
     /// Kills and starts it again on the same port and data (AOF replay).
