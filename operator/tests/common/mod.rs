@@ -99,7 +99,7 @@ pub async fn install_crd(client: &Client) {
     crds.patch(
         "chatclusters.chat-cluster.io",
         &PatchParams::apply("chat-cluster-tests").force(),
-        &Patch::Apply(crd::crd()),
+        &Patch::Apply(crd::crd().expect("the CRD builds")),
     )
     .await
     .expect("CRD applies");
