@@ -1,6 +1,7 @@
-//! Test-object DSL: `ChatCluster::test().with_replicas(5)`, plus builders for the Pods,
-//! Deployments and StatefulSets the status and gating tests observe. Used by unit tests and by
-//! the integration tests under `operator/tests/`.
+//! Test-object DSL: `ChatCluster::test().with_replicas(5)`, plus a builder for the chat-server
+//! Pods the gating tests observe. Compiled only into the unit tests (`#[cfg(test)]` in `lib.rs`),
+//! never into the library; the integration tests under `operator/tests/` build their objects from
+//! JSON (`common::cluster`).
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};

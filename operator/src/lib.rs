@@ -12,11 +12,13 @@
 //! - [`controller`]: the kube-runtime controller: watches, triggers, error backoff.
 //! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` HTTP server.
-//! - [`fixtures`]: a small DSL for test objects (`ChatCluster::test().with_replicas(5)`).
+//! - `fixtures` (unit tests only, `#[cfg(test)]`): a small DSL for test objects
+//!   (`ChatCluster::test().with_replicas(5)`); not part of the library's API.
 
 pub mod controller;
 pub mod crd;
-pub mod fixtures;
+#[cfg(test)]
+mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod probe;

@@ -324,10 +324,9 @@ async fn phase(api: &Api<ChatCluster>, name: &str) -> Option<Phase> {
 }
 
 #[tokio::test]
+#[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn gate_passes_live_chat_servers_only_and_degrades_after_the_timeout() {
-    let Some((kc, client, _serial)) = k8s_session().await else {
-        return;
-    };
+    let (kc, client, _serial) = k8s_session().await;
 
     // The data plane, with the live node's log held back.
     let mut host = TestHost::start();

@@ -314,7 +314,7 @@ async fn follow(
         let cursor = node.read().cursor();
         let head = node.head().max(cursor);
         node.metrics().lag.set((head - cursor) as i64);
-        if node.phase() == Phase::CatchingUp && cursor >= target {
+        if node.phase() == Ok(Phase::CatchingUp) && cursor >= target {
             info!(position = cursor, "caught up with the broker; live");
             node.set_phase(Phase::Live);
             node.set_error(None);

@@ -35,14 +35,23 @@ impl Phase {
         }
     }
 
-    fn from_code(code: u64) -> Phase {
+    /// The phase `code` encodes; an error for any other number, never a guess (an unknown code
+    /// read as `Live` would make a node that has not caught up report ready).
+    fn from_code(code: u64) -> Result<Phase, UnknownPhaseCode> {
         match code {
-            0 => Phase::Bootstrapping,
-            1 => Phase::CatchingUp,
-            _ => Phase::Live,
+            0 => Ok(Phase::Bootstrapping),
+            1 => Ok(Phase::CatchingUp),
+            2 => Ok(Phase::Live),
+            other => Err(UnknownPhaseCode(other)),
         }
     }
 }
+
+/// A stored phase code that no [`Phase`] encodes. Only [`Node::set_phase`] writes the code, so
+/// this is a bug; it is reported (in `/status`'s `error`, with the node not ready), not decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown node phase code {0}")]
+pub struct UnknownPhaseCode(pub u64);
 
 /// Settings of a node that the API and follower need.
 #[derive(Debug, Clone)]
@@ -133,7 +142,8 @@ impl Node {
         self.0.store.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn phase(&self) -> Phase {
+    /// The node's phase; an error when the stored code is not one (see [`UnknownPhaseCode`]).
+    pub fn phase(&self) -> Result<Phase, UnknownPhaseCode> {
         Phase::from_code(self.0.phase.load(Ordering::Acquire))
     }
 
@@ -170,27 +180,82 @@ impl Node {
         *self.0.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 
+    /// `GET /status`. A phase that does not decode is reported as the status's `error`, with the
+    /// phase `bootstrapping`: the node is then not ready, whatever the bad code was.
     pub fn status(&self) -> NodeStatus {
         let (position, messages, channels) = {
             let store = self.read();
             (store.cursor(), store.total(), store.channel_count())
         };
         let head = self.head().max(position);
+        let error = self
+            .0
+            .error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (phase, error) = match self.phase() {
+            Ok(phase) => (phase, error),
+            Err(bad) => (
+                Phase::Bootstrapping,
+                Some(match error {
+                    Some(e) => format!("{bad}; {e}"),
+                    None => bad.to_string(),
+                }),
+            ),
+        };
         NodeStatus {
             node_id: self.0.settings.node_id.clone(),
-            phase: self.phase(),
+            phase,
             position,
             head,
             lag: head - position,
             messages,
             channels,
             epoch: self.epoch(),
-            error: self
-                .0
-                .error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            error,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code decodes to its phase or is an error; nothing falls back to a default.
+    #[test]
+    fn phase_codes_decode_exactly_or_are_errors() {
+        let table: [(u64, Result<Phase, UnknownPhaseCode>); 6] = [
+            (0, Ok(Phase::Bootstrapping)),
+            (1, Ok(Phase::CatchingUp)),
+            (2, Ok(Phase::Live)),
+            (3, Err(UnknownPhaseCode(3))),
+            (42, Err(UnknownPhaseCode(42))),
+            (u64::MAX, Err(UnknownPhaseCode(u64::MAX))),
+        ];
+        for (code, want) in table {
+            assert_eq!(Phase::from_code(code), want, "code {code}");
+        }
+        for phase in [Phase::Bootstrapping, Phase::CatchingUp, Phase::Live] {
+            assert_eq!(Phase::from_code(phase.code()), Ok(phase));
+        }
+    }
+
+    /// A bad stored code makes `/status` report an error and not ready, never `live`.
+    #[test]
+    fn an_unknown_stored_code_is_reported_not_live() {
+        let settings = NodeSettings {
+            node_id: "n1".into(),
+            max_message_bytes: 4096,
+            memory_window: 16,
+            ws_queue: 16,
+        };
+        let log = LogClient::new(Vec::new());
+        let node = Node::new(settings, log);
+        node.0.phase.store(7, Ordering::Release);
+        assert_eq!(node.phase(), Err(UnknownPhaseCode(7)));
+        let status = node.status();
+        assert_eq!(status.phase, Phase::Bootstrapping);
+        assert_eq!(status.error.as_deref(), Some("unknown node phase code 7"));
     }
 }

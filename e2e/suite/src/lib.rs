@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //!
-//! - [`harness`]: finding the cluster (skip or fail when unset), kubectl, the image tags under
+//! - [`harness`]: finding the cluster (an error when unset), kubectl, the image tags under
 //!   test, installing the operator with `kubectl apply -k`, test namespaces, polling.
 //! - [`proxy`]: GET/POST through `/api/v1/namespaces/{ns}/{services|pods}/{name}:{port}/proxy/…`.
 //! - [`cluster`]: one ChatCluster under test: create, wait for phases, scale, patch, list its pods,
@@ -18,7 +18,7 @@
 //!   other and against the accepted messages (dense, same order, nothing lost or duplicated).
 //! - [`monitor`]: a pod watcher plus `/status` sampler recording per-pod readiness transitions
 //!   against the pods' own phase and lag, with the rollout checks computed from that timeline.
-//! - [`scenario`]: the frame of every test: skip or set up a Running ChatCluster in a fresh
+//! - [`scenario`]: the frame of every test: set up a Running ChatCluster in a fresh
 //!   namespace, start loads, check every holder's history, delete the namespace.
 
 pub mod cluster;

@@ -1,4 +1,4 @@
-//! The frame every scenario shares: find the cluster (or skip), install the operator, create a
+//! The frame every scenario shares: find the cluster (or fail), install the operator, create a
 //! namespace and a ChatCluster `demo` in it, wait until it is Running; load helpers; checking the
 //! histories of every holder; deleting the namespace at the end.
 
@@ -26,15 +26,10 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Sets up a Running ChatCluster from [`test_spec`] changed by `edit`; `None` when the suite
-    /// is skipped (no cluster configured).
-    pub async fn start(
-        prefix: &str,
-        edit: impl FnOnce(&mut ChatClusterSpec),
-    ) -> Result<Option<Scenario>> {
-        let Some(harness) = Harness::from_env().await? else {
-            return Ok(None);
-        };
+    /// Sets up a Running ChatCluster from [`test_spec`] changed by `edit`; an error when no
+    /// cluster is configured.
+    pub async fn start(prefix: &str, edit: impl FnOnce(&mut ChatClusterSpec)) -> Result<Scenario> {
+        let harness = Harness::from_env().await?;
         let started = Instant::now();
         harness
             .install_operator()
@@ -52,12 +47,12 @@ impl Scenario {
             row.ready,
             started.elapsed()
         );
-        Ok(Some(Scenario {
+        Ok(Scenario {
             harness,
             cluster,
             namespace,
             started,
-        }))
+        })
     }
 
     /// Time since [`Scenario::start`] began.

@@ -28,10 +28,9 @@ fn image_of(pod: &Pod) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs a Kubernetes cluster: run by e2e/run-suite"]
 async fn rolling_update_under_load() {
-    let Some(s) = Scenario::start("rollout", |_| {}).await.unwrap() else {
-        return;
-    };
+    let s = Scenario::start("rollout", |_| {}).await.unwrap();
     let ns = s.cluster.namespace.clone();
     let next = s.harness.images.chat_server_next.clone();
     let spec = |component: Component, port, gate: Option<&str>| MonitorSpec {
@@ -167,14 +166,13 @@ async fn set_log_component(s: &Scenario, pods: &[String], component: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs a Kubernetes cluster: run by e2e/run-suite"]
 async fn chat_server_that_cannot_catch_up_stops_the_rollout() {
-    let Some(s) = Scenario::start("stuck", |spec| {
+    let s = Scenario::start("stuck", |spec| {
         spec.rollout.catch_up_timeout = "30s".to_owned()
     })
     .await
-    .unwrap() else {
-        return;
-    };
+    .unwrap();
     let ns = s.cluster.namespace.clone();
     let report = s
         .load(CHANNEL, 4, Pace::Count(200), "before")
