@@ -127,6 +127,19 @@ pub fn void_after(cursor: u64, base: u64, anchor: u64) -> Option<u64> {
     (cursor == base && anchor > base).then_some(anchor)
 }
 
+/// How long a component may go without a successful broker round trip before it checks whether
+/// the others moved on without it.
+pub const BROKER_SILENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a component that has not reached the broker for `silence` is *cut off*: the broker is
+/// unreachable for it alone, so it may not be current. That is the case when, after
+/// [`BROKER_SILENCE`], another part of the cluster (a replica) holds positions past `holds`;
+/// when nobody is ahead, the broker is down for everyone and nothing was accepted meanwhile, so
+/// the component stays ready and keeps serving what it has.
+pub fn is_cut_off(silence: std::time::Duration, holds: u64, others_hold: Option<u64>) -> bool {
+    silence >= BROKER_SILENCE && others_hold.is_some_and(|p| p > holds)
+}
+
 /// How a resuming reader's position relates to the history a node holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
@@ -310,6 +323,28 @@ mod tests {
                 void_after(cursor, base, anchor),
                 want,
                 "{cursor} {base} {anchor}"
+            );
+        }
+    }
+
+    #[test]
+    fn cut_off_table() {
+        use std::time::Duration;
+        let s = |secs| Duration::from_secs(secs);
+        // (silence, holds, furthest other) -> cut off
+        let rows = [
+            (s(0), 10, Some(50), false),  // just heard from the broker
+            (s(4), 10, Some(50), false),  // not silent long enough yet
+            (s(5), 10, Some(50), true),   // silent, and a replica moved on
+            (s(60), 50, Some(50), false), // silent, but nobody is ahead: broker-wide outage
+            (s(60), 50, Some(40), false), // the others are behind
+            (s(60), 50, None, false),     // nobody to ask
+        ];
+        for (silence, holds, others, want) in rows {
+            assert_eq!(
+                is_cut_off(silence, holds, others),
+                want,
+                "{silence:?} {holds} {others:?}"
             );
         }
     }

@@ -4,7 +4,9 @@
 //!   issue "Replication protocol"): pages are complete up to their end or a 503, the WebSocket
 //!   replay says `waiting` and goes on without a hole once the log catches up;
 //! - a position is never handed out twice after the broker loses its data while the log lags
-//!   (input 2), and a reader holding lost positions is told so with a `lost` frame.
+//!   (input 2), and a reader holding lost positions is told so with a `lost` frame;
+//! - a node cut off from a broker the others still reach notices within seconds, says so in
+//!   `/status`, and is not ready until it reaches the broker again (kind d).
 
 mod support;
 
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use support::{Cluster, http, post, wait_position, wait_ready};
+use support::{Cluster, http, post, status, wait_position, wait_ready};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 type Ws =
@@ -264,4 +266,58 @@ async fn a_broker_loss_never_hands_a_position_out_twice() {
         positions(&page),
         (1..=5).chain(new.iter().copied()).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_broker_stops_counting_itself_ready() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let proxy = support::proxy::Proxy::start(cluster.redis.port()).await;
+    let b = cluster.add_node_via(&proxy.url()).await;
+    let (a, b) = (cluster.nodes[0].url.clone(), cluster.nodes[b].url.clone());
+    for i in 0..5 {
+        post_ok(&a, "c", &format!("before {i}")).await;
+    }
+    wait_position(
+        &[a.clone(), b.clone()],
+        "position",
+        5,
+        Duration::from_secs(20),
+    )
+    .await;
+    proxy.pause();
+    for i in 0..10 {
+        post_ok(&a, "c", &format!("while b is cut off {i}")).await;
+    }
+    // Within the silence bound (5 s) plus a watchdog round, b says it is cut off and unready.
+    let started = Instant::now();
+    let s = loop {
+        let r = http().get(format!("{b}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            break status(&b).await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "b stayed ready while cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        s["error"].as_str().is_some_and(|e| e.contains("cut off")),
+        "{s}"
+    );
+    assert_eq!(s["position"], 5, "{s}");
+    // a, which reaches the broker, stays ready throughout.
+    let r = http().get(format!("{a}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Back in touch: b catches up and is ready again.
+    proxy.resume();
+    wait_position(
+        std::slice::from_ref(&b),
+        "position",
+        15,
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_ready(&b, Duration::from_secs(30)).await;
+    assert!(status(&b).await["error"].is_null());
 }

@@ -17,8 +17,8 @@ use tracing::Level;
 use crate::broker::{BrokerError, Original, WriteOutcome};
 use crate::http::{ApiError, MessagesPage, WriteFate, metrics_response};
 use crate::message::{Message, NewMessage, now_millis};
+use crate::node::Node;
 use crate::node::store::LocalPage;
-use crate::node::{Node, Phase};
 
 /// Builds the router of a node.
 pub fn router(node: Node) -> Router {
@@ -52,11 +52,15 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(node): State<Node>) -> Response {
     let status = node.status();
-    if status.phase == Phase::Live {
+    if node.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
-        ApiError::unavailable(format!("phase is {:?}, lag {}", status.phase, status.lag))
-            .into_response()
+        let why = status.error.map(|e| format!(": {e}")).unwrap_or_default();
+        ApiError::unavailable(format!(
+            "phase is {:?}, lag {}{why}",
+            status.phase, status.lag
+        ))
+        .into_response()
     }
 }
 

@@ -21,6 +21,11 @@ use crate::log_client::{LogClient, LogClientError};
 use crate::message::Message;
 use crate::protocol::{anchor_position, epoch_fits, next_limit, split_dense, void_after};
 
+/// A blocking read that has not answered this long after its block time is given up: the
+/// connection is presumed dead (a partition sends no FIN) and is opened again.
+const READ_GRACE: Duration = Duration::from_secs(2);
+/// How often the watchdog checks whether the replica is cut off from the broker.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// Most messages one XREAD returns.
 const READ_COUNT: usize = 1000;
 /// How long one XREAD blocks.
@@ -45,6 +50,8 @@ pub enum FollowError {
     Diverged(String),
     #[error("storage task failed: {0}")]
     Task(String),
+    #[error("no answer to a blocking read from the broker within {0:?}; reconnecting")]
+    Silent(Duration),
 }
 
 impl From<Cancelled> for FollowError {
@@ -168,6 +175,7 @@ fn write_marker(data_dir: &Path, path: &Path, epoch: &str) -> Result<(), StoreEr
 pub async fn run(replica: Replica, redis_url: String, shutdown: CancellationToken) {
     let span = info_span!("follower", replica_id = %replica.settings().replica_id);
     async move {
+        tokio::spawn(watch_contact(replica.clone(), shutdown.clone()));
         if replica.store().persisted() == 0 && !replica.settings().peers.is_empty() {
             replica.set_phase(Phase::Bootstrapping);
             if let Err(FollowError::Shutdown) = bootstrap_from_peer(&replica, &shutdown).await {
@@ -247,10 +255,14 @@ async fn session(
         let persisted = replica.store().persisted();
         let batch = tokio::select! {
             _ = shutdown.cancelled() => return Err(FollowError::Shutdown),
-            r = reader.read_after(persisted, READ_COUNT, READ_BLOCK) => r?,
+            r = tokio::time::timeout(READ_BLOCK + READ_GRACE, reader.read_after(persisted, READ_COUNT, READ_BLOCK)) => match r {
+                Ok(r) => r?,
+                Err(_) => return Err(FollowError::Silent(READ_BLOCK + READ_GRACE)),
+            },
         };
         backoff.reset();
         let state = broker.state().await?;
+        replica.touch_broker();
         replica.set_head(state.head);
         if state.epoch.as_deref() != Some(epoch.as_str()) || state.head < persisted {
             // Whatever this read returned may belong to another history: drop it and sort out
@@ -295,6 +307,53 @@ async fn session(
             last_trim = Instant::now();
             trim(replica, broker).await?;
         }
+    }
+}
+
+/// Watches the broker round trips: after [`crate::protocol::BROKER_SILENCE`] without one, asks
+/// the peers how far they have persisted; if one holds positions past this replica, the others
+/// still reach the broker and this replica is cut off: it reports that (so nodes page from a
+/// peer) and is not ready until it hears from the broker again. A broker down for everyone leaves
+/// a live replica ready.
+async fn watch_contact(replica: Replica, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        let Some(silence) = replica.broker_silence() else {
+            continue;
+        };
+        if silence < crate::protocol::BROKER_SILENCE {
+            if replica.cut_off().is_some() {
+                info!("reached the broker again; no longer cut off");
+                replica.set_cut_off(None);
+            }
+            continue;
+        }
+        let holds = replica.store().persisted();
+        let peers = peer_statuses(&replica).await;
+        let furthest = peers.iter().max_by_key(|(_, s)| s.persisted);
+        let others = furthest.map(|(_, s)| s.persisted);
+        let why = match (
+            crate::protocol::is_cut_off(silence, holds, others),
+            furthest,
+        ) {
+            (true, Some((url, s))) => Some(format!(
+                "cut off from the broker for {}s while peer {url} has persisted position {} past this \
+                 replica's {holds}; not ready until the broker answers again",
+                silence.as_secs(),
+                s.persisted
+            )),
+            _ => None,
+        };
+        if why.is_some() && replica.cut_off().is_none() {
+            warn!(
+                reason = why.as_deref().unwrap_or_default(),
+                "cut off from the broker"
+            );
+        }
+        replica.set_cut_off(why);
     }
 }
 

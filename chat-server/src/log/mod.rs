@@ -101,6 +101,10 @@ struct State {
     error: Option<String>,
     broker_loss: Option<String>,
     limit: u64,
+    /// When the follower last completed a broker round trip.
+    contact: Option<std::time::Instant>,
+    /// Why this replica is cut off from a broker its peers still reach, if it is.
+    cut_off: Option<String>,
 }
 
 /// Everything a replica's tasks share. Cheap to clone.
@@ -132,6 +136,8 @@ impl Replica {
                 error: None,
                 broker_loss: None,
                 limit: 0,
+                contact: None,
+                cut_off: None,
             }),
             metrics,
         }))
@@ -216,10 +222,30 @@ impl Replica {
         self.state().limit = limit;
     }
 
-    /// Ready: caught up with the broker head and nothing wrong.
+    /// Records a completed broker round trip.
+    pub(crate) fn touch_broker(&self) {
+        self.state().contact = Some(std::time::Instant::now());
+    }
+
+    /// Time since the last completed broker round trip (`None` before the first).
+    pub fn broker_silence(&self) -> Option<std::time::Duration> {
+        self.state().contact.map(|t| t.elapsed())
+    }
+
+    pub(crate) fn set_cut_off(&self, why: Option<String>) {
+        self.state().cut_off = why;
+    }
+
+    /// Why this replica is cut off from a broker its peers still reach (not ready meanwhile).
+    pub fn cut_off(&self) -> Option<String> {
+        self.state().cut_off.clone()
+    }
+
+    /// Ready: caught up with the broker head, nothing wrong, and not cut off from a broker its
+    /// peers still reach.
     pub fn is_ready(&self) -> bool {
         let state = self.state();
-        state.phase == Phase::Live && state.error.is_none()
+        state.phase == Phase::Live && state.error.is_none() && state.cut_off.is_none()
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -235,7 +261,7 @@ impl Replica {
             messages,
             limit: state.limit,
             epoch: state.epoch.clone(),
-            error: state.error.clone(),
+            error: state.cut_off.clone().or_else(|| state.error.clone()),
             broker_loss: state.broker_loss.clone(),
         }
     }

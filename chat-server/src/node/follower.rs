@@ -22,6 +22,11 @@ use crate::protocol::{Gap, split_dense, void_after};
 const READ_COUNT: usize = 1000;
 /// How long one `XREAD` blocks.
 const READ_BLOCK: Duration = Duration::from_millis(1000);
+/// A blocking read that has not answered this long after its block time is given up: the
+/// connection is presumed dead (a partition sends no FIN) and is opened again.
+const READ_GRACE: Duration = Duration::from_secs(2);
+/// How often the watchdog checks whether the node is cut off from the broker.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How often the broker's epoch and head are checked while messages flow.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -61,6 +66,8 @@ pub async fn run(node: Node, redis_url: String, shutdown: CancellationToken) {
         None => return,
     };
     node.set_broker(broker.clone());
+    node.touch_broker();
+    tokio::spawn(watch_contact(node.clone(), shutdown.clone()));
     let mut first = true;
     loop {
         if !first {
@@ -260,11 +267,22 @@ async fn follow(
         let cursor = node.read().cursor();
         let read = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = reader.read_after(cursor, READ_COUNT, READ_BLOCK) => r,
+            r = tokio::time::timeout(READ_BLOCK + READ_GRACE, reader.read_after(cursor, READ_COUNT, READ_BLOCK)) => r,
+        };
+        let Ok(read) = read else {
+            node.metrics().broker_errors.inc();
+            warn!(
+                seconds = (READ_BLOCK + READ_GRACE).as_secs(),
+                "no answer to a blocking read from the broker; reconnecting"
+            );
+            backoff.wait(shutdown).await?;
+            reader = open_reader(broker, shutdown).await?;
+            continue;
         };
         let batch = match read {
             Ok(b) => {
                 backoff.reset();
+                node.touch_broker();
                 b
             }
             Err(e) => {
@@ -322,11 +340,62 @@ async fn follow(
     }
 }
 
+/// Watches the broker round trips: after [`crate::protocol::BROKER_SILENCE`] without one, asks
+/// the replication log how far it has persisted; if a replica holds positions past this node's
+/// cursor, the others still reach the broker and this node is cut off: it reports that and is not
+/// ready until it hears from the broker again. A broker down for everyone leaves the node ready.
+async fn watch_contact(node: Node, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        let silence = node.broker_silence().unwrap_or_default();
+        // Only a live node can be cut off: before that it is not ready anyway.
+        if silence < crate::protocol::BROKER_SILENCE || !matches!(node.phase(), Ok(Phase::Live)) {
+            if node.cut_off().is_some() {
+                info!("reached the broker again; no longer cut off");
+                node.set_cut_off(None);
+            }
+            continue;
+        }
+        let holds = node.read().cursor();
+        let mut furthest: Option<(String, u64)> = None;
+        for url in node.log().urls() {
+            if let Ok(s) = node.log().status_of(url).await
+                && furthest.as_ref().is_none_or(|(_, p)| s.persisted > *p)
+            {
+                furthest = Some((url.clone(), s.persisted));
+            }
+        }
+        let others = furthest.as_ref().map(|(_, p)| *p);
+        let why = match (
+            crate::protocol::is_cut_off(silence, holds, others),
+            &furthest,
+        ) {
+            (true, Some((url, persisted))) => Some(format!(
+                "cut off from the broker for {}s while replica {url} has persisted position {persisted} \
+                 past this node's {holds}; not ready until the broker answers again",
+                silence.as_secs()
+            )),
+            _ => None,
+        };
+        if why.is_some() && node.cut_off().is_none() {
+            warn!(
+                reason = why.as_deref().unwrap_or_default(),
+                "cut off from the broker"
+            );
+        }
+        node.set_cut_off(why);
+    }
+}
+
 /// Reads the broker's identity and head; errors when it is not the broker this node follows.
 /// A sequence below what this node holds (the broker went back) retires the epoch, so the
 /// replication log anchors the broker again past every position handed out.
 async fn check_broker(node: &Node, broker: &Broker, epoch: &Epoch) -> Result<u64, FollowError> {
     let state = broker.state().await?;
+    node.touch_broker();
     let current = state.epoch.clone().unwrap_or_else(|| "<none>".to_owned());
     if current != epoch.id {
         return Err(FollowError::EpochChanged {

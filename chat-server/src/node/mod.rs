@@ -90,6 +90,10 @@ struct Inner {
     head: AtomicU64,
     epoch: Mutex<Option<String>>,
     error: Mutex<Option<String>>,
+    /// When the follower last completed a broker round trip.
+    contact: Mutex<Option<std::time::Instant>>,
+    /// Why the node is cut off from a broker the others still reach, if it is.
+    cut_off: Mutex<Option<String>>,
     broker: tokio::sync::OnceCell<Broker>,
     log: LogClient,
     metrics: NodeMetrics,
@@ -105,6 +109,8 @@ impl Node {
             head: AtomicU64::new(0),
             epoch: Mutex::new(None),
             error: Mutex::new(None),
+            contact: Mutex::new(None),
+            cut_off: Mutex::new(None),
             broker: tokio::sync::OnceCell::new(),
             log,
             metrics: NodeMetrics::default(),
@@ -176,6 +182,38 @@ impl Node {
             .clone()
     }
 
+    /// Records a completed broker round trip.
+    pub(crate) fn touch_broker(&self) {
+        *self.0.contact.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// Time since the last completed broker round trip (`None` before the first).
+    pub fn broker_silence(&self) -> Option<std::time::Duration> {
+        self.0
+            .contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    pub(crate) fn set_cut_off(&self, why: Option<String>) {
+        *self.0.cut_off.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why the node is cut off from a broker that others still reach (not ready meanwhile).
+    pub fn cut_off(&self) -> Option<String> {
+        self.0
+            .cut_off
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Ready: live, and not cut off from a broker the others still reach.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.phase(), Ok(Phase::Live)) && self.cut_off().is_none()
+    }
+
     pub(crate) fn set_error(&self, error: Option<String>) {
         *self.0.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
@@ -188,12 +226,13 @@ impl Node {
             (store.cursor(), store.total(), store.channel_count())
         };
         let head = self.head().max(position);
-        let error = self
-            .0
-            .error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let error = self.cut_off().or_else(|| {
+            self.0
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        });
         let (phase, error) = match self.phase() {
             Ok(phase) => (phase, error),
             Err(bad) => (

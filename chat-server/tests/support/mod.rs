@@ -244,13 +244,19 @@ impl Cluster {
 
     /// Starts one more node and waits until it is ready. Returns its index.
     pub async fn add_node(&mut self) -> usize {
+        let url = self.redis.url();
+        self.add_node_via(&url).await
+    }
+
+    /// As [`Cluster::add_node`], the node reaching Redis at `redis_url` (a [`proxy::Proxy`]).
+    pub async fn add_node_via(&mut self, redis_url: &str) -> usize {
         let i = self.nodes.len();
         let port = free_port();
         let mut args = vec![
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--redis-url".into(),
-            self.redis.url(),
+            redis_url.to_owned(),
             "--log-url".into(),
             self.log_list(),
             "--node-id".into(),
