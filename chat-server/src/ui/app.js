@@ -62,6 +62,7 @@
   let generation = 0;         // bumped on every channel switch; stale async work checks it
   let byPosition = new Map(); // position -> li
   let positions = [];         // ascending positions shown
+  let waiting = false;        // the 'waiting' banner is up (the replay is held)
   let floor = 0;              // everything above floor is held (0: the whole history)
   let cursor = 0;             // highest position up to which the history is complete
   let olderSpan = 0;          // width (in global positions) of the next "older" request
@@ -251,6 +252,17 @@
     renderChannels();
   }
 
+  /** Removes the messages at positions from..to (inclusive) that the cluster no longer has. */
+  function dropLost(from, to) {
+    positions = positions.filter((p) => {
+      if (p < from || p > to) return true;
+      const li = byPosition.get(p);
+      if (li) li.remove();
+      byPosition.delete(p);
+      return false;
+    });
+  }
+
   function updateHistoryTop() {
     el.historyTop.textContent = floor === 0
       ? (positions.length ? `Beginning of #${channel}` : '')
@@ -413,6 +425,15 @@
       if (f.type === 'message' && f.channel === channel) {
         addNew([f]);
         if (f.position > cursor) cursor = f.position;
+        if (waiting) { waiting = false; showBanner(''); }
+      } else if (f.type === 'waiting') {
+        // The node's memory no longer holds what follows and the history log is behind: the
+        // replay goes on (or the server closes with 1013) once the log has it.
+        waiting = true;
+        showBanner('Older messages are still being copied to the history; waiting…');
+      } else if (f.type === 'lost') {
+        dropLost(f.from, f.to);
+        showBanner(`Messages after position ${f.from - 1} up to ${f.to} were lost when the message broker lost its data.`);
       }
     };
     sock.onclose = (ev) => {
@@ -423,6 +444,7 @@
       let why = 'connection lost';
       if (ev.code === 4008) { why = 'fell behind'; delay = 100; }
       else if (ev.code === 1012) why = 'node reloading its history';
+      else if (ev.code === 1013) why = 'history not available yet';
       else if (ev.code === 1011) why = ev.reason || 'server error';
       attempts++;
       setConn(attempts > 3 ? 'offline' : 'reconnecting',
