@@ -7,7 +7,7 @@
 //!   anchoring after a broker data loss, resume points).
 //! - [`http`]: HTTP pieces both services share (JSON errors, page queries, `/metrics`).
 //! - [`log_client`]: client of the replication log's HTTP API (snapshots, pages, status).
-//! - [`telemetry`]: log set-up (`LOG_FORMAT=json`).
+//! - [`telemetry`]: tracing output (`RUST_LOG_FORMAT=json`; `LOG_FORMAT` deprecated).
 //! - [`shutdown`]: SIGTERM/SIGINT as one cancellation token.
 //! - [`backoff`]: exponential backoff between retries, cut short by shutdown.
 //! - [`config`]: flags and environment variables of the binaries.

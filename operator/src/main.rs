@@ -54,7 +54,11 @@ fn init_logging() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+    // RUST_LOG_FORMAT; the old name LOG_FORMAT is accepted for one release, with a warning.
+    let new = std::env::var("RUST_LOG_FORMAT").ok();
+    let old = std::env::var("LOG_FORMAT").ok();
+    let deprecated = new.is_none() && old.is_some();
+    if new.or(old).is_some_and(|f| f == "json") {
         builder
             .json()
             .flatten_event(true)
@@ -62,6 +66,11 @@ fn init_logging() {
             .init();
     } else {
         builder.init();
+    }
+    if deprecated {
+        tracing::warn!(
+            "LOG_FORMAT is deprecated and will be removed in the next release; set RUST_LOG_FORMAT instead"
+        );
     }
 }
 

@@ -202,7 +202,7 @@ impl Operator {
                 identity,
             ])
             .env("KUBECONFIG", kubeconfig)
-            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG_FORMAT", "json")
             .env(
                 "RUST_LOG",
                 "info,chat_cluster_operator=debug,kube_runtime=warn",
