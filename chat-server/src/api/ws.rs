@@ -191,8 +191,11 @@ enum End {
     /// The client sent a close frame; tungstenite queued the answer (RFC 6455 §5.5.1: the echo
     /// of its code, or 1002 for a code it may not send), which is flushed.
     ClientClosed,
-    /// The node closes with this code and reason.
+    /// The node closes with this code and reason, and waits for the client's close.
     Close(Ending),
+    /// The client broke the protocol: the node sends this close frame and closes TCP without
+    /// waiting for an answer (RFC 6455 §7.1.7, "Fail the WebSocket Connection").
+    Fail(Ending),
     /// The connection is gone: nothing more can be sent.
     Gone,
 }
@@ -335,13 +338,13 @@ async fn session(
         End::ClientClosed => {
             let _ = timeout(timing.write, sink.close()).await;
         }
+        End::Fail(Ending { code, reason }) => {
+            debug!(code, %reason, "failing websocket");
+            let _ = timeout(timing.write, sink.send(close_frame(code, reason))).await;
+        }
         End::Close(Ending { code, reason }) => {
             debug!(code, %reason, "closing websocket");
-            let close = Frame::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            }));
-            if let Ok(Ok(())) = timeout(timing.write, sink.send(close)).await {
+            if let Ok(Ok(())) = timeout(timing.write, sink.send(close_frame(code, reason))).await {
                 // RFC 6455 §7.1.1: wait for the client's close before closing TCP.
                 let _ = timeout(timing.write, async {
                     while let Some(Ok(f)) = stream.next().await {
@@ -354,6 +357,13 @@ async fn session(
             }
         }
     }
+}
+
+fn close_frame(code: u16, reason: String) -> Frame {
+    Frame::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }))
 }
 
 /// What a frame from the client means to a session.
@@ -387,7 +397,7 @@ fn read_error(e: axum::Error) -> End {
         Err(_) => Some(CLOSE_INTERNAL),
     };
     match code {
-        Some(code) => End::Close(Ending::new(code, &format!("bad frame: {text}"))),
+        Some(code) => End::Fail(Ending::new(code, &format!("bad frame: {text}"))),
         None => End::Gone,
     }
 }
