@@ -66,6 +66,21 @@ pub fn seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(value))
 }
 
+impl NodeConfig {
+    /// Checks the flags that bound each other: the ping timeout must leave room for at least
+    /// one ping and its answer, so it must exceed the ping interval.
+    pub fn check(&self) -> Result<(), String> {
+        if self.ws_ping_timeout <= self.ws_ping_interval {
+            return Err(format!(
+                "--ws-ping-timeout ({}s) must be more than --ws-ping-interval ({}s)",
+                self.ws_ping_timeout.as_secs_f64(),
+                self.ws_ping_interval.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The machine's host name, the default identity of nodes and replicas.
 pub fn host_name() -> String {
     std::env::var("HOSTNAME")
@@ -101,6 +116,30 @@ pub fn parse_or_exit<T: Parser>(program: &str) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ping timeout must exceed the ping interval.
+    #[test]
+    fn ping_timeout_exceeds_the_interval() {
+        let cases = [
+            ("30", "60", true),
+            ("0.2", "1", true),
+            ("30", "30", false),
+            ("30", "10", false),
+        ];
+        for (interval, timeout, ok) in cases {
+            let config = NodeConfig::try_parse_from([
+                "chat-server",
+                "--ws-ping-interval",
+                interval,
+                "--ws-ping-timeout",
+                timeout,
+            ])
+            .expect("flags");
+            assert_eq!(config.check().is_ok(), ok, "{interval} {timeout}");
+        }
+        let defaults = NodeConfig::try_parse_from(["chat-server"]).expect("defaults");
+        assert_eq!(defaults.check(), Ok(()));
+    }
 
     /// Durations are positive seconds with fractions; anything else is a one-line error.
     #[test]

@@ -523,6 +523,7 @@ async fn serve_live(
                         &format!("slow consumer: fell {n} messages behind; reconnect with after={}", out.last),
                     )));
                 }
+                Err(RecvError::Closed) if stop.is_cancelled() => return Err(out.going_away()),
                 Err(RecvError::Closed) => {
                     return Err(End::Close(Ending::new(
                         CLOSE_RESET,
