@@ -8,8 +8,9 @@
 //! - bounded buffers: the tungstenite read buffer is sized for chat frames and the write buffer
 //!   holds at most one frame and a close frame;
 //! - a ping every `--ws-ping-interval`; a client silent for `--ws-ping-timeout` is closed (4009);
-//! - close codes for client faults per RFC 6455 §7.4.1, chosen by [`close_code_for`], and the
-//!   echo of a client's close (§5.5.1);
+//! - close codes for client faults per RFC 6455 §7.4.1, chosen by [`close_code_for`] (the
+//!   connection is then failed, §7.1.7: close frame, then TCP close), and the echo of a client's
+//!   close (§5.5.1);
 //! - on shutdown ([`Sessions`]), a 1001 close naming the position to resume from.
 
 use std::time::Duration;
