@@ -1,6 +1,7 @@
 //! Command-line flags and environment variables of the data-plane binaries (documented in docs/configuration.md).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -34,6 +35,50 @@ pub struct NodeConfig {
     /// Messages a WebSocket subscriber may fall behind before it is disconnected.
     #[arg(long, env = "WS_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub ws_queue: u64,
+    /// Seconds a WebSocket write may take; a client that takes no frame for that long is closed
+    /// with 4008 (or dropped when not even a close frame goes through).
+    #[arg(long, env = "WS_WRITE_TIMEOUT", default_value = "10", value_parser = seconds)]
+    pub ws_write_timeout: Duration,
+    /// Seconds between WebSocket pings.
+    #[arg(long, env = "WS_PING_INTERVAL", default_value = "30", value_parser = seconds)]
+    pub ws_ping_interval: Duration,
+    /// Seconds a WebSocket client may send no frame (not even a pong) before it is closed with
+    /// 4009; should be more than the ping interval plus a round trip.
+    #[arg(long, env = "WS_PING_TIMEOUT", default_value = "60", value_parser = seconds)]
+    pub ws_ping_timeout: Duration,
+    /// Seconds a shutting-down node waits for its WebSockets to finish their close handshake
+    /// (after a close 1001) before it exits; keep it below the orchestrator's grace period.
+    #[arg(long, env = "WS_DRAIN_TIMEOUT", default_value = "5", value_parser = seconds)]
+    pub ws_drain_timeout: Duration,
+}
+
+/// Parses a positive number of seconds, fractions allowed (`10`, `0.25`), at most a day.
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of seconds, got {text:?}"))?;
+    if !(value > 0.0 && value <= 86_400.0) {
+        return Err(format!(
+            "expected more than 0 and at most 86400 seconds, got {text:?}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+impl NodeConfig {
+    /// Checks the flags that bound each other: the ping timeout must leave room for at least
+    /// one ping and its answer, so it must exceed the ping interval.
+    pub fn check(&self) -> Result<(), String> {
+        if self.ws_ping_timeout <= self.ws_ping_interval {
+            return Err(format!(
+                "--ws-ping-timeout ({}s) must be more than --ws-ping-interval ({}s)",
+                self.ws_ping_timeout.as_secs_f64(),
+                self.ws_ping_interval.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The machine's host name, the default identity of nodes and replicas.
@@ -64,6 +109,56 @@ pub fn parse_or_exit<T: Parser>(program: &str) -> T {
             let line = rendered.lines().next().unwrap_or("bad arguments");
             eprintln!("{program}: {}", line.trim_start_matches("error: "));
             std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ping timeout must exceed the ping interval.
+    #[test]
+    fn ping_timeout_exceeds_the_interval() {
+        let cases = [
+            ("30", "60", true),
+            ("0.2", "1", true),
+            ("30", "30", false),
+            ("30", "10", false),
+        ];
+        for (interval, timeout, ok) in cases {
+            let config = NodeConfig::try_parse_from([
+                "chat-server",
+                "--ws-ping-interval",
+                interval,
+                "--ws-ping-timeout",
+                timeout,
+            ])
+            .expect("flags");
+            assert_eq!(config.check().is_ok(), ok, "{interval} {timeout}");
+        }
+        let defaults = NodeConfig::try_parse_from(["chat-server"]).expect("defaults");
+        assert_eq!(defaults.check(), Ok(()));
+    }
+
+    /// Durations are positive seconds with fractions; anything else is a one-line error.
+    #[test]
+    fn seconds_parse() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("10", Some(Duration::from_secs(10))),
+            ("0.25", Some(Duration::from_millis(250))),
+            (" 2 ", Some(Duration::from_secs(2))),
+            ("86400", Some(Duration::from_secs(86_400))),
+            ("0", None),
+            ("-1", None),
+            ("86401", None),
+            ("NaN", None),
+            ("inf", None),
+            ("10s", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(seconds(text).ok(), *want, "{text:?}");
         }
     }
 }

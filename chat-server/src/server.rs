@@ -1,9 +1,10 @@
 //! Running a chat-server node: wires the config into a [`Node`], starts the follower and serves
-//! the API until shutdown, then drains.
+//! the API until shutdown, then drains: the node stops accepting, every WebSocket is closed with
+//! 1001 and its resume position, and the node waits up to `--ws-drain-timeout` for them.
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api;
 use crate::config::{NodeConfig, host_name};
@@ -21,6 +22,9 @@ pub async fn run(
         max_message_bytes: config.max_message_bytes as usize,
         memory_window: config.memory_window as usize,
         ws_queue: config.ws_queue as usize,
+        ws_write_timeout: config.ws_write_timeout,
+        ws_ping_interval: config.ws_ping_interval,
+        ws_ping_timeout: config.ws_ping_timeout,
     };
     let node = Node::new(settings, LogClient::from_list(&config.log_url));
     let follower = tokio::spawn(follower::run(
@@ -29,11 +33,19 @@ pub async fn run(
         shutdown.clone(),
     ));
     info!(listen = %listener.local_addr()?, node_id = %node.settings().node_id, "chat-server serving");
-    let app = api::router(node);
+    let sessions = api::Sessions::new(shutdown.clone());
+    let app = api::router(node, sessions.clone());
     let drain = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { drain.cancelled().await })
         .await?;
+    // axum does not wait for upgraded connections: the WebSocket sessions are drained here.
+    if !sessions.drain(config.ws_drain_timeout).await {
+        warn!(
+            open = sessions.open(),
+            "WebSockets still open at the drain deadline; cutting them"
+        );
+    }
     let _ = follower.await;
     info!("chat-server stopped");
     Ok(())

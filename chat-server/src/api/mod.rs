@@ -4,6 +4,8 @@
 mod messages;
 mod ws;
 
+pub use ws::Sessions;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -20,8 +22,8 @@ use crate::message::{Message, NewMessage, now_millis};
 use crate::node::Node;
 use crate::node::store::LocalPage;
 
-/// Builds the router of a node.
-pub fn router(node: Node) -> Router {
+/// Builds the router of a node; its WebSocket sessions are tracked in `sessions`.
+pub fn router(node: Node, sessions: Sessions) -> Router {
     Router::new()
         .route("/channels", get(messages::list_channels))
         .route(
@@ -43,6 +45,7 @@ pub fn router(node: Node) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG))
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
+        .layer(axum::Extension(sessions))
         .with_state(node)
 }
 

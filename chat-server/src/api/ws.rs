@@ -1,15 +1,31 @@
 //! The WebSocket API, `GET /ws?channel=C&after=P`: replays the channel's history after P, then
 //! streams live messages, with no duplicate and no hole across the boundary; accepts `send`
-//! frames and answers each with an `ack` or an `error`. Every connection has a bounded queue; a
-//! consumer that falls further behind is closed with a reason and recovers with `after`.
+//! frames and answers each with an `ack` or an `error`. This module owns each session's bounds
+//! and endings (docs/api.md, "Close codes"):
+//! - a bounded live queue (`--ws-queue`) and a deadline on every socket write
+//!   (`--ws-write-timeout`): a consumer that falls behind or stops reading is closed with 4008
+//!   and the position to resume from;
+//! - bounded buffers: the tungstenite read buffer is sized for chat frames and the write buffer
+//!   holds at most one frame and a close frame;
+//! - a ping every `--ws-ping-interval`; a client silent for `--ws-ping-timeout` is closed (4009);
+//! - close codes for client faults per RFC 6455 §7.4.1, chosen by [`close_code_for`] (the
+//!   connection is then failed, §7.1.7: close frame, then TCP close), and the echo of a client's
+//!   close (§5.5.1);
+//! - on shutdown ([`Sessions`]), a 1001 close naming the position to resume from.
+
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::response::Response;
-use futures::stream::SplitSink;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
 use super::messages::body_limit;
@@ -21,24 +37,77 @@ use crate::node::Node;
 use crate::node::store::ws_frame;
 use crate::protocol::{Resume, resume_point};
 
-/// Close code for a consumer that fell behind its queue (application range 4000–4999).
+/// Close code when the node shuts down (RFC 6455 §7.4.1 "going away"); the reason names the
+/// position to resume from.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a WebSocket protocol error by the client (RFC 6455 §7.4.1, §5.1, §5.2, §5.4,
+/// §5.5, §7.4.1 for close codes it may not send).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text message that is not UTF-8 (RFC 6455 §7.4.1, §8.1).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code for a message that violates the node's policy (RFC 6455 §7.4.1).
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code for a frame or message over the size limit (RFC 6455 §7.4.1).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a condition on the node's side (RFC 6455 §7.4.1 "internal error").
+pub const CLOSE_INTERNAL: u16 = 1011;
+/// Close code for a consumer that fell behind its queue or stopped taking frames (application
+/// range 4000–4999, RFC 6455 §7.4.2).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code for a client that sent no frame, not even a pong, within `--ws-ping-timeout`
+/// (application range, RFC 6455 §7.4.2: no code of §7.4.1 means "the peer went silent").
+pub const CLOSE_PING_TIMEOUT: u16 = 4009;
 /// Close code when the node drops its history to bootstrap again.
 pub const CLOSE_RESET: u16 = 1012;
 /// Close code when history the replay needs is not available yet (RFC 6455 §7.4.1 "Try Again
 /// Later"); the reason names the position to resume from.
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
-/// Close code for a frame over the size limit.
-pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Messages replayed per page.
 const REPLAY_PAGE: usize = 1000;
 /// How long a replay waits for the replication log to hold a range that left memory.
-const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const REPLAY_WAIT: Duration = Duration::from_secs(10);
 /// How often a waiting replay asks again.
-const REPLAY_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+const REPLAY_RETRY: Duration = Duration::from_millis(250);
+/// Bytes of the tungstenite read buffer (its initial capacity and the most read per call): a
+/// chat `send` frame fits; a longer one grows the buffer for that frame. tungstenite's default
+/// of 128 KiB was most of an idle connection's memory.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Room in the write buffer beyond one frame of the size limit: a close frame and a pong.
+const WRITE_BUFFER_SLACK: usize = 1024;
 
 type Sink = SplitSink<WebSocket, Frame>;
+type Stream = SplitStream<WebSocket>;
+
+/// The open WebSocket sessions of a node and the signal that ends them: on shutdown each one is
+/// closed with [`CLOSE_GOING_AWAY`], and [`Sessions::drain`] waits for them. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Sessions {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Sessions {
+    /// Sessions that end when `stop` is cancelled.
+    pub fn new(stop: CancellationToken) -> Sessions {
+        Sessions {
+            stop,
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Waits up to `deadline` for every session to finish its closing handshake; `false` if some
+    /// were still open at the deadline (they are cut when the process exits).
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        self.tracker.close();
+        timeout(deadline, self.tracker.wait()).await.is_ok()
+    }
+
+    /// Sessions still running.
+    pub fn open(&self) -> usize {
+        self.tracker.len()
+    }
+}
 
 /// A frame a client sends.
 #[derive(Debug, Deserialize)]
@@ -53,6 +122,7 @@ enum ClientFrame {
 
 pub(super) async fn upgrade(
     State(node): State<Node>,
+    Extension(sessions): Extension<Sessions>,
     RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
@@ -80,113 +150,391 @@ pub(super) async fn upgrade(
     let channel =
         channel.ok_or_else(|| ApiError::bad_request("the channel query parameter is required"))?;
     validate_channel(&channel)?;
+    if sessions.stop.is_cancelled() {
+        return Err(ApiError::unavailable("the node is shutting down"));
+    }
     let limit = body_limit(node.settings().max_message_bytes);
+    let tracker = sessions.tracker.clone();
+    let stop = sessions.stop.clone();
     Ok(ws
         .max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Every frame goes to the socket at once; the buffer holds at most the one frame a
+        // stalled write left, and the close frame after it.
+        .write_buffer_size(0)
+        .max_write_buffer_size(limit + WRITE_BUFFER_SLACK)
         .on_upgrade(move |socket| {
             let span = info_span!("ws", channel = %channel, after, live);
-            session(node, socket, channel, after, live).instrument(span)
+            tracker.track_future(session(node, stop, socket, channel, after, live).instrument(span))
         }))
 }
 
 /// Why a session ended, and what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Ending {
     code: u16,
     reason: String,
 }
 
-async fn session(node: Node, socket: WebSocket, channel: String, after: u64, live: bool) {
-    node.metrics().ws_connections.inc();
-    let (mut sink, mut stream) = socket.split();
-    let ending = if live {
-        serve(&node, &mut sink, &mut stream, &channel, after).await
-    } else {
-        serve_writes(&node, &mut sink, &mut stream, &channel).await
-    };
-    if let Some(Ending { code, reason }) = ending {
-        debug!(code, %reason, "closing websocket");
-        let _ = sink
-            .send(Frame::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            })))
-            .await;
+impl Ending {
+    fn new(code: u16, reason: &str) -> Ending {
+        Ending {
+            code,
+            reason: short(reason),
+        }
     }
+}
+
+/// How a session ends.
+#[derive(Debug)]
+enum End {
+    /// The client sent a close frame; tungstenite queued the answer (RFC 6455 §5.5.1: the echo
+    /// of its code, or 1002 for a code it may not send), which is flushed.
+    ClientClosed,
+    /// The node closes with this code and reason, and waits for the client's close.
+    Close(Ending),
+    /// The client broke the protocol: the node sends this close frame and closes TCP without
+    /// waiting for an answer (RFC 6455 §7.1.7, "Fail the WebSocket Connection").
+    Fail(Ending),
+    /// The connection is gone: nothing more can be sent.
+    Gone,
+}
+
+/// A session's timing settings.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    write: Duration,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+}
+
+/// The sending half of a session: every write has a deadline, and `last` is the position of the
+/// last message handed to the socket (every frame before a close frame reaches the client
+/// before it).
+struct Out<'a> {
+    node: &'a Node,
+    sink: Sink,
+    write_timeout: Duration,
+    last: u64,
+}
+
+/// Why a frame could not be written.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// The client took no frame within the write deadline.
+    #[error("the client did not take a frame within {0:?}")]
+    Stalled(Duration),
+    /// The connection failed.
+    #[error("the connection failed: {0}")]
+    Failed(axum::Error),
+}
+
+impl Out<'_> {
+    /// Writes `frame` within the write deadline; `queued` is called once the frame is certain
+    /// to precede anything written later.
+    async fn write(
+        &mut self,
+        frame: Frame,
+        queued: impl FnOnce(&mut u64),
+    ) -> Result<(), WriteError> {
+        let deadline = Instant::now() + self.write_timeout;
+        match timeout_at(deadline, self.sink.feed(frame)).await {
+            Err(_) => return Err(WriteError::Stalled(self.write_timeout)),
+            Ok(Err(e)) => return Err(WriteError::Failed(e)),
+            Ok(Ok(())) => queued(&mut self.last),
+        }
+        match timeout_at(deadline, self.sink.flush()).await {
+            Err(_) => Err(WriteError::Stalled(self.write_timeout)),
+            Ok(Err(e)) => Err(WriteError::Failed(e)),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Sends a frame that is not a message (ack, error, waiting, lost, ping).
+    async fn send(&mut self, frame: Frame) -> Result<(), End> {
+        let r = self.write(frame, |_| {}).await;
+        self.ended(r)
+    }
+
+    /// Sends the message at `position`, advancing `last`.
+    async fn deliver(&mut self, frame: Utf8Bytes, position: u64) -> Result<(), End> {
+        let r = self
+            .write(Frame::Text(frame), |last| *last = position)
+            .await;
+        self.ended(r)
+    }
+
+    fn ended(&self, r: Result<(), WriteError>) -> Result<(), End> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(WriteError::Stalled(t)) => {
+                self.node.metrics().slow_consumers.inc();
+                Err(End::Close(Ending::new(
+                    CLOSE_SLOW_CONSUMER,
+                    &format!(
+                        "slow consumer: a write did not complete in {}s; reconnect with after={}",
+                        t.as_secs_f64(),
+                        self.last
+                    ),
+                )))
+            }
+            Err(e @ WriteError::Failed(_)) => {
+                debug!(error = %e, "websocket write failed");
+                Err(End::Gone)
+            }
+        }
+    }
+
+    fn going_away(&self) -> End {
+        End::Close(going_away(Some(self.last)))
+    }
+}
+
+/// The 1001 close of a shutdown; `last` is the position to resume from (none for a
+/// `live=false` connection).
+fn going_away(last: Option<u64>) -> Ending {
+    match last {
+        Some(p) => Ending::new(
+            CLOSE_GOING_AWAY,
+            &format!("node is shutting down; reconnect with after={p}"),
+        ),
+        None => Ending::new(CLOSE_GOING_AWAY, "node is shutting down; reconnect"),
+    }
+}
+
+async fn session(
+    node: Node,
+    stop: CancellationToken,
+    socket: WebSocket,
+    channel: String,
+    after: u64,
+    live: bool,
+) {
+    node.metrics().ws_connections.inc();
+    let settings = node.settings();
+    let timing = Timing {
+        write: settings.ws_write_timeout,
+        ping_interval: settings.ws_ping_interval,
+        ping_timeout: settings.ws_ping_timeout,
+    };
+    let (sink, mut stream) = socket.split();
+    let mut out = Out {
+        node: &node,
+        sink,
+        write_timeout: timing.write,
+        last: after,
+    };
+    let end = if live {
+        serve(&node, &stop, &mut out, &mut stream, &channel, timing).await
+    } else {
+        serve_writes(&node, &stop, &mut out, &mut stream, &channel, timing).await
+    };
+    // The session no longer counts once it stops serving; the closing handshake below is
+    // bounded by the write deadline.
     node.metrics().ws_connections.dec();
+    let mut sink = out.sink;
+    match end {
+        End::Gone => {}
+        End::ClientClosed => {
+            let _ = timeout(timing.write, sink.close()).await;
+        }
+        End::Fail(Ending { code, reason }) => {
+            debug!(code, %reason, "failing websocket");
+            let _ = timeout(timing.write, sink.send(close_frame(code, reason))).await;
+        }
+        End::Close(Ending { code, reason }) => {
+            debug!(code, %reason, "closing websocket");
+            if let Ok(Ok(())) = timeout(timing.write, sink.send(close_frame(code, reason))).await {
+                // RFC 6455 §7.1.1: wait for the client's close before closing TCP.
+                let _ = timeout(timing.write, async {
+                    while let Some(Ok(f)) = stream.next().await {
+                        if matches!(f, Frame::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+    }
+}
+
+fn close_frame(code: u16, reason: String) -> Frame {
+    Frame::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+/// What a frame from the client means to a session.
+enum Incoming {
+    /// A text frame: a client frame to answer.
+    Text(Utf8Bytes),
+    /// A binary frame: answered with an error frame.
+    Binary,
+    /// Ping or pong: only proof of life.
+    Control,
+    /// The session ends.
+    End(End),
+}
+
+fn incoming(frame: Option<Result<Frame, axum::Error>>) -> Incoming {
+    match frame {
+        None => Incoming::End(End::Gone),
+        Some(Ok(Frame::Close(_))) => Incoming::End(End::ClientClosed),
+        Some(Ok(Frame::Text(text))) => Incoming::Text(text),
+        Some(Ok(Frame::Binary(_))) => Incoming::Binary,
+        Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => Incoming::Control,
+        Some(Err(e)) => Incoming::End(read_error(e)),
+    }
+}
+
+/// The end of a session whose client sent something tungstenite refused.
+fn read_error(e: axum::Error) -> End {
+    let text = e.to_string();
+    let code = match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) => close_code_for(&e),
+        Err(_) => Some(CLOSE_INTERNAL),
+    };
+    match code {
+        Some(code) => End::Fail(Ending::new(code, &format!("bad frame: {text}"))),
+        None => End::Gone,
+    }
+}
+
+/// The close code (RFC 6455 §7.4.1) for an error reading a client's frames, or `None` when the
+/// connection is gone and no close frame can be sent.
+fn close_code_for(e: &tungstenite::Error) -> Option<u16> {
+    use tungstenite::error::{CapacityError, Error as E, ProtocolError as P};
+    match e {
+        E::Capacity(CapacityError::MessageTooLong { .. }) => Some(CLOSE_TOO_BIG),
+        E::Utf8(_) => Some(CLOSE_INVALID_DATA),
+        E::Protocol(P::ResetWithoutClosingHandshake) => None,
+        E::Protocol(_) | E::Capacity(_) => Some(CLOSE_PROTOCOL_ERROR),
+        E::AttackAttempt => Some(CLOSE_POLICY),
+        E::ConnectionClosed | E::AlreadyClosed | E::Io(_) | E::Tls(_) => None,
+        _ => Some(CLOSE_INTERNAL),
+    }
+}
+
+/// Answers a text or binary frame from the client.
+async fn answer(node: &Node, out: &mut Out<'_>, channel: &str, frame: Incoming) -> Result<(), End> {
+    let reply = match frame {
+        Incoming::Text(text) => handle_client_frame(node, channel, text.as_str()).await,
+        Incoming::Binary => error_frame(
+            None,
+            "binary frames are not supported; send JSON text frames",
+        ),
+        Incoming::Control => return Ok(()),
+        Incoming::End(end) => return Err(end),
+    };
+    out.send(Frame::Text(reply.into())).await
+}
+
+/// The ping timer of a session: a ping every `ping_interval`, and the deadline by which the
+/// client must have sent some frame.
+struct Liveness {
+    ping: tokio::time::Interval,
+    timeout: Duration,
+    silent_until: Instant,
+}
+
+impl Liveness {
+    fn new(timing: Timing) -> Liveness {
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Liveness {
+            ping,
+            timeout: timing.ping_timeout,
+            silent_until: Instant::now() + timing.ping_timeout,
+        }
+    }
+
+    /// The client sent a frame.
+    fn heard(&mut self) {
+        self.silent_until = Instant::now() + self.timeout;
+    }
+
+    fn expired(&self, last: Option<u64>) -> End {
+        let resume = last
+            .map(|p| format!("; reconnect with after={p}"))
+            .unwrap_or_default();
+        End::Close(Ending::new(
+            CLOSE_PING_TIMEOUT,
+            &format!(
+                "ping timeout: no frame from the client in {}s{resume}",
+                self.timeout.as_secs_f64()
+            ),
+        ))
+    }
 }
 
 async fn serve(
     node: &Node,
-    sink: &mut Sink,
-    stream: &mut futures::stream::SplitStream<WebSocket>,
+    stop: &CancellationToken,
+    out: &mut Out<'_>,
+    stream: &mut Stream,
     channel: &str,
-    after: u64,
-) -> Option<Ending> {
-    let mut last = after;
-    let resume = resume_point(after, node.read().voids());
+    timing: Timing,
+) -> End {
+    match serve_live(node, stop, out, stream, channel, timing).await {
+        Ok(never) => match never {},
+        Err(end) => end,
+    }
+}
+
+async fn serve_live(
+    node: &Node,
+    stop: &CancellationToken,
+    out: &mut Out<'_>,
+    stream: &mut Stream,
+    channel: &str,
+    timing: Timing,
+) -> Result<std::convert::Infallible, End> {
+    let resume = resume_point(out.last, node.read().voids());
     if let Resume::Lost { lost_from, void_to } = resume {
         // The reader holds positions the cluster lost in a broker data loss: say so, once,
         // before anything else; what follows `after` is complete.
         node.metrics().history_resets.inc();
-        let frame = lost_frame(lost_from, after, void_to);
-        if sink.send(Frame::Text(frame.into())).await.is_err() {
-            return None;
-        }
+        let frame = lost_frame(lost_from, out.last, void_to);
+        out.send(Frame::Text(frame.into())).await?;
     }
     // Replay what is there now without holding a live queue, then subscribe and replay the
     // little that arrived meanwhile: from then on the queue carries exactly what follows.
     let upto = node.read().cursor();
-    if let Err(e) = replay(node, sink, channel, &mut last, upto).await {
-        return e;
-    }
+    replay(node, stop, out, channel, upto).await?;
     let (mut live, upto) = node.write().subscribe(channel);
-    if let Err(e) = replay(node, sink, channel, &mut last, upto).await {
-        return e;
-    }
+    replay(node, stop, out, channel, upto).await?;
+    let mut alive = Liveness::new(timing);
     loop {
         tokio::select! {
-            frame = stream.next() => match frame {
-                None | Some(Ok(Frame::Close(_))) => return None,
-                Some(Err(e)) => {
-                    return Some(Ending { code: CLOSE_TOO_BIG, reason: short(&format!("bad frame: {e}")) });
-                }
-                Some(Ok(Frame::Text(text))) => {
-                    let reply = handle_client_frame(node, channel, text.as_str()).await;
-                    if sink.send(Frame::Text(reply.into())).await.is_err() {
-                        return None;
-                    }
-                }
-                Some(Ok(Frame::Binary(_))) => {
-                    let reply = error_frame(None, "binary frames are not supported; send JSON text frames");
-                    if sink.send(Frame::Text(reply.into())).await.is_err() {
-                        return None;
-                    }
-                }
-                Some(Ok(_)) => {}
-            },
+            frame = stream.next() => {
+                alive.heard();
+                answer(node, out, channel, incoming(frame)).await?;
+            }
             item = live.recv() => match item {
-                Ok(l) if l.message.position <= last => {}
-                Ok(l) => {
-                    last = l.message.position;
-                    if sink.send(Frame::Text(l.frame.clone())).await.is_err() {
-                        return None;
-                    }
-                }
+                Ok(l) if l.message.position <= out.last => {}
+                Ok(l) => out.deliver(l.frame.clone(), l.message.position).await?,
                 Err(RecvError::Lagged(n)) => {
                     node.metrics().slow_consumers.inc();
-                    return Some(Ending {
-                        code: CLOSE_SLOW_CONSUMER,
-                        reason: short(&format!("slow consumer: fell {n} messages behind; reconnect with after={last}")),
-                    });
+                    return Err(End::Close(Ending::new(
+                        CLOSE_SLOW_CONSUMER,
+                        &format!("slow consumer: fell {n} messages behind; reconnect with after={}", out.last),
+                    )));
                 }
+                Err(RecvError::Closed) if stop.is_cancelled() => return Err(out.going_away()),
                 Err(RecvError::Closed) => {
-                    return Some(Ending {
-                        code: CLOSE_RESET,
-                        reason: format!("node is reloading its history; reconnect with after={last}"),
-                    });
+                    return Err(End::Close(Ending::new(
+                        CLOSE_RESET,
+                        &format!("node is reloading its history; reconnect with after={}", out.last),
+                    )));
                 }
             },
+            _ = alive.ping.tick() => out.send(Frame::Ping(Default::default())).await?,
+            () = tokio::time::sleep_until(alive.silent_until) => return Err(alive.expired(Some(out.last))),
+            () = stop.cancelled() => return Err(out.going_away()),
         }
     }
 }
@@ -195,92 +543,80 @@ async fn serve(
 /// and their answers (for writers that do not read the channel).
 async fn serve_writes(
     node: &Node,
-    sink: &mut Sink,
-    stream: &mut futures::stream::SplitStream<WebSocket>,
+    stop: &CancellationToken,
+    out: &mut Out<'_>,
+    stream: &mut Stream,
     channel: &str,
-) -> Option<Ending> {
+    timing: Timing,
+) -> End {
+    let mut alive = Liveness::new(timing);
     loop {
-        match stream.next().await {
-            None | Some(Ok(Frame::Close(_))) => return None,
-            Some(Err(e)) => {
-                return Some(Ending {
-                    code: CLOSE_TOO_BIG,
-                    reason: short(&format!("bad frame: {e}")),
-                });
+        let step = tokio::select! {
+            frame = stream.next() => {
+                alive.heard();
+                answer(node, out, channel, incoming(frame)).await
             }
-            Some(Ok(Frame::Text(text))) => {
-                let reply = handle_client_frame(node, channel, text.as_str()).await;
-                if sink.send(Frame::Text(reply.into())).await.is_err() {
-                    return None;
-                }
-            }
-            Some(Ok(Frame::Binary(_))) => {
-                let reply = error_frame(
-                    None,
-                    "binary frames are not supported; send JSON text frames",
-                );
-                if sink.send(Frame::Text(reply.into())).await.is_err() {
-                    return None;
-                }
-            }
-            Some(Ok(_)) => {}
+            _ = alive.ping.tick() => out.send(Frame::Ping(Default::default())).await,
+            () = tokio::time::sleep_until(alive.silent_until) => Err(alive.expired(None)),
+            () = stop.cancelled() => Err(End::Close(going_away(None))),
+        };
+        if let Err(end) = step {
+            return end;
         }
     }
 }
 
-/// Sends the channel's messages in `last+1 ..= upto`, advancing `last`. Never skips: when a part
-/// of the range has left memory and no replica holds it yet, it sends a `waiting` frame and
-/// waits (retrying every [`REPLAY_RETRY`]) up to [`REPLAY_WAIT`], then ends the session with
-/// [`CLOSE_TRY_AGAIN`] and the position to resume from.
+/// Sends the channel's messages in `out.last+1 ..= upto`, advancing `out.last`. Never skips:
+/// when a part of the range has left memory and no replica holds it yet, it sends a `waiting`
+/// frame and waits (retrying every [`REPLAY_RETRY`]) up to [`REPLAY_WAIT`], then ends the
+/// session with [`CLOSE_TRY_AGAIN`] and the position to resume from. Ends with
+/// [`CLOSE_GOING_AWAY`] between pages once the node shuts down.
 async fn replay(
     node: &Node,
-    sink: &mut Sink,
+    stop: &CancellationToken,
+    out: &mut Out<'_>,
     channel: &str,
-    last: &mut u64,
     upto: u64,
-) -> Result<(), Option<Ending>> {
+) -> Result<(), End> {
     let mut waiting_since: Option<std::time::Instant> = None;
-    while *last < upto {
-        let page = match read_page(node, channel, *last, upto, REPLAY_PAGE).await {
+    while out.last < upto {
+        if stop.is_cancelled() {
+            return Err(out.going_away());
+        }
+        let page = match read_page(node, channel, out.last, upto, REPLAY_PAGE).await {
             Ok(page) => page,
             Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                let last = out.last;
                 if waiting_since.is_none() {
                     // Tell the reader why nothing comes, once per stall.
-                    let frame = waiting_frame(*last, &e.reason);
-                    if sink.send(Frame::Text(frame.into())).await.is_err() {
-                        return Err(None);
-                    }
+                    out.send(Frame::Text(waiting_frame(last, &e.reason).into()))
+                        .await?;
                 }
                 let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= REPLAY_WAIT {
-                    return Err(Some(Ending {
-                        code: CLOSE_TRY_AGAIN,
-                        reason: short(&format!(
+                    return Err(End::Close(Ending::new(
+                        CLOSE_TRY_AGAIN,
+                        &format!(
                             "history after {last} is not available yet; reconnect with after={last}"
-                        )),
-                    }));
+                        ),
+                    )));
                 }
                 debug!(error = %e.reason, "replay waits for the replication log");
-                tokio::time::sleep(REPLAY_RETRY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(REPLAY_RETRY) => {}
+                    () = stop.cancelled() => return Err(out.going_away()),
+                }
                 continue;
             }
-            Err(e) => {
-                return Err(Some(Ending {
-                    code: 1011,
-                    reason: short(&e.reason),
-                }));
-            }
+            Err(e) => return Err(End::Close(Ending::new(CLOSE_INTERNAL, &e.reason))),
         };
         waiting_since = None;
-        let Some(end) = page.last().map(|m| m.position) else {
+        if page.is_empty() {
             return Ok(());
-        };
-        for m in page {
-            if sink.send(Frame::Text(ws_frame(&m).into())).await.is_err() {
-                return Err(None);
-            }
         }
-        *last = end;
+        for m in page {
+            out.deliver(ws_frame(&m).into(), m.position).await?;
+        }
     }
     Ok(())
 }
@@ -355,4 +691,107 @@ fn short(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use tungstenite::error::{CapacityError, Error as E, ProtocolError as P};
+
+    use super::*;
+
+    /// Each error reading a client's frames closes with the RFC 6455 §7.4.1 code for it, or
+    /// sends nothing when the connection is gone.
+    #[test]
+    fn read_errors_close_with_the_rfc_code() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let cases: Vec<(&str, E, Option<u16>)> = vec![
+            (
+                "message over the limit",
+                E::Capacity(CapacityError::MessageTooLong {
+                    size: 40_000,
+                    max_size: 28_672,
+                }),
+                Some(1009),
+            ),
+            ("invalid UTF-8", E::Utf8("invalid".into()), Some(1007)),
+            (
+                "unmasked",
+                E::Protocol(P::UnmaskedFrameFromClient),
+                Some(1002),
+            ),
+            ("rsv bits", E::Protocol(P::NonZeroReservedBits), Some(1002)),
+            (
+                "fragmented ping",
+                E::Protocol(P::FragmentedControlFrame),
+                Some(1002),
+            ),
+            (
+                "control too big",
+                E::Protocol(P::ControlFrameTooBig),
+                Some(1002),
+            ),
+            (
+                "reserved data opcode",
+                E::Protocol(P::UnknownDataFrameType(3)),
+                Some(1002),
+            ),
+            (
+                "reserved control opcode",
+                E::Protocol(P::UnknownControlFrameType(11)),
+                Some(1002),
+            ),
+            (
+                "lone continuation",
+                E::Protocol(P::UnexpectedContinueFrame),
+                Some(1002),
+            ),
+            ("bad opcode", E::Protocol(P::InvalidOpcode(15)), Some(1002)),
+            (
+                "bad close",
+                E::Protocol(P::InvalidCloseSequence),
+                Some(1002),
+            ),
+            (
+                "after close",
+                E::Protocol(P::ReceivedAfterClosing),
+                Some(1002),
+            ),
+            (
+                "too many headers",
+                E::Capacity(CapacityError::TooManyHeaders),
+                Some(1002),
+            ),
+            ("attack", E::AttackAttempt, Some(1008)),
+            ("reset", E::Protocol(P::ResetWithoutClosingHandshake), None),
+            ("io", E::Io(io()), None),
+            ("closed", E::ConnectionClosed, None),
+            ("already closed", E::AlreadyClosed, None),
+        ];
+        for (name, error, want) in cases {
+            assert_eq!(close_code_for(&error), want, "{name}: {error}");
+        }
+    }
+
+    /// A close reason always fits a control frame, cut on a character boundary.
+    #[test]
+    fn reasons_fit_a_control_frame() {
+        let long = "é".repeat(100);
+        let cut = short(&long);
+        assert!(cut.len() <= 123);
+        assert!(long.starts_with(&cut));
+        assert_eq!(short("ok"), "ok");
+    }
+
+    /// A shutdown close names the position to resume from when there is one.
+    #[test]
+    fn going_away_names_the_resume_position() {
+        assert_eq!(
+            going_away(Some(42)),
+            Ending {
+                code: 1001,
+                reason: "node is shutting down; reconnect with after=42".into()
+            }
+        );
+        assert_eq!(going_away(None).code, 1001);
+    }
 }

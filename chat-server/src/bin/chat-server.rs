@@ -12,6 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: NodeConfig = chat_server::config::parse_or_exit("chat-server");
+    if let Err(reason) = config.check() {
+        eprintln!("chat-server: {reason}");
+        return ExitCode::from(2);
+    }
     chat_server::telemetry::init_logging();
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,

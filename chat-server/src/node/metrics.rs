@@ -96,12 +96,12 @@ impl Default for NodeMetrics {
         );
         registry.register(
             "websocket_connections",
-            "Open WebSocket connections",
+            "WebSocket sessions being served (not those in their closing handshake)",
             m.ws_connections.clone(),
         );
         registry.register(
             "slow_consumers_dropped",
-            "WebSocket consumers closed for falling behind",
+            "WebSocket consumers closed for falling behind or stalling a write",
             m.slow_consumers.clone(),
         );
         registry.register(

@@ -8,6 +8,7 @@ pub mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -61,6 +62,12 @@ pub struct NodeSettings {
     pub memory_window: usize,
     /// Messages a WebSocket subscriber may fall behind before it is dropped.
     pub ws_queue: usize,
+    /// Longest a WebSocket write may take before the connection is closed as a slow consumer.
+    pub ws_write_timeout: Duration,
+    /// Time between WebSocket pings.
+    pub ws_ping_interval: Duration,
+    /// Longest a WebSocket client may send no frame (not even a pong) before it is closed.
+    pub ws_ping_timeout: Duration,
 }
 
 /// `GET /status`.
@@ -288,6 +295,9 @@ mod tests {
             max_message_bytes: 4096,
             memory_window: 16,
             ws_queue: 16,
+            ws_write_timeout: Duration::from_secs(10),
+            ws_ping_interval: Duration::from_secs(30),
+            ws_ping_timeout: Duration::from_secs(60),
         };
         let log = LogClient::new(Vec::new());
         let node = Node::new(settings, log);

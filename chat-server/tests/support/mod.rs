@@ -66,6 +66,11 @@ impl Proc {
         self.child = Some(child);
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL, no drain.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
