@@ -9,7 +9,6 @@ use axum::response::Response;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
 use tracing::{Instrument, debug, info_span};
 
 use super::messages::body_limit;
@@ -18,7 +17,7 @@ use crate::broker::WriteOutcome;
 use crate::http::{ApiError, form_pairs};
 use crate::message::{NewMessage, validate_channel};
 use crate::node::Node;
-use crate::node::store::ws_frame;
+use crate::node::store::{LiveEnd, ws_frame};
 use crate::protocol::{Resume, resume_point};
 
 /// Close code for a consumer that fell behind its queue (application range 4000–4999).
@@ -140,7 +139,7 @@ async fn serve(
     if let Err(e) = replay(node, sink, channel, &mut last, upto).await {
         return e;
     }
-    let (mut live, upto) = node.write().subscribe(channel);
+    let (mut live, upto) = node.subscribe(channel);
     if let Err(e) = replay(node, sink, channel, &mut last, upto).await {
         return e;
     }
@@ -173,14 +172,15 @@ async fn serve(
                         return None;
                     }
                 }
-                Err(RecvError::Lagged(n)) => {
+                Err(LiveEnd::Lagged) => {
                     node.metrics().slow_consumers.inc();
+                    let n = node.settings().ws_queue;
                     return Some(Ending {
                         code: CLOSE_SLOW_CONSUMER,
                         reason: short(&format!("slow consumer: fell {n} messages behind; reconnect with after={last}")),
                     });
                 }
-                Err(RecvError::Closed) => {
+                Err(LiveEnd::Closed) => {
                     return Some(Ending {
                         code: CLOSE_RESET,
                         reason: format!("node is reloading its history; reconnect with after={last}"),

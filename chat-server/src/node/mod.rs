@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::broker::Broker;
 use crate::log_client::LogClient;
 use metrics::NodeMetrics;
-use store::Store;
+use store::{Live, LiveEnd, Store, Subscription};
 
 /// Where a node is in its life: filling from the log, following the stream towards the head, or
 /// serving (ready).
@@ -142,6 +142,19 @@ impl Node {
         self.0.store.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Subscribes to the live messages of `channel` (see [`Store::subscribe`]); returns the
+    /// subscription and the cursor at the moment of subscription. Dropping the subscription
+    /// frees its queue in the store.
+    pub fn subscribe(&self, channel: &str) -> (LiveSubscription, u64) {
+        let (inner, at) = self.write().subscribe(channel);
+        let sub = LiveSubscription {
+            node: self.clone(),
+            channel: channel.to_owned(),
+            inner,
+        };
+        (sub, at)
+    }
+
     /// The node's phase; an error when the stored code is not one (see [`UnknownPhaseCode`]).
     pub fn phase(&self) -> Result<Phase, UnknownPhaseCode> {
         Phase::from_code(self.0.phase.load(Ordering::Acquire))
@@ -215,6 +228,28 @@ impl Node {
             epoch: self.epoch(),
             error,
         }
+    }
+}
+
+/// A live subscription of a node's store that releases its queue when dropped (so a client that
+/// leaves leaves nothing behind, whether or not its channel ever gets a message).
+pub struct LiveSubscription {
+    node: Node,
+    channel: String,
+    inner: Subscription,
+}
+
+impl LiveSubscription {
+    /// The next live message; see [`Subscription::recv`].
+    pub async fn recv(&mut self) -> Result<Arc<Live>, LiveEnd> {
+        self.inner.recv().await
+    }
+}
+
+impl Drop for LiveSubscription {
+    fn drop(&mut self) {
+        self.inner.close();
+        self.node.write().release(&self.channel);
     }
 }
 

@@ -3,12 +3,19 @@
 //!
 //! Pure data structure: no I/O. Messages are applied strictly in position order; a message that
 //! does not continue the cursor is refused, so a hole can never be stored.
+//!
+//! Only messages create channel state: a subscription to a channel nobody wrote to holds its own
+//! queue (in a map separate from the channels) and nothing else, and [`Store::release`] forgets
+//! it when its receiver is gone. Each subscriber's queue is a bounded `tokio::sync::mpsc` channel
+//! of `queue` messages, whose memory grows with what is queued (blocks of 32 slots), not with
+//! its bound.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use crate::message::Message;
 
@@ -53,7 +60,59 @@ struct Channel {
     evicted_through: u64,
     count: u64,
     last_position: u64,
-    subscribers: Option<broadcast::Sender<Arc<Live>>>,
+}
+
+/// The store's end of one subscriber's queue.
+#[derive(Debug)]
+struct Subscriber {
+    tx: mpsc::Sender<Arc<Live>>,
+    /// Set when the queue overflowed (and the store dropped `tx`).
+    lagged: Arc<AtomicBool>,
+}
+
+/// Why a [`Subscription`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LiveEnd {
+    /// The subscriber fell more than the queue's bound behind; the store dropped it.
+    #[error("fell more than the queue's bound behind")]
+    Lagged,
+    /// The store was replaced (the node reloads its history).
+    #[error("the store was replaced")]
+    Closed,
+}
+
+/// A subscriber's end of its live queue: the messages of one channel applied after
+/// [`Store::subscribe`], in order.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<Arc<Live>>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// The next live message; [`LiveEnd::Lagged`] as soon as the queue overflowed (what was
+    /// still queued is not delivered: the subscriber resumes from its last position instead).
+    pub async fn recv(&mut self) -> Result<Arc<Live>, LiveEnd> {
+        if self.lagged.load(Ordering::Acquire) {
+            return Err(LiveEnd::Lagged);
+        }
+        match self.rx.recv().await {
+            Some(live) if !self.lagged.load(Ordering::Acquire) => Ok(live),
+            Some(_) => Err(LiveEnd::Lagged),
+            None if self.lagged.load(Ordering::Acquire) => Err(LiveEnd::Lagged),
+            None => Err(LiveEnd::Closed),
+        }
+    }
+
+    /// The next live message if one is queued (tests and polling).
+    pub fn try_recv(&mut self) -> Option<Arc<Live>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Stops receiving: the store sees this subscriber as gone ([`Store::release`] forgets it).
+    pub fn close(&mut self) {
+        self.rx.close();
+    }
 }
 
 /// Summary of one channel, as `GET /channels` reports it.
@@ -83,6 +142,8 @@ pub struct Store {
     total: u64,
     window_bytes: usize,
     channels: HashMap<String, Channel>,
+    /// Live queues by channel name; a name is here only while it has a subscriber.
+    subscribers: HashMap<String, Vec<Subscriber>>,
     /// Void ranges `(from, to)` applied, ascending.
     voids: Vec<(u64, u64)>,
 }
@@ -98,6 +159,7 @@ impl Store {
             total: 0,
             window_bytes: 0,
             channels: HashMap::new(),
+            subscribers: HashMap::new(),
             voids: Vec::new(),
         }
     }
@@ -145,12 +207,18 @@ impl Store {
         channel.count += 1;
         channel.last_position = message.position;
         let message = Arc::new(message);
-        if let Some(tx) = &channel.subscribers {
-            if tx.receiver_count() > 0 {
-                // Send fails only without receivers, which was just checked.
-                let _ = tx.send(Arc::new(Live::new(message.clone())));
-            } else {
-                channel.subscribers = None;
+        if let Some(subscribers) = self.subscribers.get_mut(&message.channel) {
+            let live = Arc::new(Live::new(message.clone()));
+            subscribers.retain(|s| match s.tx.try_send(live.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.lagged.store(true, Ordering::Release);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+            if subscribers.is_empty() {
+                self.subscribers.remove(&message.channel);
             }
         }
         channel.recent.push_back(message);
@@ -218,20 +286,37 @@ impl Store {
     }
 
     /// Subscribes to the live messages of `channel` applied after this call; returns the
-    /// receiver and the cursor at the moment of subscription (everything up to it is in the
-    /// store, everything after it arrives on the receiver).
-    pub fn subscribe(&mut self, channel: &str) -> (broadcast::Receiver<Arc<Live>>, u64) {
-        let queue = self.queue;
-        let ch = self.channels.entry(channel.to_owned()).or_default();
-        let rx = match &ch.subscribers {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = broadcast::channel(queue);
-                ch.subscribers = Some(tx);
-                rx
+    /// subscription and the cursor at the moment of subscription (everything up to it is in the
+    /// store, everything after it arrives on the subscription). Creates no channel: only a
+    /// message does. The queue holds at most `queue` messages; past that the subscriber is
+    /// dropped ([`LiveEnd::Lagged`]).
+    pub fn subscribe(&mut self, channel: &str) -> (Subscription, u64) {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let lagged = Arc::new(AtomicBool::new(false));
+        self.subscribers
+            .entry(channel.to_owned())
+            .or_default()
+            .push(Subscriber {
+                tx,
+                lagged: lagged.clone(),
+            });
+        (Subscription { rx, lagged }, self.cursor)
+    }
+
+    /// Forgets the subscribers of `channel` whose [`Subscription`] was closed or dropped, and the
+    /// channel's entry once none is left.
+    pub fn release(&mut self, channel: &str) {
+        if let Some(subscribers) = self.subscribers.get_mut(channel) {
+            subscribers.retain(|s| !s.tx.is_closed());
+            if subscribers.is_empty() {
+                self.subscribers.remove(channel);
             }
-        };
-        (rx, self.cursor)
+        }
+    }
+
+    /// Live subscribers held, over all channels.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.values().map(Vec::len).sum()
     }
 }
 
@@ -342,6 +427,43 @@ mod tests {
             "{}",
             live.frame.as_str()
         );
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
+    }
+
+    /// A subscription creates no channel, and a released one leaves nothing behind.
+    #[test]
+    fn subscriptions_to_unwritten_channels_leave_no_state() {
+        let mut s = Store::new(10, 4096);
+        for i in 0..100 {
+            let (mut sub, _) = s.subscribe(&format!("room-{i}"));
+            sub.close();
+            s.release(&format!("room-{i}"));
+        }
+        assert_eq!(s.channel_count(), 0);
+        assert!(s.channels().is_empty());
+        assert_eq!(s.subscriber_count(), 0);
+        // Dropped without release: forgotten at the next message of the channel.
+        let (sub, _) = s.subscribe("c");
+        drop(sub);
+        assert_eq!(s.subscriber_count(), 1);
+        s.apply(msg(1, "c")).unwrap();
+        assert_eq!(s.subscriber_count(), 0);
+        assert_eq!(s.channel_count(), 1);
+    }
+
+    /// A subscriber whose queue overflows is dropped and told so; the others go on.
+    #[tokio::test]
+    async fn an_overflowing_subscriber_is_dropped_as_lagged() {
+        let mut s = Store::new(100, 2);
+        let (mut slow, _) = s.subscribe("c");
+        let (mut fast, _) = s.subscribe("c");
+        for p in 1..=3 {
+            s.apply(msg(p, "c")).unwrap();
+            assert_eq!(fast.recv().await.unwrap().message.position, p);
+        }
+        assert_eq!(slow.recv().await.unwrap_err(), LiveEnd::Lagged);
+        assert_eq!(s.subscriber_count(), 1);
+        drop(s);
+        assert_eq!(fast.recv().await.unwrap_err(), LiveEnd::Closed);
     }
 }
