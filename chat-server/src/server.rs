@@ -20,6 +20,7 @@ pub async fn run(
         node_id: config.node_id.clone().unwrap_or_else(host_name),
         max_message_bytes: config.max_message_bytes as usize,
         memory_window: config.memory_window as usize,
+        memory_window_bytes: usize::try_from(config.memory_window_bytes()).unwrap_or(usize::MAX),
         ws_queue: config.ws_queue as usize,
     };
     let node = Node::new(settings, LogClient::from_list(&config.log_url));
@@ -28,7 +29,12 @@ pub async fn run(
         config.redis_url.clone(),
         shutdown.clone(),
     ));
-    info!(listen = %listener.local_addr()?, node_id = %node.settings().node_id, "chat-server serving");
+    info!(
+        listen = %listener.local_addr()?,
+        node_id = %node.settings().node_id,
+        memory_window_bytes = node.settings().memory_window_bytes,
+        "chat-server serving"
+    );
     let app = api::router(node);
     let drain = shutdown.clone();
     axum::serve(listener, app)

@@ -59,8 +59,17 @@ pub struct NodeSettings {
     pub node_id: String,
     pub max_message_bytes: usize,
     pub memory_window: usize,
+    /// Byte budget of the in-memory window over all channels (see [`store`]).
+    pub memory_window_bytes: usize,
     /// Messages a WebSocket subscriber may fall behind before it is dropped.
     pub ws_queue: usize,
+}
+
+impl NodeSettings {
+    /// An empty store with these settings' bounds.
+    pub fn empty_store(&self) -> Store {
+        Store::with_budget(self.memory_window, self.memory_window_bytes, self.ws_queue)
+    }
 }
 
 /// `GET /status`.
@@ -97,7 +106,7 @@ struct Inner {
 
 impl Node {
     pub fn new(settings: NodeSettings, log: LogClient) -> Node {
-        let store = Store::new(settings.memory_window, settings.ws_queue);
+        let store = settings.empty_store();
         Node(Arc::new(Inner {
             settings,
             store: RwLock::new(store),
@@ -283,6 +292,7 @@ mod tests {
             node_id: "n1".into(),
             max_message_bytes: 4096,
             memory_window: 16,
+            memory_window_bytes: 1 << 20,
             ws_queue: 16,
         };
         let log = LogClient::new(Vec::new());

@@ -9,8 +9,15 @@
 //! it when its receiver is gone. Each subscriber's queue is a bounded `tokio::sync::mpsc` channel
 //! of `queue` messages, whose memory grows with what is queued (blocks of 32 slots), not with
 //! its bound.
+//!
+//! The window is bounded twice: at most `window` messages per channel, and at most `budget`
+//! bytes over all channels, each message counted as [`message_cost`] (its payload plus a fixed
+//! [`MESSAGE_OVERHEAD`]). Over the byte budget, the oldest message of the channel holding the
+//! most bytes leaves first ([`eviction_victim`]): a flood in one channel trims that channel, not
+//! the quiet ones. Either way a channel remembers the highest position it dropped, so a page
+//! reaching below it is answered by the replication log ([`LocalPage::Evicted`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -52,10 +59,41 @@ pub struct OutOfOrder {
     pub got: u64,
 }
 
+/// Bytes a message is counted for beyond its payload: the `Arc<Message>` allocation (the
+/// `Message` struct and two counters, 128 bytes) and its window slot, rounded up. Measured in
+/// `chat-server/tests/memory.rs`: held bytes stay within 1.1 × the counted bytes.
+pub const MESSAGE_OVERHEAD: usize = 160;
+
+/// Bytes a message is counted for against the byte budget.
+pub fn message_cost(message: &Message) -> usize {
+    message.payload_bytes() + MESSAGE_OVERHEAD
+}
+
+/// The byte-budget eviction rule: while `held` bytes exceed `budget`, the oldest message of the
+/// channel holding the most bytes leaves (ties: the name sorting last); `None` when within
+/// budget or no channel holds anything. `candidates` are `(name, bytes held)`; the store passes
+/// only its heaviest channel (its index is sorted by the same key).
+pub fn eviction_victim<'a>(
+    held: usize,
+    budget: usize,
+    candidates: impl IntoIterator<Item = (&'a str, usize)>,
+) -> Option<&'a str> {
+    if held <= budget {
+        return None;
+    }
+    candidates
+        .into_iter()
+        .filter(|&(_, bytes)| bytes > 0)
+        .max_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)))
+        .map(|(name, _)| name)
+}
+
 /// One channel's counters and recent window.
 #[derive(Debug, Default)]
 struct Channel {
     recent: VecDeque<Arc<Message>>,
+    /// Bytes of `recent`, counted by [`message_cost`].
+    bytes: usize,
     /// Highest position of this channel dropped from the window (0: none).
     evicted_through: u64,
     count: u64,
@@ -140,8 +178,13 @@ pub struct Store {
     window: usize,
     queue: usize,
     total: u64,
-    window_bytes: usize,
-    channels: HashMap<String, Channel>,
+    /// Byte budget of the windows of all channels, counted by [`message_cost`].
+    budget: usize,
+    /// Bytes held in all windows, counted by [`message_cost`].
+    held: usize,
+    channels: BTreeMap<Arc<str>, Channel>,
+    /// `(bytes held, name)` of every channel holding bytes: the heaviest is the last.
+    by_bytes: BTreeSet<(usize, Arc<str>)>,
     /// Live queues by channel name; a name is here only while it has a subscriber.
     subscribers: HashMap<String, Vec<Subscriber>>,
     /// Void ranges `(from, to)` applied, ascending.
@@ -149,16 +192,25 @@ pub struct Store {
 }
 
 impl Store {
-    /// An empty store that keeps `window` messages per channel and gives each live subscriber a
-    /// queue of `queue` messages.
+    /// An empty store that keeps `window` messages per channel, with no byte budget, and gives
+    /// each live subscriber a queue of `queue` messages.
     pub fn new(window: usize, queue: usize) -> Store {
+        Store::with_budget(window, usize::MAX, queue)
+    }
+
+    /// An empty store that keeps at most `window` messages per channel and at most `budget`
+    /// bytes (counted by [`message_cost`]) over all channels, and gives each live subscriber a
+    /// queue of `queue` messages.
+    pub fn with_budget(window: usize, budget: usize, queue: usize) -> Store {
         Store {
             cursor: 0,
             window: window.max(1),
             queue: queue.max(1),
             total: 0,
-            window_bytes: 0,
-            channels: HashMap::new(),
+            budget,
+            held: 0,
+            channels: BTreeMap::new(),
+            by_bytes: BTreeSet::new(),
             subscribers: HashMap::new(),
             voids: Vec::new(),
         }
@@ -180,10 +232,10 @@ impl Store {
         self.total
     }
 
-    /// Messages currently held in memory, and their payload bytes.
+    /// Messages currently held in memory, and their bytes counted by [`message_cost`].
     pub fn in_memory(&self) -> (usize, usize) {
         let n = self.channels.values().map(|c| c.recent.len()).sum();
-        (n, self.window_bytes)
+        (n, self.held)
     }
 
     /// Applies the next message; it must be at `cursor + 1`, or be a void record past the cursor
@@ -202,10 +254,6 @@ impl Store {
         }
         self.cursor = message.position;
         self.total += 1;
-        self.window_bytes += message.payload_bytes();
-        let channel = self.channels.entry(message.channel.clone()).or_default();
-        channel.count += 1;
-        channel.last_position = message.position;
         let message = Arc::new(message);
         if let Some(subscribers) = self.subscribers.get_mut(&message.channel) {
             let live = Arc::new(Live::new(message.clone()));
@@ -221,14 +269,62 @@ impl Store {
                 self.subscribers.remove(&message.channel);
             }
         }
+        let name: Arc<str> = match self.channels.get_key_value(message.channel.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(message.channel.as_str()),
+        };
+        let channel = self.channels.entry(name.clone()).or_default();
+        let before = channel.bytes;
+        channel.count += 1;
+        channel.last_position = message.position;
+        channel.bytes += message_cost(&message);
+        self.held += message_cost(&message);
         channel.recent.push_back(message);
         while channel.recent.len() > self.window {
             if let Some(old) = channel.recent.pop_front() {
                 channel.evicted_through = old.position;
-                self.window_bytes -= old.payload_bytes();
+                channel.bytes -= message_cost(&old);
+                self.held -= message_cost(&old);
             }
         }
+        let after = channel.bytes;
+        self.reindex(&name, before, after);
+        while let Some((bytes, heaviest)) = self.by_bytes.last().cloned() {
+            if eviction_victim(self.held, self.budget, [(heaviest.as_ref(), bytes)]).is_none() {
+                break;
+            }
+            self.evict_oldest(&heaviest);
+        }
         Ok(())
+    }
+
+    /// Drops the oldest in-window message of `name`.
+    fn evict_oldest(&mut self, name: &Arc<str>) {
+        let Some(channel) = self.channels.get_mut(name.as_ref()) else {
+            return;
+        };
+        let Some(old) = channel.recent.pop_front() else {
+            return;
+        };
+        let before = channel.bytes;
+        channel.evicted_through = old.position;
+        channel.bytes -= message_cost(&old);
+        self.held -= message_cost(&old);
+        let after = channel.bytes;
+        self.reindex(name, before, after);
+    }
+
+    /// Moves `name` in the by-bytes index from `before` to `after` bytes.
+    fn reindex(&mut self, name: &Arc<str>, before: usize, after: usize) {
+        if before == after {
+            return;
+        }
+        if before > 0 {
+            self.by_bytes.remove(&(before, name.clone()));
+        }
+        if after > 0 {
+            self.by_bytes.insert((after, name.clone()));
+        }
     }
 
     /// Applies a dense batch in order; stops at the first message that does not fit.
@@ -272,17 +368,14 @@ impl Store {
 
     /// Every channel with its counters, sorted by name.
     pub fn channels(&self) -> Vec<ChannelInfo> {
-        let mut list: Vec<ChannelInfo> = self
-            .channels
+        self.channels
             .iter()
             .map(|(name, c)| ChannelInfo {
-                name: name.clone(),
+                name: name.to_string(),
                 messages: c.count,
                 last_position: c.last_position,
             })
-            .collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        list
+            .collect()
     }
 
     /// Subscribes to the live messages of `channel` applied after this call; returns the
@@ -328,7 +421,7 @@ mod tests {
         Message {
             position,
             channel: channel.into(),
-            id: format!("id-{position}"),
+            id: format!("id-{position:04}"),
             author: "a".into(),
             text: "hello".into(),
             sent_at: 0,
@@ -428,6 +521,91 @@ mod tests {
             live.frame.as_str()
         );
         assert!(rx.try_recv().is_none());
+    }
+
+    /// The byte-budget rule: within budget nothing leaves; over it, the heaviest channel does
+    /// (ties: the name sorting last); empty channels are never chosen.
+    #[test]
+    fn eviction_victim_table() {
+        type Case = (
+            usize,
+            usize,
+            Vec<(&'static str, usize)>,
+            Option<&'static str>,
+        );
+        let table: Vec<Case> = vec![
+            (0, 0, vec![], None),
+            (100, 100, vec![("a", 100)], None),
+            (99, 100, vec![("a", 99)], None),
+            (101, 100, vec![], None),
+            (101, 100, vec![("a", 101)], Some("a")),
+            (300, 100, vec![("a", 100), ("b", 200)], Some("b")),
+            (300, 100, vec![("b", 200), ("a", 100)], Some("b")),
+            (200, 100, vec![("a", 100), ("b", 100)], Some("b")),
+            (200, 100, vec![("b", 100), ("a", 100)], Some("b")),
+            (150, 100, vec![("a", 0), ("b", 150)], Some("b")),
+            (150, 100, vec![("a", 0)], None),
+            (usize::MAX, 0, vec![("z", 1), ("y", 2)], Some("y")),
+        ];
+        for (held, budget, candidates, want) in table {
+            assert_eq!(
+                eviction_victim(held, budget, candidates.clone()),
+                want,
+                "held {held} budget {budget} {candidates:?}"
+            );
+        }
+    }
+
+    /// A flood in one channel trims that channel and leaves the quiet one whole; both report
+    /// what they dropped, so a page below the window goes to the log.
+    #[test]
+    fn the_byte_budget_trims_the_heaviest_channel() {
+        let cost = message_cost(&msg(1, "loud"));
+        let mut s = Store::with_budget(1000, 10 * cost, 4);
+        s.apply(msg(1, "calm")).unwrap();
+        s.apply(msg(2, "calm")).unwrap();
+        for p in 3..=30 {
+            s.apply(msg(p, "loud")).unwrap();
+            assert!(s.in_memory().1 <= 10 * cost);
+        }
+        assert_eq!(s.in_memory(), (10, 10 * cost));
+        assert_eq!(positions(s.page("calm", 0, u64::MAX, 10)), vec![1, 2]);
+        assert_eq!(
+            s.page("loud", 0, u64::MAX, 10),
+            LocalPage::Evicted {
+                evicted_through: 22
+            }
+        );
+        assert_eq!(
+            positions(s.page("loud", 22, u64::MAX, 100)),
+            (23..=30).collect::<Vec<_>>()
+        );
+        // The calm channel grows: the loud one gives way until the calm one is the heavier.
+        for p in 31..=36 {
+            s.apply(msg(p, "calm")).unwrap();
+        }
+        assert_eq!(s.in_memory(), (10, 10 * cost));
+        assert_eq!(
+            s.page("calm", 0, u64::MAX, 10),
+            LocalPage::Evicted {
+                evicted_through: 31
+            }
+        );
+        assert_eq!(
+            positions(s.page("calm", 31, u64::MAX, 10)),
+            vec![32, 33, 34, 35, 36]
+        );
+        assert_eq!(
+            s.page("loud", 22, u64::MAX, 10),
+            LocalPage::Evicted {
+                evicted_through: 25
+            }
+        );
+        assert_eq!(
+            positions(s.page("loud", 25, u64::MAX, 10)),
+            vec![26, 27, 28, 29, 30]
+        );
+        assert_eq!(s.channels()[1].messages, 28);
     }
 
     /// A subscription creates no channel, and a released one leaves nothing behind.
