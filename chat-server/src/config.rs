@@ -36,6 +36,9 @@ pub struct NodeConfig {
     /// 256 MiB when there is none.
     #[arg(long, env = "MEMORY_WINDOW_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_window_bytes: Option<u64>,
+    /// Channels a node accepts writes to; a write that would create one more is refused (409).
+    #[arg(long, env = "MAX_CHANNELS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_channels: u64,
     /// Messages a WebSocket subscriber may fall behind before it is disconnected.
     #[arg(long, env = "WS_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub ws_queue: u64,

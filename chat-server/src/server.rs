@@ -22,6 +22,7 @@ pub async fn run(
         memory_window: config.memory_window as usize,
         memory_window_bytes: usize::try_from(config.memory_window_bytes()).unwrap_or(usize::MAX),
         ws_queue: config.ws_queue as usize,
+        max_channels: usize::try_from(config.max_channels).unwrap_or(usize::MAX),
     };
     let node = Node::new(settings, LogClient::from_list(&config.log_url));
     let follower = tokio::spawn(follower::run(

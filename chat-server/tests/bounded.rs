@@ -45,3 +45,58 @@ async fn subscriptions_to_unwritten_channels_leave_nothing() {
         "RSS grew from {before} to {after} KiB"
     );
 }
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let r = http().get(url).send().await.expect("get");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET /channels` pages by name with `next`; a write that would create a channel beyond
+/// `--max-channels` is refused with `409` and stores nothing, writes to existing channels go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_are_paged_and_capped() {
+    let c = Cluster::start_with(1, 1, &["--max-channels", "3"]).await;
+    let url = &c.nodes[0].url;
+    for name in ["b", "a", "c"] {
+        let (status, body) = support::post(url, name, serde_json::json!({"text": "hi"})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // The limit counts the channels this node has applied.
+    support::wait_position(&[url.clone()], "position", 3, Duration::from_secs(10)).await;
+    let (status, body) = support::post(url, "d", serde_json::json!({"text": "hi"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("channel limit reached")),
+        "{body}"
+    );
+    let (status, body) = support::post(url, "a", serde_json::json!({"text": "again"})).await;
+    assert_eq!(status, 201, "{body}");
+    support::wait_position(&[url.clone()], "position", 4, Duration::from_secs(10)).await;
+
+    let names = |v: &Value| -> Vec<String> {
+        v["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .map(|c| c["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let (_, all) = get_json(&format!("{url}/channels")).await;
+    assert_eq!(names(&all), ["a", "b", "c"], "{all}");
+    assert_eq!(all["next"], Value::Null);
+    assert_eq!(all["channels"][0]["messages"], 2);
+    assert_eq!(all["channels"][0]["last_position"], 4);
+    let (_, first) = get_json(&format!("{url}/channels?limit=2")).await;
+    assert_eq!(names(&first), ["a", "b"], "{first}");
+    assert_eq!(first["next"], "b");
+    let (_, second) = get_json(&format!("{url}/channels?after=b&limit=2")).await;
+    assert_eq!(names(&second), ["c"], "{second}");
+    assert_eq!(second["next"], Value::Null);
+    let (status, _) = get_json(&format!("{url}/channels?limit=0")).await;
+    assert_eq!(status, 400);
+    let (_, gone) = get_json(&format!("{url}/channels/d/messages")).await;
+    assert_eq!(gone["messages"], serde_json::json!([]), "{gone}");
+}

@@ -70,12 +70,24 @@ async fn metrics(State(node): State<Node>) -> Response {
 
 /// Writes one message through the broker: validation, then the Lua script. Every write has an
 /// id (the client's, or a generated UUID). `Ok` means stored (new or an earlier write with the
-/// same id); an error is `400`/`413` (bad input), `503` (not stored) or `504` (outcome unknown),
-/// the last two naming the id to retry with (docs/api.md, "Write semantics").
+/// same id); an error is `400`/`413` (bad input), `409` (a new channel over `--max-channels`,
+/// nothing stored), `503` (not stored) or `504` (outcome unknown), the last two naming the id to
+/// retry with (docs/api.md, "Write semantics").
 pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, ApiError> {
     if let Err(e) = msg.validate(node.settings().max_message_bytes) {
         node.metrics().rejected.inc();
         return Err(e.into());
+    }
+    let max = node.settings().max_channels;
+    if !node.read().admits(&msg.channel, max) {
+        node.metrics().rejected.inc();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "channel limit reached: {max} channels exist (--max-channels); nothing was \
+                 stored, write to an existing channel"
+            ),
+        ));
     }
     let generated = uuid::Uuid::new_v4().to_string();
     let id = msg.id.clone().unwrap_or_else(|| generated.clone());

@@ -63,6 +63,8 @@ pub struct NodeSettings {
     pub memory_window_bytes: usize,
     /// Messages a WebSocket subscriber may fall behind before it is dropped.
     pub ws_queue: usize,
+    /// Channels this node accepts writes to (`--max-channels`).
+    pub max_channels: usize,
 }
 
 impl NodeSettings {
@@ -294,6 +296,7 @@ mod tests {
             memory_window: 16,
             memory_window_bytes: 1 << 20,
             ws_queue: 16,
+            max_channels: 100,
         };
         let log = LogClient::new(Vec::new());
         let node = Node::new(settings, log);

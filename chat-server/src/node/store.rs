@@ -69,6 +69,12 @@ pub fn message_cost(message: &Message) -> usize {
     message.payload_bytes() + MESSAGE_OVERHEAD
 }
 
+/// Whether a write to a channel may be accepted under a limit of `max` channels: always for a
+/// channel that `exists` (holds a message), for a new one only while fewer than `max` exist.
+pub fn admits_channel(exists: bool, channels: usize, max: usize) -> bool {
+    exists || channels < max
+}
+
 /// The byte-budget eviction rule: while `held` bytes exceed `budget`, the oldest message of the
 /// channel holding the most bytes leaves (ties: the name sorting last); `None` when within
 /// budget or no channel holds anything. `candidates` are `(name, bytes held)`; the store passes
@@ -366,6 +372,45 @@ impl Store {
         self.channels.len()
     }
 
+    /// Whether a write to `channel` may be accepted with at most `max` channels (see
+    /// [`admits_channel`]).
+    pub fn admits(&self, channel: &str, max: usize) -> bool {
+        admits_channel(
+            self.channels.contains_key(channel),
+            self.channels.len(),
+            max,
+        )
+    }
+
+    /// At most `limit` channels with names sorting after `after` (from the first when `None`),
+    /// sorted by name, and the name to continue after when more follow (`None`: this was the
+    /// last page). Costs O(log channels + limit): the channels are kept sorted.
+    pub fn channels_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ChannelInfo>, Option<String>) {
+        use std::ops::Bound;
+        let from = match after {
+            Some(name) => Bound::Excluded(name),
+            None => Bound::Unbounded,
+        };
+        let mut range = self
+            .channels
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(name, c)| ChannelInfo {
+                name: name.to_string(),
+                messages: c.count,
+                last_position: c.last_position,
+            });
+        let page: Vec<ChannelInfo> = range.by_ref().take(limit).collect();
+        let next = match range.next() {
+            Some(_) => page.last().map(|c| c.name.clone()),
+            None => None,
+        };
+        (page, next)
+    }
+
     /// Every channel with its counters, sorted by name.
     pub fn channels(&self) -> Vec<ChannelInfo> {
         self.channels
@@ -606,6 +651,62 @@ mod tests {
             vec![26, 27, 28, 29, 30]
         );
         assert_eq!(s.channels()[1].messages, 28);
+    }
+
+    /// Admission under a channel limit: existing channels always, new ones below the limit.
+    #[test]
+    fn admits_channel_table() {
+        let table = [
+            (true, 0, 0, true),
+            (true, 10, 10, true),
+            (true, 11, 10, true),
+            (false, 0, 1, true),
+            (false, 9, 10, true),
+            (false, 10, 10, false),
+            (false, 11, 10, false),
+            (false, 0, 0, false),
+        ];
+        for (exists, channels, max, want) in table {
+            assert_eq!(
+                admits_channel(exists, channels, max),
+                want,
+                "exists {exists} channels {channels} max {max}"
+            );
+        }
+        let mut s = Store::new(10, 4);
+        s.apply(msg(1, "a")).unwrap();
+        s.apply(msg(2, "b")).unwrap();
+        assert!(s.admits("a", 2) && !s.admits("c", 2) && s.admits("c", 3));
+    }
+
+    /// Pages of channels follow the names, and `next` is set exactly when more follow.
+    #[test]
+    fn channels_page_by_name() {
+        let mut s = Store::new(10, 4);
+        for (p, name) in ["d", "b", "a", "c", "e"].iter().enumerate() {
+            s.apply(msg(p as u64 + 1, name)).unwrap();
+        }
+        let names = |page: (Vec<ChannelInfo>, Option<String>)| {
+            let list: Vec<String> = page.0.into_iter().map(|c| c.name).collect();
+            (list, page.1)
+        };
+        let v = |l: &[&str]| l.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let table: [(Option<&str>, usize, Vec<String>, Option<&str>); 7] = [
+            (None, 10, v(&["a", "b", "c", "d", "e"]), None),
+            (None, 5, v(&["a", "b", "c", "d", "e"]), None),
+            (None, 2, v(&["a", "b"]), Some("b")),
+            (Some("b"), 2, v(&["c", "d"]), Some("d")),
+            (Some("d"), 2, v(&["e"]), None),
+            (Some("bb"), 1, v(&["c"]), Some("c")),
+            (Some("e"), 2, v(&[]), None),
+        ];
+        for (after, limit, want, next) in table {
+            assert_eq!(
+                names(s.channels_page(after, limit)),
+                (want, next.map(str::to_owned)),
+                "after {after:?} limit {limit}"
+            );
+        }
     }
 
     /// A subscription creates no channel, and a released one leaves nothing behind.
