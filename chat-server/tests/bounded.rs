@@ -63,7 +63,13 @@ async fn channels_are_paged_and_capped() {
         assert_eq!(status, 201, "{body}");
     }
     // The limit counts the channels this node has applied.
-    support::wait_position(&[url.clone()], "position", 3, Duration::from_secs(10)).await;
+    support::wait_position(
+        std::slice::from_ref(url),
+        "position",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
     let (status, body) = support::post(url, "d", serde_json::json!({"text": "hi"})).await;
     assert_eq!(status, 409, "{body}");
     assert!(
@@ -74,7 +80,13 @@ async fn channels_are_paged_and_capped() {
     );
     let (status, body) = support::post(url, "a", serde_json::json!({"text": "again"})).await;
     assert_eq!(status, 201, "{body}");
-    support::wait_position(&[url.clone()], "position", 4, Duration::from_secs(10)).await;
+    support::wait_position(
+        std::slice::from_ref(url),
+        "position",
+        4,
+        Duration::from_secs(10),
+    )
+    .await;
 
     let names = |v: &Value| -> Vec<String> {
         v["channels"]

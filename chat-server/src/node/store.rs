@@ -691,7 +691,13 @@ mod tests {
             (list, page.1)
         };
         let v = |l: &[&str]| l.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let table: [(Option<&str>, usize, Vec<String>, Option<&str>); 7] = [
+        type Case = (
+            Option<&'static str>,
+            usize,
+            Vec<String>,
+            Option<&'static str>,
+        );
+        let table: [Case; 7] = [
             (None, 10, v(&["a", "b", "c", "d", "e"]), None),
             (None, 5, v(&["a", "b", "c", "d", "e"]), None),
             (None, 2, v(&["a", "b"]), Some("b")),
