@@ -69,6 +69,22 @@ pub fn message_cost(message: &Message) -> usize {
     message.payload_bytes() + MESSAGE_OVERHEAD
 }
 
+/// How many of the leading messages of a page (their payload `sizes`, in order) fit in
+/// `max_bytes`: the longest prefix whose sizes sum to at most `max_bytes`, and at least one when
+/// there is any (a message larger than the cap is a page of its own, so a reader always moves on).
+pub fn within_bytes(sizes: impl IntoIterator<Item = usize>, max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if total > max_bytes && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Whether a write to a channel may be accepted under a limit of `max` channels: always for a
 /// channel that `exists` (holds a message), for a new one only while fewer than `max` exist.
 pub fn admits_channel(exists: bool, channels: usize, max: usize) -> bool {
@@ -348,6 +364,19 @@ impl Store {
 
     /// Messages of `channel` with position in `after+1 ..= upto`, at most `limit`, from memory.
     pub fn page(&self, channel: &str, after: u64, upto: u64, limit: usize) -> LocalPage {
+        self.page_within(channel, after, upto, limit, usize::MAX)
+    }
+
+    /// As [`Store::page`], and at most `max_bytes` of payload (see [`within_bytes`]): a page cut
+    /// by bytes is complete up to its last message.
+    pub fn page_within(
+        &self,
+        channel: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> LocalPage {
         let Some(ch) = self.channels.get(channel) else {
             return LocalPage::Complete(Vec::new());
         };
@@ -357,14 +386,14 @@ impl Store {
             };
         }
         let start = ch.recent.partition_point(|m| m.position <= after);
-        let page = ch
-            .recent
-            .range(start..)
-            .take_while(|m| m.position <= upto)
-            .take(limit)
-            .cloned()
-            .collect();
-        LocalPage::Complete(page)
+        let candidates = || {
+            ch.recent
+                .range(start..)
+                .take_while(|m| m.position <= upto)
+                .take(limit)
+        };
+        let n = within_bytes(candidates().map(|m| m.payload_bytes()), max_bytes);
+        LocalPage::Complete(candidates().take(n).cloned().collect())
     }
 
     /// Number of channels seen.
@@ -651,6 +680,39 @@ mod tests {
             vec![26, 27, 28, 29, 30]
         );
         assert_eq!(s.channels()[1].messages, 28);
+    }
+
+    /// Payload sizes and a byte cap → how many leading messages a page takes.
+    #[test]
+    fn within_bytes_table() {
+        let table: [(&[usize], usize, usize); 9] = [
+            (&[], 100, 0),
+            (&[10], 100, 1),
+            (&[10, 20, 30], 100, 3),
+            (&[10, 20, 30], 60, 3),
+            (&[10, 20, 30], 59, 2),
+            (&[10, 20, 30], 30, 2),
+            (&[10, 20, 30], 10, 1),
+            (&[500, 1], 100, 1),
+            (&[usize::MAX - 1, 2], usize::MAX - 1, 1),
+        ];
+        for (sizes, max, want) in table {
+            assert_eq!(
+                within_bytes(sizes.iter().copied(), max),
+                want,
+                "{sizes:?} max {max}"
+            );
+        }
+        let mut s = Store::new(100, 4);
+        for p in 1..=10 {
+            s.apply(msg(p, "c")).unwrap();
+        }
+        let size = msg(1, "c").payload_bytes();
+        assert_eq!(
+            positions(s.page_within("c", 2, u64::MAX, 100, 3 * size + 1)),
+            vec![3, 4, 5]
+        );
+        assert_eq!(positions(s.page_within("c", 2, u64::MAX, 100, 1)), vec![3]);
     }
 
     /// Admission under a channel limit: existing channels always, new ones below the limit.
