@@ -1,6 +1,7 @@
 //! The node's memory bound, measured with a counting global allocator over the real [`Store`]:
 //! bytes held per in-window message against the contract's 2.5 × payload bytes, and bytes held
-//! by a store with a byte budget against 1.1 × the budget (the documented overhead factor).
+//! by a store with a byte budget against 1.1 × the budget (the documented overhead factor), and
+//! bytes held by an idle live subscription.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -117,4 +118,21 @@ fn a_byte_budget_bounds_what_the_window_holds() {
         );
         drop(store);
     }
+}
+
+/// An idle subscriber's live queue costs its first block, not its bound: 1,000 subscriptions to
+/// distinct channels with a 4,096-message queue each hold about 1 KiB apiece (a broadcast buffer
+/// of 4,096 slots allocated up front cost about 170 KiB per channel).
+#[test]
+fn idle_subscriptions_cost_little_whatever_their_queue_bound() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut store = Store::new(100, 4096);
+    let before = LIVE.load(Ordering::Relaxed);
+    let subs: Vec<_> = (0..1000)
+        .map(|i| store.subscribe(&format!("room-{i}")).0)
+        .collect();
+    let per = (LIVE.load(Ordering::Relaxed) - before) / subs.len();
+    println!("memory: an idle subscription holds {per} bytes");
+    assert!(per < 2048, "{per} bytes per idle subscription");
+    drop(subs);
 }
