@@ -32,6 +32,14 @@ pub struct NodeConfig {
     /// Messages kept in memory per channel; older history is read from the replication log.
     #[arg(long, env = "MEMORY_WINDOW", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_window: u64,
+    /// Bytes of messages kept in memory over all channels (each message counted as its payload
+    /// plus 160 bytes); default: 40 % of the container's memory limit (cgroup v2 or v1), or
+    /// 256 MiB when there is none.
+    #[arg(long, env = "MEMORY_WINDOW_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_window_bytes: Option<u64>,
+    /// Channels a node accepts writes to; a write that would create one more is refused (409).
+    #[arg(long, env = "MAX_CHANNELS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_channels: u64,
     /// Messages a WebSocket subscriber may fall behind before it is disconnected.
     #[arg(long, env = "WS_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub ws_queue: u64,
@@ -79,6 +87,51 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
+
+/// Share of the container's memory limit the default byte budget takes, in percent. The window
+/// costs up to 1.1 × its budget (docs/architecture.md), leaving the rest of the limit to the
+/// process, WebSocket queues and pages in flight.
+pub const MEMORY_BUDGET_PERCENT: u64 = 40;
+/// Byte budget when the container has no memory limit: 256 MiB.
+pub const UNLIMITED_MEMORY_BUDGET: u64 = 256 << 20;
+/// A cgroup v1 limit at or above this (1 PiB) means unlimited (v1 reports about 2^63).
+const CGROUP_V1_UNLIMITED: u64 = 1 << 50;
+
+impl NodeConfig {
+    /// The byte budget of the memory window: `--memory-window-bytes`, else derived from the
+    /// container's memory limit (read from /sys/fs/cgroup) by [`default_memory_budget`].
+    pub fn memory_window_bytes(&self) -> u64 {
+        self.memory_window_bytes.unwrap_or_else(|| {
+            let read = |path: &str| std::fs::read_to_string(path).ok();
+            default_memory_budget(cgroup_memory_limit(
+                read("/sys/fs/cgroup/memory.max").as_deref(),
+                read("/sys/fs/cgroup/memory/memory.limit_in_bytes").as_deref(),
+            ))
+        })
+    }
+}
+
+/// The container's memory limit in bytes from the contents of cgroup v2 `memory.max` or, when
+/// that is absent, cgroup v1 `memory.limit_in_bytes`; `None` when unlimited (`max`, or a v1
+/// value of 1 PiB or more), absent or unreadable.
+pub fn cgroup_memory_limit(v2: Option<&str>, v1: Option<&str>) -> Option<u64> {
+    match (v2.map(str::trim), v1.map(str::trim)) {
+        (Some(v2), _) => v2.parse().ok().filter(|&n| n > 0),
+        (None, Some(v1)) => v1
+            .parse()
+            .ok()
+            .filter(|&n| n > 0 && n < CGROUP_V1_UNLIMITED),
+        (None, None) => None,
+    }
+}
+
+/// The default byte budget: [`MEMORY_BUDGET_PERCENT`] of the memory limit, or
+/// [`UNLIMITED_MEMORY_BUDGET`] without one; at least 1 MiB.
+pub fn default_memory_budget(limit: Option<u64>) -> u64 {
+    limit
+        .map_or(UNLIMITED_MEMORY_BUDGET, |l| l / 100 * MEMORY_BUDGET_PERCENT)
+        .max(1 << 20)
 }
 
 /// The machine's host name, the default identity of nodes and replicas.
@@ -160,5 +213,56 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(seconds(text).ok(), *want, "{text:?}");
         }
+    }
+
+    /// cgroup file contents → memory limit.
+    #[test]
+    fn cgroup_memory_limit_table() {
+        let table: [(Option<&str>, Option<&str>, Option<u64>); 10] = [
+            (Some("536870912\n"), None, Some(536_870_912)),
+            (Some("max\n"), None, None),
+            (Some("max\n"), Some("1073741824"), None),
+            (Some("536870912"), Some("1073741824"), Some(536_870_912)),
+            (Some("garbage"), None, None),
+            (Some("0"), None, None),
+            (None, Some("1073741824\n"), Some(1_073_741_824)),
+            (None, Some("9223372036854771712\n"), None),
+            (None, Some("-1"), None),
+            (None, None, None),
+        ];
+        for (v2, v1, want) in table {
+            assert_eq!(cgroup_memory_limit(v2, v1), want, "{v2:?} {v1:?}");
+        }
+    }
+
+    /// Memory limit → default byte budget.
+    #[test]
+    fn default_memory_budget_table() {
+        let mib = 1 << 20;
+        let table: [(Option<u64>, u64); 5] = [
+            (None, 256 * mib),
+            (Some(512 * mib), 512 * mib / 100 * 40),
+            (Some(1024 * mib), 1024 * mib / 100 * 40),
+            (Some(2 * mib), mib),
+            (Some(100), mib),
+        ];
+        for (limit, want) in table {
+            assert_eq!(default_memory_budget(limit), want, "{limit:?}");
+        }
+    }
+
+    /// The flag wins over the derived default, and the old per-channel flag still parses.
+    #[test]
+    fn memory_window_flags_parse() {
+        let c = NodeConfig::try_parse_from([
+            "chat-server",
+            "--memory-window",
+            "50",
+            "--memory-window-bytes",
+            "1000000",
+        ])
+        .unwrap();
+        assert_eq!(c.memory_window, 50);
+        assert_eq!(c.memory_window_bytes(), 1_000_000);
     }
 }

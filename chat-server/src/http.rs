@@ -165,6 +165,54 @@ impl PageQuery {
     }
 }
 
+/// Default and largest `limit` of a `GET /channels` page.
+pub const CHANNELS_DEFAULT_LIMIT: usize = 1000;
+pub const CHANNELS_MAX_LIMIT: usize = 10_000;
+
+/// `GET /channels?after=NAME&limit=N`, validated: `after` a channel name (default: from the
+/// first), `limit` in `1..=10000` (default 1000). Unknown parameters are ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelsQuery {
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl ChannelsQuery {
+    /// Parses a raw query string.
+    pub fn parse(query: Option<&str>) -> Result<ChannelsQuery, ApiError> {
+        let mut page = ChannelsQuery {
+            after: None,
+            limit: CHANNELS_DEFAULT_LIMIT,
+        };
+        for (key, value) in form_pairs(query.unwrap_or("")) {
+            match key.as_str() {
+                "after" => page.after = Some(value).filter(|v| !v.is_empty()),
+                "limit" => {
+                    page.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|l| (1..=CHANNELS_MAX_LIMIT).contains(l))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "limit must be an integer from 1 to {CHANNELS_MAX_LIMIT}, got {value:?}"
+                            ))
+                        })?;
+                }
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ChannelsQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ChannelsQuery, ApiError> {
+        ChannelsQuery::parse(parts.uri.query())
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
     type Rejection = ApiError;
 
@@ -280,5 +328,34 @@ mod tests {
                 ("bad".into(), "%zz".into())
             ]
         );
+    }
+
+    /// `GET /channels` query strings → page or 400.
+    #[test]
+    fn channels_query_table() {
+        let ok = |after: Option<&str>, limit| ChannelsQuery {
+            after: after.map(str::to_owned),
+            limit,
+        };
+        let table: Vec<(Option<&str>, Result<ChannelsQuery, ()>)> = vec![
+            (None, Ok(ok(None, 1000))),
+            (Some(""), Ok(ok(None, 1000))),
+            (Some("after="), Ok(ok(None, 1000))),
+            (Some("after=room-1"), Ok(ok(Some("room-1"), 1000))),
+            (Some("after=a%2Eb&limit=2"), Ok(ok(Some("a.b"), 2))),
+            (Some("limit=10000&x=y"), Ok(ok(None, 10000))),
+            (Some("limit=0"), Err(())),
+            (Some("limit=10001"), Err(())),
+            (Some("limit=-1"), Err(())),
+            (Some("limit=abc"), Err(())),
+        ];
+        for (query, want) in table {
+            let got = ChannelsQuery::parse(query);
+            match (&got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, &want, "{query:?}"),
+                (Err(e), Err(())) => assert_eq!(e.status, StatusCode::BAD_REQUEST, "{query:?}"),
+                (got, want) => panic!("{query:?}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 }

@@ -21,10 +21,12 @@ pub async fn run(
         node_id: config.node_id.clone().unwrap_or_else(host_name),
         max_message_bytes: config.max_message_bytes as usize,
         memory_window: config.memory_window as usize,
+        memory_window_bytes: usize::try_from(config.memory_window_bytes()).unwrap_or(usize::MAX),
         ws_queue: config.ws_queue as usize,
         ws_write_timeout: config.ws_write_timeout,
         ws_ping_interval: config.ws_ping_interval,
         ws_ping_timeout: config.ws_ping_timeout,
+        max_channels: usize::try_from(config.max_channels).unwrap_or(usize::MAX),
     };
     let node = Node::new(settings, LogClient::from_list(&config.log_url));
     let follower = tokio::spawn(follower::run(
@@ -32,7 +34,12 @@ pub async fn run(
         config.redis_url.clone(),
         shutdown.clone(),
     ));
-    info!(listen = %listener.local_addr()?, node_id = %node.settings().node_id, "chat-server serving");
+    info!(
+        listen = %listener.local_addr()?,
+        node_id = %node.settings().node_id,
+        memory_window_bytes = node.settings().memory_window_bytes,
+        "chat-server serving"
+    );
     let sessions = api::Sessions::new(shutdown.clone());
     let app = api::router(node, sessions.clone());
     let drain = shutdown.clone();

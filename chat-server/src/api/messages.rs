@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{original_body, page_body, read_page, write};
 use crate::broker::WriteOutcome;
-use crate::http::{ApiError, PageQuery};
+use crate::http::{ApiError, ChannelsQuery, PageQuery};
 use crate::message::{DEFAULT_CHANNEL, NewMessage, validate_channel};
 use crate::node::Node;
 
@@ -93,7 +93,12 @@ pub(super) async fn read_default(
     read_channel(State(node), Path(DEFAULT_CHANNEL.to_owned()), page).await
 }
 
-pub(super) async fn list_channels(State(node): State<Node>) -> Response {
-    let channels = node.read().channels();
-    Json(serde_json::json!({ "channels": channels })).into_response()
+/// `GET /channels?after=NAME&limit=N`: a page of channels by name,
+/// `{"channels": [{"name", "messages", "last_position"}], "next": NAME|null}`. The store lock is
+/// held only to copy out the page (the channels are kept sorted).
+pub(super) async fn list_channels(State(node): State<Node>, query: ChannelsQuery) -> Response {
+    let (channels, next) = node
+        .read()
+        .channels_page(query.after.as_deref(), query.limit);
+    Json(serde_json::json!({ "channels": channels, "next": next })).into_response()
 }

@@ -20,7 +20,7 @@ use crate::broker::{BrokerError, Original, WriteOutcome};
 use crate::http::{ApiError, MessagesPage, WriteFate, metrics_response};
 use crate::message::{Message, NewMessage, now_millis};
 use crate::node::Node;
-use crate::node::store::LocalPage;
+use crate::node::store::{LocalPage, within_bytes};
 
 /// Builds the router of a node; its WebSocket sessions are tracked in `sessions`.
 pub fn router(node: Node, sessions: Sessions) -> Router {
@@ -77,12 +77,24 @@ async fn metrics(State(node): State<Node>) -> Response {
 
 /// Writes one message through the broker: validation, then the Lua script. Every write has an
 /// id (the client's, or a generated UUID). `Ok` means stored (new or an earlier write with the
-/// same id); an error is `400`/`413` (bad input), `503` (not stored) or `504` (outcome unknown),
-/// the last two naming the id to retry with (docs/api.md, "Write semantics").
+/// same id); an error is `400`/`413` (bad input), `409` (a new channel over `--max-channels`,
+/// nothing stored), `503` (not stored) or `504` (outcome unknown), the last two naming the id to
+/// retry with (docs/api.md, "Write semantics").
 pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, ApiError> {
     if let Err(e) = msg.validate(node.settings().max_message_bytes) {
         node.metrics().rejected.inc();
         return Err(e.into());
+    }
+    let max = node.settings().max_channels;
+    if !node.read().admits(&msg.channel, max) {
+        node.metrics().rejected.inc();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "channel limit reached: {max} channels exist (--max-channels); nothing was \
+                 stored, write to an existing channel"
+            ),
+        ));
     }
     let generated = uuid::Uuid::new_v4().to_string();
     let id = msg.id.clone().unwrap_or_else(|| generated.clone());
@@ -165,11 +177,25 @@ pub(crate) async fn original_body(node: &Node, original: Original) -> serde_json
     body
 }
 
+/// Payload bytes (text, id, author, channel) a page of messages holds at most: 1 MiB, so a
+/// reader asking for 10,000 large messages cannot make a node copy and render tens of MiB. A
+/// single message larger than this is a page of its own.
+pub const PAGE_BYTES: usize = 1 << 20;
+
+/// How many messages to ask the replication log for when a page of `limit` reaches below the
+/// window: at most `8 × PAGE_BYTES / max_message_bytes` (2,048 at the default 4,096-byte limit),
+/// so the log's answer a node parses stays within about 8 MiB of text whatever `limit` is; at
+/// least 1.
+pub fn log_request_limit(limit: usize, max_message_bytes: usize) -> usize {
+    limit.min(8 * PAGE_BYTES / max_message_bytes.max(1)).max(1)
+}
+
 /// One page of a channel: from memory when the window holds it, else from the replication log
-/// and then memory. Never returns a page with a hole, and never ends early: every page is
-/// complete up to its last message, an empty page means nothing exists in `after+1 ..= upto`,
-/// and a range that left the window and that no replica holds yet is an error (`503` with
-/// `Retry-After`), not an empty page.
+/// and then memory; at most `limit` messages and [`PAGE_BYTES`] of payload. Never returns a page
+/// with a hole, and never ends early: every page is complete up to its last message (a page cut
+/// by `limit` or by bytes continues at its last position), an empty page means nothing exists in
+/// `after+1 ..= upto`, and a range that left the window and that no replica holds yet is an error
+/// (`503` with `Retry-After`), not an empty page.
 pub(crate) async fn read_page(
     node: &Node,
     channel: &str,
@@ -177,7 +203,9 @@ pub(crate) async fn read_page(
     upto: u64,
     limit: usize,
 ) -> Result<Vec<Arc<Message>>, ApiError> {
-    let local = node.read().page(channel, after, upto, limit);
+    let local = node
+        .read()
+        .page_within(channel, after, upto, limit, PAGE_BYTES);
     let evicted_through = match local {
         LocalPage::Complete(page) => return Ok(page),
         LocalPage::Evicted { evicted_through } => evicted_through,
@@ -191,11 +219,14 @@ pub(crate) async fn read_page(
         ))
         .with_retry_after(1)
     };
+    let asked = log_request_limit(limit, node.settings().max_message_bytes);
     let from_log = node
         .log()
-        .channel_page(channel, after, limit, needed)
+        .channel_page(channel, after, asked, needed)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
+    // A full answer may stop short of `needed`: then it is the page, complete up to its end.
+    let full = from_log.page.messages.len() >= asked;
     let mut page: Vec<Arc<Message>> = from_log
         .page
         .messages
@@ -203,6 +234,12 @@ pub(crate) async fn read_page(
         .take_while(|m| m.position <= upto && m.position <= from_log.covered)
         .map(Arc::new)
         .collect();
+    let fits = within_bytes(page.iter().map(|m| m.payload_bytes()), PAGE_BYTES);
+    if fits < page.len() {
+        // Cut by bytes: complete up to its last message, which is all a page promises.
+        page.truncate(fits);
+        return Ok(page);
+    }
     if !from_log.enough {
         // The log is behind: what it returned is complete up to its last message; past that
         // nothing can be said yet.
@@ -214,12 +251,17 @@ pub(crate) async fn read_page(
         }
         return Ok(page);
     }
+    if full {
+        return Ok(page);
+    }
     let reached = page.last().map_or(after, |m| m.position).max(needed);
     if page.len() < limit
         && let LocalPage::Complete(rest) =
             node.read().page(channel, reached, upto, limit - page.len())
     {
         page.extend(rest);
+        let fits = within_bytes(page.iter().map(|m| m.payload_bytes()), PAGE_BYTES);
+        page.truncate(fits);
     }
     Ok(page)
 }
@@ -232,6 +274,27 @@ pub(crate) fn page_body(page: Vec<Arc<Message>>) -> MessagesPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Page limit and message size limit → messages asked of the replication log.
+    #[test]
+    fn log_request_limit_table() {
+        let table = [
+            (10_000, 4096, 2048),
+            (1000, 4096, 1000),
+            (1, 4096, 1),
+            (10_000, 1, 10_000),
+            (10_000, 1 << 20, 8),
+            (10_000, 1 << 24, 1),
+            (10_000, 0, 10_000),
+        ];
+        for (limit, max_message_bytes, want) in table {
+            assert_eq!(
+                log_request_limit(limit, max_message_bytes),
+                want,
+                "limit {limit} max message {max_message_bytes}"
+            );
+        }
+    }
 
     /// Broker error → status, outcome and id of the answer.
     #[test]

@@ -21,7 +21,6 @@ use axum::response::Response;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +33,7 @@ use crate::broker::WriteOutcome;
 use crate::http::{ApiError, form_pairs};
 use crate::message::{NewMessage, validate_channel};
 use crate::node::Node;
-use crate::node::store::ws_frame;
+use crate::node::store::{LiveEnd, ws_frame};
 use crate::protocol::{Resume, resume_point};
 
 /// Close code when the node shuts down (RFC 6455 §7.4.1 "going away"); the reason names the
@@ -505,7 +504,7 @@ async fn serve_live(
     // little that arrived meanwhile: from then on the queue carries exactly what follows.
     let upto = node.read().cursor();
     replay(node, stop, out, channel, upto).await?;
-    let (mut live, upto) = node.write().subscribe(channel);
+    let (mut live, upto) = node.subscribe(channel);
     replay(node, stop, out, channel, upto).await?;
     let mut alive = Liveness::new(timing);
     loop {
@@ -517,15 +516,16 @@ async fn serve_live(
             item = live.recv() => match item {
                 Ok(l) if l.message.position <= out.last => {}
                 Ok(l) => out.deliver(l.frame.clone(), l.message.position).await?,
-                Err(RecvError::Lagged(n)) => {
+                Err(LiveEnd::Lagged) => {
                     node.metrics().slow_consumers.inc();
+                    let n = node.settings().ws_queue;
                     return Err(End::Close(Ending::new(
                         CLOSE_SLOW_CONSUMER,
                         &format!("slow consumer: fell {n} messages behind; reconnect with after={}", out.last),
                     )));
                 }
-                Err(RecvError::Closed) if stop.is_cancelled() => return Err(out.going_away()),
-                Err(RecvError::Closed) => {
+                Err(LiveEnd::Closed) if stop.is_cancelled() => return Err(out.going_away()),
+                Err(LiveEnd::Closed) => {
                     return Err(End::Close(Ending::new(
                         CLOSE_RESET,
                         &format!("node is reloading its history; reconnect with after={}", out.last),

@@ -14,7 +14,6 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::broker::{Broker, BrokerError, StreamReader};
 use crate::log_client::LogClientError;
 use crate::message::Message;
-use crate::node::store::Store;
 use crate::node::{Node, Phase};
 use crate::protocol::{Gap, split_dense, void_after};
 
@@ -72,9 +71,7 @@ pub async fn run(node: Node, redis_url: String, shutdown: CancellationToken) {
     loop {
         if !first {
             // Re-anchor on the log: forget everything from the old epoch.
-            let window = node.settings().memory_window;
-            let queue = node.settings().ws_queue;
-            *node.write() = Store::new(window, queue);
+            *node.write() = node.settings().empty_store();
         }
         first = false;
         let span = info_span!("follow", node_id = %node.settings().node_id);

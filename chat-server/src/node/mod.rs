@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::broker::Broker;
 use crate::log_client::LogClient;
 use metrics::NodeMetrics;
-use store::Store;
+use store::{Live, LiveEnd, Store, Subscription};
 
 /// Where a node is in its life: filling from the log, following the stream towards the head, or
 /// serving (ready).
@@ -60,6 +60,8 @@ pub struct NodeSettings {
     pub node_id: String,
     pub max_message_bytes: usize,
     pub memory_window: usize,
+    /// Byte budget of the in-memory window over all channels (see [`store`]).
+    pub memory_window_bytes: usize,
     /// Messages a WebSocket subscriber may fall behind before it is dropped.
     pub ws_queue: usize,
     /// Longest a WebSocket write may take before the connection is closed as a slow consumer.
@@ -68,6 +70,15 @@ pub struct NodeSettings {
     pub ws_ping_interval: Duration,
     /// Longest a WebSocket client may send no frame (not even a pong) before it is closed.
     pub ws_ping_timeout: Duration,
+    /// Channels this node accepts writes to (`--max-channels`).
+    pub max_channels: usize,
+}
+
+impl NodeSettings {
+    /// An empty store with these settings' bounds.
+    pub fn empty_store(&self) -> Store {
+        Store::with_budget(self.memory_window, self.memory_window_bytes, self.ws_queue)
+    }
 }
 
 /// `GET /status`.
@@ -108,7 +119,7 @@ struct Inner {
 
 impl Node {
     pub fn new(settings: NodeSettings, log: LogClient) -> Node {
-        let store = Store::new(settings.memory_window, settings.ws_queue);
+        let store = settings.empty_store();
         Node(Arc::new(Inner {
             settings,
             store: RwLock::new(store),
@@ -153,6 +164,19 @@ impl Node {
 
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Store> {
         self.0.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes to the live messages of `channel` (see [`Store::subscribe`]); returns the
+    /// subscription and the cursor at the moment of subscription. Dropping the subscription
+    /// frees its queue in the store.
+    pub fn subscribe(&self, channel: &str) -> (LiveSubscription, u64) {
+        let (inner, at) = self.write().subscribe(channel);
+        let sub = LiveSubscription {
+            node: self.clone(),
+            channel: channel.to_owned(),
+            inner,
+        };
+        (sub, at)
     }
 
     /// The node's phase; an error when the stored code is not one (see [`UnknownPhaseCode`]).
@@ -264,6 +288,28 @@ impl Node {
     }
 }
 
+/// A live subscription of a node's store that releases its queue when dropped (so a client that
+/// leaves leaves nothing behind, whether or not its channel ever gets a message).
+pub struct LiveSubscription {
+    node: Node,
+    channel: String,
+    inner: Subscription,
+}
+
+impl LiveSubscription {
+    /// The next live message; see [`Subscription::recv`].
+    pub async fn recv(&mut self) -> Result<Arc<Live>, LiveEnd> {
+        self.inner.recv().await
+    }
+}
+
+impl Drop for LiveSubscription {
+    fn drop(&mut self) {
+        self.inner.close();
+        self.node.write().release(&self.channel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,10 +340,12 @@ mod tests {
             node_id: "n1".into(),
             max_message_bytes: 4096,
             memory_window: 16,
+            memory_window_bytes: 1 << 20,
             ws_queue: 16,
             ws_write_timeout: Duration::from_secs(10),
             ws_ping_interval: Duration::from_secs(30),
             ws_ping_timeout: Duration::from_secs(60),
+            max_channels: 100,
         };
         let log = LogClient::new(Vec::new());
         let node = Node::new(settings, log);

@@ -1,0 +1,281 @@
+//! Bounded resources of a node (issue 10), against the real binaries on loopback: what clients
+//! cannot make a node hold (channel state for names nobody wrote to), and the paging and caps of
+//! `GET /channels` and message pages.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Cluster, http};
+
+/// 3,000 WebSocket connect-and-close, each to a new channel name, nothing written: no channel is
+/// listed and RSS stays near where it started. The bound, 32 MiB, is 11 KiB per name: far below
+/// the 170 KiB per name a 4,096-slot live queue cost before (+500 MiB), and above what the
+/// allocator keeps of the connections' buffers (measured +4 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_to_unwritten_channels_leave_nothing() {
+    let c = Cluster::start(1, 1).await;
+    let node = &c.nodes[0];
+    let ws_base = node.url.replace("http://", "ws://");
+    let before = node.rss_kib();
+    for i in 0..3000 {
+        let url = format!("{ws_base}/ws?channel=phantom-{i}&after=0");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        ws.close(None).await.expect("close");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = node.rss_kib();
+    let listed: Value = http()
+        .get(format!("{}/channels", node.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status = support::status(&node.url).await;
+    println!("3000 phantom subscriptions: RSS {before} -> {after} KiB");
+    assert_eq!(listed["channels"], serde_json::json!([]), "{listed}");
+    assert_eq!(status["channels"], 0, "{status}");
+    assert!(
+        after.saturating_sub(before) < 32 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+}
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let r = http().get(url).send().await.expect("get");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET /channels` pages by name with `next`; a write that would create a channel beyond
+/// `--max-channels` is refused with `409` and stores nothing, writes to existing channels go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_are_paged_and_capped() {
+    let c = Cluster::start_with(1, 1, &["--max-channels", "3"]).await;
+    let url = &c.nodes[0].url;
+    for name in ["b", "a", "c"] {
+        let (status, body) = support::post(url, name, serde_json::json!({"text": "hi"})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // The limit counts the channels this node has applied.
+    support::wait_position(
+        std::slice::from_ref(url),
+        "position",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    let (status, body) = support::post(url, "d", serde_json::json!({"text": "hi"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("channel limit reached")),
+        "{body}"
+    );
+    let (status, body) = support::post(url, "a", serde_json::json!({"text": "again"})).await;
+    assert_eq!(status, 201, "{body}");
+    support::wait_position(
+        std::slice::from_ref(url),
+        "position",
+        4,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let names = |v: &Value| -> Vec<String> {
+        v["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .map(|c| c["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let (_, all) = get_json(&format!("{url}/channels")).await;
+    assert_eq!(names(&all), ["a", "b", "c"], "{all}");
+    assert_eq!(all["next"], Value::Null);
+    assert_eq!(all["channels"][0]["messages"], 2);
+    assert_eq!(all["channels"][0]["last_position"], 4);
+    let (_, first) = get_json(&format!("{url}/channels?limit=2")).await;
+    assert_eq!(names(&first), ["a", "b"], "{first}");
+    assert_eq!(first["next"], "b");
+    let (_, second) = get_json(&format!("{url}/channels?after=b&limit=2")).await;
+    assert_eq!(names(&second), ["c"], "{second}");
+    assert_eq!(second["next"], Value::Null);
+    let (status, _) = get_json(&format!("{url}/channels?limit=0")).await;
+    assert_eq!(status, 400);
+    let (_, gone) = get_json(&format!("{url}/channels/d/messages")).await;
+    assert_eq!(gone["messages"], serde_json::json!([]), "{gone}");
+}
+
+/// Posts `n` messages of `text_bytes` to `channel`, `writers` at a time.
+async fn fill(url: &str, channel: &str, n: usize, text_bytes: usize, writers: usize) {
+    let text = "x".repeat(text_bytes);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (url, channel, text) = (url.to_owned(), channel.to_owned(), text.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(writers) {
+                let body = serde_json::json!({"text": text, "id": format!("m-{i}")});
+                let (status, reply) = support::post(&url, &channel, body).await;
+                assert_eq!(status, 201, "{reply}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+}
+
+/// Payload bytes of a page's messages, as the node counts them.
+fn page_bytes(page: &Value) -> usize {
+    page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            ["text", "id", "author", "channel"]
+                .iter()
+                .map(|k| m[k].as_str().map_or(0, str::len))
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+/// Pages are cut at 1 MiB of message bytes, from memory and from the replication log, and are
+/// still complete: reading with `after=next` returns every message once, in order. Eight
+/// concurrent `limit=10000` reads of 4 KB messages from memory leave RSS within 64 MiB of where
+/// it was (each page is at most 1 MiB of payload, about 3 MiB with its copy and JSON; before the
+/// cap each read rendered 5,000 messages, about 20 MiB of text, several times over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_capped_by_bytes_and_stay_complete() {
+    let c = Cluster::start_with(1, 1, &["--memory-window", "5000"]).await;
+    let node = &c.nodes[0];
+    let url = &node.url;
+    let n = 10_000;
+    fill(url, "big", n, 4000, 16).await;
+    support::wait_position(
+        std::slice::from_ref(url),
+        "position",
+        n as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let before = node.rss_kib();
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let url = format!("{url}/channels/big/messages?after=5000&limit=10000");
+            tokio::spawn(async move { get_json(&url).await })
+        })
+        .collect();
+    for r in reads {
+        let (status, page) = r.await.expect("read");
+        assert_eq!(status, 200);
+        assert!(page_bytes(&page) <= 1 << 20, "{} bytes", page_bytes(&page));
+    }
+    let after = node.rss_kib();
+    println!("8 concurrent limit=10000 reads of 4 KB messages: RSS {before} -> {after} KiB");
+    assert!(
+        after.saturating_sub(before) < 64 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+
+    // The whole channel, crossing from the log (1 ..= 5000) into memory, page by page.
+    let mut next = 0u64;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, page) = get_json(&format!(
+            "{url}/channels/big/messages?after={next}&limit=10000"
+        ))
+        .await;
+        if status == 503 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(status, 200, "{page}");
+        let Some(last) = page["next"].as_u64() else {
+            break;
+        };
+        assert!(
+            page_bytes(&page) <= 1 << 20,
+            "page after {next}: {} bytes",
+            page_bytes(&page)
+        );
+        for m in page["messages"].as_array().expect("messages") {
+            seen.push(m["position"].as_u64().expect("position"));
+        }
+        pages += 1;
+        next = last;
+    }
+    println!("read {} messages in {pages} pages", seen.len());
+    assert_eq!(seen, (1..=n as u64).collect::<Vec<_>>());
+    // About 40 MB of payload in pages of at most 1 MiB.
+    assert!(pages >= 38, "{pages} pages");
+}
+
+/// With `--memory-window-bytes 16 MiB`, 20,000 messages of 4 KB in 4 channels (about 80 MB of
+/// payload, five times the budget) grow the node's RSS by less than 48 MiB (the window's at most
+/// 1.1 × 16 MiB, plus the allocator's slack and connection buffers; without the budget the window
+/// alone would hold about 84 MiB); evicted history is still read, from the replication log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_budget_bounds_node_memory() {
+    let budget = (16u64 << 20).to_string();
+    let c = Cluster::start_with(1, 1, &["--memory-window-bytes", &budget]).await;
+    let node = &c.nodes[0];
+    let url = &node.url;
+    let before = node.rss_kib();
+    let per_channel = 5000;
+    let fills: Vec<_> = (0..4)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(
+                async move { fill(&url, &format!("room-{i}"), per_channel, 4000, 4).await },
+            )
+        })
+        .collect();
+    for f in fills {
+        f.await.expect("fill");
+    }
+    let total = 4 * per_channel as u64;
+    support::wait_position(
+        std::slice::from_ref(url),
+        "position",
+        total,
+        Duration::from_secs(60),
+    )
+    .await;
+    let after = node.rss_kib();
+    println!("{total} messages of 4 KB, budget 16 MiB: RSS {before} -> {after} KiB");
+    assert!(
+        after.saturating_sub(before) < 48 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    // The oldest messages left memory and are read from the log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, page) = get_json(&format!("{url}/channels/room-0/messages?limit=3")).await;
+        if status == 503 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(status, 200, "{}", page["error"]);
+        let positions: Vec<u64> = page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["position"].as_u64().expect("position"))
+            .collect();
+        // room-0's first messages were among the first written, long evicted from memory.
+        assert_eq!(positions.len(), 3, "{positions:?}");
+        assert!(positions[0] < 100 && positions.is_sorted(), "{positions:?}");
+        break;
+    }
+}
