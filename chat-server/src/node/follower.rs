@@ -14,7 +14,6 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::broker::{Broker, BrokerError, StreamReader};
 use crate::log_client::LogClientError;
 use crate::message::Message;
-use crate::node::store::Store;
 use crate::node::{Node, Phase};
 use crate::protocol::{Gap, split_dense, void_after};
 
@@ -65,9 +64,7 @@ pub async fn run(node: Node, redis_url: String, shutdown: CancellationToken) {
     loop {
         if !first {
             // Re-anchor on the log: forget everything from the old epoch.
-            let window = node.settings().memory_window;
-            let queue = node.settings().ws_queue;
-            *node.write() = Store::new(window, queue);
+            node.reload_store();
         }
         first = false;
         let span = info_span!("follow", node_id = %node.settings().node_id);
@@ -275,6 +272,21 @@ async fn follow(
             }
         };
         let idle = batch.is_empty();
+        if !idle {
+            // What the read returned may belong to another history (the broker lost its data
+            // and was anchored again, or went back): check the broker's identity before applying
+            // it, as the replica's follower does. Found by the protocol simulation
+            // (`crate::protocol::sim`): applying first mixed two epochs in the node's copy.
+            match check_broker(node, broker, epoch).await {
+                Ok(_) => {}
+                Err(FollowError::Broker(e)) => {
+                    broker_error(node, &e);
+                    backoff.wait(shutdown).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if let Some(last) = batch.last() {
             node.set_head(last.position);
         }
