@@ -124,6 +124,9 @@ async fn serve(
     after: u64,
 ) -> Option<Ending> {
     let mut last = after;
+    // The history this connection serves: if the node reloads (the broker lost its data), the
+    // replay must not go on reading the new store (see `replay`).
+    let generation = node.generation();
     let resume = resume_point(after, node.read().voids());
     if let Resume::Lost { lost_from, void_to } = resume {
         // The reader holds positions the cluster lost in a broker data loss: say so, once,
@@ -137,11 +140,11 @@ async fn serve(
     // Replay what is there now without holding a live queue, then subscribe and replay the
     // little that arrived meanwhile: from then on the queue carries exactly what follows.
     let upto = node.read().cursor();
-    if let Err(e) = replay(node, sink, channel, &mut last, upto).await {
+    if let Err(e) = replay(node, sink, channel, &mut last, upto, generation).await {
         return e;
     }
     let (mut live, upto) = node.write().subscribe(channel);
-    if let Err(e) = replay(node, sink, channel, &mut last, upto).await {
+    if let Err(e) = replay(node, sink, channel, &mut last, upto, generation).await {
         return e;
     }
     loop {
@@ -231,17 +234,35 @@ async fn serve_writes(
 /// Sends the channel's messages in `last+1 ..= upto`, advancing `last`. Never skips: when a part
 /// of the range has left memory and no replica holds it yet, it sends a `waiting` frame and
 /// waits (retrying every [`REPLAY_RETRY`]) up to [`REPLAY_WAIT`], then ends the session with
-/// [`CLOSE_TRY_AGAIN`] and the position to resume from.
+/// [`CLOSE_TRY_AGAIN`] and the position to resume from. When the node reloaded its history
+/// since the connection started (`generation` changed) it ends with [`CLOSE_RESET`]: an empty
+/// page from the new, still empty store would otherwise end the replay early, and the old
+/// store's live queue would then deliver positions the cluster may have lost (found by the
+/// protocol simulation, `crate::protocol::sim`).
 async fn replay(
     node: &Node,
     sink: &mut Sink,
     channel: &str,
     last: &mut u64,
     upto: u64,
+    generation: u64,
 ) -> Result<(), Option<Ending>> {
+    let reloaded = |last: u64| {
+        (node.generation() != generation).then(|| Ending {
+            code: CLOSE_RESET,
+            reason: format!("node is reloading its history; reconnect with after={last}"),
+        })
+    };
+    if let Some(ending) = reloaded(*last) {
+        return Err(Some(ending));
+    }
     let mut waiting_since: Option<std::time::Instant> = None;
     while *last < upto {
-        let page = match read_page(node, channel, *last, upto, REPLAY_PAGE).await {
+        let page = read_page(node, channel, *last, upto, REPLAY_PAGE).await;
+        if let Some(ending) = reloaded(*last) {
+            return Err(Some(ending));
+        }
+        let page = match page {
             Ok(page) => page,
             Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
                 if waiting_since.is_none() {

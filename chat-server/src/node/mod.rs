@@ -86,6 +86,8 @@ pub struct Node(Arc<Inner>);
 struct Inner {
     settings: NodeSettings,
     store: RwLock<Store>,
+    /// Bumped each time the store is replaced ([`Node::reload_store`]).
+    generation: AtomicU64,
     phase: AtomicU64,
     head: AtomicU64,
     epoch: Mutex<Option<String>>,
@@ -101,6 +103,7 @@ impl Node {
         Node(Arc::new(Inner {
             settings,
             store: RwLock::new(store),
+            generation: AtomicU64::new(0),
             phase: AtomicU64::new(Phase::Bootstrapping.code()),
             head: AtomicU64::new(0),
             epoch: Mutex::new(None),
@@ -140,6 +143,22 @@ impl Node {
 
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Store> {
         self.0.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the store with an empty one (the node bootstraps again after a broker data
+    /// loss) and bumps [`Node::generation`] while holding the store's lock, so whoever reads the
+    /// new store also sees the new generation.
+    pub(crate) fn reload_store(&self) {
+        let settings = &self.0.settings;
+        let mut store = self.write();
+        *store = Store::new(settings.memory_window, settings.ws_queue);
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times the store was replaced. A reader that started on one generation must not
+    /// continue on another: that is another history.
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
     }
 
     /// The node's phase; an error when the stored code is not one (see [`UnknownPhaseCode`]).
