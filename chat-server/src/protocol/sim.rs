@@ -71,13 +71,13 @@
 //! - `loss_during_resolve`: a write whose script ran but whose reply was lost, when the broker
 //!   loses its data before the node resolves it, finds no dedupe record, is fenced and answered
 //!   503 "not stored and never will be", although a replica may already have persisted it.
-
+//!
 //! # Running and replaying
 //! `cargo test -p chat-server protocol::sim` runs [`DEFAULT_SEEDS`] seeds with the current rules
 //! (about 40 s in a debug build on two shared cores); `SIM_SEEDS=N` changes the count,
 //! `SIM_SEED=S` runs only seed `S` and prints its whole trace (every delivery included),
-//! `SIM_FAULTS=crash,rollback,seq_reset` (or `all`) adds faults, `SIM_SURVEY=1` lists every
-//! failing seed instead of stopping at the first. A failing seed panics with the violations, the
+//! `SIM_FAULTS=crash,rollback,seq_reset,loss_during_resolve` (or `all`) adds faults,
+//! `SIM_SURVEY=1` lists every failing seed instead of stopping at the first. A failing seed panics with the violations, the
 //! last events and the exact command to replay it, e.g.
 //! `SIM_SEED=1234 cargo test -p chat-server protocol::sim -- --nocapture`. [`Rules`] switches
 //! back to the three old rules the current protocol fixed; the `old_rules_*` tests assert the
