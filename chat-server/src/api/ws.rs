@@ -492,6 +492,9 @@ async fn serve_live(
     channel: &str,
     timing: Timing,
 ) -> Result<std::convert::Infallible, End> {
+    // The history this connection serves: if the node reloads (the broker lost its data), the
+    // replay must not go on reading the new store (see `replay`).
+    let generation = node.generation();
     let resume = resume_point(out.last, node.read().voids());
     if let Resume::Lost { lost_from, void_to } = resume {
         // The reader holds positions the cluster lost in a broker data loss: say so, once,
@@ -503,9 +506,9 @@ async fn serve_live(
     // Replay what is there now without holding a live queue, then subscribe and replay the
     // little that arrived meanwhile: from then on the queue carries exactly what follows.
     let upto = node.read().cursor();
-    replay(node, stop, out, channel, upto).await?;
+    replay(node, stop, out, channel, upto, generation).await?;
     let (mut live, upto) = node.subscribe(channel);
-    replay(node, stop, out, channel, upto).await?;
+    replay(node, stop, out, channel, upto, generation).await?;
     let mut alive = Liveness::new(timing);
     loop {
         tokio::select! {
@@ -570,20 +573,40 @@ async fn serve_writes(
 /// when a part of the range has left memory and no replica holds it yet, it sends a `waiting`
 /// frame and waits (retrying every [`REPLAY_RETRY`]) up to [`REPLAY_WAIT`], then ends the
 /// session with [`CLOSE_TRY_AGAIN`] and the position to resume from. Ends with
-/// [`CLOSE_GOING_AWAY`] between pages once the node shuts down.
+/// [`CLOSE_GOING_AWAY`] between pages once the node shuts down. When the node reloaded its
+/// history since the connection started (`generation` changed) it ends with [`CLOSE_RESET`]: an
+/// empty page from the new, still empty store would otherwise end the replay early, and the old
+/// store's live queue would then deliver positions the cluster may have lost (found by the
+/// protocol simulation, `crate::protocol::sim`).
 async fn replay(
     node: &Node,
     stop: &CancellationToken,
     out: &mut Out<'_>,
     channel: &str,
     upto: u64,
+    generation: u64,
 ) -> Result<(), End> {
+    let reloaded = |last: u64| {
+        (node.generation() != generation).then(|| {
+            End::Close(Ending::new(
+                CLOSE_RESET,
+                &format!("node is reloading its history; reconnect with after={last}"),
+            ))
+        })
+    };
+    if let Some(end) = reloaded(out.last) {
+        return Err(end);
+    }
     let mut waiting_since: Option<std::time::Instant> = None;
     while out.last < upto {
         if stop.is_cancelled() {
             return Err(out.going_away());
         }
-        let page = match read_page(node, channel, out.last, upto, REPLAY_PAGE).await {
+        let page = read_page(node, channel, out.last, upto, REPLAY_PAGE).await;
+        if let Some(end) = reloaded(out.last) {
+            return Err(end);
+        }
+        let page = match page {
             Ok(page) => page,
             Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
                 let last = out.last;

@@ -71,7 +71,7 @@ pub async fn run(node: Node, redis_url: String, shutdown: CancellationToken) {
     loop {
         if !first {
             // Re-anchor on the log: forget everything from the old epoch.
-            *node.write() = node.settings().empty_store();
+            node.reload_store();
         }
         first = false;
         let span = info_span!("follow", node_id = %node.settings().node_id);
@@ -290,6 +290,21 @@ async fn follow(
             }
         };
         let idle = batch.is_empty();
+        if !idle {
+            // What the read returned may belong to another history (the broker lost its data
+            // and was anchored again, or went back): check the broker's identity before applying
+            // it, as the replica's follower does. Found by the protocol simulation
+            // (`crate::protocol::sim`): applying first mixed two epochs in the node's copy.
+            match check_broker(node, broker, epoch).await {
+                Ok(_) => {}
+                Err(FollowError::Broker(e)) => {
+                    broker_error(node, &e);
+                    backoff.wait(shutdown).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if let Some(last) = batch.last() {
             node.set_head(last.position);
         }

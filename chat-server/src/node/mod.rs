@@ -104,6 +104,8 @@ pub struct Node(Arc<Inner>);
 struct Inner {
     settings: NodeSettings,
     store: RwLock<Store>,
+    /// Bumped each time the store is replaced ([`Node::reload_store`]).
+    generation: AtomicU64,
     phase: AtomicU64,
     head: AtomicU64,
     epoch: Mutex<Option<String>>,
@@ -123,6 +125,7 @@ impl Node {
         Node(Arc::new(Inner {
             settings,
             store: RwLock::new(store),
+            generation: AtomicU64::new(0),
             phase: AtomicU64::new(Phase::Bootstrapping.code()),
             head: AtomicU64::new(0),
             epoch: Mutex::new(None),
@@ -177,6 +180,22 @@ impl Node {
             inner,
         };
         (sub, at)
+    }
+
+    /// Replaces the store with an empty one (the node bootstraps again after a broker data
+    /// loss) and bumps [`Node::generation`] while holding the store's lock, so whoever reads the
+    /// new store also sees the new generation.
+    pub(crate) fn reload_store(&self) {
+        let settings = &self.0.settings;
+        let mut store = self.write();
+        *store = settings.empty_store();
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times the store was replaced. A reader that started on one generation must not
+    /// continue on another: that is another history.
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
     }
 
     /// The node's phase; an error when the stored code is not one (see [`UnknownPhaseCode`]).

@@ -164,6 +164,27 @@ impl Subscription {
         }
     }
 
+    /// [`Subscription::recv`] without waiting: `Ok(None)` when nothing is queued.
+    pub fn poll_next(&mut self) -> Result<Option<Arc<Live>>, LiveEnd> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        let lagged = || self.lagged.load(Ordering::Acquire);
+        if lagged() {
+            return Err(LiveEnd::Lagged);
+        }
+        match self.rx.try_recv() {
+            Ok(_) if lagged() => Err(LiveEnd::Lagged),
+            Ok(live) => Ok(Some(live)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) if lagged() => Err(LiveEnd::Lagged),
+            Err(TryRecvError::Disconnected) => Err(LiveEnd::Closed),
+        }
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// The next live message if one is queued (tests and polling).
     pub fn try_recv(&mut self) -> Option<Arc<Live>> {
         self.rx.try_recv().ok()

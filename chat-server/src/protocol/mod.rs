@@ -13,6 +13,9 @@
 
 use crate::message::Message;
 
+#[cfg(test)]
+mod sim;
+
 /// A hole in what should be a dense run of positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gap {
