@@ -49,9 +49,74 @@ pub fn init_logging() {
     }
 }
 
+/// Keeps a warning that can repeat per request (a write failing during a broker outage) from
+/// flooding the log: the first occurrence in each `interval` is logged, the others are counted
+/// and the count is reported with the next one that is logged.
+#[derive(Debug)]
+pub struct Throttle {
+    interval: std::time::Duration,
+    /// When the last occurrence was logged, and how many were suppressed since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    /// A throttle that logs at most once per `interval`.
+    pub const fn new(interval: std::time::Duration) -> Throttle {
+        Throttle {
+            interval,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Records an occurrence at `now`; returns `Some(suppressed)` when it should be logged, with
+    /// how many occurrences were suppressed since the last one logged.
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if due(state.0, now, self.interval) {
+            let suppressed = state.1;
+            *state = (Some(now), 0);
+            Some(suppressed)
+        } else {
+            state.1 += 1;
+            None
+        }
+    }
+}
+
+/// Whether an occurrence at `now` is logged, the last logged one being at `last`.
+fn due(
+    last: Option<std::time::Instant>,
+    now: std::time::Instant,
+    interval: std::time::Duration,
+) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) >= interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn throttle_logs_once_per_interval_and_counts_the_rest() {
+        let t = Throttle::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        // (time, logged with suppressed count)
+        let rows = [
+            (0, Some(0)),
+            (1, None),
+            (5, None),
+            (9, None),
+            (10, Some(3)),
+            (12, None),
+            (30, Some(1)),
+            (41, Some(0)),
+        ];
+        for (s, want) in rows {
+            assert_eq!(t.admit(at(s)), want, "t={s}");
+        }
+    }
 
     #[test]
     fn format_choice_table() {

@@ -75,6 +75,11 @@ async fn metrics(State(node): State<Node>) -> Response {
     metrics_response(&node.metrics().registry)
 }
 
+/// At most one "write failed" warning per 10 s: in a broker outage every request fails, and the
+/// count of the others is logged with the next one (`broker_errors` in /metrics counts them all).
+static WRITE_FAILED_LOG: crate::telemetry::Throttle =
+    crate::telemetry::Throttle::new(std::time::Duration::from_secs(10));
+
 /// Writes one message through the broker: validation, then the Lua script. Every write has an
 /// id (the client's, or a generated UUID). `Ok` means stored (new or an earlier write with the
 /// same id); an error is `400`/`413` (bad input), `409` (a new channel over `--max-channels`,
@@ -115,7 +120,14 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
             if e.is_outcome_unknown() {
                 node.metrics().outcome_unknown.inc();
             }
-            tracing::warn!(error = %e, id = %id, "write failed");
+            if let Some(suppressed) = WRITE_FAILED_LOG.admit(std::time::Instant::now()) {
+                tracing::warn!(
+                    error = %e,
+                    id = %id,
+                    suppressed,
+                    "write failed (further failures within 10 s are counted, not logged)"
+                );
+            }
             write_error(&e, id)
         })?;
     node.metrics()
