@@ -889,44 +889,6 @@ impl StreamReader {
     }
 }
 
-/// A hole in what should be a dense run of positions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gap {
-    /// First missing position.
-    pub from: u64,
-    /// Last missing position.
-    pub to: u64,
-}
-
-/// A batch read after a cursor, split at its first hole.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    /// The messages that continue the cursor densely (may be empty).
-    pub dense: Vec<Message>,
-    /// The first hole after `dense`, and everything the batch held after it.
-    pub gap: Option<(Gap, Vec<Message>)>,
-}
-
-/// Splits `batch` into the part that continues `cursor` densely and what follows the first hole.
-/// Entries at or below the cursor (a replayed read) are dropped.
-pub fn split_dense(cursor: u64, batch: Vec<Message>) -> Split {
-    let mut dense: Vec<Message> = batch.into_iter().filter(|m| m.position > cursor).collect();
-    for (i, (m, expected)) in dense.iter().zip(cursor + 1..).enumerate() {
-        if m.position != expected {
-            let gap = Gap {
-                from: expected,
-                to: m.position - 1,
-            };
-            let rest = dense.split_off(i);
-            return Split {
-                dense,
-                gap: Some((gap, rest)),
-            };
-        }
-    }
-    Split { dense, gap: None }
-}
-
 fn proto(what: &str) -> BrokerError {
     BrokerError::Protocol(what.to_owned())
 }
@@ -1023,17 +985,6 @@ fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(position: u64) -> Message {
-        Message {
-            position,
-            channel: "c".into(),
-            id: position.to_string(),
-            author: String::new(),
-            text: "t".into(),
-            sent_at: 0,
-        }
-    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
@@ -1258,28 +1209,5 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse_resolve_reply(Value::Array(vec![int(1), Value::Nil])).is_err());
-    }
-
-    fn positions(v: &[Message]) -> Vec<u64> {
-        v.iter().map(|m| m.position).collect()
-    }
-
-    #[test]
-    fn dense_batches_pass_and_replays_are_dropped() {
-        let split = split_dense(2, vec![msg(1), msg(2), msg(3), msg(4)]);
-        assert_eq!(positions(&split.dense), vec![3, 4]);
-        assert_eq!(split.gap, None);
-    }
-
-    #[test]
-    fn a_hole_is_reported_with_what_surrounds_it() {
-        let split = split_dense(2, vec![msg(3), msg(6), msg(7)]);
-        assert_eq!(positions(&split.dense), vec![3]);
-        let (gap, rest) = split.gap.unwrap();
-        assert_eq!(gap, Gap { from: 4, to: 5 });
-        assert_eq!(positions(&rest), vec![6, 7]);
-        let split = split_dense(0, vec![msg(10)]);
-        assert!(split.dense.is_empty());
-        assert_eq!(split.gap.unwrap().0, Gap { from: 1, to: 9 });
     }
 }
