@@ -58,6 +58,19 @@ pub struct NodeConfig {
     /// (after a close 1001) before it exits; keep it below the orchestrator's grace period.
     #[arg(long, env = "WS_DRAIN_TIMEOUT", default_value = "5", value_parser = seconds)]
     pub ws_drain_timeout: Duration,
+    /// Seconds a node keeps serving after SIGTERM with `/readyz` answering 503, before it stops
+    /// accepting: time for Kubernetes to take it out of the Service's endpoints, so no request
+    /// is sent to a node that no longer accepts (0: stop at once). The operator sets 5.
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0", value_parser = seconds_or_zero)]
+    pub shutdown_delay: Duration,
+}
+
+/// As [`seconds`], also accepting 0.
+pub fn seconds_or_zero(text: &str) -> Result<Duration, String> {
+    if text.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    seconds(text)
 }
 
 /// Parses a positive number of seconds, fractions allowed (`10`, `0.25`), at most a day.

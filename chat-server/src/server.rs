@@ -1,6 +1,8 @@
 //! Running a chat-server node: wires the config into a [`Node`], starts the follower and serves
-//! the API until shutdown, then drains: the node stops accepting, every WebSocket is closed with
-//! 1001 and its resume position, and the node waits up to `--ws-drain-timeout` for them.
+//! the API until shutdown, then drains: for `--shutdown-delay` it keeps serving with `/readyz`
+//! answering 503 (so Kubernetes takes it out of the Service first), then it stops accepting,
+//! every WebSocket is closed with 1001 and its resume position, and the node waits up to
+//! `--ws-drain-timeout` for them.
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +31,29 @@ pub async fn run(
         max_channels: usize::try_from(config.max_channels).unwrap_or(usize::MAX),
     };
     let node = Node::new(settings, LogClient::from_list(&config.log_url));
+    // `shutdown` is the signal; `stop` ends serving, `--shutdown-delay` after it.
+    let stop = CancellationToken::new();
+    {
+        let (node, stop, signal, delay) = (
+            node.clone(),
+            stop.clone(),
+            shutdown.clone(),
+            config.shutdown_delay,
+        );
+        tokio::spawn(async move {
+            signal.cancelled().await;
+            node.set_terminating();
+            if !delay.is_zero() {
+                info!(
+                    seconds = delay.as_secs_f64(),
+                    "not ready; serving on until the Service has dropped this node"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            stop.cancel();
+        });
+    }
+    let shutdown = stop;
     let follower = tokio::spawn(follower::run(
         node.clone(),
         config.redis_url.clone(),

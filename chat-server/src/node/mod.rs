@@ -106,6 +106,8 @@ struct Inner {
     store: RwLock<Store>,
     /// Bumped each time the store is replaced ([`Node::reload_store`]).
     generation: AtomicU64,
+    /// Set on SIGTERM: not ready any more.
+    terminating: std::sync::atomic::AtomicBool,
     phase: AtomicU64,
     head: AtomicU64,
     epoch: Mutex<Option<String>>,
@@ -126,6 +128,7 @@ impl Node {
             settings,
             store: RwLock::new(store),
             generation: AtomicU64::new(0),
+            terminating: std::sync::atomic::AtomicBool::new(false),
             phase: AtomicU64::new(Phase::Bootstrapping.code()),
             head: AtomicU64::new(0),
             epoch: Mutex::new(None),
@@ -259,9 +262,16 @@ impl Node {
             .clone()
     }
 
-    /// Ready: live, and not cut off from a broker the others still reach.
+    /// Ready: live, not cut off from a broker the others still reach, and not shutting down.
     pub fn is_ready(&self) -> bool {
-        matches!(self.phase(), Ok(Phase::Live)) && self.cut_off().is_none()
+        matches!(self.phase(), Ok(Phase::Live))
+            && self.cut_off().is_none()
+            && !self.0.terminating.load(Ordering::Acquire)
+    }
+
+    /// Marks the node as shutting down: it stops counting itself ready.
+    pub(crate) fn set_terminating(&self) {
+        self.0.terminating.store(true, Ordering::Release);
     }
 
     pub(crate) fn set_error(&self, error: Option<String>) {

@@ -529,6 +529,9 @@ impl Builder<'_> {
                                     {"name": "NODE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                                     {"name": "MAX_MESSAGE_BYTES", "value": self.v.spec.max_message_bytes.to_string()},
                                     {"name": "RUST_LOG_FORMAT", "value": "json"},
+                                    // On SIGTERM keep serving, unready, until the Service has
+                                    // dropped the pod (well inside the 30 s grace period).
+                                    {"name": "SHUTDOWN_DELAY", "value": "5"},
                                 ],
                                 "ports": [{"name": "http", "containerPort": CHAT_PORT, "protocol": "TCP"}],
                                 "readinessProbe": readiness,
