@@ -595,3 +595,38 @@ async fn sigterm_closes_every_websocket_with_1001_and_the_resume_position() {
         vec![6]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_shutdown_delay_serves_on_unready_then_exits() {
+    let mut c = Cluster::start_with(1, 1, &["--shutdown-delay", "2"]).await;
+    let url = c.nodes[0].url.clone();
+    post_text(&url, "delay", "before").await;
+    let pid = c.nodes[0].pid().expect("running");
+    let started = Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    // Unready at once, yet still serving: a request that arrives before the Service dropped the
+    // pod is answered, not refused.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let r = http().get(format!("{url}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let (code, body) = post(&url, "delay", json!({"text": "during the delay"})).await;
+    assert_eq!(code, 201, "{body}");
+    let status = tokio::task::block_in_place(|| c.nodes[0].terminate()).expect("exit status");
+    assert!(status.success(), "exit status {status:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "exited after {took:?}"
+    );
+}
