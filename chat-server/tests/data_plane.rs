@@ -1031,13 +1031,14 @@ async fn a_wiped_broker_is_detected_reported_and_the_order_continues_from_the_lo
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(next, 100_001);
-    wait_position(&urls, "position", 100_001, Duration::from_secs(30)).await;
+    // 100_001 unless an anchoring attempt was retried after recording a higher limit.
+    assert!(next > 100_000, "{next}");
+    wait_position(&urls, "position", next, Duration::from_secs(30)).await;
     for url in &urls {
         let all = read_all(url, "c").await;
         assert_eq!(
             all.iter().map(|m| m.position).collect::<Vec<_>>(),
-            (1..=50).chain([100_001]).collect::<Vec<_>>()
+            (1..=50).chain([next]).collect::<Vec<_>>()
         );
         assert_eq!(all[50].text, "after the wipe");
     }

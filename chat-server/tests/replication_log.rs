@@ -663,16 +663,20 @@ async fn wiped_broker_is_detected_reported_and_re_anchored() {
 
     fx.redis.wipe();
     // A replica re-anchors the broker past every position the old epoch could have handed out
-    // (the limit it recorded, LEASE): positions 1001..LEASE are void, the order continues after.
+    // (the limit it recorded: LEASE, or more if an anchoring attempt was retried after recording
+    // a higher one): positions 1001..anchor are void, the order continues after.
     let broker = connect(&fx.redis).await;
     let positions = write_n(&broker, "after", 500).await;
     assert!(
-        positions.iter().all(|p| *p > LEASE),
+        positions.iter().all(|p| *p > 1000),
         "positions reused after the wipe"
     );
-    wait_persisted(&[&a, &b], LEASE + 500).await;
     let state = broker.state().await.unwrap();
-    assert_eq!((state.base, state.anchor), (1000, LEASE));
+    assert_eq!(state.base, 1000);
+    assert!(state.anchor >= LEASE, "{state:?}");
+    let anchor = state.anchor;
+    assert!(positions.iter().all(|p| *p > anchor), "positions reused");
+    wait_persisted(&[&a, &b], anchor + 500).await;
     let new_epoch = state.epoch.unwrap();
     assert_ne!(new_epoch, old_epoch);
     for l in [&a, &b] {
@@ -694,14 +698,16 @@ async fn wiped_broker_is_detected_reported_and_re_anchored() {
     let history = snapshot(&a.proc.url).await;
     assert_positions(
         &history,
-        (1..=1000).chain([LEASE]).chain(LEASE + 1..=LEASE + 500),
+        (1..=1000).chain([anchor]).chain(anchor + 1..=anchor + 500),
     );
     assert!(history[1000].is_void(), "{:?}", history[1000]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_ahead_of_a_new_anchor_reports_diverged() {
-    let (mut fx, mut a, mut b, broker) = two_replicas(&[], &[]).await;
+    // b may anchor without asking a (the override for a replica that is gone for good).
+    let (mut fx, mut a, mut b, broker) =
+        two_replicas(&[], &["--anchor-despite-unreachable-peers"]).await;
     write_n(&broker, "one", 300).await;
     wait_persisted(&[&b], 300).await;
     b.proc.kill9();
@@ -715,7 +721,8 @@ async fn log_ahead_of_a_new_anchor_reports_diverged() {
     let broker = connect(&fx.redis).await;
     write_n(&broker, "three", 50).await;
     let state = broker.state().await.unwrap();
-    assert_eq!((state.base, state.anchor), (300, LEASE));
+    assert_eq!(state.base, 300);
+    assert!(state.anchor >= LEASE, "{state:?}");
     a.proc.restart();
     let s = wait_status(&a, 30, "diverged", |s| s["phase"] == "diverged").await;
     assert!(
@@ -735,7 +742,8 @@ async fn log_ahead_of_a_new_anchor_reports_diverged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequence_going_backwards_retires_the_epoch_and_re_anchors_past_it() {
     let fx = Fixture::new();
-    let a = fx.start(0, &[]);
+    // The fixture lists log-b as a peer, which this test never starts.
+    let a = fx.start(0, &["--anchor-despite-unreachable-peers"]);
     ready(&a).await;
     let broker = connect(&fx.redis).await;
     write_n(&broker, "seq", 300).await;
@@ -761,15 +769,17 @@ async fn sequence_going_backwards_retires_the_epoch_and_re_anchors_past_it() {
     );
     assert!(a.proc.log_text().contains("went backwards"));
     let state = broker.state().await.unwrap();
-    assert_eq!((state.base, state.anchor), (300, LEASE));
+    assert_eq!(state.base, 300);
+    assert!(state.anchor >= LEASE, "{state:?}");
+    let anchor = state.anchor;
     let positions = write_n(&broker, "seq-after", 20).await;
-    assert!(positions.iter().all(|p| *p > LEASE), "{positions:?}");
-    wait_persisted(&[&a], LEASE + 20).await;
+    assert!(positions.iter().all(|p| *p > anchor), "{positions:?}");
+    wait_persisted(&[&a], anchor + 20).await;
     assert!(status(&a.proc.url).await["error"].is_null());
     let history = snapshot(&a.proc.url).await;
     assert_positions(
         &history,
-        (1..=300).chain([LEASE]).chain(LEASE + 1..=LEASE + 20),
+        (1..=300).chain([anchor]).chain(anchor + 1..=anchor + 20),
     );
 }
 
@@ -805,4 +815,45 @@ async fn a_live_replica_stays_ready_and_serves_reads_while_the_broker_is_down() 
     wait_persisted(&[&a, &b], 600).await;
     assert_same_bytes(&a, &b).await;
     assert_dense(&snapshot(&a.proc.url).await, 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_broker_is_anchored_only_once_every_peer_could_be_asked() {
+    let (mut fx, mut a, b, broker) = two_replicas(&[], &[]).await;
+    write_n(&broker, "before", 300).await;
+    wait_persisted(&[&a, &b], 300).await;
+    // a is down when the broker loses its data: b cannot know the limit a recorded.
+    a.proc.kill9();
+    fx.redis.wipe();
+    let s = wait_status(&b, 20, "waiting for a", |s| {
+        s["broker_loss"]
+            .as_str()
+            .is_some_and(|l| l.contains("not anchoring"))
+    })
+    .await;
+    assert!(
+        s["broker_loss"].as_str().unwrap().contains(&a.proc.url),
+        "the unreachable peer is named: {s}"
+    );
+    let broker = connect(&fx.redis).await;
+    assert_eq!(
+        broker.state().await.unwrap().epoch,
+        None,
+        "anchored without a"
+    );
+    // b stays ready meanwhile (its log is the whole history; nothing can be written).
+    let r = http()
+        .get(format!("{}/readyz", b.proc.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    a.proc.restart();
+    let positions = write_n(&broker, "after", 20).await;
+    let state = broker.state().await.unwrap();
+    assert_eq!(state.base, 300, "{state:?}");
+    assert!(state.anchor >= LEASE, "{state:?}");
+    assert!(positions.iter().all(|p| *p > state.anchor), "{positions:?}");
+    wait_persisted(&[&a, &b], state.anchor + 20).await;
+    assert_same_bytes(&a, &b).await;
 }

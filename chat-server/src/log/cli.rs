@@ -76,6 +76,12 @@ pub struct LogConfig {
     #[arg(long, env = "LOG_POSITION_LEASE", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(2..))]
     pub position_lease: u64,
+    /// Anchor a broker that lost its data even while some `--peer-url` replicas cannot be asked
+    /// for the limit they recorded. Off by default: an unreachable replica may have recorded a
+    /// higher limit, and anchoring below it could hand a position out a second time. Turn it on
+    /// (or drop the dead replica from `--peer-url`) only for a replica that is gone for good.
+    #[arg(long, env = "LOG_ANCHOR_DESPITE_UNREACHABLE_PEERS")]
+    pub anchor_despite_unreachable_peers: bool,
     /// Size past which a new segment file is started, in bytes.
     #[arg(long, env = "LOG_SEGMENT_BYTES", default_value_t = DEFAULT_SEGMENT_BYTES,
           value_parser = clap::value_parser!(u64).range(1024..))]
@@ -185,6 +191,7 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
             .collect(),
         trim_keep: config.trim_keep,
         position_lease: config.position_lease,
+        anchor_despite_unreachable_peers: config.anchor_despite_unreachable_peers,
     };
     let replica = Replica::new(settings, Arc::new(store), epoch);
     replica.set_limit(limit);

@@ -404,7 +404,34 @@ async fn ensure_epoch(
                     );
                     note_broker_loss(replica, &what);
                 }
-                let peers = peer_statuses(replica).await;
+                let (peers, unreachable) = peer_survey(replica).await;
+                // A log with nothing to protect (a new cluster: nothing persisted, no limit
+                // granted, no epoch followed) anchors alone, so the first replica of a
+                // StatefulSet can start before the others exist.
+                let has_history = persisted > 0 || replica.limit() > 0 || known.is_some();
+                if has_history
+                    && !unreachable.is_empty()
+                    && !replica.settings().anchor_despite_unreachable_peers
+                {
+                    // A peer that cannot be asked may have recorded a higher limit: anchoring
+                    // below it could hand a position out a second time. Wait for it.
+                    let what = format!(
+                        "not anchoring the broker while peer(s) {} cannot be asked for the limit they \
+                         recorded (anchoring below it could hand a position out twice); start them, \
+                         or drop a replica that is gone for good from --peer-url, or set \
+                         --anchor-despite-unreachable-peers",
+                        unreachable.join(", ")
+                    );
+                    warn!(reason = %what, "waiting for every peer before anchoring");
+                    // Stay ready meanwhile: nothing can be written without an epoch, so this log
+                    // is still the whole history, and an ordered StatefulSet only recreates the
+                    // missing peer once this one is ready.
+                    replica.set_broker_loss(what);
+                    replica.set_error(None);
+                    replica.set_phase(Phase::Live);
+                    backoff.wait(shutdown).await?;
+                    continue;
+                }
                 if let Some((url, peer_persisted)) = highest_peer(&peers, persisted) {
                     info!(peer = %url, peer_persisted, persisted, "a peer is further; copying from it before anchoring");
                     if let Err(e) = copy_from(replica, &url, u64::MAX).await {
@@ -540,17 +567,27 @@ fn adopt(replica: &Replica, epoch: &str) -> Result<(), FollowError> {
 
 /// The status of every reachable peer (not this replica, not diverged).
 async fn peer_statuses(replica: &Replica) -> Vec<(String, LogStatus)> {
+    peer_survey(replica).await.0
+}
+
+/// The status of every reachable peer (not this replica, not diverged), and the peer URLs that
+/// did not answer.
+async fn peer_survey(replica: &Replica) -> (Vec<(String, LogStatus)>, Vec<String>) {
     let client = LogClient::new(replica.settings().peers.clone());
     let mut out = Vec::new();
+    let mut unreachable = Vec::new();
     for url in client.urls() {
         match client.status_of(url).await {
             Ok(s) if s.replica_id == replica.settings().replica_id => {}
             Ok(s) if s.phase == "diverged" => {}
             Ok(s) => out.push((url.clone(), s)),
-            Err(e) => tracing::debug!(peer = %url, error = %e, "peer status unavailable"),
+            Err(e) => {
+                tracing::debug!(peer = %url, error = %e, "peer status unavailable");
+                unreachable.push(url.clone());
+            }
         }
     }
-    out
+    (out, unreachable)
 }
 
 /// The peer with the highest persisted position above `than`, if any.

@@ -67,6 +67,9 @@ pub struct ReplicaSettings {
     /// Positions the broker may hand out past this replica's persisted position
     /// (`--position-lease`).
     pub position_lease: u64,
+    /// Anchor a broker that lost its data although some peers cannot be asked
+    /// (`--anchor-despite-unreachable-peers`).
+    pub anchor_despite_unreachable_peers: bool,
 }
 
 /// `GET /status`.
