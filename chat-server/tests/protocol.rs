@@ -86,21 +86,23 @@ async fn post_ok(url: &str, channel: &str, text: &str) -> u64 {
     v["position"].as_u64().unwrap()
 }
 
+/// One node (with `node_args`) and one replica reaching Redis through a proxy; 5 messages on
+/// channel `c` written and persisted by the replica.
+async fn five_persisted(node_args: &[&str], tag: &str) -> (Cluster, support::proxy::Proxy) {
+    let (cluster, proxy) = Cluster::start_cut_off(1, 1, node_args).await;
+    let node = cluster.nodes[0].url.clone();
+    for i in 0..5 {
+        post_ok(&node, "c", &format!("{tag} {i}")).await;
+    }
+    let log = cluster.logs[0].url.clone();
+    wait_position(&[log], "persisted", 5, Duration::from_secs(20)).await;
+    (cluster, proxy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_never_end_early_while_the_log_is_behind() {
-    let (cluster, proxy) = Cluster::start_cut_off(1, 1, &["--memory-window", "5"]).await;
+    let (cluster, proxy) = five_persisted(&["--memory-window", "5"], "before").await;
     let node = cluster.nodes[0].url.clone();
-    let log = cluster.logs[0].url.clone();
-    for i in 0..5 {
-        post_ok(&node, "c", &format!("before {i}")).await;
-    }
-    wait_position(
-        std::slice::from_ref(&log),
-        "persisted",
-        5,
-        Duration::from_secs(20),
-    )
-    .await;
     proxy.pause();
     for i in 0..40 {
         post_ok(&node, "c", &format!("during {i}")).await;
@@ -181,19 +183,8 @@ async fn reads_never_end_early_while_the_log_is_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_loss_never_hands_a_position_out_twice() {
-    let (mut cluster, proxy) = Cluster::start_cut_off(1, 1, &[]).await;
+    let (mut cluster, proxy) = five_persisted(&[], "old").await;
     let node = cluster.nodes[0].url.clone();
-    let log = cluster.logs[0].url.clone();
-    for i in 0..5 {
-        post_ok(&node, "c", &format!("old {i}")).await;
-    }
-    wait_position(
-        std::slice::from_ref(&log),
-        "persisted",
-        5,
-        Duration::from_secs(20),
-    )
-    .await;
     // The replica is cut off; 6..15 are acknowledged and delivered, persisted by no replica.
     proxy.pause();
     let mut ws = ws_connect(&node, "c", 0).await;
