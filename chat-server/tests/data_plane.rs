@@ -641,19 +641,7 @@ async fn a_stalled_broker_gets_true_answers_and_retries_never_store_twice() {
         eprintln!("{tag}: {answers:?} ws {ws_answer}");
 
         // Once writes work again, each answer is checked against the history.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while post(&url, "probe", json!({"text": "p"})).await.0 != 201 {
-            assert!(Instant::now() < deadline, "writes did not resume");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let head = broker_head(&cluster.redis);
-        wait_position(
-            std::slice::from_ref(&url),
-            "position",
-            head,
-            Duration::from_secs(10),
-        )
-        .await;
+        writes_resume_and_node_has_applied(&url, &cluster.redis).await;
         let history = read_all(&url, "c").await;
         let count = |text: &str| history.iter().filter(|m| m.text == text).count();
         assert_eq!(ws_answer["type"], "error", "{tag}: {ws_answer}");
@@ -746,19 +734,7 @@ async fn a_killed_broker_gets_true_answers_and_retries_never_store_twice() {
         answers.push((text, code, answer["id"].as_str().unwrap().to_owned()));
     }
     cluster.redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while post(&url, "probe", json!({"text": "p"})).await.0 != 201 {
-        assert!(Instant::now() < deadline, "writes did not resume");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let head = broker_head(&cluster.redis);
-    wait_position(
-        std::slice::from_ref(&url),
-        "position",
-        head,
-        Duration::from_secs(10),
-    )
-    .await;
+    writes_resume_and_node_has_applied(&url, &cluster.redis).await;
     let history = read_all(&url, "c").await;
     for (text, code, id) in &answers {
         if *code == 503 {
@@ -1042,4 +1018,16 @@ async fn a_wiped_broker_is_detected_reported_and_the_order_continues_from_the_lo
         );
         assert_eq!(all[50].text, "after the wipe");
     }
+}
+
+/// Waits until a write through `url` succeeds again, then until that node has applied the
+/// broker's head (so its history can be checked against every answer given meanwhile).
+async fn writes_resume_and_node_has_applied(url: &str, redis: &support::RedisServer) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post(url, "probe", json!({"text": "p"})).await.0 != 201 {
+        assert!(Instant::now() < deadline, "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let head = broker_head(redis);
+    wait_position(&[url.to_owned()], "position", head, Duration::from_secs(10)).await;
 }
