@@ -63,6 +63,10 @@ pub struct NodeConfig {
     /// is sent to a node that no longer accepts (0: stop at once). The operator sets 5.
     #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0", value_parser = seconds_or_zero)]
     pub shutdown_delay: Duration,
+    #[command(flatten)]
+    pub serve: crate::serve::ServeConfig,
+    #[command(flatten)]
+    pub limits: crate::limits::NodeLimitConfig,
 }
 
 /// As [`seconds`], also accepting 0.

@@ -15,17 +15,22 @@
 //! - [`api`]: the chat-server's HTTP and WebSocket API.
 //! - [`ui`]: the chat page served at `/`.
 //! - [`server`]: running a node: follower + API + graceful shutdown.
+//! - [`serve`]: accepting and serving HTTP connections: connection limit, header/idle timeout.
+//! - [`limits`]: rate limits (per WebSocket connection, per client address), replica read
+//!   concurrency, a broker out of memory.
 //! - [`log`]: the replication log: on-disk store, stream follower, HTTP API, `replication-log` CLI.
 pub mod api;
 pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod log;
 pub mod log_client;
 pub mod message;
 pub mod node;
 pub mod protocol;
+pub mod serve;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -10,8 +10,10 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::config::{NodeConfig, host_name};
+use crate::limits::{LimitMetrics, RateLimits, limit_posts};
 use crate::log_client::LogClient;
 use crate::node::{Node, NodeSettings, follower};
+use crate::serve::serve;
 
 /// Serves a node on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -29,6 +31,8 @@ pub async fn run(
         ws_ping_interval: config.ws_ping_interval,
         ws_ping_timeout: config.ws_ping_timeout,
         max_channels: usize::try_from(config.max_channels).unwrap_or(usize::MAX),
+        http_body_timeout: config.limits.http_body_timeout,
+        rate_limits: RateLimits::new(&config.limits, LimitMetrics::default()),
     };
     let node = Node::new(settings, LogClient::from_list(&config.log_url));
     // `shutdown` is the signal; `stop` ends serving, `--shutdown-delay` after it.
@@ -66,11 +70,13 @@ pub async fn run(
         "chat-server serving"
     );
     let sessions = api::Sessions::new(shutdown.clone());
-    let app = api::router(node, sessions.clone());
-    let drain = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { drain.cancelled().await })
-        .await?;
+    let connections = node.metrics().connections.clone();
+    let rate_limits = node.settings().rate_limits.clone();
+    let app = api::router(node, sessions.clone()).layer(axum::middleware::from_fn_with_state(
+        rate_limits,
+        limit_posts,
+    ));
+    serve(listener, app, &config.serve, connections, shutdown.clone()).await?;
     // axum does not wait for upgraded connections: the WebSocket sessions are drained here.
     if !sessions.drain(config.ws_drain_timeout).await {
         warn!(

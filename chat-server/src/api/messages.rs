@@ -39,6 +39,18 @@ pub(crate) fn body_limit(max_message_bytes: usize) -> usize {
     max_message_bytes * 6 + 4096
 }
 
+/// Whether reading a body failed on its length limit (413) rather than on the connection.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 #[tracing::instrument(skip_all, fields(channel = %channel))]
 pub(super) async fn post_message(
     State(node): State<Node>,
@@ -61,9 +73,26 @@ pub(super) async fn post_message(
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    let deadline = node.settings().http_body_timeout;
+    let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if is_length_limit(&e) => return Err(too_large()),
+        Ok(Err(e)) => {
+            return Err(ApiError::bad_request(format!(
+                "reading the request body failed: {e}; nothing was stored"
+            )));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {}s (--http-body-timeout); nothing \
+                     was stored",
+                    deadline.as_secs_f64()
+                ),
+            ));
+        }
+    };
     let parsed: PostBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let outcome = write(&node, parsed.into_new_message(channel)).await?;

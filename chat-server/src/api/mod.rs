@@ -116,6 +116,7 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
         .write(&msg, &generated, now_millis(), holds)
         .await
         .map_err(|e| {
+            node.note_broker_write(Some(&e.to_string()));
             node.metrics().broker_errors.inc();
             if e.is_outcome_unknown() {
                 node.metrics().outcome_unknown.inc();
@@ -130,6 +131,7 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
             }
             write_error(&e, id)
         })?;
+    node.note_broker_write(None);
     node.metrics()
         .write_seconds
         .observe(started.elapsed().as_secs_f64());

@@ -31,6 +31,7 @@ use super::messages::body_limit;
 use super::{read_page, write};
 use crate::broker::WriteOutcome;
 use crate::http::{ApiError, form_pairs};
+use crate::limits::SendVerdict;
 use crate::message::{NewMessage, validate_channel};
 use crate::node::Node;
 use crate::node::store::{LiveEnd, ws_frame};
@@ -216,6 +217,8 @@ struct Out<'a> {
     sink: Sink,
     write_timeout: Duration,
     last: u64,
+    /// The connection's bucket of `send` frames (`--ws-send-rate`).
+    sends: crate::limits::ConnectionLimiter,
 }
 
 /// Why a frame could not be written.
@@ -323,6 +326,7 @@ async fn session(
         sink,
         write_timeout: timing.write,
         last: after,
+        sends: node.settings().rate_limits.connection(),
     };
     let end = if live {
         serve(&node, &stop, &mut out, &mut stream, &channel, timing).await
@@ -420,7 +424,16 @@ fn close_code_for(e: &tungstenite::Error) -> Option<u16> {
 /// Answers a text or binary frame from the client.
 async fn answer(node: &Node, out: &mut Out<'_>, channel: &str, frame: Incoming) -> Result<(), End> {
     let reply = match frame {
-        Incoming::Text(text) => handle_client_frame(node, channel, text.as_str()).await,
+        Incoming::Text(text) => match out.sends.check() {
+            SendVerdict::Admit => handle_client_frame(node, channel, text.as_str()).await,
+            SendVerdict::Refuse { retry_after } => rate_limited_frame(&text, retry_after),
+            SendVerdict::Close => {
+                return Err(End::Close(Ending::new(
+                    CLOSE_POLICY,
+                    "rate limit: a whole burst of send frames over --ws-send-rate",
+                )));
+            }
+        },
         Incoming::Binary => error_frame(
             None,
             "binary frames are not supported; send JSON text frames",
@@ -701,6 +714,21 @@ fn lost_frame(from: u64, to: u64, void_to: u64) -> String {
 
 fn ack(id: &str, position: u64) -> String {
     serde_json::json!({"type": "ack", "id": id, "position": position}).to_string()
+}
+
+/// The answer to a `send` frame over the connection's rate: an `error` frame with the frame's
+/// id (when it has one) and `retry_after_ms`; nothing was stored.
+fn rate_limited_frame(text: &str, retry_after: Duration) -> String {
+    let id = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned));
+    serde_json::json!({
+        "type": "error",
+        "id": id,
+        "error": "rate limit: too many send frames (--ws-send-rate); nothing was stored",
+        "retry_after_ms": retry_after.as_millis().max(1) as u64,
+    })
+    .to_string()
 }
 
 fn error_frame(id: Option<&str>, reason: &str) -> String {

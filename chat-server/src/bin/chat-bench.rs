@@ -5,6 +5,7 @@
 //! - `fanout`: WebSocket deliveries per second to many subscribers of one channel.
 //! - `bootstrap`: time for a new node to become ready over a long history (loads it first).
 //! - `log-append`: the replication log's append rate with one fsync per batch.
+//! - `idle`: resident memory of a node holding many idle WebSocket connections (starts the node).
 //!
 //! Every run is bounded in time and count and talks only to the URLs it is given (loopback).
 
@@ -100,6 +101,28 @@ enum Command {
         #[arg(long, default_value_t = 17299)]
         port: u16,
     },
+    /// RSS of a new node holding many idle WebSocket subscriptions (needs `ulimit -n` above
+    /// twice `--connections`: the node and this client each hold one descriptor per connection).
+    Idle {
+        #[arg(long, default_value = "redis://127.0.0.1:17000")]
+        redis_url: String,
+        /// Replication-log replicas, comma-separated.
+        #[arg(long, default_value = "http://127.0.0.1:17100")]
+        log_url: String,
+        /// The chat-server binary to start.
+        #[arg(long, default_value = "target/release/chat-server")]
+        node_bin: String,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Channels the connections subscribe to (round robin).
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+        /// Seconds to hold the connections open after the last one opened (pings flow meanwhile).
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
+        #[arg(long, default_value_t = 17298)]
+        port: u16,
+    },
     /// The replication log's append rate, fsync per batch.
     LogAppend {
         /// Directory for the log's files (created; removed afterwards).
@@ -148,6 +171,26 @@ async fn main() -> std::process::ExitCode {
             size,
             port,
         } => bootstrap(&redis_url, &log_url, &node_bin, load, size, port).await,
+        Command::Idle {
+            redis_url,
+            log_url,
+            node_bin,
+            connections,
+            channels,
+            hold,
+            port,
+        } => {
+            idle(
+                &redis_url,
+                &log_url,
+                &node_bin,
+                connections,
+                channels,
+                hold,
+                port,
+            )
+            .await
+        }
         Command::LogAppend {
             dir,
             messages,
@@ -574,17 +617,7 @@ async fn bootstrap(
         .kill_on_drop(true)
         .spawn()?;
     let url = format!("http://127.0.0.1:{port}");
-    loop {
-        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            return Err("the new node did not become ready within 300 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_node_ready(&client, &url, started).await?;
     let ready = started.elapsed().as_secs_f64();
     let s: Value = client
         .get(format!("{url}/status"))
@@ -592,21 +625,150 @@ async fn bootstrap(
         .await?
         .json()
         .await?;
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap_or(0)))
-        .ok()
-        .and_then(|st| {
-            st.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
-        })
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0);
+    let rss = rss_kib(child.id().unwrap_or(0));
     println!(
         "bootstrap: new node ready in {ready:.2}s holding {} messages (position {}, {size}-byte texts), RSS {} MiB",
         s["messages"],
         s["position"],
         rss / 1024
     );
+    child.kill().await?;
+    Ok(())
+}
+
+/// Waits up to 300 s (from `started`) for a node's `/readyz` to answer 200.
+async fn wait_node_ready(
+    client: &reqwest::Client,
+    url: &str,
+    started: Instant,
+) -> Result<(), AnyError> {
+    loop {
+        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err(format!("{url} did not become ready within 300 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS`), 0 when unreadable.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A gauge's value from a node's `/metrics`.
+async fn gauge(client: &reqwest::Client, node: &str, name: &str) -> Result<f64, AnyError> {
+    let text = client
+        .get(format!("{node}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{node}/metrics has no {name}").into())
+}
+
+/// Starts a node, opens `connections` idle live WebSocket subscriptions to it, and prints its
+/// RSS before and after, per connection.
+async fn idle(
+    redis_url: &str,
+    log_url: &str,
+    node_bin: &str,
+    connections: usize,
+    channels: usize,
+    hold: u64,
+    port: u16,
+) -> Result<(), AnyError> {
+    let client = reqwest::Client::new();
+    let mut child = tokio::process::Command::new(node_bin)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            redis_url,
+            "--log-url",
+            log_url,
+            "--node-id",
+            "bench-idle",
+            "--max-connections",
+            &(connections + 100).to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or("the node exited at once")?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_node_ready(&client, &url, Instant::now()).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(pid);
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let ws_base = url.replace("http://", "ws://");
+    let opening = Instant::now();
+    let mut open = Vec::with_capacity(connections);
+    // 100 handshakes at a time.
+    for batch in (0..connections).collect::<Vec<_>>().chunks(100) {
+        let handshakes = batch.iter().map(|i| {
+            let target = format!("{ws_base}/ws?channel=idle-{}", i % channels.max(1));
+            tokio_tungstenite::connect_async_with_config(target, Some(config), false)
+        });
+        for r in futures::future::join_all(handshakes).await {
+            match r {
+                Ok((ws, _)) => open.push(ws),
+                Err(e) => {
+                    return Err(format!(
+                        "connection {} failed: {e} (raise `ulimit -n` above {})",
+                        open.len() + 1,
+                        2 * connections + 100
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+    let opened_in = opening.elapsed().as_secs_f64();
+    // Pings are answered by tungstenite only when the stream is polled: keep every connection
+    // read (nothing else arrives) while holding.
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut readers = Vec::with_capacity(open.len());
+    for mut ws in open {
+        let ready_tx = ready_tx.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = ws.next().await {}
+            let _ = ready_tx.try_send(());
+        }));
+    }
+    drop(ready_tx);
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    if ready_rx.try_recv().is_ok() {
+        return Err("a connection ended while held".into());
+    }
+    let after = rss_kib(pid);
+    let counted = gauge(&client, &url, "chat_server_websocket_connections").await?;
+    let per = (after.saturating_sub(before) as f64) / connections.max(1) as f64;
+    println!(
+        "idle: {connections} WebSockets on {channels} channels opened in {opened_in:.1}s, held {hold}s;          node RSS {} MiB before, {} MiB after: {per:.1} KiB per connection; websocket_connections {counted}",
+        before / 1024,
+        after / 1024
+    );
+    for r in readers {
+        r.abort();
+    }
     child.kill().await?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use super::Replica;
+use crate::api::PAGE_BYTES;
 use crate::http::{ApiError, MessagesPage, PageQuery, form_pairs, metrics_response};
 use crate::log_client::{
     LOG_CLUSTER_ID_HEADER, PERSISTED_POSITION_HEADER, SNAPSHOT_POSITION_HEADER,
@@ -33,32 +34,48 @@ pub fn router(replica: Replica) -> Router {
 
 /// A channel page, with the persisted position read before it in `X-Persisted-Position`: the
 /// page holds every message of the channel after `after` up to that position (or is full), so a
-/// reader can tell "nothing more" from "this replica is behind".
+/// reader can tell "nothing more" from "this replica is behind". A page holds at most
+/// [`PAGE_BYTES`] of message payload (like a node's); one cut there names its last position in
+/// `X-Persisted-Position` instead, as far as it is complete. At most `--max-page-reads` pages
+/// are read at once (`503` with `Retry-After` past that).
 async fn channel_messages(
     State(replica): State<Replica>,
     Path(channel): Path<String>,
     page: PageQuery,
 ) -> Result<Response, ApiError> {
     validate_channel(&channel)?;
+    let _permit = replica.settings().reads.pages.try_acquire()?;
     let store = replica.store().clone();
     let persisted = store.persisted();
-    let messages =
-        tokio::task::spawn_blocking(move || store.channel_page(&channel, page.after, page.limit))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("read task failed: {e}"),
-                )
-            })?
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (messages, cut) = tokio::task::spawn_blocking(move || {
+        store.channel_page_within(&channel, page.after, page.limit, PAGE_BYTES)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("read task failed: {e}"),
+        )
+    })?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // A page cut for bytes is complete only up to its last message: saying so in the header
+    // keeps a reader from taking the rest of the range as empty (`protocol::page_covers`).
+    let complete_through = match (cut, messages.last()) {
+        (true, Some(last)) => last.position,
+        _ => persisted,
+    };
     let mut resp = Json(MessagesPage::new(messages)).into_response();
-    resp.headers_mut()
-        .insert(PERSISTED_POSITION_HEADER, HeaderValue::from(persisted));
+    resp.headers_mut().insert(
+        PERSISTED_POSITION_HEADER,
+        HeaderValue::from(complete_through),
+    );
     Ok(resp)
 }
 
-/// `GET /snapshot?after=P`: every message after P up to the persisted position now, in order.
+/// `GET /snapshot?after=P`: every message after P up to the persisted position now, in order,
+/// streamed from disk through a channel of 4 chunks of about 256 KiB (so a reader that does not
+/// read holds at most about 1.3 MiB of this replica's memory). At most `--max-snapshots` are
+/// streamed at once (`503` with `Retry-After` past that).
 /// Headers: `X-Snapshot-Position` (that position) and `X-Log-Cluster-Id` (the log's cluster id,
 /// when it has one; a replica copying the snapshot adopts it or refuses a different one).
 async fn snapshot(
@@ -82,11 +99,14 @@ async fn snapshot(
             "this replica holds positions up to {position}, not past {after}"
         )));
     }
+    let permit = replica.settings().reads.snapshots.try_acquire()?;
     replica.metrics().snapshots.inc();
     info!(after, position, "serving a snapshot");
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let mut reader = store.read_after(after, position);
     tokio::task::spawn_blocking(move || {
+        // Held until the snapshot is sent or the client went away.
+        let _permit = permit;
         loop {
             match reader.next_chunk() {
                 Ok(Some(chunk)) => {

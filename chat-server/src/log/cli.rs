@@ -86,6 +86,10 @@ pub struct LogConfig {
     #[arg(long, env = "LOG_SEGMENT_BYTES", default_value_t = DEFAULT_SEGMENT_BYTES,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub segment_bytes: u64,
+    #[command(flatten)]
+    pub serve: crate::serve::ServeConfig,
+    #[command(flatten)]
+    pub reads: crate::limits::ReadLimitConfig,
     /// When the log refuses to open because of a damaged, misplaced or foreign segment: move that
     /// segment and every later one to `<data-dir>/quarantine/<unix seconds>/` and copy those
     /// positions again from the stream or peers (needs --peer-url). Off: refuse to start.
@@ -192,6 +196,7 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         trim_keep: config.trim_keep,
         position_lease: config.position_lease,
         anchor_despite_unreachable_peers: config.anchor_despite_unreachable_peers,
+        reads: crate::limits::ReplicaReads::new(&config.reads),
     };
     let replica = Replica::new(settings, Arc::new(store), epoch);
     replica.set_limit(limit);
@@ -210,9 +215,13 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         peers = ?replica.settings().peers,
         "replication-log serving"
     );
-    let drain = shutdown.clone();
-    let serve = axum::serve(listener, api::router(replica.clone()))
-        .with_graceful_shutdown(async move { drain.cancelled().await });
+    let serve = crate::serve::serve(
+        listener,
+        api::router(replica.clone()),
+        &config.serve,
+        replica.metrics().connections.clone(),
+        shutdown.clone(),
+    );
     tokio::select! {
         r = serve => r.map_err(RunError::Serve)?,
         _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {

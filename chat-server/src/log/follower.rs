@@ -219,6 +219,7 @@ pub async fn run(replica: Replica, redis_url: String, shutdown: CancellationToke
                     // still the whole history, and the nodes keep paging old messages through
                     // it. The next session re-reads the head and the epoch before going on.
                     replica.metrics().broker_errors.inc();
+                    replica.note_broker(Some(&e.to_string()));
                     warn!(error = %e, phase = ?replica.phase(), "following interrupted; reconnecting with backoff");
                     if backoff.wait(&shutdown).await.is_err() {
                         return;
@@ -291,6 +292,8 @@ async fn session(
             .publish_persisted(&replica.settings().replica_id, persisted)
             .await?;
         grant(replica, broker, &epoch, state.limit).await?;
+        // Every write of this round went through: whatever the broker refused before is over.
+        replica.note_broker(None);
         replica.update_lag();
         if replica.error().is_none() {
             let phase = if persisted >= replica.head() {

@@ -26,6 +26,8 @@ pub struct LogMetrics {
     pub lag: Gauge,
     pub phase: Gauge,
     pub open_seconds: Gauge<f64, AtomicU64>,
+    /// Open and refused connections (`crate::serve`).
+    pub connections: crate::serve::ConnectionMetrics,
 }
 
 impl Default for LogMetrics {
@@ -49,7 +51,9 @@ impl Default for LogMetrics {
             lag: Gauge::default(),
             phase: Gauge::default(),
             open_seconds: Gauge::default(),
+            connections: Default::default(),
         };
+        m.connections.register(&mut registry);
         registry.register(
             "messages_appended",
             "Messages appended to the log",

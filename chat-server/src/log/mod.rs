@@ -70,6 +70,8 @@ pub struct ReplicaSettings {
     /// Anchor a broker that lost its data although some peers cannot be asked
     /// (`--anchor-despite-unreachable-peers`).
     pub anchor_despite_unreachable_peers: bool,
+    /// How many snapshots and page reads are served at once (`crate::limits`).
+    pub reads: crate::limits::ReplicaReads,
 }
 
 /// `GET /status`.
@@ -91,6 +93,11 @@ pub struct ReplicaStatus {
     /// What stops this replica from following now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The broker refused this replica's writes for lack of memory (Redis `maxmemory`): it
+    /// cannot register, publish its persisted position or trim the stream until memory frees.
+    /// Cleared by the next broker round trip that succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_error: Option<String>,
     /// The last broker data loss this replica detected (kept after it re-anchored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_loss: Option<String>,
@@ -102,6 +109,7 @@ struct State {
     head: u64,
     epoch: Option<String>,
     error: Option<String>,
+    broker_error: Option<String>,
     broker_loss: Option<String>,
     limit: u64,
     /// When the follower last completed a broker round trip.
@@ -124,7 +132,8 @@ struct Inner {
 impl Replica {
     /// `epoch` is the broker epoch this log was last following (from its data dir), if any.
     pub fn new(settings: ReplicaSettings, store: Arc<LogStore>, epoch: Option<String>) -> Replica {
-        let metrics = LogMetrics::default();
+        let mut metrics = LogMetrics::default();
+        settings.reads.metrics().register(&mut metrics.registry);
         metrics.persisted.set(store.persisted() as i64);
         if let Some(epoch) = &epoch {
             store.propose_cluster_id(epoch);
@@ -137,6 +146,7 @@ impl Replica {
                 head: 0,
                 epoch,
                 error: None,
+                broker_error: None,
                 broker_loss: None,
                 limit: 0,
                 contact: None,
@@ -212,6 +222,16 @@ impl Replica {
         self.state().error = error;
     }
 
+    /// Records the outcome of a broker round trip: an out-of-memory refusal is shown in
+    /// `/status` ([`ReplicaStatus::broker_error`]) until a round trip succeeds.
+    pub(crate) fn note_broker(&self, error: Option<&str>) {
+        let shown = error.and_then(crate::limits::broker_out_of_memory);
+        let mut state = self.state();
+        if error.is_none() || shown.is_some() {
+            state.broker_error = shown;
+        }
+    }
+
     pub(crate) fn set_broker_loss(&self, what: String) {
         self.state().broker_loss = Some(what);
     }
@@ -265,6 +285,7 @@ impl Replica {
             limit: state.limit,
             epoch: state.epoch.clone(),
             error: state.cut_off.clone().or_else(|| state.error.clone()),
+            broker_error: state.broker_error.clone(),
             broker_loss: state.broker_loss.clone(),
         }
     }

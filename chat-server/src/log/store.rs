@@ -1277,14 +1277,30 @@ impl LogStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut out = Vec::new();
+        self.channel_page_within(channel, after, limit, usize::MAX)
+            .map(|(page, _)| page)
+    }
+
+    /// As [`LogStore::channel_page`], also stopping before the message that would take the
+    /// page's payload bytes ([`Message::payload_bytes`]) past `max_bytes` (a first message
+    /// larger than that is a page of its own). The flag says whether it stopped for bytes: the
+    /// page is then complete only up to its last message.
+    pub fn channel_page_within(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        let mut out: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
         let plan: Vec<(Arc<File>, PathBuf, Block)> = {
             let meta = self.meta();
             let Some(ch) = meta.channels.get(channel) else {
-                return Ok(out);
+                return Ok((out, false));
             };
             if ch.last_position <= after || limit == 0 {
-                return Ok(out);
+                return Ok((out, false));
             }
             let start = meta.block_of(after.saturating_add(1).max(meta.base + 1)) as u32;
             let from = ch.blocks.partition_point(|&b| b < start);
@@ -1315,13 +1331,17 @@ impl LogStore {
                     continue;
                 }
                 let m: Message = parse_json(payload, &path, offset)?;
+                bytes = bytes.saturating_add(m.payload_bytes());
+                if bytes > max_bytes && !out.is_empty() {
+                    return Ok((out, true));
+                }
                 out.push(m);
                 if out.len() >= limit {
-                    return Ok(out);
+                    return Ok((out, false));
                 }
             }
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// A reader of every record with position in `after+1 ..= upto` (capped at the persisted

@@ -25,6 +25,8 @@ pub struct NodeMetrics {
     pub history_resets: Counter,
     /// Writes answered `504`: the broker could not be asked whether they were stored.
     pub outcome_unknown: Counter,
+    /// Open and refused connections (`crate::serve`).
+    pub connections: crate::serve::ConnectionMetrics,
 }
 
 impl Default for NodeMetrics {
@@ -47,8 +49,10 @@ impl Default for NodeMetrics {
             history_unavailable: Counter::default(),
             history_resets: Counter::default(),
             outcome_unknown: Counter::default(),
+            connections: Default::default(),
             registry: Registry::default(),
         };
+        m.connections.register(&mut registry);
         registry.register(
             "messages_accepted",
             "Messages accepted by the broker through this node",

@@ -72,6 +72,10 @@ pub struct NodeSettings {
     pub ws_ping_timeout: Duration,
     /// Channels this node accepts writes to (`--max-channels`).
     pub max_channels: usize,
+    /// Longest a client may take to send a request body (`--http-body-timeout`).
+    pub http_body_timeout: Duration,
+    /// Per-connection and per-address rate limits (`crate::limits`).
+    pub rate_limits: crate::limits::RateLimits,
 }
 
 impl NodeSettings {
@@ -95,6 +99,10 @@ pub struct NodeStatus {
     pub epoch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The broker's answer to this node's last write when it refused it for lack of memory
+    /// (cleared by the next write it stores); the node stays ready meanwhile (reads work).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_error: Option<String>,
 }
 
 /// Everything a node's tasks share. Cheap to clone (an `Arc`).
@@ -112,6 +120,8 @@ struct Inner {
     head: AtomicU64,
     epoch: Mutex<Option<String>>,
     error: Mutex<Option<String>>,
+    /// See [`NodeStatus::broker_error`].
+    broker_error: Mutex<Option<String>>,
     /// When the follower last completed a broker round trip.
     contact: Mutex<Option<std::time::Instant>>,
     /// Why the node is cut off from a broker the others still reach, if it is.
@@ -124,6 +134,11 @@ struct Inner {
 impl Node {
     pub fn new(settings: NodeSettings, log: LogClient) -> Node {
         let store = settings.empty_store();
+        let mut metrics = NodeMetrics::default();
+        settings
+            .rate_limits
+            .metrics()
+            .register(&mut metrics.registry);
         Node(Arc::new(Inner {
             settings,
             store: RwLock::new(store),
@@ -133,11 +148,12 @@ impl Node {
             head: AtomicU64::new(0),
             epoch: Mutex::new(None),
             error: Mutex::new(None),
+            broker_error: Mutex::new(None),
             contact: Mutex::new(None),
             cut_off: Mutex::new(None),
             broker: tokio::sync::OnceCell::new(),
             log,
-            metrics: NodeMetrics::default(),
+            metrics,
         }))
     }
 
@@ -278,6 +294,20 @@ impl Node {
         *self.0.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 
+    /// Records the outcome of a write through the broker: a refusal for lack of memory is shown
+    /// in `/status` ([`NodeStatus::broker_error`]) until a write is stored again.
+    pub(crate) fn note_broker_write(&self, error: Option<&str>) {
+        let shown = error.and_then(crate::limits::broker_out_of_memory);
+        let mut current = self
+            .0
+            .broker_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if error.is_none() || shown.is_some() {
+            *current = shown;
+        }
+    }
+
     /// `GET /status`. A phase that does not decode is reported as the status's `error`, with the
     /// phase `bootstrapping`: the node is then not ready, whatever the bad code was.
     pub fn status(&self) -> NodeStatus {
@@ -313,6 +343,12 @@ impl Node {
             channels,
             epoch: self.epoch(),
             error,
+            broker_error: self
+                .0
+                .broker_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -375,6 +411,8 @@ mod tests {
             ws_ping_interval: Duration::from_secs(30),
             ws_ping_timeout: Duration::from_secs(60),
             max_channels: 100,
+            http_body_timeout: Duration::from_secs(10),
+            rate_limits: crate::limits::RateLimits::unlimited(),
         };
         let log = LogClient::new(Vec::new());
         let node = Node::new(settings, log);

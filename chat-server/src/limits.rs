@@ -1,0 +1,577 @@
+//! What one client may do to a node or a replica (issue 10, "limits on what one client can
+//! do"): this module owns the rate limits (token buckets from the `governor` crate, GCRA), the
+//! bounded per-address state behind them, the concurrency limits of a replica's reads, the
+//! recognition of a broker that ran out of memory, and the metrics and flags of all of these.
+//! The connection limit and the HTTP timeouts live in [`crate::serve`].
+//!
+//! - Per WebSocket connection: `send` frames take a token from the connection's bucket
+//!   (`--ws-send-rate`, `--ws-send-burst`); a frame without a token is answered with an `error`
+//!   frame naming `retry_after_ms`, and a client that goes on sending a whole burst of refused
+//!   frames in a row is closed with 1008 (policy violation, RFC 6455 §7.4.1).
+//! - Per client address: `POST` writes take a token from the address's bucket
+//!   (`--post-rate-per-address`, `--post-burst-per-address`); without one the answer is `429`
+//!   with `Retry-After` (RFC 6585 §4). IPv6 addresses are keyed by their /64 prefix (one host
+//!   usually owns a /64). The buckets are bounded: at most `--rate-limit-addresses` are kept;
+//!   past that, full buckets are dropped (`retain_recent`), and addresses that still find no room
+//!   share one overflow bucket.
+//! - A replica serves at most `--max-snapshots` snapshots and `--max-page-reads` page reads at
+//!   once; past that the answer is `503` with `Retry-After`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use clap::Args;
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::http::ApiError;
+
+/// The per-client limits of a chat-server node (docs/configuration.md). A rate of 0 turns that
+/// limit off.
+#[derive(Debug, Clone, Args)]
+pub struct NodeLimitConfig {
+    /// Seconds a client may take to send a whole request body; a slower `POST` is answered 408
+    /// and nothing is stored.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "10", value_parser = crate::config::seconds)]
+    pub http_body_timeout: Duration,
+    /// WebSocket `send` frames per second one connection may keep up (0: no limit).
+    #[arg(long, env = "WS_SEND_RATE", default_value_t = 200)]
+    pub ws_send_rate: u32,
+    /// `send` frames a WebSocket connection may send at once above its rate; a client that goes
+    /// on sending this many refused frames in a row is closed with 1008.
+    #[arg(long, env = "WS_SEND_BURST", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_send_burst: u32,
+    /// `POST` writes per second one client address (IPv6: one /64) may keep up (0: no limit).
+    /// Behind a proxy that hides client addresses every client shares the proxy's address:
+    /// raise it, or turn it off and limit at the proxy.
+    #[arg(long, env = "POST_RATE_PER_ADDRESS", default_value_t = 2000)]
+    pub post_rate_per_address: u32,
+    /// `POST` writes one client address may send at once above its rate.
+    #[arg(long, env = "POST_BURST_PER_ADDRESS", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub post_burst_per_address: u32,
+    /// Client addresses whose buckets a node keeps at most (about 100 bytes each); addresses
+    /// past that share one bucket of the same rate.
+    #[arg(long, env = "RATE_LIMIT_ADDRESSES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate_limit_addresses: u64,
+}
+
+/// The read-concurrency flags of a replica (docs/configuration.md).
+#[derive(Debug, Clone, Args)]
+pub struct ReadLimitConfig {
+    /// `/snapshot` responses a replica streams at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "MAX_SNAPSHOTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_snapshots: u32,
+    /// Channel pages a replica reads at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "MAX_PAGE_READS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_page_reads: u32,
+}
+
+/// Which limit refused a request (the `limit` label of `rate_limited`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
+/// Metrics of the limits, registered into a binary's registry with [`LimitMetrics::register`].
+#[derive(Debug, Clone, Default)]
+pub struct LimitMetrics {
+    /// Requests or frames refused, by limit: `post_per_address`, `ws_send`, `snapshots`,
+    /// `page_reads`.
+    pub refused: Family<LimitLabel, Counter>,
+    /// WebSocket connections closed with 1008 for going on sending over their rate.
+    pub ws_rate_closes: Counter,
+    /// Client addresses with a bucket kept.
+    pub addresses: Gauge,
+}
+
+impl LimitMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "rate_limited",
+            "Requests or WebSocket frames refused by a limit (429, 503 or an error frame), by limit",
+            self.refused.clone(),
+        );
+        registry.register(
+            "websocket_rate_limit_closes",
+            "WebSocket connections closed with 1008 for sending a whole burst over their rate",
+            self.ws_rate_closes.clone(),
+        );
+        registry.register(
+            "rate_limit_addresses",
+            "Client addresses whose rate-limit bucket is kept",
+            self.addresses.clone(),
+        );
+    }
+
+    fn refuse(&self, limit: &'static str) {
+        self.refused.get_or_create(&LimitLabel { limit }).inc();
+    }
+}
+
+/// Seconds to send in `Retry-After` for a wait: rounded up, at least 1 (RFC 9110 §10.2.3 takes
+/// whole seconds).
+pub fn retry_after_secs(wait: Duration) -> u32 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+/// The bucket key of a client address: an IPv4 address (also when written IPv4-mapped), or the
+/// /64 prefix of an IPv6 address (RFC 4291 §2.5.4: hosts get a /64, so one client cannot
+/// multiply its buckets by picking addresses inside it).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+/// What happens to a WebSocket `send` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendVerdict {
+    /// Within the rate: answer it.
+    Admit,
+    /// Over the rate: answer with an error frame; the client may send again after this.
+    Refuse { retry_after: Duration },
+    /// Over the rate `burst` times in a row: close with 1008.
+    Close,
+}
+
+/// The verdict on a frame: `admitted` by the bucket or not (with the wait), after
+/// `refused_in_row` refusals in a row, for a bucket of `burst`.
+pub fn send_verdict(
+    admitted: Result<(), Duration>,
+    refused_in_row: u32,
+    burst: u32,
+) -> SendVerdict {
+    match admitted {
+        Ok(()) => SendVerdict::Admit,
+        Err(_) if refused_in_row.saturating_add(1) >= burst => SendVerdict::Close,
+        Err(retry_after) => SendVerdict::Refuse { retry_after },
+    }
+}
+
+/// The limits a node applies, built once from its flags. Cheap to clone.
+#[derive(Clone)]
+pub struct RateLimits(Arc<RateInner>);
+
+struct RateInner {
+    ws: Option<Quota>,
+    ws_burst: u32,
+    post_rate: u32,
+    addresses: Option<AddressLimiter>,
+    metrics: LimitMetrics,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("ws", &self.0.ws)
+            .field("addresses", &self.0.addresses.as_ref().map(|a| a.quota))
+            .finish()
+    }
+}
+
+fn quota(rate: u32, burst: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(rate)?;
+    Some(Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate)))
+}
+
+impl RateLimits {
+    pub fn new(config: &NodeLimitConfig, metrics: LimitMetrics) -> RateLimits {
+        let addresses = quota(config.post_rate_per_address, config.post_burst_per_address)
+            .map(|q| AddressLimiter::new(q, config.rate_limit_addresses));
+        RateLimits(Arc::new(RateInner {
+            ws: quota(config.ws_send_rate, config.ws_send_burst),
+            ws_burst: config.ws_send_burst,
+            post_rate: config.post_rate_per_address,
+            addresses,
+            metrics,
+        }))
+    }
+
+    /// No limits (tests of other parts).
+    pub fn unlimited() -> RateLimits {
+        RateLimits(Arc::new(RateInner {
+            ws: None,
+            ws_burst: 1,
+            post_rate: 0,
+            addresses: None,
+            metrics: LimitMetrics::default(),
+        }))
+    }
+
+    pub fn metrics(&self) -> &LimitMetrics {
+        &self.0.metrics
+    }
+
+    /// Takes a token for a write from `ip`; `Err(wait)` when its bucket is empty.
+    pub fn check_address(&self, ip: IpAddr) -> Result<(), Duration> {
+        let Some(limiter) = &self.0.addresses else {
+            return Ok(());
+        };
+        let r = limiter.check(address_key(ip));
+        self.0.metrics.addresses.set(limiter.keyed.len() as i64);
+        if r.is_err() {
+            self.0.metrics.refuse("post_per_address");
+        }
+        r
+    }
+
+    /// The bucket of a new WebSocket connection.
+    pub fn connection(&self) -> ConnectionLimiter {
+        ConnectionLimiter {
+            limiter: self.0.ws.map(RateLimiter::direct),
+            burst: self.0.ws_burst,
+            refused_in_row: 0,
+            metrics: self.0.metrics.clone(),
+        }
+    }
+}
+
+/// One WebSocket connection's bucket of `send` frames.
+pub struct ConnectionLimiter {
+    limiter: Option<DefaultDirectRateLimiter>,
+    burst: u32,
+    refused_in_row: u32,
+    metrics: LimitMetrics,
+}
+
+impl ConnectionLimiter {
+    /// Takes a token for a `send` frame (see [`send_verdict`]).
+    pub fn check(&mut self) -> SendVerdict {
+        let Some(limiter) = &self.limiter else {
+            return SendVerdict::Admit;
+        };
+        let admitted = limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()));
+        let verdict = send_verdict(admitted, self.refused_in_row, self.burst);
+        match verdict {
+            SendVerdict::Admit => self.refused_in_row = 0,
+            SendVerdict::Refuse { .. } => {
+                self.refused_in_row += 1;
+                self.metrics.refuse("ws_send");
+            }
+            SendVerdict::Close => {
+                self.metrics.refuse("ws_send");
+                self.metrics.ws_rate_closes.inc();
+            }
+        }
+        verdict
+    }
+}
+
+/// How often a full per-address map may be swept for buckets that are full again.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Per-address buckets, at most `max` kept (see the module doc).
+struct AddressLimiter {
+    quota: Quota,
+    keyed: DefaultKeyedRateLimiter<IpAddr>,
+    /// The one bucket shared by addresses that found no room.
+    overflow: DefaultDirectRateLimiter,
+    max: usize,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+impl AddressLimiter {
+    fn new(quota: Quota, max: u64) -> AddressLimiter {
+        AddressLimiter {
+            quota,
+            keyed: RateLimiter::keyed(quota),
+            overflow: RateLimiter::direct(quota),
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+            last_sweep: Mutex::new(None),
+        }
+    }
+
+    fn check(&self, key: IpAddr) -> Result<(), Duration> {
+        if self.keyed.len() >= self.max {
+            self.sweep();
+        }
+        let now = || self.keyed.clock().now();
+        if self.keyed.len() >= self.max {
+            // Still full: this address shares the overflow bucket (an address already kept
+            // goes on using its own only when there is room again).
+            return self.overflow.check().map_err(|n| n.wait_time_from(now()));
+        }
+        self.keyed
+            .check_key(&key)
+            .map_err(|n| n.wait_time_from(now()))
+    }
+
+    /// Drops the buckets that are full again (their addresses are indistinguishable from new
+    /// ones), at most once per [`SWEEP_EVERY`].
+    fn sweep(&self) {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.keyed.retain_recent();
+        self.keyed.shrink_to_fit();
+    }
+}
+
+/// Middleware of a node's router: a `POST` takes a token from its client address's bucket, or
+/// is answered `429 Too Many Requests` with `Retry-After` (nothing is stored). The address is
+/// the [`ConnectInfo`] that [`crate::serve`] puts on every request.
+pub async fn limit_posts(
+    axum::extract::State(limits): axum::extract::State<RateLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == Method::POST
+        && let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>()
+        && let Err(wait) = limits.check_address(addr.ip())
+    {
+        let seconds = retry_after_secs(wait);
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "rate limit: this client address may write {} messages per second \
+                 (--post-rate-per-address); nothing was stored, retry after {seconds}s",
+                limits.0.post_rate
+            ),
+        )
+        .with_retry_after(seconds)
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// How many reads of one kind a replica serves at once. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ReadLimit {
+    kind: &'static str,
+    permits: Arc<Semaphore>,
+    max: u32,
+    metrics: LimitMetrics,
+}
+
+impl ReadLimit {
+    /// `kind` names the limit in errors and in the `rate_limited` metric.
+    pub fn new(kind: &'static str, max: u32, metrics: LimitMetrics) -> ReadLimit {
+        ReadLimit {
+            kind,
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+            metrics,
+        }
+    }
+
+    /// A permit to serve one read, held until the read's answer is complete; `503` with
+    /// `Retry-After: 1` when `max` are being served.
+    pub fn try_acquire(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.refuse(self.kind);
+            ApiError::unavailable(format!(
+                "this replica serves at most {} {} at once; retry later",
+                self.max,
+                self.kind.replace('_', " ")
+            ))
+            .with_retry_after(1)
+        })
+    }
+
+    /// Reads being served now.
+    pub fn in_use(&self) -> u32 {
+        self.max
+            .saturating_sub(u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX))
+    }
+}
+
+/// The read limits of a replica: snapshots and channel pages. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ReplicaReads {
+    pub snapshots: ReadLimit,
+    pub pages: ReadLimit,
+    metrics: LimitMetrics,
+}
+
+impl ReplicaReads {
+    pub fn new(config: &ReadLimitConfig) -> ReplicaReads {
+        let metrics = LimitMetrics::default();
+        ReplicaReads {
+            snapshots: ReadLimit::new("snapshots", config.max_snapshots, metrics.clone()),
+            pages: ReadLimit::new("page_reads", config.max_page_reads, metrics.clone()),
+            metrics,
+        }
+    }
+
+    /// The metrics of these limits, to register into the replica's registry.
+    pub fn metrics(&self) -> &LimitMetrics {
+        &self.metrics
+    }
+}
+
+/// The text of a broker error when it says Redis is out of memory (`OOM command not allowed
+/// when used memory > 'maxmemory'`, what Redis answers a write under the `noeviction` policy,
+/// in whatever form the redis crate renders it),
+/// turned into an error an operator can act on; `None` for any other error.
+pub fn broker_out_of_memory(error: &str) -> Option<String> {
+    // Redis says `-OOM command not allowed when used memory > 'maxmemory'.`; the redis crate
+    // renders it as `"OOM": command not allowed when used memory > 'maxmemory'.`.
+    let oom = error.contains("OOM") && error.contains("command not allowed when used memory");
+    oom.then(|| {
+        format!(
+            "the broker is out of memory (Redis maxmemory reached): writes are refused until \
+             memory frees (replicas trim the stream once they persist it; raise the broker's \
+             memory limit if it stays full): {error}"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let table = [
+            (Duration::ZERO, 1),
+            (Duration::from_millis(1), 1),
+            (Duration::from_millis(1000), 1),
+            (Duration::from_millis(1001), 2),
+            (Duration::from_secs(30), 30),
+        ];
+        for (wait, want) in table {
+            assert_eq!(retry_after_secs(wait), want, "{wait:?}");
+        }
+    }
+
+    #[test]
+    fn address_keys() {
+        let table = [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"),
+            ("2001:db8:1:2:ffff::1", "2001:db8:1:2::"),
+            ("::1", "::"),
+        ];
+        for (ip, want) in table {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(address_key(ip), want.parse::<IpAddr>().unwrap(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn send_verdicts() {
+        let wait = Duration::from_millis(5);
+        let table = [
+            (Ok(()), 0, 4, SendVerdict::Admit),
+            (Ok(()), 3, 4, SendVerdict::Admit),
+            (Err(wait), 0, 4, SendVerdict::Refuse { retry_after: wait }),
+            (Err(wait), 2, 4, SendVerdict::Refuse { retry_after: wait }),
+            (Err(wait), 3, 4, SendVerdict::Close),
+            (Err(wait), 0, 1, SendVerdict::Close),
+        ];
+        for (admitted, row, burst, want) in table {
+            assert_eq!(
+                send_verdict(admitted, row, burst),
+                want,
+                "{admitted:?} {row} {burst}"
+            );
+        }
+    }
+
+    /// A connection's bucket admits its burst, then refuses, then closes after a burst of
+    /// refusals.
+    #[test]
+    fn connection_bucket_admits_a_burst_then_refuses_then_closes() {
+        let config = NodeLimitConfig {
+            http_body_timeout: Duration::from_secs(1),
+            ws_send_rate: 1,
+            ws_send_burst: 3,
+            post_rate_per_address: 0,
+            post_burst_per_address: 1,
+            rate_limit_addresses: 10,
+        };
+        let limits = RateLimits::new(&config, LimitMetrics::default());
+        let mut c = limits.connection();
+        let verdicts: Vec<SendVerdict> = (0..6).map(|_| c.check()).collect();
+        assert!(
+            verdicts[..3].iter().all(|v| *v == SendVerdict::Admit),
+            "{verdicts:?}"
+        );
+        assert!(
+            matches!(verdicts[3], SendVerdict::Refuse { .. }),
+            "{verdicts:?}"
+        );
+        assert!(
+            matches!(verdicts[4], SendVerdict::Refuse { .. }),
+            "{verdicts:?}"
+        );
+        assert_eq!(verdicts[5], SendVerdict::Close);
+        assert!(limits.check_address("192.0.2.1".parse().unwrap()).is_ok());
+    }
+
+    /// The per-address map never holds more than its bound; addresses past it share a bucket.
+    #[test]
+    fn address_buckets_are_bounded() {
+        let config = NodeLimitConfig {
+            http_body_timeout: Duration::from_secs(1),
+            ws_send_rate: 0,
+            ws_send_burst: 1,
+            post_rate_per_address: 1,
+            post_burst_per_address: 2,
+            rate_limit_addresses: 100,
+        };
+        let limits = RateLimits::new(&config, LimitMetrics::default());
+        for i in 0..1000u32 {
+            let ip = IpAddr::V4((0x0a00_0000 + i).into());
+            let _ = limits.check_address(ip);
+        }
+        let kept = limits.0.addresses.as_ref().unwrap().keyed.len();
+        assert!(kept <= 100, "{kept} buckets kept");
+        // One address: its burst of 2, then refused with a wait of about a second.
+        let one: IpAddr = "2001:db8::1".parse().unwrap();
+        let fresh = RateLimits::new(&config, LimitMetrics::default());
+        assert!(fresh.check_address(one).is_ok());
+        assert!(fresh.check_address("2001:db8::2".parse().unwrap()).is_ok());
+        let wait = fresh.check_address(one).unwrap_err();
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+    }
+
+    #[test]
+    fn out_of_memory_is_recognised() {
+        let oom = "OOM command not allowed when used memory > 'maxmemory'.";
+        assert!(broker_out_of_memory(oom).unwrap().contains("out of memory"));
+        assert!(broker_out_of_memory(&format!("broker script: {oom}")).is_some());
+        let rendered =
+            "broker script: \"OOM\": command not allowed when used memory > 'maxmemory'.";
+        assert!(broker_out_of_memory(rendered).is_some());
+        assert_eq!(broker_out_of_memory("connection refused"), None);
+    }
+
+    #[test]
+    fn read_limit_refuses_past_its_max() {
+        let limit = ReadLimit::new("snapshots", 2, LimitMetrics::default());
+        let a = limit.try_acquire().unwrap();
+        let _b = limit.try_acquire().unwrap();
+        let e = limit.try_acquire().unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(1));
+        assert_eq!(limit.in_use(), 2);
+        drop(a);
+        assert!(limit.try_acquire().is_ok());
+    }
+}

@@ -1,0 +1,750 @@
+//! Limits on what one client can do (issue 10), against real Redis and real `replication-log`
+//! and `chat-server` processes, with deadlines shortened by flags:
+//! - `--max-connections`: past it HTTP gets 503 + Retry-After and a WebSocket is closed with
+//!   1013; the connections already open go on, and room frees when one closes;
+//! - `--http-header-timeout`: 500 slowloris connections and 200 silent TCP connections are
+//!   closed within the timeout, on a node and on a replica; `--http-body-timeout`: a body that
+//!   stalls is answered 408 and nothing is stored;
+//! - rate limits: `POST` per client address (429 + Retry-After) and WebSocket `send` frames per
+//!   connection (error frames, then 1008), with every accepted write kept and no refused one;
+//! - a replica streams at most `--max-snapshots` snapshots (503 + Retry-After past that) and
+//!   answers pages of at most 1 MiB, through which a node still reads the whole history;
+//! - a broker out of memory (`maxmemory`, `noeviction`) shows in `/status` of nodes and
+//!   replicas, writes fail with a clear 503, and everything recovers when memory frees.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::{Cluster, LOG_BIN, Proc, free_port, http, post, read_all, status, wait_ready};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+fn ws_url(url: &str, query: &str) -> String {
+    format!("{}/ws?{query}", url.replace("http://", "ws://"))
+}
+
+fn addr(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+async fn connect(url: &str, query: &str) -> Ws {
+    tokio_tungstenite::connect_async(ws_url(url, query))
+        .await
+        .expect("ws handshake")
+        .0
+}
+
+/// The next text frame as JSON, or the close code and reason, within 10 s (pings skipped).
+async fn next(ws: &mut Ws) -> Result<Value, (u16, String)> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s");
+        match frame {
+            Some(Ok(Frame::Text(t))) => return Ok(serde_json::from_str(&t).expect("JSON frame")),
+            Some(Ok(Frame::Close(Some(c)))) => return Err((c.code.into(), c.reason.to_string())),
+            Some(Ok(Frame::Close(None))) => return Err((1005, String::new())),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err((1006, e.to_string())),
+            None => return Err((1006, "ended".into())),
+        }
+    }
+}
+
+/// The text of `/metrics`; `None` when the request is refused.
+async fn try_metrics(url: &str) -> Option<String> {
+    let r = http().get(format!("{url}/metrics")).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.text().await.ok()
+}
+
+/// A metric's value in a `/metrics` text (the first line starting with `name`).
+fn value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = try_metrics(url).await.expect("metrics");
+    value(&text, name)
+}
+
+/// One more replica of `c`'s broker, named `name`, with `extra` flags; waits until it is ready.
+async fn spawn_replica(c: &Cluster, name: &str, extra: &[&str]) -> Proc {
+    let port = free_port();
+    let data = c.dir.path().join(name);
+    std::fs::create_dir_all(&data).expect("data dir");
+    let mut args = vec![
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--redis-url".into(),
+        c.redis.url(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--replica-id".into(),
+        name.to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let p = Proc::spawn(name, LOG_BIN, args, port, c.dir.path());
+    wait_ready(&p.url, Duration::from_secs(30)).await;
+    p
+}
+
+/// Raw HTTP/1.1 request on a new connection; the status line and the whole answer.
+async fn raw_get(url: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr(url)).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answer within 5 s")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_limit_refuses_with_503_and_1013_and_keeps_what_is_open() {
+    let c = Cluster::start_with(1, 1, &["--max-connections", "20"]).await;
+    let url = c.nodes[0].url.clone();
+    // 20 open WebSockets take every permit (reqwest's pooled connections are closed by now:
+    // the node closed them idle, or they are counted and refused below the same way).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut open = Vec::new();
+    for i in 0..20 {
+        let mut ws = None;
+        for _ in 0..50 {
+            match tokio_tungstenite::connect_async(ws_url(&url, &format!("channel=c{i}"))).await {
+                Ok((mut w, _)) => {
+                    // Refused connections are upgraded and closed at once: make sure this one
+                    // is served.
+                    w.send(Frame::Text(
+                        json!({"type":"send","text":format!("hello {i}"),"id":format!("w{i}")})
+                            .to_string()
+                            .into(),
+                    ))
+                    .await
+                    .expect("send");
+                    match next(&mut w).await {
+                        Ok(v) if v["type"] == "ack" => {
+                            ws = Some(w);
+                            break;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        open.push(ws.expect("a WebSocket within the limit"));
+    }
+    // HTTP past the limit: 503 with Retry-After and the reason.
+    let answer = raw_get(&url, "/status").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("--max-connections"), "{answer}");
+    // A WebSocket past the limit: accepted, then closed with 1013 and the reason.
+    let mut refused = connect(&url, "channel=c0").await;
+    let (code, reason) = next(&mut refused).await.expect_err("closed");
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("connection limit"), "{reason}");
+    // What is open goes on: a send on the first socket is acknowledged.
+    open[0]
+        .send(Frame::Text(
+            json!({"type":"send","text":"still here","id":"w-again"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .expect("send");
+    let mut acked = false;
+    for _ in 0..5 {
+        if let Ok(v) = next(&mut open[0]).await
+            && v["type"] == "ack"
+        {
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked, "the open WebSocket still writes");
+    // One closes: room for a request again, which sees the refusals counted.
+    let mut first = open.remove(0);
+    first.close(None).await.expect("close");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        if let Some(text) = try_metrics(&url).await {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after a WebSocket closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let refused_count = value(&text, "chat_server_connections_refused_total");
+    assert!(refused_count >= 2.0, "refused {refused_count}");
+    let open_now = value(&text, "chat_server_connections ");
+    assert!((1.0..=20.0).contains(&open_now), "open {open_now}");
+    // Nothing accepted was lost (the sockets close first: room for the reads).
+    for mut ws in open {
+        let _ = ws.close(None).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..20 {
+        let got = read_all(&url, &format!("c{i}")).await;
+        assert!(got.iter().any(|m| m.id == format!("w{i}")), "c{i}: {got:?}");
+    }
+    drop(c);
+}
+
+/// Opens `slow` connections that send a request line and then one header line every
+/// `every`, and `idle` connections that send nothing; returns how long each took to be closed
+/// by the server (`None`: still open at `give_up`).
+async fn slowloris(
+    url: &str,
+    slow: usize,
+    idle: usize,
+    every: Duration,
+    give_up: Duration,
+) -> Vec<Option<Duration>> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..slow + idle {
+        let address = addr(url);
+        let trickle = i < slow;
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(address).await.expect("connect");
+            let opened = Instant::now();
+            if trickle {
+                let _ = s.write_all(b"GET /status HTTP/1.1\r\n").await;
+            }
+            let mut buf = [0u8; 1024];
+            let mut header = 0;
+            loop {
+                tokio::select! {
+                    r = s.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => return Some(opened.elapsed()),
+                        Ok(_) => {} // an error answer (408): the close follows
+                    },
+                    () = tokio::time::sleep(every), if trickle => {
+                        header += 1;
+                        if s.write_all(format!("X-Slow-{header}: 1\r\n").as_bytes()).await.is_err() {
+                            return Some(opened.elapsed());
+                        }
+                    }
+                    () = tokio::time::sleep(give_up.saturating_sub(started.elapsed())) => return None,
+                }
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
+
+fn assert_all_closed_within(closed: &[Option<Duration>], within: Duration, what: &str) {
+    let open = closed.iter().filter(|c| c.is_none()).count();
+    assert_eq!(open, 0, "{what}: {open} of {} still open", closed.len());
+    let slowest = closed.iter().flatten().max().copied().unwrap_or_default();
+    assert!(
+        slowest <= within,
+        "{what}: the slowest closed after {slowest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slowloris_and_idle_connections_are_closed_by_the_header_timeout() {
+    let c = Cluster::start_with(
+        1,
+        1,
+        &["--http-header-timeout", "2", "--http-body-timeout", "1"],
+    )
+    .await;
+    let url = c.nodes[0].url.clone();
+    // A replica with the same timeout.
+    let replica = spawn_replica(&c, "log-slow", &["--http-header-timeout", "2"]).await;
+    // Written before: must survive.
+    let (code, _) = post(&url, "kept", json!({"text": "before", "id": "k1"})).await;
+    assert_eq!(code, 201);
+
+    // A header line every second never completes a head: closed at 2 s (slack for 700
+    // connections on a loaded 2-core machine).
+    let (node_closed, replica_closed) = tokio::join!(
+        slowloris(
+            &url,
+            500,
+            200,
+            Duration::from_secs(1),
+            Duration::from_secs(20)
+        ),
+        slowloris(
+            &replica.url,
+            100,
+            50,
+            Duration::from_secs(1),
+            Duration::from_secs(20)
+        ),
+    );
+    assert_all_closed_within(&node_closed, Duration::from_secs(8), "node");
+    assert_all_closed_within(&replica_closed, Duration::from_secs(8), "replica");
+    // None of them left anything behind, and the node serves as before.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = metric(&url, "chat_server_connections ").await;
+        if open <= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let open = metric(&replica.url, "replication_log_connections ").await;
+    assert!(open <= 2.0, "replica counts {open} connections");
+
+    // A keep-alive connection idle between requests is closed too.
+    let mut s = TcpStream::connect(addr(&url)).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let opened = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut answered = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answered.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => panic!("idle keep-alive connection still open after 10 s"),
+        }
+    }
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    assert!(
+        opened.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        opened.elapsed()
+    );
+
+    // A body that stalls: 408, nothing stored.
+    let mut s = TcpStream::connect(addr(&url)).await.expect("connect");
+    s.write_all(
+        b"POST /channels/kept/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"text\": \"nev",
+    )
+    .await
+    .expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--http-body-timeout"), "{answer}");
+    let kept = read_all(&url, "kept").await;
+    assert_eq!(
+        kept.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["k1"]
+    );
+    drop(replica);
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_refuse_with_429_and_error_frames_and_keep_what_was_accepted() {
+    let c = Cluster::start_with(
+        1,
+        1,
+        &[
+            "--post-rate-per-address",
+            "2",
+            "--post-burst-per-address",
+            "10",
+            "--ws-send-rate",
+            "1",
+            "--ws-send-burst",
+            "5",
+        ],
+    )
+    .await;
+    let url = c.nodes[0].url.clone();
+    // POST: a burst of 10, then 429 with Retry-After; only the admitted ones are stored.
+    let client = http();
+    let mut accepted = Vec::new();
+    let mut limited = 0;
+    for i in 0..30 {
+        let r = client
+            .post(format!("{url}/channels/rl/messages"))
+            .json(&json!({"text": format!("m{i}"), "id": format!("p{i}")}))
+            .send()
+            .await
+            .expect("post");
+        match r.status().as_u16() {
+            201 => accepted.push(format!("p{i}")),
+            429 => {
+                limited += 1;
+                let retry: u64 = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .expect("Retry-After");
+                assert!((1..=2).contains(&retry), "Retry-After {retry}");
+                let body: Value = r.json().await.expect("json");
+                let e = body["error"].as_str().unwrap_or_default();
+                assert!(e.contains("--post-rate-per-address"), "{body}");
+            }
+            other => panic!("POST answered {other}"),
+        }
+    }
+    assert!((10..=12).contains(&accepted.len()), "{accepted:?}");
+    assert_eq!(accepted.len() + limited, 30);
+    // A refill: after the wait one more is accepted.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, later) = post(&url, "rl", json!({"text": "later", "id": "p-later"})).await;
+    assert_eq!(code, 201);
+    let later = later["position"].as_u64().expect("position");
+    support::wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        later,
+        Duration::from_secs(10),
+    )
+    .await;
+    accepted.push("p-later".into());
+    let stored: Vec<String> = read_all(&url, "rl")
+        .await
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(stored, accepted);
+    assert!(
+        metric(
+            &url,
+            "chat_server_rate_limited_total{limit=\"post_per_address\"}"
+        )
+        .await
+            >= 18.0
+    );
+
+    // WebSocket: 5 sends acknowledged, then error frames naming retry_after_ms, and after a
+    // whole burst of refused frames in a row, 1008.
+    let mut ws = connect(&url, "channel=wsrl&live=false").await;
+    let mut acks = Vec::new();
+    let mut last_ack = 0;
+    let mut errors = 0;
+    let mut closed = None;
+    for i in 0..20 {
+        let frame = json!({"type": "send", "text": format!("w{i}"), "id": format!("w{i}")});
+        if ws
+            .send(Frame::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        match next(&mut ws).await {
+            Ok(v) if v["type"] == "ack" => {
+                last_ack = last_ack.max(v["position"].as_u64().unwrap_or(0));
+                acks.push(v["id"].as_str().unwrap_or_default().to_owned());
+            }
+            Ok(v) if v["type"] == "error" => {
+                errors += 1;
+                assert_eq!(v["id"], format!("w{i}"), "{v}");
+                assert!(
+                    v["retry_after_ms"].as_u64().is_some_and(|ms| ms >= 1),
+                    "{v}"
+                );
+            }
+            Ok(v) => panic!("unexpected {v}"),
+            Err(close) => {
+                closed = Some(close);
+                break;
+            }
+        }
+    }
+    let (code, reason) = match closed {
+        Some(c) => c,
+        None => next(&mut ws).await.expect_err("closed after the refusals"),
+    };
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("rate limit"), "{reason}");
+    assert!((5..=6).contains(&acks.len()), "{acks:?}");
+    assert_eq!(errors, 4, "refused frames before the close");
+    support::wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        last_ack,
+        Duration::from_secs(10),
+    )
+    .await;
+    let stored: Vec<String> = read_all(&url, "wsrl")
+        .await
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(stored, acks);
+    assert!(metric(&url, "chat_server_websocket_rate_limit_closes_total").await >= 1.0);
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_bounds_snapshots_and_pages_and_nodes_still_read_everything() {
+    // A tiny window: older history is read from the replica, page by page. 1,500 messages of
+    // 4 KB: 6 MB of history.
+    const TOTAL: u64 = 1500;
+    let c = Cluster::start_with(1, 1, &["--memory-window-bytes", "65536"]).await;
+    let url = c.nodes[0].url.clone();
+    let text = "x".repeat(4000);
+    let client = http();
+    let mut ids = Vec::new();
+    for i in 0..TOTAL {
+        let id = format!("b{i}");
+        let r = client
+            .post(format!("{url}/channels/big/messages"))
+            .json(&json!({"text": text, "id": id}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 201);
+        ids.push(id);
+    }
+    let replica = c.logs[0].url.clone();
+    support::wait_position(
+        std::slice::from_ref(&replica),
+        "persisted",
+        600,
+        Duration::from_secs(30),
+    )
+    .await;
+    // The replica's page: at most 1 MiB of payload, complete through its last position.
+    let r = client
+        .get(format!("{replica}/channels/big/messages?limit=10000"))
+        .send()
+        .await
+        .expect("page");
+    let complete: u64 = r.headers()["x-persisted-position"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = r.bytes().await.expect("body");
+    let page: Value = serde_json::from_slice(&body).expect("json");
+    let n = page["messages"].as_array().expect("messages").len();
+    assert!((200..300).contains(&n), "{n} messages");
+    assert!(body.len() < (1 << 20) + 200 * 1024, "{} bytes", body.len());
+    assert_eq!(
+        Some(complete),
+        page["next"].as_u64(),
+        "complete through the last position"
+    );
+    // Through the node, paging reaches every message in order.
+    let got: Vec<String> = read_all(&url, "big")
+        .await
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(got, ids);
+
+    // Snapshots: a second replica allowing one at a time; a reader that does not read holds it.
+    let snap = spawn_replica(
+        &c,
+        "log-snap",
+        &["--peer-url", &replica, "--max-snapshots", "1"],
+    )
+    .await;
+    let rss_before = snap.rss_kib();
+    let stalled = tokio::net::TcpSocket::new_v4().expect("socket");
+    stalled.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stalled = stalled
+        .connect(addr(&snap.url).parse().unwrap())
+        .await
+        .expect("connect");
+    stalled
+        .write_all(b"GET /snapshot HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = vec![0u8; 512];
+    let n = stalled.read(&mut head).await.expect("read");
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    let second = client
+        .get(format!("{}/snapshot", snap.url))
+        .send()
+        .await
+        .expect("snapshot");
+    assert_eq!(second.status(), 503);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let reason: Value = second.json().await.expect("json");
+    assert!(
+        reason["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("snapshots"),
+        "{reason}"
+    );
+    assert!(
+        metric(
+            &snap.url,
+            "replication_log_rate_limited_total{limit=\"snapshots\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // The stalled reader holds a bounded buffer (4 chunks of 256 KiB), not the history (6 MB).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = snap.rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 4096,
+        "replica grew {grown} KiB with a stalled snapshot"
+    );
+    // Once it goes away, the next snapshot is served whole.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client
+            .get(format!("{}/snapshot", snap.url))
+            .send()
+            .await
+            .expect("snapshot");
+        if r.status() == 200 {
+            let lines = r.text().await.expect("text").lines().count();
+            assert_eq!(lines as u64, TOTAL);
+            break;
+        }
+        assert!(Instant::now() < deadline, "snapshot still refused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(snap);
+    drop(c);
+}
+
+/// Redis's `used_memory` (`INFO memory`), in bytes.
+fn used_memory(redis: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(redis).expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_out_of_memory_shows_in_status_and_recovers() {
+    let mut c = Cluster::start(1, 1).await;
+    let url = c.nodes[0].url.clone();
+    for i in 0..5 {
+        let (code, _) = post(
+            &url,
+            "oom",
+            json!({"text": format!("before {i}"), "id": format!("o{i}")}),
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    support::wait_position(
+        std::slice::from_ref(&c.logs[0].url),
+        "persisted",
+        5,
+        Duration::from_secs(30),
+    )
+    .await;
+    // Fill the broker up to a small maxmemory with noeviction, as the operator configures it.
+    let mut redis = c.redis.conn();
+    let used = used_memory(&mut redis);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query(&mut redis)
+        .expect("policy");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + (2 << 20))
+        .query(&mut redis)
+        .expect("maxmemory");
+    let chunk = "f".repeat(64 * 1024);
+    for i in 0.. {
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("filler-{i}"))
+            .arg(&chunk)
+            .query(&mut redis);
+        if let Err(e) = r {
+            assert!(e.to_string().contains("OOM"), "{e}");
+            break;
+        }
+        assert!(i < 1000, "maxmemory never reached");
+    }
+    // Clearly over, whatever Redis frees meanwhile (client buffers): a limit below what is used.
+    let full = used_memory(&mut redis);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(full - (512 << 10))
+        .query(&mut redis)
+        .expect("maxmemory");
+    // A write: a clear 503, nothing stored; the node's /status says why.
+    let (code, body) = post(&url, "oom", json!({"text": "refused", "id": "o-refused"})).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["outcome"], "not_stored", "{body}");
+    let s = status(&url).await;
+    let shown = s["broker_error"].as_str().unwrap_or_default();
+    assert!(shown.contains("out of memory"), "{s}");
+    // A restarted replica cannot register (its first HSET fails): its /status says why.
+    c.logs[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http().get(format!("{}/status", c.logs[0].url)).send().await
+            && let Ok(s) = r.json::<Value>().await
+            && s["broker_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("out of memory"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never showed the OOM"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Memory frees: everything recovers and the errors are cleared.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("filler-*")
+        .query(&mut redis)
+        .expect("keys");
+    for k in keys {
+        let _: () = redis::cmd("DEL").arg(k).query(&mut redis).expect("del");
+    }
+    wait_ready(&c.logs[0].url, Duration::from_secs(30)).await;
+    let s = status(&c.logs[0].url).await;
+    assert!(s.get("broker_error").is_none(), "{s}");
+    let (code, body) = post(&url, "oom", json!({"text": "after", "id": "o-after"})).await;
+    assert_eq!(code, 201, "{body}");
+    let s = status(&url).await;
+    assert!(s.get("broker_error").is_none(), "{s}");
+    let stored: Vec<String> = read_all(&url, "oom")
+        .await
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(stored, ["o0", "o1", "o2", "o3", "o4", "o-after"]);
+    drop(c);
+}
