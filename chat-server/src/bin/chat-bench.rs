@@ -762,7 +762,7 @@ async fn idle(
     let counted = gauge(&client, &url, "chat_server_websocket_connections").await?;
     let per = (after.saturating_sub(before) as f64) / connections.max(1) as f64;
     println!(
-        "idle: {connections} WebSockets on {channels} channels opened in {opened_in:.1}s, held {hold}s;          node RSS {} MiB before, {} MiB after: {per:.1} KiB per connection; websocket_connections {counted}",
+        "idle: {connections} WebSockets on {channels} channels opened in {opened_in:.1}s, held {hold}s; node RSS {} MiB before, {} MiB after: {per:.1} KiB per connection; websocket_connections {counted}",
         before / 1024,
         after / 1024
     );
