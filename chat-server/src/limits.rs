@@ -53,10 +53,11 @@ pub struct NodeLimitConfig {
     /// on sending this many refused frames in a row is closed with 1008.
     #[arg(long, env = "WS_SEND_BURST", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_send_burst: u32,
-    /// `POST` writes per second one client address (IPv6: one /64) may keep up (0: no limit).
-    /// Behind a proxy that hides client addresses every client shares the proxy's address:
-    /// raise it, or turn it off and limit at the proxy.
-    #[arg(long, env = "POST_RATE_PER_ADDRESS", default_value_t = 2000)]
+    /// `POST` writes per second one client address (IPv6: one /64) may keep up (0, the default:
+    /// no limit). Off by default because behind a Service load balancer, an ingress or any proxy
+    /// that hides client addresses every client shares one address, and one bucket would then
+    /// throttle the whole node; set it where nodes see real client addresses.
+    #[arg(long, env = "POST_RATE_PER_ADDRESS", default_value_t = 0)]
     pub post_rate_per_address: u32,
     /// `POST` writes one client address may send at once above its rate.
     #[arg(long, env = "POST_BURST_PER_ADDRESS", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..))]
