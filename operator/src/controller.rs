@@ -27,7 +27,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::crd::ChatCluster;
 use crate::metrics::Metrics;
-use crate::reconcile::build::{
+use crate::names::{
     APP_NAME, Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY,
 };
 use crate::reconcile::{self, Context};

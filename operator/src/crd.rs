@@ -13,7 +13,7 @@ use kube::core::crd::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::validate::MAX_NAME_LEN;
+use crate::names::MAX_NAME_LEN;
 
 /// API group of every chat-cluster resource.
 pub const GROUP: &str = "chat-cluster.io";

@@ -5,9 +5,17 @@
 //!
 //! # Layout
 //!
+//! - [`names`]: child names, labels, selectors, ports, the password key — a leaf module the CRD,
+//!   the reconcile steps and the controller share.
 //! - [`crd`]: the `ChatCluster` resource, its schema (defaults, bounds, CEL rules) and the CRD.
-//! - [`reconcile`]: the pipeline dereference → validate → build → apply → status, plus rollout
-//!   gating; `build` and the status/gating decisions are pure.
+//! - [`reconcile`]: the pipeline validate → dereference → build → apply → gate → status.
+//!   - `reconcile::children`: [`reconcile::children::Children`], the one list of child kinds,
+//!     at each stage (existing, desired, live).
+//!   - `reconcile::dereference`: every read — children, pods, the data plane's `/status`.
+//!   - `reconcile::build`: the pure builder, one module per child kind (`secret`, `service`,
+//!     `broker`, `replication_log`, `chat_server`, `pdb`; `pod` for shared container settings).
+//!   - `reconcile::apply`: server-side apply and pruning through one generic applier.
+//!   - `reconcile::gate`, `reconcile::status`: pure decisions with thin patch shells.
 //! - [`probe`]: the data plane's `/status` documents, read through the API server's pod proxy.
 //! - [`controller`]: the kube-runtime controller: watches, triggers, error backoff.
 //! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease.
@@ -21,5 +29,6 @@ pub mod crd;
 mod fixtures;
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod probe;
 pub mod reconcile;

@@ -20,7 +20,7 @@ use crate::proxy::{CHAT_PORT, LOG_PORT, Target};
 
 /// The three components, as in the `app.kubernetes.io/component` label: the operator's own
 /// definition, so the suite and the operator cannot disagree on label values.
-pub use chat_cluster_operator::reconcile::build::Component;
+pub use chat_cluster_operator::names::Component;
 
 /// The spec the scenarios start from: the images under test, small volumes, 3 chat-servers,
 /// 2 log replicas, maxLag 0. Fields the suite does not care about keep the CRD's defaults, so a

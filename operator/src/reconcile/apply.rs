@@ -1,30 +1,35 @@
 //! Apply step: makes the cluster match the built children with server-side apply under the one
 //! field manager `chat-cluster-operator`, and deletes children the spec no longer asks for.
 //!
-//! A child whose live object already contains every field we would apply is not patched at all,
-//! so a steady cluster sees no write requests (a no-op apply would not change the object, but it
-//! still is a PATCH). The only children the spec can drop today are the PDBs (fewer than two
-//! replicas); pruning covers PDBs and Services, found by the instance and managed-by labels and
-//! our owner uid.
+//! [`apply`] takes [`Children`] apart without `..`, so a new child that is built but not applied
+//! is a compile error; every child goes through the one generic [`Applier::always`] /
+//! [`Applier::optional`], which remember the names kept per kind. A child whose live object
+//! already contains every field we would apply is not patched at all, so a steady cluster sees
+//! no write requests (a no-op apply would not change the object, but it still is a PATCH).
+//! Pruning then lists each kind in [`PRUNED_KINDS`] by the instance and managed-by labels and
+//! deletes what carries our controller owner reference but was not kept (today only a PDB can go,
+//! when a component drops below two replicas).
 
-use std::collections::BTreeSet;
-use std::fmt::Debug;
+use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::Resource as _;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
-use super::build::{Children, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
-use super::dereference::Observed;
+use super::children::{ChildKind, Children, Desired, Existing, Live};
 use super::validate::Validated;
+use crate::names::managed_selector;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "chat-cluster-operator";
+
+/// The kinds whose unwanted objects are deleted: the optional children (PDBs) and the Services
+/// (whose set has changed between versions). The operator may delete only these
+/// (`manifests/rbac.yaml`); the Secret and the workloads go only with the ChatCluster.
+pub const PRUNED_KINDS: [&str; 2] = [Service::KIND, PodDisruptionBudget::KIND];
 
 /// What the apply step changed, for Events and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,16 +57,12 @@ pub enum Change {
     },
 }
 
-/// The children after apply, as the API server returned them.
+/// The children after apply, as the API server returned them, and what changed.
 #[derive(Clone, Debug)]
 pub struct Applied {
-    /// Broker StatefulSet.
-    pub broker: StatefulSet,
-    /// Log StatefulSet.
-    pub log: StatefulSet,
-    /// chat-server Deployment.
-    pub chat_server: Deployment,
-    /// What changed.
+    /// The live children.
+    pub children: Children<Live>,
+    /// What changed, in order.
     pub changes: Vec<Change>,
 }
 
@@ -99,213 +100,178 @@ pub enum ApplyError {
     },
 }
 
-/// Applies `children` and prunes what is no longer wanted.
+/// Applies `desired` (compared with `existing`, as read by the dereference step) and prunes what
+/// is no longer wanted.
 pub async fn apply(
     client: &Client,
     cluster: &Validated,
-    children: Children,
-    observed: &Observed,
+    desired: Children<Desired>,
+    existing: Children<Existing>,
 ) -> Result<Applied, ApplyError> {
-    let ns = &cluster.namespace;
-    let mut changes = Vec::new();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-
-    ensure(
-        &secrets,
-        "Secret",
-        &children.broker_secret,
-        observed.broker_secret.as_ref(),
-        &mut changes,
-    )
-    .await?;
-    ensure(
-        &services,
-        "Service",
-        &children.broker_service,
-        observed.broker_service.as_ref(),
-        &mut changes,
-    )
-    .await?;
-    let broker = ensure(
-        &sets,
-        "StatefulSet",
-        &children.broker,
-        observed.broker.as_ref(),
-        &mut changes,
-    )
-    .await?;
-    ensure(
-        &services,
-        "Service",
-        &children.log_headless_service,
-        observed.log_headless_service.as_ref(),
-        &mut changes,
-    )
-    .await?;
-    ensure(
-        &services,
-        "Service",
-        &children.log_service,
-        observed.log_service.as_ref(),
-        &mut changes,
-    )
-    .await?;
-    let log = ensure(
-        &sets,
-        "StatefulSet",
-        &children.log,
-        observed.log.as_ref(),
-        &mut changes,
-    )
-    .await?;
-    let chat_server = ensure(
-        &deployments,
-        "Deployment",
-        &children.chat_server,
-        observed.chat_server.as_ref(),
-        &mut changes,
-    )
-    .await?;
-    ensure(
-        &services,
-        "Service",
-        &children.chat_service,
-        observed.chat_service.as_ref(),
-        &mut changes,
-    )
-    .await?;
-
-    let mut keep_pdbs = BTreeSet::new();
-    for (pdb, seen) in [
-        (&children.log_pdb, &observed.log_pdb),
-        (&children.chat_pdb, &observed.chat_pdb),
-    ] {
-        if let Some(pdb) = pdb {
-            ensure(
-                &pdbs,
-                "PodDisruptionBudget",
-                pdb,
-                seen.as_ref(),
-                &mut changes,
-            )
-            .await?;
-            keep_pdbs.insert(pdb.name_any());
-        }
-    }
-    let keep_services: BTreeSet<String> = [
-        &children.broker_service,
-        &children.log_headless_service,
-        &children.log_service,
-        &children.chat_service,
-    ]
-    .iter()
-    .map(|s| s.name_any())
-    .collect();
-    let uid = cluster.owner_ref.uid.as_str();
-    prune(
-        &pdbs,
-        "PodDisruptionBudget",
-        &cluster.name,
-        uid,
-        &keep_pdbs,
-        &mut changes,
-    )
-    .await?;
-    prune(
-        &services,
-        "Service",
-        &cluster.name,
-        uid,
-        &keep_services,
-        &mut changes,
-    )
-    .await?;
-
-    Ok(Applied {
+    let mut applier = Applier::new(client, &cluster.namespace);
+    // Destructured without `..`: a new child fails to compile here until it is applied.
+    let Children {
+        broker_secret,
+        broker_service,
         broker,
+        log_headless_service,
+        log_service,
         log,
+        log_pdb,
         chat_server,
-        changes,
+        chat_service,
+        chat_pdb,
+    } = desired;
+    let seen = existing;
+    let children = Children {
+        broker_secret: applier.always(broker_secret, seen.broker_secret).await?,
+        broker_service: applier.always(broker_service, seen.broker_service).await?,
+        broker: applier.always(broker, seen.broker).await?,
+        log_headless_service: applier
+            .always(log_headless_service, seen.log_headless_service)
+            .await?,
+        log_service: applier.always(log_service, seen.log_service).await?,
+        log: applier.always(log, seen.log).await?,
+        log_pdb: applier.optional(log_pdb, seen.log_pdb).await?,
+        chat_server: applier.always(chat_server, seen.chat_server).await?,
+        chat_service: applier.always(chat_service, seen.chat_service).await?,
+        chat_pdb: applier.optional(chat_pdb, seen.chat_pdb).await?,
+    };
+    applier.prune(&cluster.name, &cluster.owner_ref.uid).await?;
+    Ok(Applied {
+        children,
+        changes: applier.changes,
     })
 }
 
-/// Server-side applies `desired` unless `observed` already contains it; returns the live object.
-async fn ensure<K>(
-    api: &Api<K>,
-    kind: &'static str,
-    desired: &K,
-    observed: Option<&K>,
-    changes: &mut Vec<Change>,
-) -> Result<K, ApplyError>
-where
-    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
-{
-    let name = desired.name_any();
-    if let Some(live) = observed {
-        let want = serde_json::to_value(desired)
-            .map_err(|source| ApplyError::Serialize { kind, source })?;
-        let have =
-            serde_json::to_value(live).map_err(|source| ApplyError::Serialize { kind, source })?;
-        if contains(&have, &want) {
-            return Ok(live.clone());
-        }
-    }
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let live = api
-        .patch(&name, &params, &Patch::Apply(desired))
-        .await
-        .map_err(|source| ApplyError::Patch {
-            kind,
-            name: name.clone(),
-            source,
-        })?;
-    tracing::info!(kind, name, created = observed.is_none(), "applied child");
-    changes.push(match observed {
-        None => Change::Created { kind, name },
-        Some(_) => Change::Updated { kind, name },
-    });
-    Ok(live)
+/// The names kept of one kind, and how to reach that kind's API.
+struct Kept {
+    resource: ApiResource,
+    names: BTreeSet<String>,
 }
 
-/// Deletes our children of this kind whose names are not in `keep`.
-async fn prune<K>(
-    api: &Api<K>,
-    kind: &'static str,
-    instance: &str,
-    owner_uid: &str,
-    keep: &BTreeSet<String>,
-    changes: &mut Vec<Change>,
-) -> Result<(), ApplyError>
-where
-    K: Resource + DeserializeOwned + Clone + Debug,
-{
-    let selector = format!("{LABEL_INSTANCE}={instance},{LABEL_MANAGED_BY}={MANAGED_BY}");
-    let listed = api
-        .list_metadata(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| ApplyError::Prune { kind, source })?;
-    for object in listed.items {
-        let name = object.name_any();
-        let ours = object
-            .owner_references()
-            .iter()
-            .any(|o| o.uid == owner_uid && o.controller == Some(true));
-        if !ours || keep.contains(&name) {
-            continue;
+/// Applies children one at a time and remembers, per kind, which names it kept.
+pub struct Applier<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+    kept: BTreeMap<&'static str, Kept>,
+    changes: Vec<Change>,
+}
+
+impl<'a> Applier<'a> {
+    /// An applier for the children in `namespace`.
+    pub fn new(client: &'a Client, namespace: &'a str) -> Applier<'a> {
+        Applier {
+            client,
+            namespace,
+            kept: BTreeMap::new(),
+            changes: Vec::new(),
         }
-        match api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => continue,
-            Err(source) => return Err(ApplyError::Prune { kind, source }),
-        }
-        tracing::info!(kind, name, "deleted child the spec no longer asks for");
-        changes.push(Change::Deleted { kind, name });
     }
-    Ok(())
+
+    /// Applies a child every ChatCluster has; returns the live object.
+    pub async fn always<K: ChildKind>(
+        &mut self,
+        desired: K,
+        existing: Option<K>,
+    ) -> Result<K, ApplyError> {
+        self.keep::<K>(Some(&desired));
+        self.ensure(desired, existing).await
+    }
+
+    /// Applies a child the spec may not ask for; when it does not, the existing one is left for
+    /// [`Applier::prune`].
+    pub async fn optional<K: ChildKind>(
+        &mut self,
+        desired: Option<K>,
+        existing: Option<K>,
+    ) -> Result<Option<K>, ApplyError> {
+        self.keep::<K>(desired.as_ref());
+        match desired {
+            Some(desired) => self.ensure(desired, existing).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the kind `K` (so prune lists it) and the name of `desired`, if any.
+    fn keep<K: ChildKind>(&mut self, desired: Option<&K>) {
+        let kept = self.kept.entry(K::KIND).or_insert_with(|| Kept {
+            resource: ApiResource::erase::<K>(&()),
+            names: BTreeSet::new(),
+        });
+        kept.names.extend(desired.map(ResourceExt::name_any));
+    }
+
+    /// Server-side applies `desired` unless `existing` already contains it; returns the live object.
+    async fn ensure<K: ChildKind>(
+        &mut self,
+        desired: K,
+        existing: Option<K>,
+    ) -> Result<K, ApplyError> {
+        let kind = K::KIND;
+        let name = desired.name_any();
+        if let Some(live) = existing.as_ref() {
+            let want = serde_json::to_value(&desired)
+                .map_err(|source| ApplyError::Serialize { kind, source })?;
+            let have = serde_json::to_value(live)
+                .map_err(|source| ApplyError::Serialize { kind, source })?;
+            if contains(&have, &want) {
+                return Ok(live.clone());
+            }
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let live = Api::<K>::namespaced(self.client.clone(), self.namespace)
+            .patch(&name, &params, &Patch::Apply(&desired))
+            .await
+            .map_err(|source| ApplyError::Patch {
+                kind,
+                name: name.clone(),
+                source,
+            })?;
+        tracing::info!(kind, name, created = existing.is_none(), "applied child");
+        self.changes.push(match existing {
+            None => Change::Created { kind, name },
+            Some(_) => Change::Updated { kind, name },
+        });
+        Ok(live)
+    }
+
+    /// Deletes, for every applied kind in [`PRUNED_KINDS`], the objects labelled as ours for
+    /// `instance` and controlled by `owner_uid` whose names were not kept.
+    pub async fn prune(&mut self, instance: &str, owner_uid: &str) -> Result<(), ApplyError> {
+        let selector = managed_selector(instance);
+        let pruned = self
+            .kept
+            .iter()
+            .filter(|(kind, _)| PRUNED_KINDS.contains(*kind));
+        for (kind, kept) in pruned {
+            let kind = *kind;
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), self.namespace, &kept.resource);
+            let listed = api
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|source| ApplyError::Prune { kind, source })?;
+            for object in listed.items {
+                let name = object.name_any();
+                let ours = object
+                    .owner_references()
+                    .iter()
+                    .any(|o| o.uid == owner_uid && o.controller == Some(true));
+                if !ours || kept.names.contains(&name) {
+                    continue;
+                }
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                    Err(source) => return Err(ApplyError::Prune { kind, source }),
+                }
+                tracing::info!(kind, name, "deleted child the spec no longer asks for");
+                self.changes.push(Change::Deleted { kind, name });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether `have` already holds every field of `want`: objects by key, arrays element by

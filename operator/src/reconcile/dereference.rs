@@ -1,17 +1,27 @@
-//! Dereference step: reads what the build and apply steps need from the cluster — the existing
-//! children (for the kept Redis password, the immutable claim sizes and the apply comparison) and
-//! the chat-server pods to gate. Generates the Redis password the first time.
+//! Dereference step: everything the later steps need from outside the ChatCluster, read once —
+//! the existing children (for the kept Redis password, the immutable claim sizes and the apply
+//! comparison), the chat-server and replication-log pods, and the data plane's `/status`
+//! documents (the gate decides on the chat-servers', the status reports the log replicas'
+//! positions). Generates the Redis password the first time. All the reconcile's reads of the
+//! cluster and the data plane happen here, so gate and status decide on data, without I/O.
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use super::build::{Component, Names, PASSWORD_KEY, selector_string};
+use super::children::{ChildKind, Children, Existing};
+use super::gate;
 use super::validate::Validated;
+use crate::names::{
+    CHAT_PORT, Component, DATA_VOLUME, LOG_PORT, Names, PASSWORD_KEY, selector_string,
+};
+use crate::probe::{self, LogStatus, ServerStatus};
 
 /// Facts from the cluster the pure build step depends on.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,33 +34,20 @@ pub struct Facts {
     pub log_claim_size: Option<String>,
 }
 
-/// The children as they exist now (None: absent).
-#[derive(Clone, Debug, Default)]
+/// What exists now: the children, the pods, and the `/status` of the pods that answered.
+#[derive(Clone, Debug)]
 pub struct Observed {
-    /// `{name}-broker` Secret.
-    pub broker_secret: Option<Secret>,
-    /// `{name}-broker` Service.
-    pub broker_service: Option<Service>,
-    /// `{name}-broker` StatefulSet.
-    pub broker: Option<StatefulSet>,
-    /// `{name}-log-headless` Service.
-    pub log_headless_service: Option<Service>,
-    /// `{name}-log` Service.
-    pub log_service: Option<Service>,
-    /// `{name}-log` StatefulSet.
-    pub log: Option<StatefulSet>,
-    /// `{name}-log` PDB.
-    pub log_pdb: Option<PodDisruptionBudget>,
-    /// `{name}-chat-server` Deployment.
-    pub chat_server: Option<Deployment>,
-    /// `{name}-chat-server` Service.
-    pub chat_service: Option<Service>,
-    /// `{name}-chat-server` PDB.
-    pub chat_pdb: Option<PodDisruptionBudget>,
+    /// The children as they exist (None: absent).
+    pub children: Children<Existing>,
     /// The chat-server pods.
     pub chat_pods: Vec<Pod>,
     /// The replication-log pods.
     pub log_pods: Vec<Pod>,
+    /// `/status` of each chat-server pod still awaiting its gate decision that answered, by pod
+    /// name (pods already passed or terminating are not probed).
+    pub chat_statuses: BTreeMap<String, ServerStatus>,
+    /// `/status` of every running replication-log replica that answered.
+    pub log_statuses: Vec<LogStatus>,
 }
 
 /// Errors reading the cluster.
@@ -67,97 +64,48 @@ pub enum DereferenceError {
     },
 }
 
-fn read(what: impl Into<String>) -> impl FnOnce(kube::Error) -> DereferenceError {
-    let what = what.into();
-    move |source| DereferenceError::Read { what, source }
+/// Reads the existing children and pods of `cluster`, then probes the pods' `/status`.
+pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, DereferenceError> {
+    let (children, chat_pods, log_pods) = tokio::try_join!(
+        existing_children(client, cluster),
+        pods(client, cluster, Component::ChatServer),
+        pods(client, cluster, Component::ReplicationLog),
+    )?;
+    let (chat_statuses, log_statuses) = tokio::join!(
+        chat_statuses(client, &cluster.namespace, &chat_pods),
+        log_statuses(client, &cluster.namespace, &log_pods),
+    );
+    Ok(Observed {
+        children,
+        chat_pods,
+        log_pods,
+        chat_statuses,
+        log_statuses,
+    })
 }
 
-/// Reads the existing children and pods of `cluster`.
-pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, DereferenceError> {
-    let ns = &cluster.namespace;
+/// GETs every child by its name (a struct literal: a new child must be read here).
+async fn existing_children(
+    client: &Client,
+    cluster: &Validated,
+) -> Result<Children<Existing>, DereferenceError> {
     let names = Names::of(&cluster.name);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let (broker_secret, broker_service, broker, log_headless_service, log_service, log, log_pdb) =
-        tokio::try_join!(
-            async {
-                secrets
-                    .get_opt(&names.broker)
-                    .await
-                    .map_err(read(format!("Secret {}", names.broker)))
-            },
-            async {
-                services
-                    .get_opt(&names.broker)
-                    .await
-                    .map_err(read(format!("Service {}", names.broker)))
-            },
-            async {
-                sets.get_opt(&names.broker)
-                    .await
-                    .map_err(read(format!("StatefulSet {}", names.broker)))
-            },
-            async {
-                services
-                    .get_opt(&names.log_headless)
-                    .await
-                    .map_err(read(format!("Service {}", names.log_headless)))
-            },
-            async {
-                services
-                    .get_opt(&names.log)
-                    .await
-                    .map_err(read(format!("Service {}", names.log)))
-            },
-            async {
-                sets.get_opt(&names.log)
-                    .await
-                    .map_err(read(format!("StatefulSet {}", names.log)))
-            },
-            async {
-                pdbs.get_opt(&names.log)
-                    .await
-                    .map_err(read(format!("PodDisruptionBudget {}", names.log)))
-            },
-        )?;
-    let chat_selector =
-        ListParams::default().labels(&selector_string(&cluster.name, Component::ChatServer));
-    let log_selector =
-        ListParams::default().labels(&selector_string(&cluster.name, Component::ReplicationLog));
-    let (chat_server, chat_service, chat_pdb, chat_pods, log_pods) = tokio::try_join!(
-        async {
-            deployments
-                .get_opt(&names.chat_server)
-                .await
-                .map_err(read(format!("Deployment {}", names.chat_server)))
-        },
-        async {
-            services
-                .get_opt(&names.chat_server)
-                .await
-                .map_err(read(format!("Service {}", names.chat_server)))
-        },
-        async {
-            pdbs.get_opt(&names.chat_server)
-                .await
-                .map_err(read(format!("PodDisruptionBudget {}", names.chat_server)))
-        },
-        async {
-            pods.list(&chat_selector)
-                .await
-                .map_err(read("chat-server pods"))
-        },
-        async {
-            pods.list(&log_selector)
-                .await
-                .map_err(read("replication-log pods"))
-        },
+    let ns = cluster.namespace.as_str();
+    let (broker_secret, broker_service, broker, log_headless_service, log_service, log) = tokio::try_join!(
+        get(client, ns, &names.broker),
+        get(client, ns, &names.broker),
+        get(client, ns, &names.broker),
+        get(client, ns, &names.log_headless),
+        get(client, ns, &names.log),
+        get(client, ns, &names.log),
     )?;
-    Ok(Observed {
+    let (log_pdb, chat_server, chat_service, chat_pdb) = tokio::try_join!(
+        get(client, ns, &names.log),
+        get(client, ns, &names.chat_server),
+        get(client, ns, &names.chat_server),
+        get(client, ns, &names.chat_server),
+    )?;
+    Ok(Children {
         broker_secret,
         broker_service,
         broker,
@@ -168,14 +116,88 @@ pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, D
         chat_server,
         chat_service,
         chat_pdb,
-        chat_pods: chat_pods.items,
-        log_pods: log_pods.items,
     })
+}
+
+/// GETs the `K` called `name`; None when it does not exist.
+async fn get<K: ChildKind>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, DereferenceError> {
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| DereferenceError::Read {
+            what: format!("{} {name}", K::KIND),
+            source,
+        })
+}
+
+/// Lists the pods of `component`.
+async fn pods(
+    client: &Client,
+    cluster: &Validated,
+    component: Component,
+) -> Result<Vec<Pod>, DereferenceError> {
+    let selector = ListParams::default().labels(&selector_string(&cluster.name, component));
+    Api::<Pod>::namespaced(client.clone(), &cluster.namespace)
+        .list(&selector)
+        .await
+        .map(|list| list.items)
+        .map_err(|source| DereferenceError::Read {
+            what: format!("{} pods", component.label()),
+            source,
+        })
+}
+
+/// Whether the pod can be probed through the API server yet: Running with an IP.
+fn probeable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .is_some_and(|s| s.pod_ip.is_some() && s.phase.as_deref() == Some("Running"))
+}
+
+/// `/status` of each chat-server pod the gate still has to decide on, by pod name.
+async fn chat_statuses(
+    client: &Client,
+    namespace: &str,
+    pods: &[Pod],
+) -> BTreeMap<String, ServerStatus> {
+    let probes = pods
+        .iter()
+        .filter(|pod| gate::awaits_decision(pod) && probeable(pod))
+        .map(|pod| async move {
+            let name = pod.name_any();
+            match probe::status::<ServerStatus>(client, namespace, &name, CHAT_PORT).await {
+                Ok(status) => Some((name, status)),
+                Err(e) => {
+                    tracing::debug!(pod = name, error = %e, "chat-server status not readable yet");
+                    None
+                }
+            }
+        });
+    join_all(probes).await.into_iter().flatten().collect()
+}
+
+/// `/status` of every running replication-log replica that answers.
+async fn log_statuses(client: &Client, namespace: &str, pods: &[Pod]) -> Vec<LogStatus> {
+    let probes = pods
+        .iter()
+        .filter(|pod| probeable(pod))
+        .map(|pod| async move {
+            probe::status::<LogStatus>(client, namespace, &pod.name_any(), LOG_PORT)
+                .await
+                .inspect_err(|e| tracing::debug!(error = %e, "replication-log status not readable"))
+                .ok()
+        });
+    join_all(probes).await.into_iter().flatten().collect()
 }
 
 /// Derives the build facts from what exists; a new password only when no Secret holds one.
 pub fn facts(observed: &Observed) -> Facts {
     let password = observed
+        .children
         .broker_secret
         .as_ref()
         .and_then(|s| s.data.as_ref())
@@ -185,8 +207,8 @@ pub fn facts(observed: &Observed) -> Facts {
         .unwrap_or_else(new_password);
     Facts {
         password,
-        broker_claim_size: claim_size(observed.broker.as_ref()),
-        log_claim_size: claim_size(observed.log.as_ref()),
+        broker_claim_size: claim_size(observed.children.broker.as_ref()),
+        log_claim_size: claim_size(observed.children.log.as_ref()),
     }
 }
 
@@ -196,7 +218,7 @@ fn claim_size(set: Option<&StatefulSet>) -> Option<String> {
         .volume_claim_templates
         .as_ref()?
         .iter()
-        .find(|t| t.metadata.name.as_deref() == Some("data"))?
+        .find(|t| t.metadata.name.as_deref() == Some(DATA_VOLUME))?
         .spec
         .as_ref()?
         .resources

@@ -4,8 +4,10 @@
 //! it started is no longer gated: it stays unready, the Deployment (maxUnavailable 0) stops, and
 //! the status step reports Degraded with reason `CatchUpTimeout`.
 //!
-//! [`gate_decision`] is the pure decision; [`gate`] does the probing and patching.
+//! [`gate_decision`] is the pure decision, on the `/status` documents the dereference step read;
+//! [`gate`] is the thin I/O shell that patches the passed pods' condition and records Events.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -15,10 +17,9 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use super::build::CHAT_PORT;
 use super::validate::Validated;
 use crate::crd::{CAUGHT_UP_CONDITION, ChatCluster};
-use crate::probe::{self, ServerStatus};
+use crate::probe::ServerStatus;
 
 /// What to do with one chat-server pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +91,12 @@ pub fn condition_true(pod: &Pod, type_: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
+/// Whether `pod` still needs a decision: not terminating, its condition not yet True. Only these
+/// pods are probed.
+pub fn awaits_decision(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none() && !condition_true(pod, CAUGHT_UP_CONDITION)
+}
+
 /// When the pod started: its status.startTime, else its creation time.
 fn started_at(pod: &Pod) -> Option<Timestamp> {
     pod.status
@@ -109,7 +116,7 @@ pub fn gate_decision(
     catch_up_timeout: Duration,
     now: Timestamp,
 ) -> GateDecision {
-    if pod.metadata.deletion_timestamp.is_some() || condition_true(pod, CAUGHT_UP_CONDITION) {
+    if !awaits_decision(pod) {
         return GateDecision::Done;
     }
     let lag = status.map(|s| {
@@ -137,49 +144,29 @@ pub fn gate_decision(
     }
 }
 
-/// Whether the pod can be probed through the API server yet.
-fn probeable(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .is_some_and(|s| s.pod_ip.is_some() && s.phase.as_deref() == Some("Running"))
-}
-
-/// Gates every chat-server pod in `pods`.
+/// Gates every chat-server pod in `pods` on its `/status` in `statuses` (by pod name; absent: it
+/// did not answer).
 pub async fn gate(
     client: &Client,
     recorder: &Recorder,
     cluster: &ChatCluster,
     validated: &Validated,
     pods: &[Pod],
+    statuses: &BTreeMap<String, ServerStatus>,
     known_head: Option<u64>,
 ) -> Result<GateSummary, GateError> {
     let mut summary = GateSummary::default();
-    let api: Api<Pod> = Api::namespaced(client.clone(), &validated.namespace);
+    let now = Timestamp::now();
     for pod in pods {
         let name = pod.name_any();
-        if pod.metadata.deletion_timestamp.is_some() || condition_true(pod, CAUGHT_UP_CONDITION) {
-            continue;
-        }
-        let status = if probeable(pod) {
-            match probe::status::<ServerStatus>(client, &validated.namespace, &name, CHAT_PORT)
-                .await
-            {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::debug!(pod = name, error = %e, "chat-server status not readable yet");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let status = statuses.get(&name);
         let decision = gate_decision(
             pod,
-            status.as_ref(),
+            status,
             known_head,
             validated.spec.rollout.max_lag,
             validated.catch_up_timeout,
-            Timestamp::now(),
+            now,
         );
         match decision {
             GateDecision::Done => {}
@@ -188,36 +175,21 @@ pub async fn gate(
                     "live at position {position}, lag {lag} (maxLag {})",
                     validated.spec.rollout.max_lag
                 );
-                let patch = json!({"status": {"conditions": [{
-                    "type": CAUGHT_UP_CONDITION,
-                    "status": "True",
-                    "reason": "CaughtUp",
-                    "message": message,
-                    "lastTransitionTime": Timestamp::now(),
-                }]}});
-                // Strategic merge: pod conditions merge by `type`, the others are kept.
-                api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
-                    .await
-                    .map_err(|source| GateError::Patch {
-                        pod: name.clone(),
-                        source,
-                    })?;
+                pass(
+                    client,
+                    recorder,
+                    cluster,
+                    &validated.namespace,
+                    pod,
+                    &message,
+                )
+                .await?;
                 tracing::info!(
                     pod = name,
                     lag,
                     position,
                     "pod caught up; readiness gate passed"
                 );
-                let event = Event {
-                    type_: EventType::Normal,
-                    reason: "CaughtUp".into(),
-                    note: Some(format!("pod {name} {message}")),
-                    action: "GatePod".into(),
-                    secondary: Some(pod.object_ref(&())),
-                };
-                if let Err(e) = recorder.publish(&event, &cluster.object_ref(&())).await {
-                    tracing::warn!(error = %e, "publishing CaughtUp event");
-                }
                 summary.passed.push(name);
             }
             GateDecision::Wait { reason } => {
@@ -227,11 +199,49 @@ pub async fn gate(
             GateDecision::TimedOut { lag } => summary.timed_out.push(TimedOutPod {
                 pod: name,
                 lag,
-                phase: status.map(|s| s.phase),
+                phase: status.map(|s| s.phase.clone()),
             }),
         }
     }
     Ok(summary)
+}
+
+/// Sets the pod's caught-up condition True and records a `CaughtUp` Event on the ChatCluster.
+async fn pass(
+    client: &Client,
+    recorder: &Recorder,
+    cluster: &ChatCluster,
+    namespace: &str,
+    pod: &Pod,
+    message: &str,
+) -> Result<(), GateError> {
+    let name = pod.name_any();
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch = json!({"status": {"conditions": [{
+        "type": CAUGHT_UP_CONDITION,
+        "status": "True",
+        "reason": "CaughtUp",
+        "message": message,
+        "lastTransitionTime": Timestamp::now(),
+    }]}});
+    // Strategic merge: pod conditions merge by `type`, the others are kept.
+    api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .map_err(|source| GateError::Patch {
+            pod: name.clone(),
+            source,
+        })?;
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "CaughtUp".into(),
+        note: Some(format!("pod {name} {message}")),
+        action: "GatePod".into(),
+        secondary: Some(pod.object_ref(&())),
+    };
+    if let Err(e) = recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing CaughtUp event");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

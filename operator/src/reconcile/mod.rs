@@ -1,17 +1,20 @@
 //! One reconcile of one ChatCluster, as a pipeline of steps, each in its own module with its own
-//! error enum:
+//! error enum; `reconcile_inner` reads as one call per step:
 //!
 //! 1. [`validate`] (pure): identity and what the schema cannot check.
-//! 2. [`dereference`]: read existing children and pods; keep or create the Redis password.
-//! 3. [`build`] (pure): every child object.
+//! 2. [`dereference`] (all the reads): the existing children, the pods, the data plane's `/status`
+//!    documents; keep or create the Redis password.
+//! 3. [`build`] (pure): every child object, typed, one module per kind.
 //! 4. [`apply`]: server-side apply what differs; prune what is no longer wanted.
-//! 5. [`gate`]: pass chat-server pods that have caught up (pure decision + I/O).
+//! 5. [`gate`]: pass chat-server pods that have caught up (pure decision + patch).
 //! 6. [`status`]: compute (pure) and patch the status when it changed.
 //!
-//! [`Error`] wraps the step errors; its [`Error::kind`] labels the error metric.
+//! [`children::Children`] is the one list of child kinds the steps share. [`Error`] wraps the step
+//! errors; its [`Error::kind`] labels the error metric.
 
 pub mod apply;
 pub mod build;
+pub mod children;
 pub mod dereference;
 pub mod gate;
 pub mod status;
@@ -27,7 +30,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, info_span};
 
-use crate::crd::{ChatCluster, Phase};
+use crate::crd::{ChatCluster, ChatClusterStatus, Phase};
 use crate::metrics::Metrics;
 
 /// Requeue while a pod is catching up.
@@ -56,9 +59,6 @@ pub enum Error {
     /// Dereference step.
     #[error(transparent)]
     Dereference(#[from] dereference::DereferenceError),
-    /// Build step.
-    #[error(transparent)]
-    Build(#[from] build::BuildError),
     /// Apply step.
     #[error(transparent)]
     Apply(#[from] apply::ApplyError),
@@ -76,7 +76,6 @@ impl Error {
         match self {
             Error::Fetch(_) => "fetch",
             Error::Dereference(_) => "dereference",
-            Error::Build(_) => "build",
             Error::Apply(_) => "apply",
             Error::Gate(_) => "gate",
             Error::Status(_) => "status",
@@ -102,113 +101,123 @@ pub async fn reconcile(
 }
 
 async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<Action, Error> {
-    let client = &ctx.client;
-    let api: Api<ChatCluster> = Api::namespaced(client.clone(), namespace);
-    let Some(cluster) = api.get_opt(name).await.map_err(Error::Fetch)? else {
+    let Some(cluster) = fetch(ctx, name, namespace).await? else {
         return Ok(Action::await_change());
     };
-    if cluster.meta().deletion_timestamp.is_some() {
-        // Children go with the garbage collector (owner references); nothing to do.
-        return Ok(Action::await_change());
-    }
-    let generation = cluster.meta().generation.unwrap_or(0);
-
     let validated = match validate::validate(&cluster) {
-        Ok(v) => v,
+        Ok(validated) => validated,
         Err(e) => {
-            tracing::warn!(error = %e, "invalid ChatCluster");
-            let next = status::invalid(
-                cluster.status.as_ref(),
-                generation,
-                e.to_string(),
-                Timestamp::now(),
-            );
-            if status::patch_if_changed(client, &cluster, &next).await? {
-                publish(
-                    ctx,
-                    &cluster,
-                    EventType::Warning,
-                    "InvalidSpec",
-                    "Validate",
-                    e.to_string(),
-                )
-                .await;
-            }
+            report_invalid(ctx, &cluster, &e).await?;
             return Ok(Action::await_change());
         }
     };
+    let observed = dereference::observe(&ctx.client, &validated).await?;
+    let desired = build::build(&validated, &dereference::facts(&observed));
+    let applied = apply::apply(&ctx.client, &validated, desired, observed.children).await?;
+    publish_changes(ctx, &cluster, &applied.changes).await;
+    let gated = gate::gate(
+        &ctx.client,
+        &ctx.recorder,
+        &cluster,
+        &validated,
+        &observed.chat_pods,
+        &observed.chat_statuses,
+        observed.log_statuses.iter().map(|l| l.head).max(),
+    )
+    .await?;
+    ctx.metrics.pods_gated(gated.passed.len());
+    let next = status::compute(&status::Inputs {
+        cluster: &validated,
+        previous: cluster.status.as_ref(),
+        children: &applied.children,
+        logs: &observed.log_statuses,
+        gate: &gated,
+        now: Timestamp::now(),
+    });
+    write_status(ctx, &cluster, &next).await?;
+    Ok(Action::requeue(requeue_after(&gated, &next)))
+}
 
-    let observed = dereference::observe(client, &validated).await?;
-    let facts = dereference::facts(&observed);
-    let children = build::build(&validated, &facts)?;
-    let applied = apply::apply(client, &validated, children, &observed).await?;
-    for change in &applied.changes {
+/// GETs the ChatCluster; None when it is gone or being deleted (its children go with the garbage
+/// collector, by owner reference).
+async fn fetch(ctx: &Context, name: &str, namespace: &str) -> Result<Option<ChatCluster>, Error> {
+    let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let cluster = api.get_opt(name).await.map_err(Error::Fetch)?;
+    Ok(cluster.filter(|c| c.meta().deletion_timestamp.is_none()))
+}
+
+/// Sets the Degraded/InvalidSpec status and, when it changed, records a warning Event.
+async fn report_invalid(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    error: &validate::ValidateError,
+) -> Result<(), Error> {
+    tracing::warn!(error = %error, "invalid ChatCluster");
+    let generation = cluster.meta().generation.unwrap_or(0);
+    let next = status::invalid(
+        cluster.status.as_ref(),
+        generation,
+        error.to_string(),
+        Timestamp::now(),
+    );
+    if status::patch_if_changed(&ctx.client, cluster, &next).await? {
+        let note = error.to_string();
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            "InvalidSpec",
+            "Validate",
+            note,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// One Event and one metric per child the apply step created, updated or deleted.
+async fn publish_changes(ctx: &Context, cluster: &ChatCluster, changes: &[apply::Change]) {
+    for change in changes {
         ctx.metrics.child_written();
         let (reason, note) = match change {
             apply::Change::Created { kind, name } => ("Created", format!("created {kind} {name}")),
             apply::Change::Updated { kind, name } => ("Updated", format!("updated {kind} {name}")),
             apply::Change::Deleted { kind, name } => ("Deleted", format!("deleted {kind} {name}")),
         };
-        publish(ctx, &cluster, EventType::Normal, reason, "Apply", note).await;
+        publish(ctx, cluster, EventType::Normal, reason, "Apply", note).await;
     }
+}
 
-    let logs = status::probe_logs(client, namespace, &observed.log_pods).await;
-    let known_head = logs.iter().map(|l| l.head).max();
-    let gated = gate::gate(
-        client,
-        &ctx.recorder,
-        &cluster,
-        &validated,
-        &observed.chat_pods,
-        known_head,
-    )
-    .await?;
-    ctx.metrics.pods_gated(gated.passed.len());
-
-    let next = status::compute(&status::Inputs {
-        cluster: &validated,
-        previous: cluster.status.as_ref(),
-        broker: &applied.broker,
-        log: &applied.log,
-        chat_server: &applied.chat_server,
-        logs: &logs,
-        gate: &gated,
-        now: Timestamp::now(),
-    });
+/// Patches the status when it changed; on entering Degraded, records a warning Event with the
+/// Degraded condition's reason and message.
+async fn write_status(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    next: &ChatClusterStatus,
+) -> Result<(), Error> {
     let was_degraded = cluster.status.as_ref().and_then(|s| s.phase) == Some(Phase::Degraded);
-    if status::patch_if_changed(client, &cluster, &next).await? {
-        ctx.metrics.status_written();
-        if next.phase == Some(Phase::Degraded) && !was_degraded {
-            let message = next
-                .conditions
-                .iter()
-                .find(|c| c.type_ == status::DEGRADED)
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
-            let reason = next
-                .conditions
-                .iter()
-                .find(|c| c.type_ == status::DEGRADED)
-                .map(|c| c.reason.clone());
-            publish(
-                ctx,
-                &cluster,
-                EventType::Warning,
-                reason.as_deref().unwrap_or("Degraded"),
-                "Gate",
-                message,
-            )
-            .await;
-        }
+    if !status::patch_if_changed(&ctx.client, cluster, next).await? {
+        return Ok(());
     }
+    ctx.metrics.status_written();
+    if next.phase == Some(Phase::Degraded) && !was_degraded {
+        let degraded = next.conditions.iter().find(|c| c.type_ == status::DEGRADED);
+        let reason = degraded.map_or("Degraded", |c| c.reason.as_str());
+        let message = degraded.map(|c| c.message.clone()).unwrap_or_default();
+        publish(ctx, cluster, EventType::Warning, reason, "Gate", message).await;
+    }
+    Ok(())
+}
 
-    Ok(Action::requeue(if !gated.waiting.is_empty() {
+/// When to look again: soon while a pod catches up, rarely once Running.
+fn requeue_after(gated: &gate::GateSummary, next: &ChatClusterStatus) -> Duration {
+    if !gated.waiting.is_empty() {
         REQUEUE_GATING
     } else if next.phase == Some(Phase::Running) {
         REQUEUE_STEADY
     } else {
         REQUEUE_PROGRESSING
-    }))
+    }
 }
 
 async fn publish(

@@ -1,10 +1,10 @@
-//! Status step: computes the ChatCluster status from the observed children, the log replicas'
-//! `/status` and the gating outcome (pure: [`compute`]), merges conditions in one place
-//! ([`merge_conditions`], which keeps `lastTransitionTime` while a condition's status holds), and
-//! patches the status subresource only when it changed.
+//! Status step: computes the ChatCluster status from the live children, the log replicas'
+//! `/status` (read by the dereference step) and the gating outcome — pure: [`compute`], one small
+//! function per decision (counts, halt, availability, phase, conditions, positions) — merges
+//! conditions in one place ([`merge_conditions`], which keeps `lastTransitionTime` while a
+//! condition's status holds), and patches the status subresource only when it changed.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -12,11 +12,12 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::apply::FIELD_MANAGER;
-use super::build::{Component, LOG_PORT, selector_string};
+use super::children::{Children, Live};
 use super::gate::GateSummary;
 use super::validate::Validated;
 use crate::crd::{ChatCluster, ChatClusterStatus, Phase};
-use crate::probe::{self, LogStatus};
+use crate::names::{Component, selector_string};
+use crate::probe::LogStatus;
 
 /// Condition types.
 pub const AVAILABLE: &str = "Available";
@@ -40,12 +41,8 @@ pub struct Inputs<'a> {
     pub cluster: &'a Validated,
     /// The status before this reconcile.
     pub previous: Option<&'a ChatClusterStatus>,
-    /// Broker StatefulSet as observed.
-    pub broker: &'a StatefulSet,
-    /// Log StatefulSet as observed.
-    pub log: &'a StatefulSet,
-    /// chat-server Deployment as observed.
-    pub chat_server: &'a Deployment,
+    /// The children as the API server returned them after apply.
+    pub children: &'a Children<Live>,
     /// `/status` of every log replica that answered.
     pub logs: &'a [LogStatus],
     /// Gating outcome.
@@ -157,53 +154,81 @@ fn has_served(previous: &ChatClusterStatus) -> bool {
     }
 }
 
-/// Computes the status.
-pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
-    let v = inputs.cluster;
-    let generation = v.generation;
-    let now = inputs.now;
-    let broker = set_counts(inputs.broker);
-    let log = set_counts(inputs.log);
-    let chat = deployment_counts(inputs.chat_server);
-    let spec_replicas = v.spec.replicas;
+/// A reason and message for a condition.
+type Cause = (&'static str, String);
 
-    let stalled = progress_deadline_exceeded(inputs.chat_server);
-    let degraded = if let Some(t) = inputs.gate.timed_out.first() {
+/// The three workloads' counts.
+struct Workloads {
+    broker: Counts,
+    log: Counts,
+    chat: Counts,
+}
+
+impl Workloads {
+    fn of(children: &Children<Live>) -> Workloads {
+        Workloads {
+            broker: set_counts(&children.broker),
+            log: set_counts(&children.log),
+            chat: deployment_counts(&children.chat_server),
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.broker.settled && self.log.settled && self.chat.settled
+    }
+}
+
+/// Whether the cluster serves, and the Available condition's status, reason and message.
+struct Availability {
+    /// Broker and a log replica ready, and a chat-server ready unless scaled to zero.
+    serving: bool,
+    /// Serving with at least one chat-server wanted.
+    available: bool,
+    /// Why (not) available.
+    cause: Cause,
+}
+
+/// Why the rollout halted: a pod past its catch-up timeout, or the Deployment past its progress
+/// deadline.
+fn halt(inputs: &Inputs<'_>) -> Option<Cause> {
+    let rollout = &inputs.cluster.spec.rollout;
+    if let Some(t) = inputs.gate.timed_out.first() {
         let lag = t.lag.map_or("unknown".to_owned(), |l| l.to_string());
         let phase = t.phase.as_deref().unwrap_or("status unreachable");
-        Some((
+        return Some((
             "CatchUpTimeout",
             format!(
                 "pod {} did not catch up within {} (phase {phase}, lag {lag}, maxLag {}); rollout halted",
-                t.pod, v.spec.rollout.catch_up_timeout, v.spec.rollout.max_lag
+                t.pod, rollout.catch_up_timeout, rollout.max_lag
             ),
-        ))
-    } else if stalled {
-        Some((
+        ));
+    }
+    let deployment = &inputs.children.chat_server;
+    progress_deadline_exceeded(deployment).then(|| {
+        (
             "ProgressDeadlineExceeded",
             format!(
                 "Deployment {} exceeded its progress deadline",
-                inputs.chat_server.name_any()
+                deployment.name_any()
             ),
-        ))
-    } else {
-        None
-    };
+        )
+    })
+}
 
-    let data_plane_up = broker.ready >= 1 && log.ready >= 1;
-    let serving = data_plane_up && (spec_replicas == 0 || chat.ready >= 1);
-    let settled = broker.settled && log.settled && chat.settled;
-
-    let (available_reason, available_message) = if broker.ready < 1 {
+/// Availability from the ready counts; the first missing piece names the reason.
+fn availability(w: &Workloads, spec_replicas: i32) -> Availability {
+    let serving =
+        w.broker.ready >= 1 && w.log.ready >= 1 && (spec_replicas == 0 || w.chat.ready >= 1);
+    let cause = if w.broker.ready < 1 {
         ("BrokerUnavailable", "the broker is not ready".to_owned())
-    } else if log.ready < 1 {
+    } else if w.log.ready < 1 {
         (
             "ReplicationLogUnavailable",
             "no replication-log replica is ready".to_owned(),
         )
     } else if spec_replicas == 0 {
         ("ScaledToZero", "spec.replicas is 0".to_owned())
-    } else if chat.ready < 1 {
+    } else if w.chat.ready < 1 {
         (
             "NoChatServerReady",
             "no chat-server pod is ready".to_owned(),
@@ -211,22 +236,35 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     } else {
         (
             "MinimumReplicasAvailable",
-            format!("{}/{} chat-server pods ready", chat.ready, spec_replicas),
+            format!("{}/{} chat-server pods ready", w.chat.ready, spec_replicas),
         )
     };
-    let available = serving && spec_replicas > 0;
+    Availability {
+        serving,
+        available: serving && spec_replicas > 0,
+        cause,
+    }
+}
 
-    // Pending is only for a cluster that has not served yet. Once it has (Running or
-    // Progressing before, or Degraded for anything but an invalid spec), losing the broker, every
-    // log replica or every chat-server is an outage: Degraded, with the unavailability reason.
-    let halted = degraded.is_some();
-    let outage = !serving && !halted && inputs.previous.is_some_and(has_served);
-    let degraded = if outage {
-        Some((available_reason, available_message.clone()))
+/// Why the cluster is Degraded, if it is. Pending is only for a cluster that has not served yet:
+/// once it has (Running or Progressing before, or Degraded for anything but an invalid spec),
+/// losing the broker, every log replica or every chat-server is an outage — Degraded, with the
+/// unavailability reason. A halted rollout is Degraded too.
+fn degradation(
+    halt: Option<Cause>,
+    availability: &Availability,
+    previous: Option<&ChatClusterStatus>,
+) -> Option<Cause> {
+    let outage = !availability.serving && halt.is_none() && previous.is_some_and(has_served);
+    if outage {
+        Some(availability.cause.clone())
     } else {
-        degraded
-    };
-    let phase = if degraded.is_some() {
+        halt
+    }
+}
+
+fn phase(degraded: bool, serving: bool, settled: bool) -> Phase {
+    if degraded {
         Phase::Degraded
     } else if !serving {
         Phase::Pending
@@ -234,26 +272,63 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
         Phase::Progressing
     } else {
         Phase::Running
-    };
+    }
+}
 
-    let progress_message = format!(
-        "chat-server {}/{} ready, {} updated; replication-log {}/{} ready; broker {}/1 ready",
-        chat.ready, spec_replicas, chat.updated, log.ready, log.desired, broker.ready
-    );
-    let (progressing, progressing_reason) = match phase {
+/// The Progressing condition's status and reason in `phase`.
+fn progressing(phase: Phase, halted: bool, settled: bool) -> (bool, &'static str) {
+    match phase {
         Phase::Degraded if !halted => (!settled, "RolloutInProgress"),
         Phase::Degraded => (false, "RolloutHalted"),
         Phase::Running => (false, "RolloutComplete"),
         Phase::Pending | Phase::Progressing => (true, "RolloutInProgress"),
-    };
-    let (degraded_reason, degraded_message) = degraded
-        .clone()
-        .unwrap_or(("AsExpected", "no problems detected".to_owned()));
+    }
+}
 
+/// The log head (highest of the replicas') and persisted position (lowest), kept from the
+/// previous status when no replica answered.
+fn positions(
+    logs: &[LogStatus],
+    previous: Option<&ChatClusterStatus>,
+) -> (Option<u64>, Option<u64>) {
+    let head = logs
+        .iter()
+        .map(|l| l.head)
+        .max()
+        .or(previous.and_then(|p| p.head));
+    let persisted = logs
+        .iter()
+        .map(|l| l.persisted)
+        .min()
+        .or(previous.and_then(|p| p.persisted));
+    (head, persisted)
+}
+
+/// Computes the status.
+pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
+    let v = inputs.cluster;
+    let (generation, now, spec_replicas) = (v.generation, inputs.now, v.spec.replicas);
+    let w = Workloads::of(inputs.children);
+    let settled = w.settled();
+    let halt = halt(inputs);
+    let halted = halt.is_some();
+    let availability = availability(&w, spec_replicas);
+    let degraded = degradation(halt, &availability, inputs.previous);
+    let phase = phase(degraded.is_some(), availability.serving, settled);
+
+    let progress_message = format!(
+        "chat-server {}/{} ready, {} updated; replication-log {}/{} ready; broker {}/1 ready",
+        w.chat.ready, spec_replicas, w.chat.updated, w.log.ready, w.log.desired, w.broker.ready
+    );
+    let (progressing, progressing_reason) = progressing(phase, halted, settled);
+    let is_degraded = degraded.is_some();
+    let (degraded_reason, degraded_message) =
+        degraded.unwrap_or(("AsExpected", "no problems detected".to_owned()));
+    let (available_reason, available_message) = availability.cause;
     let next = vec![
         condition(
             AVAILABLE,
-            available,
+            availability.available,
             available_reason,
             available_message,
             generation,
@@ -269,38 +344,23 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
         ),
         condition(
             DEGRADED,
-            degraded.is_some(),
+            is_degraded,
             degraded_reason,
             degraded_message,
             generation,
             now,
         ),
     ];
-    let previous_conditions = inputs
-        .previous
-        .map(|p| p.conditions.as_slice())
-        .unwrap_or(&[]);
-
-    let head = inputs
-        .logs
-        .iter()
-        .map(|l| l.head)
-        .max()
-        .or(inputs.previous.and_then(|p| p.head));
-    let persisted = inputs
-        .logs
-        .iter()
-        .map(|l| l.persisted)
-        .min()
-        .or(inputs.previous.and_then(|p| p.persisted));
+    let previous_conditions = inputs.previous.map_or(&[][..], |p| p.conditions.as_slice());
+    let (head, persisted) = positions(inputs.logs, inputs.previous);
 
     ChatClusterStatus {
         observed_generation: Some(generation),
         phase: Some(phase),
-        replicas: chat.replicas,
-        ready_replicas: chat.ready,
-        updated_replicas: chat.updated,
-        ready: format!("{}/{}", chat.ready, spec_replicas),
+        replicas: w.chat.replicas,
+        ready_replicas: w.chat.ready,
+        updated_replicas: w.chat.updated,
+        ready: format!("{}/{}", w.chat.ready, spec_replicas),
         selector: selector_string(&v.name, Component::ChatServer),
         head,
         persisted,
@@ -339,25 +399,6 @@ pub fn invalid(
     status
 }
 
-/// Reads every log replica's `/status` (those that answer).
-pub async fn probe_logs(client: &Client, namespace: &str, pods: &[Pod]) -> Vec<LogStatus> {
-    let mut out = Vec::new();
-    for pod in pods {
-        let running = pod
-            .status
-            .as_ref()
-            .is_some_and(|s| s.pod_ip.is_some() && s.phase.as_deref() == Some("Running"));
-        if !running {
-            continue;
-        }
-        match probe::status::<LogStatus>(client, namespace, &pod.name_any(), LOG_PORT).await {
-            Ok(s) => out.push(s),
-            Err(e) => tracing::debug!(error = %e, "replication-log status not readable"),
-        }
-    }
-    out
-}
-
 /// Patches the status subresource when `next` differs from the current status; true when written.
 /// A ChatCluster deleted while it was being reconciled (404) is not an error: there is no status
 /// left to write, and its children go with the garbage collector.
@@ -393,6 +434,8 @@ pub async fn patch_if_changed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::build::build;
+    use crate::reconcile::dereference::Facts;
     use crate::reconcile::validate::validate;
 
     fn set(replicas: i32, ready: i32) -> StatefulSet {
@@ -435,17 +478,28 @@ mod tests {
         gate: &GateSummary,
     ) -> ChatClusterStatus {
         let cluster = validate(&ChatCluster::test()).expect("valid");
-        let (broker, log, chat) = (
-            set(1, broker_ready),
-            set(2, log_ready),
-            deployment(3, chat_ready),
-        );
+        let facts = Facts {
+            password: "p".into(),
+            broker_claim_size: None,
+            log_claim_size: None,
+        };
+        let built = build(&cluster, &facts);
+        let children = Children::<Live> {
+            broker_secret: built.broker_secret,
+            broker_service: built.broker_service,
+            broker: set(1, broker_ready),
+            log_headless_service: built.log_headless_service,
+            log_service: built.log_service,
+            log: set(2, log_ready),
+            log_pdb: built.log_pdb,
+            chat_server: deployment(3, chat_ready),
+            chat_service: built.chat_service,
+            chat_pdb: built.chat_pdb,
+        };
         compute(&Inputs {
             cluster: &cluster,
             previous,
-            broker: &broker,
-            log: &log,
-            chat_server: &chat,
+            children: &children,
             logs: &[],
             gate,
             now: Timestamp::now(),

@@ -8,10 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{ChatCluster, ChatClusterSpec};
-
-/// Longest ChatCluster name; child names and the StatefulSets' revision-hash labels derive from it
-/// and must stay within 63 characters. The CRD enforces the same bound with a CEL rule.
-pub const MAX_NAME_LEN: usize = 40;
+use crate::names::MAX_NAME_LEN;
 
 /// A ChatCluster that every later step can rely on.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,119 @@
+//! The names every part of the operator shares: child object names, the `app.kubernetes.io/*`
+//! labels and selectors, the data plane's ports and the Redis password key, and the longest
+//! ChatCluster name the derived names allow.
+//!
+//! A leaf module: it imports nothing from the crate, so the CRD, the reconcile steps and the
+//! controller can all depend on it without depending on each other. The names are part of the
+//! contract other components rely on (`CONTRACT.md`): broker `{name}-broker` (StatefulSet, Service,
+//! Secret with key `password`), replication log `{name}-log` (StatefulSet, client Service, PDB) and
+//! `{name}-log-headless`, chat-server `{name}-chat-server` (Deployment, Service, PDB).
+
+use std::collections::BTreeMap;
+
+/// Value of `app.kubernetes.io/name` on every child.
+pub const APP_NAME: &str = "chat-cluster";
+/// Value of `app.kubernetes.io/managed-by` on every child.
+pub const MANAGED_BY: &str = "chat-cluster-operator";
+/// Label key naming the application (`app.kubernetes.io/name`, Kubernetes recommended labels).
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// Label key naming the owning ChatCluster.
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+/// Label key naming the component.
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// Label key naming the manager.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// Key of the Redis password in the broker Secret.
+pub const PASSWORD_KEY: &str = "password";
+/// Port of the chat-server HTTP API (and its `/status`).
+pub const CHAT_PORT: u16 = 8080;
+/// Port of the replication-log HTTP API (and its `/status`).
+pub const LOG_PORT: u16 = 8090;
+/// Port of Redis.
+pub const REDIS_PORT: u16 = 6379;
+/// Name of the data volume claim template (and its mount) of both StatefulSets; the operator
+/// reads the existing claim size from it.
+pub const DATA_VOLUME: &str = "data";
+
+/// Longest ChatCluster name; child names and the StatefulSets' revision-hash labels derive from it
+/// and must stay within 63 characters (RFC 1123 label). The CRD enforces the bound with a CEL
+/// rule and the validate step checks it again for objects that bypassed admission.
+pub const MAX_NAME_LEN: usize = 40;
+
+/// The three components of a chat cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// Redis.
+    Broker,
+    /// The replication-log StatefulSet.
+    ReplicationLog,
+    /// The chat-server Deployment.
+    ChatServer,
+}
+
+impl Component {
+    /// Value of the `app.kubernetes.io/component` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Component::Broker => "broker",
+            Component::ReplicationLog => "replication-log",
+            Component::ChatServer => "chat-server",
+        }
+    }
+}
+
+/// Names of the children of the ChatCluster called `name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// Broker StatefulSet, Service and Secret.
+    pub broker: String,
+    /// Replication-log StatefulSet, client Service and PDB.
+    pub log: String,
+    /// Replication-log headless Service (governing service of the StatefulSet).
+    pub log_headless: String,
+    /// chat-server Deployment, Service and PDB.
+    pub chat_server: String,
+}
+
+impl Names {
+    /// The fixed child names.
+    pub fn of(name: &str) -> Names {
+        Names {
+            broker: format!("{name}-broker"),
+            log: format!("{name}-log"),
+            log_headless: format!("{name}-log-headless"),
+            chat_server: format!("{name}-chat-server"),
+        }
+    }
+}
+
+/// Labels common to all children of `instance` in `component`.
+pub fn labels(instance: &str, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
+        (LABEL_INSTANCE.to_owned(), instance.to_owned()),
+        (LABEL_COMPONENT.to_owned(), component.label().to_owned()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+    ])
+}
+
+/// The selector labels (instance + component) of a component's pods.
+pub fn selector_labels(instance: &str, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_INSTANCE.to_owned(), instance.to_owned()),
+        (LABEL_COMPONENT.to_owned(), component.label().to_owned()),
+    ])
+}
+
+/// The selector as a label-selector string (for `status.selector` and list calls).
+pub fn selector_string(instance: &str, component: Component) -> String {
+    format!(
+        "{LABEL_INSTANCE}={instance},{LABEL_COMPONENT}={}",
+        component.label()
+    )
+}
+
+/// The label selector of every object the operator manages for `instance` (prune lists).
+pub fn managed_selector(instance: &str) -> String {
+    format!("{LABEL_INSTANCE}={instance},{LABEL_MANAGED_BY}={MANAGED_BY}")
+}

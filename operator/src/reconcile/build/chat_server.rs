@@ -1,0 +1,83 @@
+//! The chat-server Deployment `{name}-chat-server`: `spec.replicas` pods rolled one surge pod at a
+//! time, each behind the readiness gate `chat-cluster.io/caught-up` the gate step passes.
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{Container, PodReadinessGate};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::Parent;
+use super::pod::{
+    container_port, container_security_context, env, field_env, hardened_pod, http_probes,
+    password_env, redis_url_env, resources, strings, tmp_mount, tmp_volume,
+};
+use crate::crd::CAUGHT_UP_CONDITION;
+use crate::names::{CHAT_PORT, Component, LOG_PORT};
+
+/// Seconds a chat-server keeps serving, unready, after SIGTERM, so the Service drops the pod
+/// before it stops (well inside the 30 s termination grace period).
+const SHUTDOWN_DELAY_SECONDS: &str = "5";
+
+/// The chat-server Deployment: maxUnavailable 0 and maxSurge 1, so a new pod that never catches
+/// up halts the rollout with every old pod still serving.
+pub fn deployment(parent: &Parent<'_>) -> Deployment {
+    let mut pod = hardened_pod(chat_server(parent));
+    pod.readiness_gates = Some(vec![PodReadinessGate {
+        condition_type: CAUGHT_UP_CONDITION.into(),
+    }]);
+    pod.volumes = Some(vec![tmp_volume()]);
+    Deployment {
+        metadata: parent.metadata(&parent.names.chat_server, Component::ChatServer),
+        spec: Some(DeploymentSpec {
+            replicas: Some(parent.cluster.spec.replicas),
+            selector: parent.selector(Component::ChatServer),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: parent.pod_template(Component::ChatServer, pod),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// The `chat-server` container.
+fn chat_server(parent: &Parent<'_>) -> Container {
+    let spec = &parent.cluster.spec;
+    let names = &parent.names;
+    let (readiness, liveness) = http_probes();
+    Container {
+        name: "chat-server".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
+        command: strings(["chat-server"]),
+        env: Some(vec![
+            env("CHAT_LISTEN", format!("0.0.0.0:{CHAT_PORT}")),
+            password_env(names),
+            redis_url_env(names),
+            env(
+                "REPLICATION_LOG_URL",
+                format!(
+                    "http://{}.{}.svc:{LOG_PORT}",
+                    names.log, parent.cluster.namespace
+                ),
+            ),
+            field_env("NODE_ID", "metadata.name"),
+            env("MAX_MESSAGE_BYTES", spec.max_message_bytes.to_string()),
+            env("RUST_LOG_FORMAT", "json"),
+            env("SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS),
+        ]),
+        ports: Some(vec![container_port("http", CHAT_PORT)]),
+        readiness_probe: Some(readiness),
+        liveness_probe: Some(liveness),
+        resources: Some(resources("512Mi")),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![tmp_mount()]),
+        ..Container::default()
+    }
+}

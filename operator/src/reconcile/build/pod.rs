@@ -1,0 +1,233 @@
+//! Pod and container settings the broker, replication-log and chat-server pods share: the
+//! hardened security contexts (restricted Pod Security Standard), resources, probes, environment
+//! variables, ports, volumes and the data claim template.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::names::{DATA_VOLUME, Names, PASSWORD_KEY, REDIS_PORT};
+
+/// UID/GID every data-plane container runs as.
+pub const RUN_AS: i64 = 65532;
+/// Name of the writable scratch volume mounted at `/tmp`.
+const TMP_VOLUME: &str = "tmp";
+
+/// `items` as owned strings (commands, arguments, capability and access-mode lists).
+pub fn strings<const N: usize>(items: [&str; N]) -> Option<Vec<String>> {
+    Some(items.iter().map(|s| (*s).to_owned()).collect())
+}
+
+fn runtime_default_seccomp() -> Option<SeccompProfile> {
+    Some(SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    })
+}
+
+/// A pod spec with the settings every data-plane pod shares (no service-account token, no
+/// service links, the pod security context) around the one `container`.
+pub fn hardened_pod(container: k8s_openapi::api::core::v1::Container) -> PodSpec {
+    PodSpec {
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(pod_security_context()),
+        containers: vec![container],
+        ..PodSpec::default()
+    }
+}
+
+/// Non-root, fixed UID/GID and group-owned volumes, RuntimeDefault seccomp.
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: runtime_default_seccomp(),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// No privilege escalation, read-only root filesystem, every capability dropped.
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        capabilities: Some(Capabilities {
+            drop: strings(["ALL"]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: runtime_default_seccomp(),
+        ..SecurityContext::default()
+    }
+}
+
+/// Requests of 50m CPU and 64Mi memory, and a memory limit of `memory_limit` (a quantity).
+pub fn resources(memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("50m".into())),
+            ("memory".to_owned(), Quantity("64Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(memory_limit.into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// A plain `name=value` environment variable.
+pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// An environment variable holding a field of the pod (downward API), e.g. `metadata.name`.
+pub fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// `REDIS_PASSWORD` from the broker Secret.
+pub fn password_env(names: &Names) -> EnvVar {
+    EnvVar {
+        name: "REDIS_PASSWORD".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: names.broker.clone(),
+                key: PASSWORD_KEY.into(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// `REDIS_URL`; must come after [`password_env`] in the env list so `$(REDIS_PASSWORD)` expands
+/// (Kubernetes expands only variables defined earlier in the list).
+pub fn redis_url_env(names: &Names) -> EnvVar {
+    env(
+        "REDIS_URL",
+        format!("redis://:$(REDIS_PASSWORD)@{}:{REDIS_PORT}", names.broker),
+    )
+}
+
+/// A TCP container port called `name`.
+pub fn container_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+/// A TCP-connect probe of the named port every `period_seconds`, failing after
+/// `failure_threshold` misses (None: the Kubernetes default, 3).
+pub fn tcp_probe(port: &str, period_seconds: i32, failure_threshold: Option<i32>) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String(port.into()),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold,
+        ..Probe::default()
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+/// Readiness and liveness probes of an HTTP data-plane process on its `http` port. Readiness
+/// polls `/readyz` every 2 s and needs 3 failures in a row to take a pod out, so a log replica
+/// that is a few messages behind for one poll during a burst stays in service; becoming ready
+/// still takes one success (caught up). Liveness polls `/healthz` every 10 s, 6 failures.
+pub fn http_probes() -> (Probe, Probe) {
+    (http_probe("/readyz", 2, 3), http_probe("/healthz", 10, 6))
+}
+
+/// A volume mount of `volume` at `path`.
+pub fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        ..VolumeMount::default()
+    }
+}
+
+/// The mount of the scratch volume at `/tmp` (the root filesystem is read-only).
+pub fn tmp_mount() -> VolumeMount {
+    mount(TMP_VOLUME, "/tmp")
+}
+
+/// The scratch volume: an emptyDir of at most 64Mi.
+pub fn tmp_volume() -> Volume {
+    Volume {
+        name: TMP_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("64Mi".into())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The `data` claim template: ReadWriteOnce, `size`, in `class` (None: the default class).
+pub fn data_claim_template(size: &str, class: Option<&String>) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: strings(["ReadWriteOnce"]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(size.into()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: class.cloned(),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
