@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub use crate::flag_values::{seconds, seconds_or_zero};
+
 /// A chat-server node: serves users over HTTP and WebSocket, writes through the Redis broker and
 /// follows its stream, bootstrapping from the replication log.
 #[derive(Debug, Clone, Parser)]
@@ -67,28 +69,6 @@ pub struct NodeConfig {
     pub serve: crate::serve::ServeConfig,
     #[command(flatten)]
     pub limits: crate::limits::NodeLimitConfig,
-}
-
-/// As [`seconds`], also accepting 0.
-pub fn seconds_or_zero(text: &str) -> Result<Duration, String> {
-    if text.trim().parse::<f64>() == Ok(0.0) {
-        return Ok(Duration::ZERO);
-    }
-    seconds(text)
-}
-
-/// Parses a positive number of seconds, fractions allowed (`10`, `0.25`), at most a day.
-pub fn seconds(text: &str) -> Result<Duration, String> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("expected a number of seconds, got {text:?}"))?;
-    if !(value > 0.0 && value <= 86_400.0) {
-        return Err(format!(
-            "expected more than 0 and at most 86400 seconds, got {text:?}"
-        ));
-    }
-    Ok(Duration::from_secs_f64(value))
 }
 
 impl NodeConfig {

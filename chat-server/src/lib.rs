@@ -11,6 +11,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as one cancellation token.
 //! - [`backoff`]: exponential backoff between retries, cut short by shutdown.
 //! - [`config`]: flags and environment variables of the binaries.
+//! - [`flag_values`]: value parsers the flag structs share (seconds).
 //! - [`node`]: a chat-server node's state (in-memory window, cursor, phase) and its follower.
 //! - [`api`]: the chat-server's HTTP and WebSocket API.
 //! - [`ui`]: the chat page served at `/`.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod backoff;
 pub mod broker;
 pub mod config;
+pub mod flag_values;
 pub mod http;
 pub mod limits;
 pub mod log;

@@ -44,7 +44,7 @@ use crate::http::ApiError;
 pub struct NodeLimitConfig {
     /// Seconds a client may take to send a whole request body; a slower `POST` is answered 408
     /// and nothing is stored.
-    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "10", value_parser = crate::config::seconds)]
+    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "10", value_parser = crate::flag_values::seconds)]
     pub http_body_timeout: Duration,
     /// WebSocket `send` frames per second one connection may keep up (0: no limit).
     #[arg(long, env = "WS_SEND_RATE", default_value_t = 200)]

@@ -50,7 +50,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use crate::config::seconds;
+use crate::flag_values::seconds;
 use crate::http::ApiError;
 
 /// The connection flags both binaries share (docs/configuration.md).
