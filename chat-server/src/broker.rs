@@ -555,7 +555,7 @@ impl Broker {
             None => (generated_id, GENERATED_ID_TTL),
         };
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let key = idem_key(&msg.channel, &msg.author, id);
+        let key = idem_key(&msg.channel, msg.idempotency_scope(), id);
         let fence = fence_key(&token);
         let deadline = now_millis().saturating_add(WRITE_DEADLINE.as_millis() as i64);
         let mut conn = self.conn.clone();

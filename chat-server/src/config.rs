@@ -69,6 +69,8 @@ pub struct NodeConfig {
     pub serve: crate::serve::ServeConfig,
     #[command(flatten)]
     pub limits: crate::limits::NodeLimitConfig,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthFlags,
 }
 
 impl NodeConfig {

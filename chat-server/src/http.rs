@@ -27,6 +27,8 @@ pub struct ApiError {
     /// For a write: its id (the client's, or the one the server generated) and what is known of
     /// its outcome.
     pub write: Option<(String, WriteFate)>,
+    /// A `WWW-Authenticate` challenge (RFC 6750 §3) for a 401/403 of the token check.
+    pub challenge: Option<String>,
 }
 
 /// What an error answer says about the write it answers.
@@ -49,6 +51,7 @@ impl ApiError {
             reason: reason.into(),
             retry_after: None,
             write: None,
+            challenge: None,
         }
     }
 
@@ -82,6 +85,7 @@ impl ApiError {
             reason: reason.into(),
             retry_after: Some(WRITE_RETRY_AFTER_SECS as u32),
             write: Some((id.into(), fate)),
+            challenge: None,
         }
     }
 }
@@ -116,6 +120,14 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        if let Some(challenge) = self
+            .challenge
+            .as_deref()
+            .and_then(|c| axum::http::HeaderValue::from_str(c).ok())
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, challenge);
         }
         resp
     }

@@ -7,12 +7,15 @@
 //!   anchoring after a broker data loss, resume points).
 //! - [`http`]: HTTP pieces both services share (JSON errors, page queries, `/metrics`).
 //! - [`log_client`]: client of the replication log's HTTP API (snapshots, pages, status).
-//! - [`telemetry`]: tracing output (`RUST_LOG_FORMAT=json`; `LOG_FORMAT` deprecated).
+//! - [`telemetry`]: tracing output (`RUST_LOG_FORMAT=json`; `LOG_FORMAT` deprecated) and
+//!   redaction of credentials in logged URLs.
 //! - [`shutdown`]: SIGTERM/SIGINT as one cancellation token.
 //! - [`backoff`]: exponential backoff between retries, cut short by shutdown.
 //! - [`config`]: flags and environment variables of the binaries.
 //! - [`flag_values`]: value parsers the flag structs share (seconds).
 //! - [`node`]: a chat-server node's state (in-memory window, cursor, phase) and its follower.
+//! - [`auth`]: who may do what: `--auth`, JWT connection tokens, channel permissions, the
+//!   Origin check, the data plane's internal token.
 //! - [`api`]: the chat-server's HTTP and WebSocket API.
 //! - [`ui`]: the chat page served at `/`.
 //! - [`server`]: running a node: follower + API + graceful shutdown.
@@ -21,6 +24,7 @@
 //!   concurrency, a broker out of memory.
 //! - [`log`]: the replication log: on-disk store, stream follower, HTTP API, `replication-log` CLI.
 pub mod api;
+pub mod auth;
 pub mod backoff;
 pub mod broker;
 pub mod config;

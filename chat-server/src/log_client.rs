@@ -1,15 +1,19 @@
 //! HTTP client of the replication log's API, used by chat-server nodes (bootstrap snapshots, old
 //! history pages) and by replicas bootstrapping from a peer. It tries the configured replicas in
-//! order and takes the first that answers.
+//! order and takes the first that answers. Every request carries the data plane's internal
+//! token when one is configured; URLs in its errors have their credentials redacted.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use serde::Deserialize;
 
+use crate::auth::InternalToken;
+use crate::auth::internal::INTERNAL_TOKEN_HEADER;
 use crate::http::MessagesPage;
 use crate::message::Message;
 use crate::protocol::{page_covers, page_is_enough};
+use crate::telemetry::redact_url;
 
 /// Header carrying the position a snapshot runs up to.
 pub const SNAPSHOT_POSITION_HEADER: &str = "x-snapshot-position";
@@ -29,10 +33,22 @@ pub enum LogClientError {
         status: u16,
         body: String,
     },
+    /// `url` is redacted and `source` carries no URL (see [`LogClientError::transport`]).
     #[error("replica {url}: {source}")]
     Transport { url: String, source: reqwest::Error },
     #[error("replica {url} sent a bad snapshot: {reason}")]
     BadSnapshot { url: String, reason: String },
+}
+
+impl LogClientError {
+    /// A transport error of a request to `url`: the URL with its credentials redacted, the
+    /// reqwest error without its own copy of the URL.
+    pub fn transport(url: &str, source: reqwest::Error) -> LogClientError {
+        LogClientError::Transport {
+            url: redact_url(url),
+            source: source.without_url(),
+        }
+    }
 }
 
 /// A replica's `/status`.
@@ -55,6 +71,7 @@ pub struct LogStatus {
 pub struct LogClient {
     urls: Vec<String>,
     http: reqwest::Client,
+    internal: Option<InternalToken>,
 }
 
 impl LogClient {
@@ -70,7 +87,17 @@ impl LogClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
-        LogClient { urls, http }
+        LogClient {
+            urls,
+            http,
+            internal: None,
+        }
+    }
+
+    /// The same client, sending `token` in [`INTERNAL_TOKEN_HEADER`] with every request.
+    pub fn with_internal_token(mut self, token: Option<InternalToken>) -> LogClient {
+        self.internal = token;
+        self
     }
 
     /// Parses a comma-separated list of URLs.
@@ -105,7 +132,7 @@ impl LogClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| LogClientError::BadSnapshot {
-                url: url.to_owned(),
+                url: redact_url(url),
                 reason: format!("missing {SNAPSHOT_POSITION_HEADER} header"),
             })?;
         let cluster_id = resp
@@ -114,7 +141,7 @@ impl LogClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         Ok(Snapshot {
-            source: url.to_owned(),
+            source: redact_url(url),
             after,
             position,
             cluster_id,
@@ -159,13 +186,7 @@ impl LogClient {
             let page = match resp.json::<MessagesPage>().await {
                 Ok(page) => page,
                 Err(source) => {
-                    failures.push(
-                        LogClientError::Transport {
-                            url: url.clone(),
-                            source,
-                        }
-                        .to_string(),
-                    );
+                    failures.push(LogClientError::transport(url, source).to_string());
                     continue;
                 }
             };
@@ -173,7 +194,7 @@ impl LogClient {
             let covered = page_covers(after, limit, &positions, persisted);
             let enough = page_is_enough(covered, needed, positions.len() >= limit);
             let candidate = ReplicaPage {
-                source: url.clone(),
+                source: redact_url(url),
                 page,
                 covered,
                 enough,
@@ -193,12 +214,23 @@ impl LogClient {
         let resp = self
             .get(url, "/status", Some(Duration::from_secs(2)))
             .await?;
-        resp.json()
+        let status: serde_json::Value = resp
+            .json()
             .await
-            .map_err(|source| LogClientError::Transport {
-                url: url.to_owned(),
-                source,
-            })
+            .map_err(|source| LogClientError::transport(url, source))?;
+        // A replica that did not take our internal token shows only its public status, without
+        // the limit it granted: treated as unreachable, never as a limit of 0.
+        if self.internal.is_some() && status.get("limit").is_none() {
+            return Err(LogClientError::Status {
+                url: redact_url(url),
+                status: 403,
+                body: "the replica did not accept this internal token (no status details)".into(),
+            });
+        }
+        serde_json::from_value(status).map_err(|e| LogClientError::BadSnapshot {
+            url: redact_url(url),
+            reason: format!("bad status document: {e}"),
+        })
     }
 
     async fn get(
@@ -208,21 +240,21 @@ impl LogClient {
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, LogClientError> {
         let mut req = self.http.get(format!("{url}{path}"));
+        if let Some(token) = &self.internal {
+            req = req.header(INTERNAL_TOKEN_HEADER, token.header_value());
+        }
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
         let resp = req
             .send()
             .await
-            .map_err(|source| LogClientError::Transport {
-                url: url.to_owned(),
-                source,
-            })?;
+            .map_err(|source| LogClientError::transport(url, source))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body = resp.text().await.unwrap_or_default();
             return Err(LogClientError::Status {
-                url: url.to_owned(),
+                url: redact_url(url),
                 status,
                 body: body.chars().take(200).collect(),
             });
@@ -283,12 +315,7 @@ impl Snapshot {
             match self.resp.chunk().await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
                 Ok(None) => self.done = true,
-                Err(source) => {
-                    return Err(LogClientError::Transport {
-                        url: self.source.clone(),
-                        source,
-                    });
-                }
+                Err(source) => return Err(LogClientError::transport(&self.source, source)),
             }
         }
     }

@@ -108,9 +108,18 @@ pub struct NewMessage {
     pub id: Option<String>,
     pub author: String,
     pub text: String,
+    /// Whose idempotency keys `id` belongs to: the token's subject under `--auth token` (the
+    /// author may be a display name two users share); `None`: the author. One user's id never
+    /// suppresses another's message (issue 11).
+    pub scope: Option<String>,
 }
 
 impl NewMessage {
+    /// The owner of this write's idempotency key (see [`NewMessage::scope`]).
+    pub fn idempotency_scope(&self) -> &str {
+        self.scope.as_deref().unwrap_or(&self.author)
+    }
+
     /// Validates every field against the contract's limits.
     pub fn validate(&self, max_text_bytes: usize) -> Result<(), InvalidInput> {
         validate_channel(&self.channel)?;
@@ -213,6 +222,7 @@ mod tests {
             id: None,
             author: "a".into(),
             text: "t".into(),
+            scope: None,
         };
         assert_eq!(base.validate(4), Ok(()));
         let long = NewMessage {

@@ -9,15 +9,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api;
+use crate::auth::{Access, Authenticator};
 use crate::config::{NodeConfig, host_name};
 use crate::limits::{LimitMetrics, RateLimits, limit_posts};
 use crate::log_client::LogClient;
 use crate::node::{Node, NodeSettings, follower};
 use crate::serve::serve;
 
-/// Serves a node on `listener` until `shutdown` is cancelled.
+/// Serves a node on `listener` until `shutdown` is cancelled, admitting clients by `access`
+/// (built from `config.auth` by [`crate::auth::AuthFlags::access`]).
 pub async fn run(
     config: NodeConfig,
+    access: Access,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -34,7 +37,24 @@ pub async fn run(
         http_body_timeout: config.limits.http_body_timeout,
         rate_limits: RateLimits::new(&config.limits, LimitMetrics::default()),
     };
-    let node = Node::new(settings, LogClient::from_list(&config.log_url));
+    match &access.authenticator {
+        Authenticator::Anonymous => warn!(
+            "--auth none: clients are anonymous; anyone who reaches this node may read and write \
+             every channel under any author name"
+        ),
+        Authenticator::Token(verifier) => info!(
+            algorithms = ?verifier.algorithms(),
+            "--auth token: every client request needs a bearer token"
+        ),
+    }
+    if access.internal.is_none() {
+        warn!(
+            "no internal token (--internal-token-file / INTERNAL_TOKEN): replicas are asked \
+             without one, and /status shows its details to anyone"
+        );
+    }
+    let log = LogClient::from_list(&config.log_url).with_internal_token(access.internal.clone());
+    let node = Node::new(settings, log);
     // `shutdown` is the signal; `stop` ends serving, `--shutdown-delay` after it.
     let stop = CancellationToken::new();
     {
@@ -72,10 +92,9 @@ pub async fn run(
     let sessions = api::Sessions::new(shutdown.clone());
     let connections = node.metrics().connections.clone();
     let rate_limits = node.settings().rate_limits.clone();
-    let app = api::router(node, sessions.clone()).layer(axum::middleware::from_fn_with_state(
-        rate_limits,
-        limit_posts,
-    ));
+    let app = api::router(node, sessions.clone(), access).layer(
+        axum::middleware::from_fn_with_state(rate_limits, limit_posts),
+    );
     serve(listener, app, &config.serve, connections, shutdown.clone()).await?;
     // axum does not wait for upgraded connections: the WebSocket sessions are drained here.
     if !sessions.drain(config.ws_drain_timeout).await {

@@ -1,7 +1,8 @@
 //! Tracing output of the data-plane binaries: JSON lines when `RUST_LOG_FORMAT=json`,
 //! human-readable otherwise; the filter comes from `RUST_LOG` (default `info`). The old name
 //! `LOG_FORMAT` (easy to mistake for one of the replication log's `LOG_*` settings) still works
-//! and logs a deprecation warning.
+//! and logs a deprecation warning. [`redact_url`] hides the credentials of a URL (Redis URLs
+//! with a password, peer URLs with userinfo) wherever one is logged or shown in `/status`.
 
 use tracing_subscriber::EnvFilter;
 
@@ -47,6 +48,53 @@ pub fn init_logging() {
              {FORMAT_VAR} instead"
         );
     }
+}
+
+/// `url` with its credentials replaced by `***`: the password of the userinfo (`user:***@`, or
+/// `***@` when the userinfo has no `:`), and the values of query parameters whose name holds
+/// `password`, `secret` or `token`. Text that is not a URL is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***{host}"),
+                None => format!("***{host}"),
+            }
+        }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _))
+                        if ["password", "secret", "token"]
+                            .iter()
+                            .any(|s| k.to_ascii_lowercase().contains(s)) =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+            format!("{path}?{}{fragment}", pairs.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{}{authority}{tail}", &url[..scheme_end])
 }
 
 /// Keeps a warning that can repeat per request (a write failing during a broker outage) from
@@ -95,6 +143,37 @@ fn due(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// URLs with credentials → the same URLs with the secrets replaced.
+    #[test]
+    fn redact_url_table() {
+        let table = [
+            ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+            (
+                "redis://app:s3cret@redis:6379",
+                "redis://app:***@redis:6379",
+            ),
+            ("rediss://user:p%40ss@host", "rediss://user:***@host"),
+            ("redis://s3cret@redis", "redis://***@redis"),
+            (
+                "http://peer:pw@10.0.0.1:8090/x?y=1",
+                "http://peer:***@10.0.0.1:8090/x?y=1",
+            ),
+            ("http://127.0.0.1:8090", "http://127.0.0.1:8090"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "http://h/p?password=x&a=b#f",
+                "http://h/p?password=***&a=b#f",
+            ),
+            ("http://h/?access_token=abc", "http://h/?access_token=***"),
+            ("http://h/p@q", "http://h/p@q"),
+            ("not a url", "not a url"),
+            ("", ""),
+        ];
+        for (url, want) in table {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
     use std::time::{Duration, Instant};
 
     #[test]

@@ -94,6 +94,7 @@ async fn write_n(broker: &Broker, tag: &str, n: usize) -> Vec<u64> {
             id: Some(format!("{tag}-{i}")),
             author: "tester".to_owned(),
             text: format!("{tag} message {i} {}", "x".repeat(i % 50)),
+            scope: None,
         };
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,14 +1,17 @@
 //! HTTP handlers for messages and channels: `POST`/`GET /channels/{channel}/messages`,
-//! `GET /messages` and `GET /channels`.
+//! `GET /messages` and `GET /channels`. Each one identifies the client first ([`Access`]): a
+//! POST needs the Origin check and publish permission, reads need read permission, and the
+//! channel list holds only readable channels.
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{original_body, page_body, read_page, write};
+use crate::auth::{Access, AuthError, Identity};
 use crate::broker::WriteOutcome;
 use crate::http::{ApiError, ChannelsQuery, PageQuery};
 use crate::message::{DEFAULT_CHANNEL, NewMessage, validate_channel};
@@ -23,13 +26,53 @@ pub(crate) struct PostBody {
 }
 
 impl PostBody {
-    pub(crate) fn into_new_message(self, channel: String) -> NewMessage {
-        NewMessage {
-            channel,
-            id: self.id,
-            author: self.author.unwrap_or_else(|| "anonymous".to_owned()),
-            text: self.text.unwrap_or_default(),
-        }
+    pub(crate) fn into_new_message(self, channel: String, who: &Identity) -> NewMessage {
+        new_message(who, channel, self.id, self.author, self.text)
+    }
+}
+
+/// A write by `who`: under `--auth token` the author comes from the token and a client-supplied
+/// one is ignored, and the id is scoped to the token's subject; anonymous clients name their
+/// author (default `anonymous`).
+pub(crate) fn new_message(
+    who: &Identity,
+    channel: String,
+    id: Option<String>,
+    author: Option<String>,
+    text: Option<String>,
+) -> NewMessage {
+    let author = match &who.author {
+        Some(from_token) => from_token.clone(),
+        None => author.unwrap_or_else(|| "anonymous".to_owned()),
+    };
+    NewMessage {
+        channel,
+        id,
+        author,
+        text: text.unwrap_or_default(),
+        scope: who.subject.clone(),
+    }
+}
+
+/// The refusal when `who` may not read `channel`.
+pub(crate) fn check_read(who: &Identity, channel: &str) -> Result<(), AuthError> {
+    if who.grants.may_read(channel) {
+        Ok(())
+    } else {
+        Err(AuthError::Forbidden(format!(
+            "the token does not grant reading channel {channel}"
+        )))
+    }
+}
+
+/// The refusal when `who` may not publish to `channel`.
+pub(crate) fn check_publish(who: &Identity, channel: &str) -> Result<(), AuthError> {
+    if who.grants.may_publish(channel) {
+        Ok(())
+    } else {
+        Err(AuthError::Forbidden(format!(
+            "the token does not grant publishing to channel {channel}"
+        )))
     }
 }
 
@@ -54,11 +97,16 @@ fn is_length_limit(e: &axum::Error) -> bool {
 #[tracing::instrument(skip_all, fields(channel = %channel))]
 pub(super) async fn post_message(
     State(node): State<Node>,
+    Extension(access): Extension<Access>,
     Path(channel): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    access.check_origin(&headers)?;
+    let who = access.identify(&headers, query.as_deref())?;
     validate_channel(&channel)?;
+    check_publish(&who, &channel)?;
     let limit = body_limit(node.settings().max_message_bytes);
     let too_large = || {
         ApiError::new(
@@ -95,7 +143,7 @@ pub(super) async fn post_message(
     };
     let parsed: PostBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let outcome = write(&node, parsed.into_new_message(channel)).await?;
+    let outcome = write(&node, parsed.into_new_message(channel, &who)).await?;
     Ok(match outcome {
         WriteOutcome::Accepted(m) => (StatusCode::CREATED, Json(m)).into_response(),
         WriteOutcome::Duplicate(o) => {
@@ -107,27 +155,52 @@ pub(super) async fn post_message(
 #[tracing::instrument(skip_all, fields(channel = %channel))]
 pub(super) async fn read_channel(
     State(node): State<Node>,
+    Extension(access): Extension<Access>,
     Path(channel): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     page: PageQuery,
 ) -> Result<Response, ApiError> {
+    let who = access.identify(&headers, query.as_deref())?;
     validate_channel(&channel)?;
+    check_read(&who, &channel)?;
     let messages = read_page(&node, &channel, page.after, u64::MAX, page.limit).await?;
     Ok(Json(page_body(messages)).into_response())
 }
 
 pub(super) async fn read_default(
     State(node): State<Node>,
+    access: Extension<Access>,
+    query: RawQuery,
+    headers: HeaderMap,
     page: PageQuery,
 ) -> Result<Response, ApiError> {
-    read_channel(State(node), Path(DEFAULT_CHANNEL.to_owned()), page).await
+    read_channel(
+        State(node),
+        access,
+        Path(DEFAULT_CHANNEL.to_owned()),
+        query,
+        headers,
+        page,
+    )
+    .await
 }
 
-/// `GET /channels?after=NAME&limit=N`: a page of channels by name,
+/// `GET /channels?after=NAME&limit=N`: a page of the channels the client may read, by name,
 /// `{"channels": [{"name", "messages", "last_position"}], "next": NAME|null}`. The store lock is
 /// held only to copy out the page (the channels are kept sorted).
-pub(super) async fn list_channels(State(node): State<Node>, query: ChannelsQuery) -> Response {
-    let (channels, next) = node
-        .read()
-        .channels_page(query.after.as_deref(), query.limit);
-    Json(serde_json::json!({ "channels": channels, "next": next })).into_response()
+pub(super) async fn list_channels(
+    State(node): State<Node>,
+    Extension(access): Extension<Access>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    query: ChannelsQuery,
+) -> Result<Response, ApiError> {
+    let who = access.identify(&headers, raw.as_deref())?;
+    let (channels, next) =
+        node.read()
+            .channels_page_where(query.after.as_deref(), query.limit, |name| {
+                who.grants.may_read(name)
+            });
+    Ok(Json(serde_json::json!({ "channels": channels, "next": next })).into_response())
 }

@@ -16,14 +16,16 @@ use axum::routing::get;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::Access;
 use crate::broker::{BrokerError, Original, WriteOutcome};
 use crate::http::{ApiError, MessagesPage, WriteFate, metrics_response};
 use crate::message::{Message, NewMessage, now_millis};
 use crate::node::Node;
 use crate::node::store::{LocalPage, within_bytes};
 
-/// Builds the router of a node; its WebSocket sessions are tracked in `sessions`.
-pub fn router(node: Node, sessions: Sessions) -> Router {
+/// Builds the router of a node; its WebSocket sessions are tracked in `sessions`, clients are
+/// admitted by `access`.
+pub fn router(node: Node, sessions: Sessions, access: Access) -> Router {
     Router::new()
         .route("/channels", get(messages::list_channels))
         .route(
@@ -46,6 +48,7 @@ pub fn router(node: Node, sessions: Sessions) -> Router {
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .layer(axum::Extension(sessions))
+        .layer(axum::Extension(access))
         .with_state(node)
 }
 
@@ -67,8 +70,20 @@ async fn readyz(State(node): State<Node>) -> Response {
     }
 }
 
-async fn status(State(node): State<Node>) -> Response {
-    axum::Json(node.status()).into_response()
+/// `GET /status`. Its details (`epoch`, `error`: broker and replica errors) go only to the
+/// data plane and the operator, which send the internal token (when one is configured); others
+/// see the counters the operator's rollout gate reads.
+async fn status(
+    State(node): State<Node>,
+    axum::Extension(access): axum::Extension<Access>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let mut status = node.status();
+    if !access.internal(&headers) {
+        status.epoch = None;
+        status.error = None;
+    }
+    axum::Json(status).into_response()
 }
 
 async fn metrics(State(node): State<Node>) -> Response {

@@ -11,12 +11,17 @@
 //! - close codes for client faults per RFC 6455 §7.4.1, chosen by [`close_code_for`] (the
 //!   connection is then failed, §7.1.7: close frame, then TCP close), and the echo of a client's
 //!   close (§5.5.1);
-//! - on shutdown ([`Sessions`]), a 1001 close naming the position to resume from.
+//! - on shutdown ([`Sessions`]), a 1001 close naming the position to resume from;
+//! - admission ([`Access`]): the Origin check and the client's token at the handshake (refused
+//!   with 401/403 like HTTP), read permission for a live connection, publish permission for
+//!   `send` frames (and for a `live=false` connection); when the token expires the connection
+//!   is closed with [`CLOSE_TOKEN_EXPIRED`] and the position to resume from.
 
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -27,12 +32,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
-use super::messages::body_limit;
+use super::messages::{body_limit, check_publish, check_read, new_message};
 use super::{read_page, write};
+use crate::auth::{Access, Identity, WS_PROTOCOL};
 use crate::broker::WriteOutcome;
 use crate::http::{ApiError, form_pairs};
 use crate::limits::SendVerdict;
-use crate::message::{NewMessage, validate_channel};
+use crate::message::validate_channel;
 use crate::node::Node;
 use crate::node::store::{LiveEnd, ws_frame};
 use crate::protocol::{Resume, resume_point};
@@ -59,6 +65,10 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub const CLOSE_PING_TIMEOUT: u16 = 4009;
 /// Close code when the node drops its history to bootstrap again.
 pub const CLOSE_RESET: u16 = 1012;
+/// Close code when the client's token expires on an open connection (application range,
+/// RFC 6455 §7.4.2; the code Centrifugo and others use for "unauthorized"): reconnect with a
+/// fresh token and `after=` the position in the reason.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Close code when history the replay needs is not available yet (RFC 6455 §7.4.1 "Try Again
 /// Later"); the reason names the position to resume from.
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
@@ -123,9 +133,13 @@ enum ClientFrame {
 pub(super) async fn upgrade(
     State(node): State<Node>,
     Extension(sessions): Extension<Sessions>,
+    Extension(access): Extension<Access>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    access.check_origin(&headers)?;
+    let who = access.identify(&headers, query.as_deref())?;
     let mut channel = None;
     let mut after = 0;
     let mut live = true;
@@ -150,6 +164,11 @@ pub(super) async fn upgrade(
     let channel =
         channel.ok_or_else(|| ApiError::bad_request("the channel query parameter is required"))?;
     validate_channel(&channel)?;
+    if live {
+        check_read(&who, &channel)?;
+    } else {
+        check_publish(&who, &channel)?;
+    }
     if sessions.stop.is_cancelled() {
         return Err(ApiError::unavailable("the node is shutting down"));
     }
@@ -157,6 +176,9 @@ pub(super) async fn upgrade(
     let tracker = sessions.tracker.clone();
     let stop = sessions.stop.clone();
     Ok(ws
+        // A browser sends its token as the subprotocol `bearer.<jwt>` next to `chat-cluster`;
+        // the server selects `chat-cluster` (never echoing the token).
+        .protocols([WS_PROTOCOL])
         .max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -166,8 +188,44 @@ pub(super) async fn upgrade(
         .max_write_buffer_size(limit + WRITE_BUFFER_SLACK)
         .on_upgrade(move |socket| {
             let span = info_span!("ws", channel = %channel, after, live);
-            tracker.track_future(session(node, stop, socket, channel, after, live).instrument(span))
+            let client = Client { who, channel };
+            tracker.track_future(session(node, stop, socket, client, after, live).instrument(span))
         }))
+}
+
+/// Who a session serves, on which channel.
+struct Client {
+    who: Identity,
+    channel: String,
+}
+
+impl Client {
+    /// When the client's token expires, as a timer deadline (`None`: it does not).
+    fn expires(&self) -> Option<Instant> {
+        let exp = self.who.expires_at?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now)))
+    }
+}
+
+/// Sleeps until `deadline`, forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The close of a connection whose token expired; `last` is the position to resume from.
+fn token_expired(last: Option<u64>) -> End {
+    let resume = last.map(|p| format!(" and after={p}")).unwrap_or_default();
+    End::Close(Ending::new(
+        CLOSE_TOKEN_EXPIRED,
+        &format!("token expired; reconnect with a fresh token{resume}"),
+    ))
 }
 
 /// Why a session ended, and what the client is told.
@@ -309,7 +367,7 @@ async fn session(
     node: Node,
     stop: CancellationToken,
     socket: WebSocket,
-    channel: String,
+    client: Client,
     after: u64,
     live: bool,
 ) {
@@ -329,9 +387,9 @@ async fn session(
         sends: node.settings().rate_limits.connection(),
     };
     let end = if live {
-        serve(&node, &stop, &mut out, &mut stream, &channel, timing).await
+        serve(&node, &stop, &mut out, &mut stream, &client, timing).await
     } else {
-        serve_writes(&node, &stop, &mut out, &mut stream, &channel, timing).await
+        serve_writes(&node, &stop, &mut out, &mut stream, &client, timing).await
     };
     // The session no longer counts once it stops serving; the closing handshake below is
     // bounded by the write deadline.
@@ -422,10 +480,15 @@ fn close_code_for(e: &tungstenite::Error) -> Option<u16> {
 }
 
 /// Answers a text or binary frame from the client.
-async fn answer(node: &Node, out: &mut Out<'_>, channel: &str, frame: Incoming) -> Result<(), End> {
+async fn answer(
+    node: &Node,
+    out: &mut Out<'_>,
+    client: &Client,
+    frame: Incoming,
+) -> Result<(), End> {
     let reply = match frame {
         Incoming::Text(text) => match out.sends.check() {
-            SendVerdict::Admit => handle_client_frame(node, channel, text.as_str()).await,
+            SendVerdict::Admit => handle_client_frame(node, client, text.as_str()).await,
             SendVerdict::Refuse { retry_after } => rate_limited_frame(&text, retry_after),
             SendVerdict::Close => {
                 return Err(End::Close(Ending::new(
@@ -488,10 +551,10 @@ async fn serve(
     stop: &CancellationToken,
     out: &mut Out<'_>,
     stream: &mut Stream,
-    channel: &str,
+    client: &Client,
     timing: Timing,
 ) -> End {
-    match serve_live(node, stop, out, stream, channel, timing).await {
+    match serve_live(node, stop, out, stream, client, timing).await {
         Ok(never) => match never {},
         Err(end) => end,
     }
@@ -502,9 +565,11 @@ async fn serve_live(
     stop: &CancellationToken,
     out: &mut Out<'_>,
     stream: &mut Stream,
-    channel: &str,
+    client: &Client,
     timing: Timing,
 ) -> Result<std::convert::Infallible, End> {
+    let channel = client.channel.as_str();
+    let expires = client.expires();
     // The history this connection serves: if the node reloads (the broker lost its data), the
     // replay must not go on reading the new store (see `replay`).
     let generation = node.generation();
@@ -527,7 +592,7 @@ async fn serve_live(
         tokio::select! {
             frame = stream.next() => {
                 alive.heard();
-                answer(node, out, channel, incoming(frame)).await?;
+                answer(node, out, client, incoming(frame)).await?;
             }
             item = live.recv() => match item {
                 Ok(l) if l.message.position <= out.last => {}
@@ -550,6 +615,7 @@ async fn serve_live(
             },
             _ = alive.ping.tick() => out.send(Frame::Ping(Default::default())).await?,
             () = tokio::time::sleep_until(alive.silent_until) => return Err(alive.expired(Some(out.last))),
+            () = until(expires) => return Err(token_expired(Some(out.last))),
             () = stop.cancelled() => return Err(out.going_away()),
         }
     }
@@ -562,18 +628,20 @@ async fn serve_writes(
     stop: &CancellationToken,
     out: &mut Out<'_>,
     stream: &mut Stream,
-    channel: &str,
+    client: &Client,
     timing: Timing,
 ) -> End {
     let mut alive = Liveness::new(timing);
+    let expires = client.expires();
     loop {
         let step = tokio::select! {
             frame = stream.next() => {
                 alive.heard();
-                answer(node, out, channel, incoming(frame)).await
+                answer(node, out, client, incoming(frame)).await
             }
             _ = alive.ping.tick() => out.send(Frame::Ping(Default::default())).await,
             () = tokio::time::sleep_until(alive.silent_until) => Err(alive.expired(None)),
+            () = until(expires) => Err(token_expired(None)),
             () = stop.cancelled() => Err(End::Close(going_away(None))),
         };
         if let Err(end) = step {
@@ -657,7 +725,7 @@ async fn replay(
     Ok(())
 }
 
-async fn handle_client_frame(node: &Node, channel: &str, text: &str) -> String {
+async fn handle_client_frame(node: &Node, client: &Client, text: &str) -> String {
     let frame: ClientFrame = match serde_json::from_str(text) {
         Ok(f) => f,
         Err(e) => {
@@ -670,12 +738,16 @@ async fn handle_client_frame(node: &Node, channel: &str, text: &str) -> String {
         }
     };
     let ClientFrame::Send { text, author, id } = frame;
-    let msg = NewMessage {
-        channel: channel.to_owned(),
-        id: id.clone(),
-        author: author.unwrap_or_else(|| "anonymous".to_owned()),
-        text: text.unwrap_or_default(),
-    };
+    if let Err(e) = check_publish(&client.who, &client.channel) {
+        return error_frame(id.as_deref(), &e.to_string());
+    }
+    let msg = new_message(
+        &client.who,
+        client.channel.clone(),
+        id.clone(),
+        author,
+        text,
+    );
     match write(node, msg).await {
         Ok(WriteOutcome::Accepted(m)) => ack(&m.id, m.position),
         Ok(WriteOutcome::Duplicate(o)) => ack(&o.id, o.position),

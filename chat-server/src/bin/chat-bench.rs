@@ -559,6 +559,7 @@ async fn bootstrap(
                         id: None,
                         author: "bench".into(),
                         text: text.clone(),
+                        scope: None,
                     };
                     broker
                         .write(
@@ -612,7 +613,7 @@ async fn bootstrap(
             "--log-url",
             log_url,
         ])
-        .args(["--node-id", "bench-bootstrap"])
+        .args(["--node-id", "bench-bootstrap", "--auth", "none"])
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()?;
@@ -707,6 +708,8 @@ async fn idle(
             "bench-idle",
             "--max-connections",
             &(connections + 100).to_string(),
+            "--auth",
+            "none",
         ])
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)

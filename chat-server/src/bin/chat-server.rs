@@ -16,6 +16,13 @@ async fn main() -> ExitCode {
         eprintln!("chat-server: {reason}");
         return ExitCode::from(2);
     }
+    let access = match config.auth.access() {
+        Ok(access) => access,
+        Err(reason) => {
+            eprintln!("chat-server: {reason}");
+            return ExitCode::from(2);
+        }
+    };
     chat_server::telemetry::init_logging();
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
@@ -25,7 +32,7 @@ async fn main() -> ExitCode {
         }
     };
     let shutdown = chat_server::shutdown::on_signal();
-    match chat_server::server::run(config, listener, shutdown).await {
+    match chat_server::server::run(config, access, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat-server: {e}");

@@ -1,18 +1,25 @@
 //! The replication log's HTTP API: channel pages, `/snapshot` (NDJSON streamed from disk up to the
 //! persisted position at request time), `/healthz`, `/readyz`, `/status` and `/metrics`.
+//!
+//! With an internal token configured (`--internal-token-file`), channel pages and `/snapshot`
+//! answer only requests carrying it (403 otherwise), and `/status` / `/readyz` show their
+//! details (`limit`, `epoch`, `error`, `broker_loss`) only to them; `/healthz` and `/metrics`
+//! stay open. Without one, everything is open (compatibility; warned at start).
 
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use super::Replica;
+use super::{Replica, ReplicaStatus};
 use crate::api::PAGE_BYTES;
+use crate::auth::internal::{INTERNAL_TOKEN_HEADER, admitted};
 use crate::http::{ApiError, MessagesPage, PageQuery, form_pairs, metrics_response};
 use crate::log_client::{
     LOG_CLUSTER_ID_HEADER, PERSISTED_POSITION_HEADER, SNAPSHOT_POSITION_HEADER,
@@ -21,15 +28,66 @@ use crate::message::validate_channel;
 
 /// The replica's routes.
 pub fn router(replica: Replica) -> Router {
-    Router::new()
+    let internal = Router::new()
         .route("/channels/{channel}/messages", get(channel_messages))
         .route("/messages/{channel}", get(channel_messages))
         .route("/snapshot", get(snapshot))
+        .route_layer(middleware::from_fn_with_state(
+            replica.clone(),
+            internal_only,
+        ));
+    Router::new()
+        .merge(internal)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(replica)
+}
+
+/// Refuses (403) a request without the internal token, when one is configured.
+async fn internal_only(State(replica): State<Replica>, request: Request, next: Next) -> Response {
+    if admitted(
+        replica.settings().internal_token.as_ref(),
+        request.headers(),
+    ) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this endpoint serves only the data plane: send the internal token in the \
+                 {INTERNAL_TOKEN_HEADER} header"
+            ),
+        )
+        .into_response()
+    }
+}
+
+/// The replica's status as `headers`' sender may see it: without the internal token (when one
+/// is configured), only the counters the operator's gate reads.
+fn visible_status(replica: &Replica, headers: &HeaderMap) -> serde_json::Value {
+    let status = replica.status();
+    if admitted(replica.settings().internal_token.as_ref(), headers) {
+        return serde_json::to_value(status).unwrap_or_default();
+    }
+    let ReplicaStatus {
+        replica_id,
+        phase,
+        persisted,
+        head,
+        lag,
+        messages,
+        ..
+    } = status;
+    serde_json::json!({
+        "replica_id": replica_id,
+        "phase": phase,
+        "persisted": persisted,
+        "head": head,
+        "lag": lag,
+        "messages": messages,
+    })
 }
 
 /// A channel page, with the persisted position read before it in `X-Persisted-Position`: the
@@ -140,8 +198,8 @@ async fn snapshot(
     Ok(resp)
 }
 
-async fn readyz(State(replica): State<Replica>) -> Response {
-    let status = replica.status();
+async fn readyz(State(replica): State<Replica>, headers: HeaderMap) -> Response {
+    let status = visible_status(&replica, &headers);
     let code = if replica.is_ready() {
         StatusCode::OK
     } else {
@@ -150,8 +208,8 @@ async fn readyz(State(replica): State<Replica>) -> Response {
     (code, Json(status)).into_response()
 }
 
-async fn status(State(replica): State<Replica>) -> Response {
-    Json(replica.status()).into_response()
+async fn status(State(replica): State<Replica>, headers: HeaderMap) -> Response {
+    Json(visible_status(&replica, &headers)).into_response()
 }
 
 async fn metrics(State(replica): State<Replica>) -> Response {

@@ -17,8 +17,10 @@ use super::store::{
     DEFAULT_BLOCK_RECORDS, DEFAULT_SEGMENT_BYTES, LogStore, OpenReport, StoreConfig, quarantine,
 };
 use super::{Replica, ReplicaSettings, api};
+use crate::auth::InternalToken;
 use crate::broker::BrokerError;
 use crate::config::host_name;
+use crate::telemetry::redact_url;
 
 /// How long open connections (snapshot streams) may hold up the exit after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +97,14 @@ pub struct LogConfig {
     /// positions again from the stream or peers (needs --peer-url). Off: refuse to start.
     #[arg(long, env = "LOG_REPAIR_FROM_PEERS")]
     pub repair_from_peers: bool,
+    /// File holding the data plane's internal token: channel pages and `/snapshot` answer only
+    /// requests carrying it (header `X-Internal-Token`), `/status` details likewise, and it is
+    /// sent to peers. Unset: everything is open (logged as a warning).
+    #[arg(long, env = "INTERNAL_TOKEN_FILE")]
+    pub internal_token_file: Option<PathBuf>,
+    /// The internal token itself (prefer the file, or an environment variable from a Secret).
+    #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
 }
 
 /// Why a replica could not run.
@@ -111,6 +121,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("forget-replica: {0}")]
     Broker(#[from] BrokerError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Parses the command line; on a bad flag prints a one-line reason and exits 2 (help and version
@@ -161,6 +173,17 @@ async fn open_log(
 
 /// Opens the log, serves the API and follows the broker until `shutdown`, then drains.
 pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let internal_token = InternalToken::load(
+        config.internal_token_file.as_deref(),
+        config.internal_token.as_deref(),
+    )
+    .map_err(RunError::Config)?;
+    if internal_token.is_none() {
+        warn!(
+            "no internal token (--internal-token-file / INTERNAL_TOKEN): channel pages, \
+             /snapshot and /status details are served to anyone who reaches this replica"
+        );
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -197,6 +220,7 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         position_lease: config.position_lease,
         anchor_despite_unreachable_peers: config.anchor_despite_unreachable_peers,
         reads: crate::limits::ReplicaReads::new(&config.reads),
+        internal_token,
     };
     let replica = Replica::new(settings, Arc::new(store), epoch);
     replica.set_limit(limit);
@@ -212,7 +236,7 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
     info!(
         listen = %config.listen,
         replica_id = %replica.settings().replica_id,
-        peers = ?replica.settings().peers,
+        peers = ?replica.settings().peers.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
         "replication-log serving"
     );
     let serve = crate::serve::serve(

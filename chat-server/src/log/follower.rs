@@ -20,6 +20,7 @@ use crate::log_client::LogStatus;
 use crate::log_client::{LogClient, LogClientError};
 use crate::message::Message;
 use crate::protocol::{anchor_position, epoch_fits, next_limit, split_dense, void_after};
+use crate::telemetry::redact_url;
 
 /// A blocking read that has not answered this long after its block time is given up: the
 /// connection is presumed dead (a partition sends no FIN) and is opened again.
@@ -189,7 +190,7 @@ pub async fn run(replica: Replica, redis_url: String, shutdown: CancellationToke
                 Ok(b) => b,
                 Err(e) => {
                     replica.metrics().broker_errors.inc();
-                    warn!(error = %e, redis_url, "cannot reach the broker; retrying with backoff");
+                    warn!(error = %e, redis_url = %redact_url(&redis_url), "cannot reach the broker; retrying with backoff");
                     if backoff.wait(&shutdown).await.is_err() {
                         return;
                     }
@@ -343,9 +344,10 @@ async fn watch_contact(replica: Replica, shutdown: CancellationToken) {
             furthest,
         ) {
             (true, Some((url, s))) => Some(format!(
-                "cut off from the broker for {}s while peer {url} has persisted position {} past this \
+                "cut off from the broker for {}s while peer {} has persisted position {} past this \
                  replica's {holds}; not ready until the broker answers again",
                 silence.as_secs(),
+                redact_url(url),
                 s.persisted
             )),
             _ => None,
@@ -436,9 +438,9 @@ async fn ensure_epoch(
                     continue;
                 }
                 if let Some((url, peer_persisted)) = highest_peer(&peers, persisted) {
-                    info!(peer = %url, peer_persisted, persisted, "a peer is further; copying from it before anchoring");
+                    info!(peer = %redact_url(&url), peer_persisted, persisted, "a peer is further; copying from it before anchoring");
                     if let Err(e) = copy_from(replica, &url, u64::MAX).await {
-                        warn!(peer = %url, error = %e, "copying from the peer failed; retrying");
+                        warn!(peer = %redact_url(&url), error = %e, "copying from the peer failed; retrying");
                         backoff.wait(shutdown).await?;
                     }
                     continue;
@@ -576,7 +578,8 @@ async fn peer_statuses(replica: &Replica) -> Vec<(String, LogStatus)> {
 /// The status of every reachable peer (not this replica, not diverged), and the peer URLs that
 /// did not answer.
 async fn peer_survey(replica: &Replica) -> (Vec<(String, LogStatus)>, Vec<String>) {
-    let client = LogClient::new(replica.settings().peers.clone());
+    let client = LogClient::new(replica.settings().peers.clone())
+        .with_internal_token(replica.settings().internal_token.clone());
     let mut out = Vec::new();
     let mut unreachable = Vec::new();
     for url in client.urls() {
@@ -585,7 +588,7 @@ async fn peer_survey(replica: &Replica) -> (Vec<(String, LogStatus)>, Vec<String
             Ok(s) if s.phase == "diverged" => {}
             Ok(s) => out.push((url.clone(), s)),
             Err(e) => {
-                tracing::debug!(peer = %url, error = %e, "peer status unavailable");
+                tracing::debug!(peer = %redact_url(url), error = %e, "peer status unavailable");
                 unreachable.push(url.clone());
             }
         }
@@ -605,7 +608,8 @@ fn highest_peer(peers: &[(String, LogStatus)], than: u64) -> Option<(String, u64
 /// Copies a peer's snapshot after this log's persisted position, up to `upto`. Returns how many
 /// messages were appended (what was copied stays even when a later part fails).
 async fn copy_from(replica: &Replica, url: &str, upto: u64) -> Result<u64, FollowError> {
-    let client = LogClient::new([url.to_owned()]);
+    let client = LogClient::new([url.to_owned()])
+        .with_internal_token(replica.settings().internal_token.clone());
     let after = replica.store().persisted();
     let mut snapshot = client.snapshot_from(url, after).await?;
     if let Some(id) = &snapshot.cluster_id {
@@ -644,7 +648,8 @@ async fn bootstrap_from_peer(
     replica: &Replica,
     shutdown: &CancellationToken,
 ) -> Result<(), FollowError> {
-    let client = LogClient::new(replica.settings().peers.clone());
+    let client = LogClient::new(replica.settings().peers.clone())
+        .with_internal_token(replica.settings().internal_token.clone());
     for url in client.urls() {
         if shutdown.is_cancelled() {
             return Err(FollowError::Shutdown);
@@ -652,7 +657,7 @@ async fn bootstrap_from_peer(
         let status = match client.status_of(url).await {
             Ok(s) => s,
             Err(e) => {
-                info!(peer = %url, error = %e, "peer not available for bootstrap");
+                info!(peer = %redact_url(url), error = %e, "peer not available for bootstrap");
                 continue;
             }
         };
@@ -663,18 +668,18 @@ async fn bootstrap_from_peer(
             continue;
         }
         let started = Instant::now();
-        info!(peer = %url, peer_persisted = status.persisted, "bootstrapping from a peer's snapshot");
+        info!(peer = %redact_url(url), peer_persisted = status.persisted, "bootstrapping from a peer's snapshot");
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Err(FollowError::Shutdown),
             r = copy_from(replica, url, u64::MAX) => r,
         };
         match result {
             Ok(copied) => {
-                info!(peer = %url, copied, persisted = replica.store().persisted(), took_ms = started.elapsed().as_millis() as u64, "bootstrapped from peer");
+                info!(peer = %redact_url(url), copied, persisted = replica.store().persisted(), took_ms = started.elapsed().as_millis() as u64, "bootstrapped from peer");
                 return Ok(());
             }
             Err(e) => {
-                warn!(peer = %url, error = %e, persisted = replica.store().persisted(), "bootstrap from peer failed; trying the next")
+                warn!(peer = %redact_url(url), error = %e, persisted = replica.store().persisted(), "bootstrap from peer failed; trying the next")
             }
         }
     }
@@ -709,7 +714,8 @@ async fn repair(
             continue;
         }
         let mut progressed = false;
-        let client = LogClient::new(replica.settings().peers.clone());
+        let client = LogClient::new(replica.settings().peers.clone())
+            .with_internal_token(replica.settings().internal_token.clone());
         for url in client.urls() {
             match client.status_of(url).await {
                 Ok(s)
@@ -724,7 +730,9 @@ async fn repair(
                     break;
                 }
                 Ok(_) => {}
-                Err(e) => warn!(peer = %url, error = %e, "repairing from the peer failed"),
+                Err(e) => {
+                    warn!(peer = %redact_url(url), error = %e, "repairing from the peer failed")
+                }
             }
         }
         if progressed {

@@ -72,6 +72,9 @@ pub struct ReplicaSettings {
     pub anchor_despite_unreachable_peers: bool,
     /// How many snapshots and page reads are served at once (`crate::limits`).
     pub reads: crate::limits::ReplicaReads,
+    /// The data plane's internal token: required by the internal endpoints and sent to peers
+    /// (`--internal-token-file`); `None`: endpoints open (warned at start).
+    pub internal_token: Option<crate::auth::InternalToken>,
 }
 
 /// `GET /status`.

@@ -91,7 +91,7 @@ async fn connect(url: &str, shutdown: &CancellationToken) -> Option<Broker> {
         match Broker::connect(url).await {
             Ok(b) => return Some(b),
             Err(e) => {
-                warn!(error = %e, "cannot reach the broker; retrying");
+                warn!(error = %e, redis_url = %crate::telemetry::redact_url(url), "cannot reach the broker; retrying");
                 if backoff.wait(shutdown).await.is_err() {
                     return None;
                 }
@@ -386,9 +386,10 @@ async fn watch_contact(node: Node, shutdown: CancellationToken) {
             &furthest,
         ) {
             (true, Some((url, persisted))) => Some(format!(
-                "cut off from the broker for {}s while replica {url} has persisted position {persisted} \
+                "cut off from the broker for {}s while replica {} has persisted position {persisted} \
                  past this node's {holds}; not ready until the broker answers again",
-                silence.as_secs()
+                silence.as_secs(),
+                crate::telemetry::redact_url(url)
             )),
             _ => None,
         };

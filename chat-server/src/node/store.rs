@@ -440,6 +440,18 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> (Vec<ChannelInfo>, Option<String>) {
+        self.channels_page_where(after, limit, |_| true)
+    }
+
+    /// As [`Store::channels_page`], over only the channels `visible` admits (a client's readable
+    /// channels): the page is full whenever more visible channels follow, and `next` is set only
+    /// then.
+    pub fn channels_page_where(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> (Vec<ChannelInfo>, Option<String>) {
         use std::ops::Bound;
         let from = match after {
             Some(name) => Bound::Excluded(name),
@@ -448,6 +460,7 @@ impl Store {
         let mut range = self
             .channels
             .range::<str, _>((from, Bound::Unbounded))
+            .filter(|(name, _)| visible(name))
             .map(|(name, c)| ChannelInfo {
                 name: name.to_string(),
                 messages: c.count,

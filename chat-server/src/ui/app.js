@@ -18,7 +18,12 @@
  *     shown with their cause: 413 too long, 503 broker unavailable (not stored), 504 outcome
  *     unknown (retry to settle it), 400 invalid input;
  *   - the header: the node id and phase from GET /status, and the connection state;
- *   - the author name, remembered in localStorage.
+ *   - the author name, remembered in localStorage;
+ *   - the access token (servers with --auth token), kept in sessionStorage (this tab only): sent
+ *     as `Authorization: Bearer` on HTTP and, since a browser WebSocket cannot set headers, as
+ *     the subprotocol `bearer.<token>` next to `chat-cluster` (never in the URL, which servers
+ *     and proxies log). A 401 or a 4001 close (token expired) asks for a new token; with a
+ *     token the server takes the author from it and ignores the name field.
  *
  * Hooks for tests and scripts: #conn[data-state] is connecting|live|reconnecting|offline;
  * every message is an li.msg with data-position and data-id.
@@ -30,6 +35,7 @@
   // Opened when the address names no channel and no channel has a message yet.
   const DEFAULT_CHANNEL = 'general';
   const AUTHOR_KEY = 'chat-cluster.author';
+  const TOKEN_KEY = 'chat-cluster.token';
   /** Messages the first screen aims to show, and each "older" load adds. */
   const PAGE = 200;
   /** Page size of the HTTP reads (the server allows up to 10000). */
@@ -51,7 +57,18 @@
     messages: $('messages'), banner: $('banner'),
     composer: $('composer'), author: $('author'), text: $('text'), send: $('send'),
     sendError: $('send-error'),
+    tokenForm: $('token-form'), token: $('token'),
   };
+
+  /** The access token the user pasted ('' when none). */
+  let token = '';
+
+  /** Request headers, with the token when there is one. */
+  function authHeaders(extra) {
+    const h = Object.assign({ Accept: 'application/json' }, extra || {});
+    if (token) h.Authorization = `Bearer ${token}`;
+    return h;
+  }
 
   // --- state of the open channel -------------------------------------------------------------
   // History is held as one contiguous range of the channel: every message with
@@ -100,7 +117,7 @@
   }
 
   async function getJson(path) {
-    const res = await fetch(path, { cache: 'no-store', headers: { Accept: 'application/json' } });
+    const res = await fetch(path, { cache: 'no-store', headers: authHeaders() });
     const body = await res.json().catch(() => ({}));
     if (!res.ok) {
       const err = new Error(body.error || `HTTP ${res.status}`);
@@ -409,7 +426,7 @@
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const url = `${scheme}//${location.host}/ws?channel=${encodeURIComponent(channel)}&after=${cursor}`;
     setConn(attempts ? 'reconnecting' : 'connecting', attempts ? 'reconnecting…' : 'connecting…');
-    const sock = new WebSocket(url);
+    const sock = token ? new WebSocket(url, ['chat-cluster', `bearer.${token}`]) : new WebSocket(url);
     ws = sock;
     sock.onopen = () => {
       if (gen !== generation) return;
@@ -443,6 +460,7 @@
       delay = Math.round(delay / 2 + Math.random() * (delay / 2));
       let why = 'connection lost';
       if (ev.code === 4008) { why = 'fell behind'; delay = 100; }
+      else if (ev.code === 4001) { why = 'token expired; paste a new token'; delay = BACKOFF_MAX; }
       else if (ev.code === 1012) why = 'node reloading its history';
       else if (ev.code === 1013) why = 'history not available yet';
       else if (ev.code === 1011) why = ev.reason || 'server error';
@@ -569,6 +587,10 @@
         return `Broker unavailable, the message may or may not be stored: ${reason}. Press Enter to retry (it will not be stored twice).`;
       case 400:
         return `Message rejected: ${reason}.`;
+      case 401:
+        return `Not signed in: ${reason}. Paste an access token above.`;
+      case 403:
+        return `Not allowed: ${reason}.`;
       default:
         return `Send failed (HTTP ${status}): ${reason}.`;
     }
@@ -596,7 +618,7 @@
         try {
           res = await fetch(`/channels/${encodeURIComponent(target)}/messages`, {
             method: 'POST',
-            headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+            headers: authHeaders({ 'Content-Type': 'application/json' }),
             body,
           });
         } catch (_) {
@@ -634,6 +656,17 @@
     try { el.author.value = localStorage.getItem(AUTHOR_KEY) || ''; } catch (_) { /* storage off */ }
     el.author.addEventListener('input', () => {
       try { localStorage.setItem(AUTHOR_KEY, el.author.value.trim()); } catch (_) { /* storage off */ }
+    });
+
+    try { token = sessionStorage.getItem(TOKEN_KEY) || ''; } catch (_) { /* storage off */ }
+    el.token.value = token;
+    el.tokenForm.addEventListener('submit', (e) => {
+      e.preventDefault();
+      token = el.token.value.trim();
+      try { sessionStorage.setItem(TOKEN_KEY, token); } catch (_) { /* storage off */ }
+      showBanner('');
+      pollChannels();
+      openChannel(channel || DEFAULT_CHANNEL);
     });
 
     el.composer.addEventListener('submit', (e) => {

@@ -31,17 +31,34 @@ pub struct Proc {
     pub url: String,
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl Proc {
     pub fn spawn(name: &str, program: &str, args: Vec<String>, port: u16, logs: &Path) -> Proc {
+        Proc::spawn_env(name, program, args, &[], port, logs)
+    }
+
+    /// As [`Proc::spawn`], with these environment variables set.
+    pub fn spawn_env(
+        name: &str,
+        program: &str,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+        port: u16,
+        logs: &Path,
+    ) -> Proc {
         let mut p = Proc {
             name: name.to_owned(),
             url: format!("http://127.0.0.1:{port}"),
             program: PathBuf::from(program),
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: logs.join(format!("{name}.log")),
             child: None,
         };
@@ -59,6 +76,7 @@ impl Proc {
         let child = Command::new(&self.program)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
             .spawn()
@@ -150,6 +168,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     log_ports: Vec<u16>,
     pub node_args: Vec<String>,
+    /// Extra flags of every replica.
+    pub log_args: Vec<String>,
     /// The Redis URL the replicas use (a [`proxy::Proxy`] to cut them off), if not Redis's own.
     log_redis_url: Option<String>,
 }
@@ -164,8 +184,21 @@ impl Cluster {
     }
 
     /// As [`Cluster::start`], with extra flags for every node.
+    /// Nodes run `--auth none` unless `node_args` name an `--auth` mode or a token key.
     pub async fn start_with(nodes: usize, replicas: usize, node_args: &[&str]) -> Cluster {
-        Cluster::start_inner(nodes, replicas, node_args, false)
+        Cluster::start_inner(nodes, replicas, node_args, &[], false)
+            .await
+            .0
+    }
+
+    /// As [`Cluster::start_with`], with extra flags for every replica too.
+    pub async fn start_with_logs(
+        nodes: usize,
+        replicas: usize,
+        node_args: &[&str],
+        log_args: &[&str],
+    ) -> Cluster {
+        Cluster::start_inner(nodes, replicas, node_args, log_args, false)
             .await
             .0
     }
@@ -177,7 +210,7 @@ impl Cluster {
         replicas: usize,
         node_args: &[&str],
     ) -> (Cluster, proxy::Proxy) {
-        let (c, p) = Cluster::start_inner(nodes, replicas, node_args, true).await;
+        let (c, p) = Cluster::start_inner(nodes, replicas, node_args, &[], true).await;
         (c, p.expect("proxy"))
     }
 
@@ -185,6 +218,7 @@ impl Cluster {
         nodes: usize,
         replicas: usize,
         node_args: &[&str],
+        log_args: &[&str],
         proxied: bool,
     ) -> (Cluster, Option<proxy::Proxy>) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -200,7 +234,8 @@ impl Cluster {
             nodes: Vec::new(),
             log_ports: (0..replicas).map(|_| free_port()).collect(),
             dir,
-            node_args: node_args.iter().map(|s| s.to_string()).collect(),
+            node_args: with_auth(node_args),
+            log_args: log_args.iter().map(|s| s.to_string()).collect(),
             log_redis_url: proxy.as_ref().map(|p| p.url()),
         };
         for i in 0..replicas {
@@ -246,6 +281,8 @@ impl Cluster {
             "--peer-url".into(),
             self.log_list(),
         ];
+        let mut args = args;
+        args.extend(self.log_args.iter().cloned());
         Proc::spawn(&format!("log-{i}"), LOG_BIN, args, port, self.dir.path())
     }
 
@@ -291,6 +328,15 @@ impl Cluster {
             eprintln!("===== {} =====\n{}", p.name, tail(&p.log_text(), 60));
         }
     }
+}
+
+/// `args`, with `--auth none` added unless they choose an auth mode or a token key.
+pub fn with_auth(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if !args.iter().any(|a| a.starts_with("--auth")) {
+        out.extend(["--auth".to_owned(), "none".to_owned()]);
+    }
+    out
 }
 
 fn tail(s: &str, lines: usize) -> String {
