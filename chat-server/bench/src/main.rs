@@ -4,10 +4,14 @@
 //! - `latency`: at a fixed rate, time from send until the message is visible on every node.
 //! - `fanout`: WebSocket deliveries per second to many subscribers of one channel.
 //! - `bootstrap`: time for a new node to become ready over a long history (loads it first).
-//! - `log-append`: the replication log's append rate with one fsync per batch.
+//! - `log-append`: the replication log's append rate with one fsync per batch ([`log_append`]).
 //! - `idle`: resident memory of a node holding many idle WebSocket connections (starts the node).
 //!
 //! Every run is bounded in time and count and talks only to the URLs it is given (loopback).
+//! Its own package (not the data-plane crate) so that the WebSocket client library is a
+//! dependency of the benchmark only.
+
+mod log_append;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -782,8 +786,11 @@ fn log_append(dir: &str, messages: u64, batch: usize, size: usize) -> Result<(),
         std::fs::remove_dir_all(path)?;
     }
     std::fs::create_dir_all(path)?;
-    let report = chat_server::log::store::bench_append(path, messages, batch, size)?;
-    std::fs::remove_dir_all(path)?;
+    let report = log_append::append(path, messages, batch, size)?;
     println!("log-append: {report}");
+    for line in log_append::read_back(path)? {
+        println!("log-append: {line}");
+    }
+    std::fs::remove_dir_all(path)?;
     Ok(())
 }
