@@ -120,13 +120,16 @@ end
 /// Refuses (`NOLIMIT`) when the next position is past the limit the replication log granted, and
 /// (`BEHIND`) when the sequence is below a position the writing node already holds (the broker
 /// went back: the position would be handed out a second time).
+/// Epoch, sequence and limit are read with one `MGET` (the script is atomic, so reading them
+/// first changes nothing).
 /// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record, limit.
 /// ARGV: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms), token, holds.
 /// Replies `{1, position}` or `{0, p, s, w, author|nil, text|nil}` for an existing record.
 const WRITE_LUA: &str = concat!(
     original_lua!(),
     r#"
-if redis.call('EXISTS', KEYS[3]) == 0 then
+local state = redis.call('MGET', KEYS[3], KEYS[2], KEYS[7])
+if not state[1] then
   return redis.error_reply('NOEPOCH the broker has no epoch yet; waiting for the replication log to anchor it')
 end
 local prev = redis.call('HMGET', KEYS[4], 'p', 's', 'w')
@@ -145,11 +148,11 @@ local now = redis.call('TIME')
 if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[7]) then
   return redis.error_reply('DEADLINE the write reached redis after its deadline')
 end
-local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+local cur = tonumber(state[2] or '0')
 if cur < tonumber(ARGV[9]) then
   return redis.error_reply('BEHIND the broker sequence ' .. cur .. ' is below position ' .. ARGV[9] .. ' that this node already holds; the broker went back')
 end
-if cur + 1 > tonumber(redis.call('GET', KEYS[7]) or '0') then
+if cur + 1 > tonumber(state[3] or '0') then
   return redis.error_reply('NOLIMIT the replication log has not persisted far enough to grant position ' .. (cur + 1) .. ' yet')
 end
 local seq = redis.call('INCR', KEYS[2])
