@@ -419,16 +419,21 @@ pub async fn read_all(url: &str, channel: &str) -> Vec<Message> {
     }
 }
 
-/// A replica's whole history via `/snapshot`.
-pub async fn snapshot(url: &str) -> Vec<Message> {
-    let body = http()
+/// A replica's whole `/snapshot` body (NDJSON), as sent.
+pub async fn snapshot_text(url: &str) -> String {
+    http()
         .get(format!("{url}/snapshot?after=0"))
         .send()
         .await
         .expect("snapshot")
         .text()
         .await
-        .expect("snapshot body");
+        .expect("snapshot body")
+}
+
+/// A replica's whole history via `/snapshot`.
+pub async fn snapshot(url: &str) -> Vec<Message> {
+    let body = snapshot_text(url).await;
     body.lines()
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_str(l).expect("snapshot line"))
