@@ -206,6 +206,8 @@ impl TestHost {
                 log_url,
                 "--node-id",
                 id,
+                "--auth",
+                "none",
             ],
         );
     }

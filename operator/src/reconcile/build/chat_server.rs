@@ -71,6 +71,9 @@ fn chat_server(parent: &Parent<'_>) -> Container {
             env("MAX_MESSAGE_BYTES", spec.max_message_bytes.to_string()),
             env("RUST_LOG_FORMAT", "json"),
             env("SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS),
+            // The data plane refuses to start without a chosen auth mode; anonymous until the
+            // ChatCluster's token auth is wired (issue 11, operator side).
+            env("CHAT_AUTH", "none"),
         ]),
         ports: Some(vec![container_port("http", CHAT_PORT)]),
         readiness_probe: Some(readiness),
