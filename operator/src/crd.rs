@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::MAX_NAME_LEN;
 
+pub mod settings;
+pub use settings::{
+    ClaimRetention, ClaimRetentionPolicy, PodSettings, ServiceSettings, ServiceType,
+};
+
 /// API group of every chat-cluster resource.
 pub const GROUP: &str = "chat-cluster.io";
 /// Pod condition type (readiness gate) the operator sets once a chat-server pod has caught up.
@@ -60,6 +65,13 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
         description = "broker head position"
     ),
     printcolumn(
+        name = "Claims",
+        type_ = "string",
+        json_path = ".spec.persistentVolumeClaimRetentionPolicy.whenDeleted",
+        description = "what deleting the ChatCluster does to its volume claims",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -71,13 +83,18 @@ pub struct ChatClusterSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
-    /// Image holding both data-plane binaries (`chat-server`, `replication-log`).
+    /// Image holding both data-plane binaries (`chat-server`, `replication-log`): the default
+    /// of `chatServer.image` and `replicationLog.image`.
     #[serde(default = "default_image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
-    /// Pull policy for the data-plane image.
+    /// Pull policy of the data-plane image: the default of `chatServer.imagePullPolicy` and
+    /// `replicationLog.imagePullPolicy` (the broker has its own, `broker.imagePullPolicy`).
     #[serde(default)]
     pub image_pull_policy: ImagePullPolicy,
+    /// The chat-server pods: image, limits passed to the binary, pod and Service settings.
+    #[serde(default)]
+    pub chat_server: ChatServerSpec,
     /// The Redis broker: the single ordering point.
     #[serde(default)]
     pub broker: BrokerSpec,
@@ -91,9 +108,76 @@ pub struct ChatClusterSpec {
     #[serde(default = "default_max_message_bytes")]
     #[schemars(range(min = 1, max = 1048576))]
     pub max_message_bytes: i32,
+    /// What deleting the ChatCluster, or scaling the log down, does to the volume claims of the
+    /// broker and the log replicas.
+    #[serde(default)]
+    pub persistent_volume_claim_retention_policy: ClaimRetentionPolicy,
 }
 
-/// Image pull policy of the data-plane containers.
+/// The chat-server Deployment's pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatServerSpec {
+    /// Image of the chat-server pods. Unset: `spec.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Pull policy of that image. Unset: `spec.imagePullPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Bytes of messages a node keeps in memory over all channels (`MEMORY_WINDOW_BYTES`).
+    /// Unset: the binary takes 40 % of the container's memory limit. At most 80 % of the memory
+    /// limit when one is set (the window costs up to 1.1 × its size, and connections need the
+    /// rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1048576))]
+    pub memory_window_bytes: Option<i64>,
+    /// TCP connections one node serves at once (`MAX_CONNECTIONS`). Unset: 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: Option<i32>,
+    /// `send` frames per second one WebSocket connection may keep up (`WS_SEND_RATE`); 0 turns
+    /// the limit off. Unset: 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub ws_send_rate: Option<i32>,
+    /// `POST` writes per second one client address may keep up (`POST_RATE_PER_ADDRESS`); 0
+    /// turns the limit off. Unset: off (behind a load balancer every client shares one address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub post_rate_per_address: Option<i32>,
+    /// Pod settings.
+    #[serde(flatten)]
+    pub pod: PodSettings,
+    /// The `{name}-chat-server` Service.
+    #[serde(default)]
+    pub service: ServiceSettings,
+}
+
+impl ChatClusterSpec {
+    /// The chat-server image: `chatServer.image`, else `image`.
+    pub fn chat_server_image(&self) -> &str {
+        self.chat_server.image.as_deref().unwrap_or(&self.image)
+    }
+    /// The chat-server pull policy: `chatServer.imagePullPolicy`, else `imagePullPolicy`.
+    pub fn chat_server_pull_policy(&self) -> ImagePullPolicy {
+        self.chat_server
+            .image_pull_policy
+            .unwrap_or(self.image_pull_policy)
+    }
+    /// The replication-log image: `replicationLog.image`, else `image`.
+    pub fn log_image(&self) -> &str {
+        self.replication_log.image.as_deref().unwrap_or(&self.image)
+    }
+    /// The replication-log pull policy: `replicationLog.imagePullPolicy`, else `imagePullPolicy`.
+    pub fn log_pull_policy(&self) -> ImagePullPolicy {
+        self.replication_log
+            .image_pull_policy
+            .unwrap_or(self.image_pull_policy)
+    }
+}
+
+/// Image pull policy of a component's container.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ImagePullPolicy {
     /// Always pull.
@@ -120,10 +204,14 @@ impl ImagePullPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerSpec {
-    /// Redis image.
+    /// Redis image (needs `redis-server` and `redis-cli` on the `PATH`).
     #[serde(default = "default_broker_image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
+    /// Pull policy of the Redis image; independent of `spec.imagePullPolicy`, so changing the
+    /// data-plane image's policy never restarts the broker.
+    #[serde(default)]
+    pub image_pull_policy: ImagePullPolicy,
     /// Volume for the AOF.
     #[serde(default)]
     pub storage: StorageSpec,
@@ -133,6 +221,12 @@ pub struct BrokerSpec {
     /// no replication-log replica had persisted yet.
     #[serde(default)]
     pub append_fsync: AppendFsync,
+    /// Pod settings. The memory limit sets Redis' `maxmemory` (75 % of it, `noeviction`).
+    #[serde(flatten)]
+    pub pod: PodSettings,
+    /// The `{name}-broker` Service.
+    #[serde(default)]
+    pub service: ServiceSettings,
 }
 
 /// Redis `appendfsync` policy of the broker.
@@ -166,6 +260,19 @@ pub struct ReplicationLogSpec {
     /// Volume per replica.
     #[serde(default)]
     pub storage: StorageSpec,
+    /// Image of the log pods. Unset: `spec.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Pull policy of that image. Unset: `spec.imagePullPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Pod settings.
+    #[serde(flatten)]
+    pub pod: PodSettings,
+    /// The `{name}-log` Service (the headless one is not configurable).
+    #[serde(default)]
+    pub service: ServiceSettings,
 }
 
 /// Rollout gating.
@@ -316,10 +423,12 @@ impl Default for ChatClusterSpec {
             replicas: default_replicas(),
             image: default_image(),
             image_pull_policy: ImagePullPolicy::default(),
+            chat_server: ChatServerSpec::default(),
             broker: BrokerSpec::default(),
             replication_log: ReplicationLogSpec::default(),
             rollout: RolloutSpec::default(),
             max_message_bytes: default_max_message_bytes(),
+            persistent_volume_claim_retention_policy: ClaimRetentionPolicy::default(),
         }
     }
 }
@@ -327,8 +436,11 @@ impl Default for BrokerSpec {
     fn default() -> Self {
         BrokerSpec {
             image: default_broker_image(),
+            image_pull_policy: ImagePullPolicy::default(),
             storage: StorageSpec::default(),
             append_fsync: AppendFsync::default(),
+            pod: PodSettings::default(),
+            service: ServiceSettings::default(),
         }
     }
 }
@@ -337,6 +449,10 @@ impl Default for ReplicationLogSpec {
         ReplicationLogSpec {
             replicas: default_log_replicas(),
             storage: StorageSpec::default(),
+            image: None,
+            image_pull_policy: None,
+            pod: PodSettings::default(),
+            service: ServiceSettings::default(),
         }
     }
 }
@@ -372,6 +488,9 @@ pub enum CrdError {
     /// The CRD does not render as YAML.
     #[error("rendering the CRD as YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
+    /// The schema does not convert to and from JSON (to trim descriptions).
+    #[error("trimming the CRD schema: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// The CustomResourceDefinition object.
@@ -381,7 +500,65 @@ pub enum CrdError {
 pub fn crd() -> Result<CustomResourceDefinition, CrdError> {
     let mut crd = ChatCluster::crd();
     add_object_rules(&mut crd, &object_rules())?;
+    trim_embedded_descriptions(&mut crd)?;
     Ok(crd)
+}
+
+/// Fields whose schemas are Kubernetes' own types (k8s-openapi), described in the Kubernetes API
+/// reference.
+const EMBEDDED_KUBERNETES_FIELDS: &[&str] = &[
+    "resources",
+    "affinity",
+    "tolerations",
+    "topologySpreadConstraints",
+    "env",
+];
+
+/// Drops the descriptions inside the schemas of Kubernetes' own types (keeping the field's own
+/// description). Their text is the Kubernetes API reference repeated three times (once per
+/// component) and would take the CRD past the 256 KiB `last-applied-configuration` annotation
+/// `kubectl apply -k` writes — the same trim controller-gen's `maxDescLen=0` makes for CNPG.
+fn trim_embedded_descriptions(crd: &mut CustomResourceDefinition) -> Result<(), CrdError> {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("description");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    fn walk(value: &mut serde_json::Value) {
+        let Some(map) = value.as_object_mut() else {
+            return;
+        };
+        if let Some(serde_json::Value::Object(props)) = map.get_mut("properties") {
+            for (name, field) in props.iter_mut() {
+                if EMBEDDED_KUBERNETES_FIELDS.contains(&name.as_str()) {
+                    if let Some(field) = field.as_object_mut() {
+                        for (key, inner) in field.iter_mut() {
+                            if key != "description" {
+                                strip(inner);
+                            }
+                        }
+                    }
+                } else {
+                    walk(field);
+                }
+            }
+        }
+    }
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut() {
+            if let Some(props) = schema.open_api_v3_schema.take() {
+                let mut value = serde_json::to_value(props)?;
+                walk(&mut value);
+                schema.open_api_v3_schema = Some(serde_json::from_value(value)?);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The CEL rules on the whole object (the root of the schema of every version).
@@ -474,7 +651,7 @@ mod tests {
             .iter()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        assert_eq!(columns, ["Ready", "Phase", "Messages", "Age"]);
+        assert_eq!(columns, ["Ready", "Phase", "Messages", "Claims", "Age"]);
         let schema = &v["schema"]["openAPIV3Schema"];
         assert!(
             schema["x-kubernetes-validations"][0]["rule"]
@@ -492,6 +669,22 @@ mod tests {
             crd["spec"]["names"]["shortNames"],
             serde_json::json!(["cc", "chat"])
         );
+    }
+
+    /// `kubectl apply -k` stores the whole CRD in a 256 KiB annotation; stay well inside it.
+    #[test]
+    fn crd_fits_the_last_applied_annotation() {
+        let yaml = crd_yaml().expect("crd renders");
+        let json = serde_json::to_string(&crd().expect("crd")).expect("json");
+        assert!(json.len() < 200 * 1024, "{} bytes", json.len());
+        assert!(yaml.contains("topologySpreadConstraints"));
+        // Our own field descriptions stay; the embedded Kubernetes type's inner ones go.
+        let crd = serde_json::to_value(crd().expect("crd")).expect("json");
+        let chat = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["chatServer"]["properties"];
+        assert!(chat["affinity"]["description"].is_string());
+        assert!(chat["affinity"]["properties"]["nodeAffinity"]["description"].is_null());
+        assert!(chat["memoryWindowBytes"]["description"].is_string());
     }
 
     /// A rule that cannot be attached fails generation instead of going missing.

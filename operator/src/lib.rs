@@ -7,7 +7,9 @@
 //!
 //! - [`names`]: child names, labels, selectors, ports, the password key — a leaf module the CRD,
 //!   the reconcile steps and the controller share.
-//! - [`crd`]: the `ChatCluster` resource, its schema (defaults, bounds, CEL rules) and the CRD.
+//! - [`crd`]: the `ChatCluster` resource, its schema (defaults, bounds, CEL rules) and the CRD;
+//!   `crd::settings` holds the per-component pod and Service settings and the claim retention.
+//! - [`quantity`]: Kubernetes quantities read as bytes (pure; a leaf).
 //! - [`reconcile`]: the pipeline validate → dereference → build → apply → gate → status.
 //!   - `reconcile::children`: [`reconcile::children::Children`], the one list of child kinds,
 //!     at each stage (existing, desired, live).
@@ -31,4 +33,5 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod probe;
+pub mod quantity;
 pub mod reconcile;

@@ -40,6 +40,36 @@ pub const DATA_VOLUME: &str = "data";
 /// rule and the validate step checks it again for objects that bypassed admission.
 pub const MAX_NAME_LEN: usize = 40;
 
+/// Environment variables the operator sets in the chat-server container; `spec.chatServer.env`
+/// may not name them (the build tests check the list against the built container).
+pub const CHAT_SERVER_ENV: &[&str] = &[
+    "CHAT_LISTEN",
+    "REDIS_PASSWORD",
+    "REDIS_URL",
+    "REPLICATION_LOG_URL",
+    "NODE_ID",
+    "MAX_MESSAGE_BYTES",
+    "RUST_LOG_FORMAT",
+    "SHUTDOWN_DELAY",
+    "CHAT_AUTH",
+    "MEMORY_WINDOW_BYTES",
+    "MAX_CONNECTIONS",
+    "WS_SEND_RATE",
+    "POST_RATE_PER_ADDRESS",
+];
+/// Environment variables the operator sets in the replication-log container.
+pub const LOG_ENV: &[&str] = &[
+    "LOG_LISTEN",
+    "REDIS_PASSWORD",
+    "REDIS_URL",
+    "LOG_DATA_DIR",
+    "REPLICA_ID",
+    "LOG_PEER_URLS",
+    "RUST_LOG_FORMAT",
+];
+/// Environment variables the operator sets in the broker container.
+pub const BROKER_ENV: &[&str] = &["REDIS_PASSWORD", "REDISCLI_AUTH"];
+
 /// The three components of a chat cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {

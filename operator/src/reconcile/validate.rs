@@ -8,7 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{ChatCluster, ChatClusterSpec};
-use crate::names::MAX_NAME_LEN;
+use k8s_openapi::api::core::v1::EnvVar;
+
+use crate::crd::settings::{CHAT_SERVER_MEMORY_LIMIT, MAX_WINDOW_PERCENT_OF_LIMIT};
+use crate::names::{BROKER_ENV, CHAT_SERVER_ENV, LOG_ENV, MAX_NAME_LEN};
 
 /// A ChatCluster that every later step can rely on.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +45,34 @@ pub enum ValidateError {
     /// `spec.rollout.catchUpTimeout` does not parse.
     #[error("spec.rollout.catchUpTimeout: {0}")]
     CatchUpTimeout(String),
+    /// A component's `env` names a variable the operator sets.
+    #[error(
+        "{field}: {name} is set by the operator and cannot be overridden (docs/configuration.md)"
+    )]
+    ReservedEnv {
+        /// The list, e.g. `spec.chatServer.env[2].name`.
+        field: String,
+        /// The variable.
+        name: String,
+    },
+    /// A component's `env` names a variable twice.
+    #[error("{field}: {name} is listed twice")]
+    DuplicateEnv {
+        /// The second entry, e.g. `spec.broker.env[3].name`.
+        field: String,
+        /// The variable.
+        name: String,
+    },
+    /// `spec.chatServer.memoryWindowBytes` leaves too little of the memory limit.
+    #[error(
+        "spec.chatServer.memoryWindowBytes: {window} bytes is more than {MAX_WINDOW_PERCENT_OF_LIMIT} % of the chat-server memory limit ({limit} bytes); raise spec.chatServer.resources.limits.memory or lower the window"
+    )]
+    WindowOverLimit {
+        /// The window asked for.
+        window: i64,
+        /// The container memory limit in bytes.
+        limit: u128,
+    },
 }
 
 /// Validates `cluster`.
@@ -56,6 +87,19 @@ pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
         .ok_or(ValidateError::MissingUid)?;
     let catch_up_timeout = parse_duration(&cluster.spec.rollout.catch_up_timeout)
         .map_err(ValidateError::CatchUpTimeout)?;
+    let spec = &cluster.spec;
+    check_env(
+        "spec.chatServer.env",
+        &spec.chat_server.pod.env,
+        CHAT_SERVER_ENV,
+    )?;
+    check_env(
+        "spec.replicationLog.env",
+        &spec.replication_log.pod.env,
+        LOG_ENV,
+    )?;
+    check_env("spec.broker.env", &spec.broker.pod.env, BROKER_ENV)?;
+    check_window(spec)?;
     Ok(Validated {
         name,
         namespace,
@@ -64,6 +108,48 @@ pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
         spec: cluster.spec.clone(),
         catch_up_timeout,
     })
+}
+
+/// Refuses an `env` list (at `field`) that names a variable of `reserved` or one name twice.
+fn check_env(field: &str, env: &[EnvVar], reserved: &[&str]) -> Result<(), ValidateError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, var) in env.iter().enumerate() {
+        let field = format!("{field}[{i}].name");
+        if reserved.contains(&var.name.as_str()) {
+            return Err(ValidateError::ReservedEnv {
+                field,
+                name: var.name.clone(),
+            });
+        }
+        if !seen.insert(var.name.as_str()) {
+            return Err(ValidateError::DuplicateEnv {
+                field,
+                name: var.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a `chatServer.memoryWindowBytes` over [`MAX_WINDOW_PERCENT_OF_LIMIT`] % of the
+/// chat-server memory limit (the default limit when `resources` is unset; no bound without a
+/// limit).
+fn check_window(spec: &ChatClusterSpec) -> Result<(), ValidateError> {
+    let Some(window) = spec.chat_server.memory_window_bytes else {
+        return Ok(());
+    };
+    let limit = spec
+        .chat_server
+        .pod
+        .memory_limit_bytes(CHAT_SERVER_MEMORY_LIMIT);
+    match limit {
+        Some(limit)
+            if u128::try_from(window).unwrap_or(0) * 100 > limit * MAX_WINDOW_PERCENT_OF_LIMIT =>
+        {
+            Err(ValidateError::WindowOverLimit { window, limit })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Parses an unsigned Go duration (`1h30m`, `90s`, `1.5m`, `250ms`).
@@ -143,5 +229,94 @@ mod tests {
             validate(&bad_timeout),
             Err(ValidateError::CatchUpTimeout(_))
         ));
+    }
+
+    /// Each invalid setting the schema cannot see gives one message naming the field.
+    #[test]
+    fn pod_settings_are_checked_with_one_message_naming_the_field() {
+        let env = |name: &str| EnvVar {
+            name: name.into(),
+            value: Some("1".into()),
+            ..EnvVar::default()
+        };
+        let limit = |memory: &str| {
+            Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                limits: Some(
+                    [(
+                        "memory".to_owned(),
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity(memory.into()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            })
+        };
+        let table: Vec<(&str, Box<dyn Fn(&mut ChatClusterSpec)>, Option<&str>)> = vec![
+            (
+                "user env passes",
+                Box::new(move |s| s.chat_server.pod.env = vec![env("WS_QUEUE")]),
+                None,
+            ),
+            (
+                "reserved chat-server variable",
+                Box::new(move |s| s.chat_server.pod.env = vec![env("WS_QUEUE"), env("REDIS_URL")]),
+                Some(
+                    "spec.chatServer.env[1].name: REDIS_URL is set by the operator and cannot be overridden (docs/configuration.md)",
+                ),
+            ),
+            (
+                "reserved log variable",
+                Box::new(move |s| s.replication_log.pod.env = vec![env("LOG_PEER_URLS")]),
+                Some(
+                    "spec.replicationLog.env[0].name: LOG_PEER_URLS is set by the operator and cannot be overridden (docs/configuration.md)",
+                ),
+            ),
+            (
+                "reserved broker variable",
+                Box::new(move |s| s.broker.pod.env = vec![env("REDISCLI_AUTH")]),
+                Some(
+                    "spec.broker.env[0].name: REDISCLI_AUTH is set by the operator and cannot be overridden (docs/configuration.md)",
+                ),
+            ),
+            (
+                "duplicate variable",
+                Box::new(move |s| s.broker.pod.env = vec![env("TZ"), env("X"), env("TZ")]),
+                Some("spec.broker.env[2].name: TZ is listed twice"),
+            ),
+            (
+                "window within 80 % of the default 512Mi",
+                Box::new(|s| s.chat_server.memory_window_bytes = Some(400 << 20)),
+                None,
+            ),
+            (
+                "window over 80 % of the default 512Mi",
+                Box::new(|s| s.chat_server.memory_window_bytes = Some(450 << 20)),
+                Some(
+                    "spec.chatServer.memoryWindowBytes: 471859200 bytes is more than 80 % of the chat-server memory limit (536870912 bytes); raise spec.chatServer.resources.limits.memory or lower the window",
+                ),
+            ),
+            (
+                "window within a raised limit",
+                Box::new(move |s| {
+                    s.chat_server.memory_window_bytes = Some(450 << 20);
+                    s.chat_server.pod.resources = limit("2Gi");
+                }),
+                None,
+            ),
+            (
+                "window with no memory limit",
+                Box::new(|s| {
+                    s.chat_server.memory_window_bytes = Some(1 << 40);
+                    s.chat_server.pod.resources = Some(Default::default());
+                }),
+                None,
+            ),
+        ];
+        for (what, edit, want) in table {
+            let mut cluster = ChatCluster::test();
+            edit(&mut cluster.spec);
+            let got = validate(&cluster).err().map(|e| e.to_string());
+            assert_eq!(got.as_deref(), want, "{what}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use super::pod::{
     password_env, redis_url_env, resources, strings, tmp_mount, tmp_volume,
 };
 use crate::crd::CAUGHT_UP_CONDITION;
+use crate::crd::settings::CHAT_SERVER_MEMORY_LIMIT;
 use crate::names::{CHAT_PORT, Component, LOG_PORT};
 
 /// Seconds a chat-server keeps serving, unready, after SIGTERM, so the Service drops the pod
@@ -39,7 +40,12 @@ pub fn deployment(parent: &Parent<'_>) -> Deployment {
                     max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
-            template: parent.pod_template(Component::ChatServer, pod),
+            template: parent.pod_template(
+                Component::ChatServer,
+                &parent.cluster.spec.chat_server.pod,
+                resources(CHAT_SERVER_MEMORY_LIMIT),
+                pod,
+            ),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
@@ -51,34 +57,48 @@ fn chat_server(parent: &Parent<'_>) -> Container {
     let spec = &parent.cluster.spec;
     let names = &parent.names;
     let (readiness, liveness) = http_probes();
+    let mut env_vars = vec![
+        env("CHAT_LISTEN", format!("0.0.0.0:{CHAT_PORT}")),
+        password_env(names),
+        redis_url_env(names),
+        env(
+            "REPLICATION_LOG_URL",
+            format!(
+                "http://{}.{}.svc:{LOG_PORT}",
+                names.log, parent.cluster.namespace
+            ),
+        ),
+        field_env("NODE_ID", "metadata.name"),
+        env("MAX_MESSAGE_BYTES", spec.max_message_bytes.to_string()),
+        env("RUST_LOG_FORMAT", "json"),
+        env("SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS),
+        // The data plane refuses to start without a chosen auth mode; anonymous until the
+        // ChatCluster's token auth is wired (issue 11, operator side).
+        env("CHAT_AUTH", "none"),
+    ];
+    let limits = &spec.chat_server;
+    for (name, value) in [
+        ("MEMORY_WINDOW_BYTES", limits.memory_window_bytes),
+        ("MAX_CONNECTIONS", limits.max_connections.map(i64::from)),
+        ("WS_SEND_RATE", limits.ws_send_rate.map(i64::from)),
+        (
+            "POST_RATE_PER_ADDRESS",
+            limits.post_rate_per_address.map(i64::from),
+        ),
+    ] {
+        if let Some(value) = value {
+            env_vars.push(env(name, value.to_string()));
+        }
+    }
     Container {
         name: "chat-server".into(),
-        image: Some(spec.image.clone()),
-        image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
+        image: Some(spec.chat_server_image().to_owned()),
+        image_pull_policy: Some(spec.chat_server_pull_policy().as_str().into()),
         command: strings(["chat-server"]),
-        env: Some(vec![
-            env("CHAT_LISTEN", format!("0.0.0.0:{CHAT_PORT}")),
-            password_env(names),
-            redis_url_env(names),
-            env(
-                "REPLICATION_LOG_URL",
-                format!(
-                    "http://{}.{}.svc:{LOG_PORT}",
-                    names.log, parent.cluster.namespace
-                ),
-            ),
-            field_env("NODE_ID", "metadata.name"),
-            env("MAX_MESSAGE_BYTES", spec.max_message_bytes.to_string()),
-            env("RUST_LOG_FORMAT", "json"),
-            env("SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS),
-            // The data plane refuses to start without a chosen auth mode; anonymous until the
-            // ChatCluster's token auth is wired (issue 11, operator side).
-            env("CHAT_AUTH", "none"),
-        ]),
+        env: Some(env_vars),
         ports: Some(vec![container_port("http", CHAT_PORT)]),
         readiness_probe: Some(readiness),
         liveness_probe: Some(liveness),
-        resources: Some(resources("512Mi")),
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![tmp_mount()]),
         ..Container::default()

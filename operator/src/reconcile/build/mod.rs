@@ -16,12 +16,14 @@ pub mod replication_log;
 pub mod secret;
 pub mod service;
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::children::{Children, Desired};
 use super::dereference::Facts;
 use super::validate::Validated;
+use crate::crd::PodSettings;
 use crate::names::{Component, Names, labels, selector_labels};
 
 /// Builds every child of `cluster`.
@@ -90,18 +92,41 @@ impl<'a> Parent<'a> {
         }
     }
 
-    /// A pod template of `component` with the component's labels.
+    /// A pod template of `component`: `spec` with `settings` laid over it
+    /// ([`pod::apply_settings`], `default_resources` where `settings.resources` is unset), the
+    /// component's labels over `settings.podLabels` (ours win), and `settings.podAnnotations`.
     pub fn pod_template(
         &self,
         component: Component,
-        spec: k8s_openapi::api::core::v1::PodSpec,
+        settings: &PodSettings,
+        default_resources: ResourceRequirements,
+        mut spec: PodSpec,
     ) -> PodTemplateSpec {
+        pod::apply_settings(
+            &mut spec,
+            settings,
+            default_resources,
+            self.selector(component),
+        );
+        let mut pod_labels = settings.pod_labels.clone();
+        pod_labels.extend(labels(&self.cluster.name, component));
         PodTemplateSpec {
             metadata: Some(ObjectMeta {
-                labels: Some(labels(&self.cluster.name, component)),
+                labels: Some(pod_labels),
+                annotations: (!settings.pod_annotations.is_empty())
+                    .then(|| settings.pod_annotations.clone()),
                 ..ObjectMeta::default()
             }),
             spec: Some(spec),
+        }
+    }
+
+    /// The StatefulSets' claim retention, from `spec.persistentVolumeClaimRetentionPolicy`.
+    pub fn claim_retention(&self) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
+        let policy = &self.cluster.spec.persistent_volume_claim_retention_policy;
+        StatefulSetPersistentVolumeClaimRetentionPolicy {
+            when_deleted: Some(policy.when_deleted.as_str().into()),
+            when_scaled: Some(policy.when_scaled.as_str().into()),
         }
     }
 }
@@ -168,23 +193,26 @@ mod tests {
             .join("---\n")
     }
 
-    /// The exact children of `tests/fixtures/demo.yaml` are `tests/fixtures/demo-children.yaml`.
+    /// The exact children of each `tests/fixtures/{name}.yaml` are `{name}-children.yaml`:
+    /// `demo` (defaults), `settings` (per-component pod, Service and image settings).
     /// After an intended change: `UPDATE_SNAPSHOTS=1 cargo test -p chat-cluster-operator build`.
     #[test]
-    fn demo_fixture_builds_the_committed_children() {
+    fn fixtures_build_the_committed_children() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-        let input = std::fs::read_to_string(format!("{dir}/demo.yaml")).expect("fixture");
-        let cluster: ChatCluster = serde_yaml::from_str(&input).expect("fixture parses");
-        let rendered = render(&children_of(&cluster));
-        let expected_path = format!("{dir}/demo-children.yaml");
-        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-            std::fs::write(&expected_path, &rendered).expect("write snapshot");
+        for name in ["demo", "settings"] {
+            let input = std::fs::read_to_string(format!("{dir}/{name}.yaml")).expect("fixture");
+            let cluster: ChatCluster = serde_yaml::from_str(&input).expect("fixture parses");
+            let rendered = render(&children_of(&cluster));
+            let expected_path = format!("{dir}/{name}-children.yaml");
+            if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+                std::fs::write(&expected_path, &rendered).expect("write snapshot");
+            }
+            let expected = std::fs::read_to_string(&expected_path).expect("snapshot exists");
+            assert!(
+                expected == rendered,
+                "children differ from {expected_path}; got:\n{rendered}"
+            );
         }
-        let expected = std::fs::read_to_string(&expected_path).expect("snapshot exists");
-        assert!(
-            expected == rendered,
-            "children differ from {expected_path}; got:\n{rendered}"
-        );
     }
 
     #[test]
@@ -424,5 +452,247 @@ mod tests {
         assert!(c.broker_secret.string_data.is_none());
         // Deterministic: same input, same children.
         assert_eq!(build(&v, &f), c);
+    }
+
+    fn template(s: &StatefulSet) -> Value {
+        json!(s.spec.as_ref().map(|s| &s.template))
+    }
+
+    /// Issue 12: the broker rolls only when its own settings change.
+    #[test]
+    fn data_plane_image_and_policy_changes_leave_the_broker_template_alone() {
+        let base = children_of(&ChatCluster::test());
+        let mut changed = ChatCluster::test().with_image("chat-cluster/chat-server:9.9.9");
+        changed.spec.image_pull_policy = crate::crd::ImagePullPolicy::Never;
+        changed.spec.chat_server.image = Some("other:1".into());
+        changed.spec.replication_log.image_pull_policy = Some(crate::crd::ImagePullPolicy::Always);
+        changed.spec.chat_server.pod.resources = Some(Default::default());
+        let c = children_of(&changed);
+        assert_eq!(template(&c.broker), template(&base.broker));
+        assert_ne!(template(&c.log), template(&base.log));
+        // And the other way round: broker settings touch neither data-plane template.
+        let mut broker = ChatCluster::test();
+        broker.spec.broker.image_pull_policy = crate::crd::ImagePullPolicy::Always;
+        broker.spec.broker.image = "redis:7.4".into();
+        let c = children_of(&broker);
+        assert_ne!(template(&c.broker), template(&base.broker));
+        assert_eq!(template(&c.log), template(&base.log));
+        assert_eq!(
+            json!(c.chat_server.spec.map(|s| s.template)),
+            json!(base.chat_server.spec.map(|s| s.template))
+        );
+    }
+
+    /// Each component's image and pull policy: its own field, else the top-level default.
+    #[test]
+    fn images_and_pull_policies_per_component() {
+        let image = |c: &Container| (c.image.clone(), c.image_pull_policy.clone());
+        let containers = |c: &Children<Desired>| {
+            [
+                c.broker.spec.clone().and_then(|s| s.template.spec),
+                c.log.spec.clone().and_then(|s| s.template.spec),
+                c.chat_server.spec.clone().and_then(|s| s.template.spec),
+            ]
+            .map(|s| image(pod_spec_containers(&s.expect("pod"))))
+        };
+        let some = |a: &str, b: &str| (Some(a.to_owned()), Some(b.to_owned()));
+        let mut cluster = ChatCluster::test().with_image("dp:1");
+        cluster.spec.image_pull_policy = crate::crd::ImagePullPolicy::Never;
+        assert_eq!(
+            containers(&children_of(&cluster)),
+            [
+                some("redis:7.2", "IfNotPresent"),
+                some("dp:1", "Never"),
+                some("dp:1", "Never")
+            ]
+        );
+        cluster.spec.replication_log.image = Some("log:2".into());
+        cluster.spec.chat_server.image_pull_policy = Some(crate::crd::ImagePullPolicy::Always);
+        assert_eq!(
+            containers(&children_of(&cluster)),
+            [
+                some("redis:7.2", "IfNotPresent"),
+                some("log:2", "Never"),
+                some("dp:1", "Always")
+            ]
+        );
+    }
+
+    /// Unset settings: the component's default resources and a soft spread over nodes.
+    #[test]
+    fn defaults_spread_over_nodes_softly() {
+        let c = children_of(&ChatCluster::test());
+        for (spec, component, limit) in [
+            (
+                c.broker.spec.and_then(|s| s.template.spec),
+                "broker",
+                "256Mi",
+            ),
+            (
+                c.log.spec.and_then(|s| s.template.spec),
+                "replication-log",
+                "512Mi",
+            ),
+            (
+                c.chat_server.spec.and_then(|s| s.template.spec),
+                "chat-server",
+                "512Mi",
+            ),
+        ] {
+            let spec = spec.expect("pod");
+            let spread = json!(spec.topology_spread_constraints);
+            assert_eq!(spread[0]["topologyKey"], "kubernetes.io/hostname");
+            assert_eq!(spread[0]["whenUnsatisfiable"], "ScheduleAnyway");
+            assert_eq!(spread[0]["maxSkew"], 1);
+            assert_eq!(
+                spread[0]["labelSelector"]["matchLabels"][LABEL_COMPONENT],
+                component
+            );
+            let resources = json!(spec.containers[0].resources);
+            assert_eq!(resources["limits"]["memory"], limit, "{component}");
+            assert!(spec.affinity.is_none() && spec.tolerations.is_none());
+        }
+        // An empty list turns the default spread off.
+        let mut none = ChatCluster::test();
+        none.spec.chat_server.pod.topology_spread_constraints = Some(vec![]);
+        let c = children_of(&none);
+        assert!(
+            c.chat_server
+                .spec
+                .and_then(|s| s.template.spec)
+                .expect("pod")
+                .topology_spread_constraints
+                .is_none()
+        );
+    }
+
+    /// `maxmemory` is 75 % of the broker's memory limit, `noeviction`; none without a limit.
+    #[test]
+    fn broker_maxmemory_follows_its_memory_limit() {
+        let args = |cluster: &ChatCluster| {
+            children_of(cluster)
+                .broker
+                .spec
+                .and_then(|s| s.template.spec)
+                .expect("pod")
+                .containers[0]
+                .args
+                .clone()
+                .unwrap_or_default()
+        };
+        let value = |args: &[String], flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| args[i + 1].clone())
+        };
+        let default = args(&ChatCluster::test());
+        assert_eq!(value(&default, "--maxmemory").as_deref(), Some("201326592"));
+        assert_eq!(
+            value(&default, "--maxmemory-policy").as_deref(),
+            Some("noeviction")
+        );
+        let mut big = ChatCluster::test();
+        big.spec.broker.pod.resources =
+            serde_json::from_value(json!({"limits": {"memory": "1Gi"}})).expect("resources");
+        assert_eq!(
+            value(&args(&big), "--maxmemory").as_deref(),
+            Some("805306368")
+        );
+        let mut unlimited = ChatCluster::test();
+        unlimited.spec.broker.pod.resources =
+            serde_json::from_value(json!({"requests": {"memory": "1Gi"}})).expect("resources");
+        let a = args(&unlimited);
+        assert_eq!(value(&a, "--maxmemory"), None);
+        assert_eq!(
+            value(&a, "--maxmemory-policy").as_deref(),
+            Some("noeviction")
+        );
+    }
+
+    /// The broker is ready only on `PONG` (not while `LOADING`), authenticated by REDISCLI_AUTH.
+    #[test]
+    fn broker_readiness_asks_redis_for_pong() {
+        let pod = children_of(&ChatCluster::test())
+            .broker
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        let container = &pod.containers[0];
+        let probe = json!(container.readiness_probe);
+        assert_eq!(
+            probe["exec"]["command"],
+            json!(["redis-cli", "-e", "-p", "6379", "ping"])
+        );
+        let env = json!(container.env);
+        assert!(
+            env.as_array()
+                .expect("env")
+                .iter()
+                .any(|e| e["name"] == "REDISCLI_AUTH"
+                    && e["valueFrom"]["secretKeyRef"]["key"] == PASSWORD_KEY)
+        );
+        assert!(json!(container.liveness_probe)["tcpSocket"].is_object());
+    }
+
+    /// The claim retention policy reaches both StatefulSets.
+    #[test]
+    fn claim_retention_follows_the_spec() {
+        let policy = |c: &Children<Desired>| {
+            [&c.broker, &c.log].map(|s| {
+                json!(
+                    s.spec
+                        .as_ref()
+                        .map(|s| &s.persistent_volume_claim_retention_policy)
+                )
+            })
+        };
+        let retain = json!({"whenDeleted": "Retain", "whenScaled": "Retain"});
+        assert_eq!(
+            policy(&children_of(&ChatCluster::test())),
+            [retain.clone(), retain]
+        );
+        let mut delete = ChatCluster::test();
+        delete
+            .spec
+            .persistent_volume_claim_retention_policy
+            .when_deleted = crate::crd::ClaimRetention::Delete;
+        let want = json!({"whenDeleted": "Delete", "whenScaled": "Retain"});
+        assert_eq!(policy(&children_of(&delete)), [want.clone(), want]);
+    }
+
+    /// Every variable the builders set is in the reserved list validation checks user env
+    /// against (`names::*_ENV`), so a user can never shadow one.
+    #[test]
+    fn reserved_env_lists_cover_every_variable_the_operator_sets() {
+        let mut cluster = ChatCluster::test();
+        cluster.spec.chat_server.memory_window_bytes = Some(100 << 20);
+        cluster.spec.chat_server.max_connections = Some(5);
+        cluster.spec.chat_server.ws_send_rate = Some(0);
+        cluster.spec.chat_server.post_rate_per_address = Some(100);
+        let c = children_of(&cluster);
+        for (spec, reserved) in [
+            (
+                c.broker.spec.and_then(|s| s.template.spec),
+                crate::names::BROKER_ENV,
+            ),
+            (
+                c.log.spec.and_then(|s| s.template.spec),
+                crate::names::LOG_ENV,
+            ),
+            (
+                c.chat_server.spec.and_then(|s| s.template.spec),
+                crate::names::CHAT_SERVER_ENV,
+            ),
+        ] {
+            let env = spec.expect("pod").containers[0]
+                .env
+                .clone()
+                .unwrap_or_default();
+            let mut names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+            names.sort_unstable();
+            let mut want = reserved.to_vec();
+            want.sort_unstable();
+            assert_eq!(names, want);
+        }
     }
 }

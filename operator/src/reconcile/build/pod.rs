@@ -1,6 +1,8 @@
 //! Pod and container settings the broker, replication-log and chat-server pods share: the
 //! hardened security contexts (restricted Pod Security Standard), resources, probes, environment
-//! variables, ports, volumes and the data claim template.
+//! variables, ports, volumes and the data claim template — and [`apply_settings`], which lays a
+//! component's `PodSettings` (resources, scheduling, extra env) over the pod it builds, with the
+//! defaults for what is unset (the component's resources, a soft spread over nodes).
 
 use std::collections::BTreeMap;
 
@@ -10,10 +12,12 @@ use k8s_openapi::api::core::v1::{
     PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
     TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::core::v1::{ExecAction, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::crd::PodSettings;
 use crate::names::{DATA_VOLUME, Names, PASSWORD_KEY, REDIS_PORT};
 
 /// UID/GID every data-plane container runs as.
@@ -89,6 +93,71 @@ pub fn resources(memory_limit: &str) -> ResourceRequirements {
     }
 }
 
+/// The default topology spread of a component: its pods over nodes (`kubernetes.io/hostname`),
+/// `maxSkew: 1`, `whenUnsatisfiable: ScheduleAnyway` — preferred, never blocking scheduling (a
+/// one-node cluster still runs every replica).
+pub fn default_spread(selector: LabelSelector) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "kubernetes.io/hostname".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(selector),
+        ..TopologySpreadConstraint::default()
+    }
+}
+
+/// Lays `settings` over `pod`, whose first container is the component's: its resources (else
+/// `default_resources`), affinity, tolerations, node selector, topology spread (else
+/// [`default_spread`] of `selector`), priority class, and `settings.env` after the container's
+/// own variables (validation has refused names the operator sets).
+pub fn apply_settings(
+    pod: &mut PodSpec,
+    settings: &PodSettings,
+    default_resources: ResourceRequirements,
+    selector: LabelSelector,
+) {
+    let PodSettings {
+        resources,
+        affinity,
+        tolerations,
+        node_selector,
+        topology_spread_constraints,
+        priority_class_name,
+        // Pod metadata: applied by `Parent::pod_template`.
+        pod_labels: _,
+        pod_annotations: _,
+        env,
+    } = settings;
+    if let Some(container) = pod.containers.first_mut() {
+        container.resources = Some(resources.clone().unwrap_or(default_resources));
+        if !env.is_empty() {
+            container
+                .env
+                .get_or_insert_with(Vec::new)
+                .extend(env.iter().cloned());
+        }
+    }
+    pod.affinity = affinity.clone();
+    pod.tolerations = (!tolerations.is_empty()).then(|| tolerations.clone());
+    pod.node_selector = (!node_selector.is_empty()).then(|| node_selector.clone());
+    pod.topology_spread_constraints = match topology_spread_constraints {
+        Some(list) if list.is_empty() => None,
+        Some(list) => Some(list.clone()),
+        None => Some(vec![default_spread(selector)]),
+    };
+    pod.priority_class_name = priority_class_name.clone();
+}
+
+/// A probe running `command` in the container every `period_seconds`, ready or alive on exit 0.
+pub fn exec_probe(command: Option<Vec<String>>, period_seconds: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction { command }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
 /// A plain `name=value` environment variable.
 pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -115,8 +184,13 @@ pub fn field_env(name: &str, field_path: &str) -> EnvVar {
 
 /// `REDIS_PASSWORD` from the broker Secret.
 pub fn password_env(names: &Names) -> EnvVar {
+    secret_password_env("REDIS_PASSWORD", names)
+}
+
+/// The variable `name` holding the broker password from the broker Secret.
+pub fn secret_password_env(name: &str, names: &Names) -> EnvVar {
     EnvVar {
-        name: "REDIS_PASSWORD".into(),
+        name: name.into(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: names.broker.clone(),

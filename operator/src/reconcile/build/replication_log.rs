@@ -9,6 +9,7 @@ use super::pod::{
     container_port, container_security_context, data_claim_template, env, field_env, hardened_pod,
     http_probes, mount, password_env, redis_url_env, resources, strings, tmp_mount, tmp_volume,
 };
+use crate::crd::settings::LOG_MEMORY_LIMIT;
 use crate::names::{Component, DATA_VOLUME, LOG_PORT};
 
 /// The replication-log StatefulSet. `claim_size` is the size the existing StatefulSet was created
@@ -31,7 +32,13 @@ pub fn stateful_set(parent: &Parent<'_>, claim_size: Option<&str>) -> StatefulSe
                 ..StatefulSetUpdateStrategy::default()
             }),
             selector: parent.selector(Component::ReplicationLog),
-            template: parent.pod_template(Component::ReplicationLog, pod),
+            persistent_volume_claim_retention_policy: Some(parent.claim_retention()),
+            template: parent.pod_template(
+                Component::ReplicationLog,
+                &parent.cluster.spec.replication_log.pod,
+                resources(LOG_MEMORY_LIMIT),
+                pod,
+            ),
             volume_claim_templates: Some(vec![data_claim_template(
                 size,
                 storage.storage_class_name.as_ref(),
@@ -63,8 +70,8 @@ fn replication_log(parent: &Parent<'_>) -> Container {
     let (readiness, liveness) = http_probes();
     Container {
         name: "replication-log".into(),
-        image: Some(spec.image.clone()),
-        image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
+        image: Some(spec.log_image().to_owned()),
+        image_pull_policy: Some(spec.log_pull_policy().as_str().into()),
         command: strings(["replication-log"]),
         env: Some(vec![
             env("LOG_LISTEN", format!("0.0.0.0:{LOG_PORT}")),
@@ -78,7 +85,6 @@ fn replication_log(parent: &Parent<'_>) -> Container {
         ports: Some(vec![container_port("http", LOG_PORT)]),
         readiness_probe: Some(readiness),
         liveness_probe: Some(liveness),
-        resources: Some(resources("512Mi")),
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![mount(DATA_VOLUME, "/data"), tmp_mount()]),
         ..Container::default()

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Parent;
+use crate::crd::ServiceSettings;
 use crate::names::{CHAT_PORT, Component, LOG_PORT, REDIS_PORT, selector_labels};
 
 /// The broker's ClusterIP Service on `redis` (6379).
@@ -16,6 +17,7 @@ pub fn broker(parent: &Parent<'_>) -> Service {
         Component::Broker,
         "redis",
         REDIS_PORT,
+        &parent.cluster.spec.broker.service,
     )
 }
 
@@ -27,6 +29,7 @@ pub fn log(parent: &Parent<'_>) -> Service {
         Component::ReplicationLog,
         "http",
         LOG_PORT,
+        &parent.cluster.spec.replication_log.service,
     )
 }
 
@@ -38,6 +41,7 @@ pub fn chat_server(parent: &Parent<'_>) -> Service {
         Component::ChatServer,
         "http",
         CHAT_PORT,
+        &parent.cluster.spec.chat_server.service,
     )
 }
 
@@ -61,18 +65,22 @@ pub fn log_headless(parent: &Parent<'_>) -> Service {
     }
 }
 
-/// A ClusterIP Service in front of one component's pods, on one named port.
+/// A Service of `settings.type` (ClusterIP by default) with `settings.annotations`, in front of
+/// one component's pods, on one named port.
 fn cluster_ip(
     parent: &Parent<'_>,
     name: &str,
     component: Component,
     port_name: &str,
     number: u16,
+    settings: &ServiceSettings,
 ) -> Service {
+    let mut metadata = parent.metadata(name, component);
+    metadata.annotations = (!settings.annotations.is_empty()).then(|| settings.annotations.clone());
     Service {
-        metadata: parent.metadata(name, component),
+        metadata,
         spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
+            type_: Some(settings.type_.as_str().into()),
             selector: Some(selector_labels(&parent.cluster.name, component)),
             ports: Some(vec![port(port_name, number)]),
             ..ServiceSpec::default()
