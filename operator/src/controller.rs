@@ -5,8 +5,8 @@
 //! ChatCluster stored under an older schema) can break a list or watch: the reconcile GETs the
 //! full ChatCluster, and a decode failure fails that one reconcile, which backs off on its own.
 //! The ChatCluster watch is filtered by generation, so the operator's own status patches do not
-//! trigger reconciles; owned children (by owner reference) and the chat-server pods (by the
-//! instance label) trigger the owner.
+//! trigger reconciles; owned children (by owner reference) and every child pod (by the instance
+//! label) trigger the owner.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,9 +27,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::crd::ChatCluster;
 use crate::metrics::Metrics;
-use crate::names::{
-    APP_NAME, Component, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY,
-};
+use crate::names::{APP_NAME, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY};
 use crate::reconcile::{self, Context};
 
 /// First retry delay after a failed reconcile; doubles per consecutive failure.
@@ -111,10 +109,9 @@ pub async fn run(
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let pods = watcher::Config::default().labels(&format!(
-        "{LABEL_NAME}={APP_NAME},{LABEL_COMPONENT}={}",
-        Component::ChatServer.label()
-    ));
+    // Every child pod: the chat-servers for the gate, all of them for their health (a broker pod
+    // going into ImagePullBackOff must show in the status without waiting for a requeue).
+    let pods = watcher::Config::default().labels(&format!("{LABEL_NAME}={APP_NAME}"));
 
     Controller::for_stream(clusters, reader)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(300)).concurrency(8))
@@ -149,7 +146,7 @@ pub async fn run(
         .await;
 }
 
-/// The ChatCluster a chat-server pod belongs to, from its instance label.
+/// The ChatCluster a child pod belongs to, from its instance label.
 fn owner_of_pod(pod: PartialObjectMeta<Pod>) -> Option<ObjectRef<PartialObjectMeta<ChatCluster>>> {
     let instance = pod.labels().get(LABEL_INSTANCE)?;
     let namespace = pod.namespace()?;

@@ -75,6 +75,27 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Persisted",
+        type_ = "integer",
+        json_path = ".status.persisted",
+        description = "lowest position persisted by every log replica",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].reason",
+        description = "the Degraded condition's reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".spec.image",
+        description = "data-plane image",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -651,7 +672,30 @@ mod tests {
             .iter()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        assert_eq!(columns, ["Ready", "Phase", "Messages", "Claims", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                "Ready",
+                "Phase",
+                "Messages",
+                "Claims",
+                "Age",
+                "Persisted",
+                "Reason",
+                "Image"
+            ]
+        );
+        let wide: Vec<i64> = v["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c["priority"].as_i64().unwrap_or(0))
+            .collect();
+        assert_eq!(
+            wide,
+            [0, 0, 0, 1, 0, 1, 1, 1],
+            "-o wide columns have priority 1"
+        );
         let schema = &v["schema"]["openAPIV3Schema"];
         assert!(
             schema["x-kubernetes-validations"][0]["rule"]

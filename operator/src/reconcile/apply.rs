@@ -13,9 +13,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::Resource as _;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
@@ -31,30 +33,66 @@ pub const FIELD_MANAGER: &str = "chat-cluster-operator";
 /// (`manifests/rbac.yaml`); the Secret and the workloads go only with the ChatCluster.
 pub const PRUNED_KINDS: [&str; 2] = [Service::KIND, PodDisruptionBudget::KIND];
 
+/// What the apply step did to one child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// The child was created.
+    Created,
+    /// An existing child was patched.
+    Updated,
+    /// A child the spec no longer asks for was deleted.
+    Deleted,
+}
+
+impl Verb {
+    /// The Event reason (`Created`, `Updated`, `Deleted`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Created => "Created",
+            Verb::Updated => "Updated",
+            Verb::Deleted => "Deleted",
+        }
+    }
+}
+
 /// What the apply step changed, for Events and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// A child was created.
-    Created {
-        /// Kind.
-        kind: &'static str,
-        /// Name.
-        name: String,
-    },
-    /// An existing child was patched.
-    Updated {
-        /// Kind.
-        kind: &'static str,
-        /// Name.
-        name: String,
-    },
-    /// A child the spec no longer asks for was deleted.
-    Deleted {
-        /// Kind.
-        kind: &'static str,
-        /// Name.
-        name: String,
-    },
+pub struct Change {
+    /// What was done.
+    pub verb: Verb,
+    /// Kind of the child.
+    pub kind: &'static str,
+    /// apiVersion of the child (`v1`, `apps/v1`, `policy/v1`).
+    pub api_version: String,
+    /// Name of the child.
+    pub name: String,
+}
+
+/// The Event recording `change` on the ChatCluster in `namespace`: reason `Created`/`Updated`/
+/// `Deleted`, note `created Secret demo-broker`, related object the child. kube-runtime's
+/// recorder keys its Event series by type, reason, action, regarding and related object — not by
+/// note — so the child must be the related object for each child to get its own Event (a
+/// repeat of the same change is then counted in that Event's series).
+pub fn change_event(change: &Change, namespace: &str) -> Event {
+    let reason = change.verb.as_str();
+    Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(format!(
+            "{} {} {}",
+            reason.to_lowercase(),
+            change.kind,
+            change.name
+        )),
+        action: "Apply".into(),
+        secondary: Some(ObjectReference {
+            api_version: Some(change.api_version.clone()),
+            kind: Some(change.kind.into()),
+            name: Some(change.name.clone()),
+            namespace: Some(namespace.into()),
+            ..ObjectReference::default()
+        }),
+    }
 }
 
 /// The children after apply, as the API server returned them, and what changed.
@@ -229,9 +267,14 @@ impl<'a> Applier<'a> {
                 source,
             })?;
         tracing::info!(kind, name, created = existing.is_none(), "applied child");
-        self.changes.push(match existing {
-            None => Change::Created { kind, name },
-            Some(_) => Change::Updated { kind, name },
+        self.changes.push(Change {
+            verb: match existing {
+                None => Verb::Created,
+                Some(_) => Verb::Updated,
+            },
+            kind,
+            api_version: K::API_VERSION.into(),
+            name,
         });
         Ok(live)
     }
@@ -267,7 +310,12 @@ impl<'a> Applier<'a> {
                     Err(source) => return Err(ApplyError::Prune { kind, source }),
                 }
                 tracing::info!(kind, name, "deleted child the spec no longer asks for");
-                self.changes.push(Change::Deleted { kind, name });
+                self.changes.push(Change {
+                    verb: Verb::Deleted,
+                    kind,
+                    api_version: kept.resource.api_version.clone(),
+                    name,
+                });
             }
         }
         Ok(())
@@ -290,8 +338,54 @@ pub fn contains(have: &Value, want: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::contains;
+    use super::*;
     use serde_json::json;
+
+    /// Each child written gets its own Event (its own recorder key): the related object differs.
+    #[test]
+    fn change_events_name_the_child_as_related_object() {
+        let change = |verb, kind, api_version: &str, name: &str| Change {
+            verb,
+            kind,
+            api_version: api_version.into(),
+            name: name.into(),
+        };
+        let cases = [
+            (
+                change(Verb::Created, "Secret", "v1", "demo-broker"),
+                "Created",
+                "created Secret demo-broker",
+            ),
+            (
+                change(Verb::Updated, "StatefulSet", "apps/v1", "demo-log"),
+                "Updated",
+                "updated StatefulSet demo-log",
+            ),
+            (
+                change(
+                    Verb::Deleted,
+                    "PodDisruptionBudget",
+                    "policy/v1",
+                    "demo-log",
+                ),
+                "Deleted",
+                "deleted PodDisruptionBudget demo-log",
+            ),
+        ];
+        let mut related = Vec::new();
+        for (c, reason, note) in cases {
+            let e = change_event(&c, "ns");
+            assert_eq!(e.reason, reason);
+            assert_eq!(e.note.as_deref(), Some(note));
+            let r = e.secondary.expect("related");
+            assert_eq!(r.kind.as_deref(), Some(c.kind));
+            assert_eq!(r.api_version.as_deref(), Some(c.api_version.as_str()));
+            assert_eq!(r.namespace.as_deref(), Some("ns"));
+            related.push((r.kind, r.name));
+        }
+        related.dedup();
+        assert_eq!(related.len(), 3);
+    }
 
     #[test]
     fn contains_is_a_deep_subset_check() {

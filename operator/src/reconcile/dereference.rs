@@ -1,6 +1,7 @@
 //! Dereference step: everything the later steps need from outside the ChatCluster, read once —
 //! the existing children (for the kept Redis password, the immutable claim sizes and the apply
-//! comparison), the chat-server and replication-log pods, and the data plane's `/status`
+//! comparison), every child pod and claim (their health, [`health::problems`], names stuck pods
+//! in the status), the chat-server and replication-log pods, and the data plane's `/status`
 //! documents (the gate decides on the chat-servers', the status reports the log replicas'
 //! positions). Generates the Redis password the first time. All the reconcile's reads of the
 //! cluster and the data plane happen here, so gate and status decide on data, without I/O.
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use rand::Rng;
@@ -17,9 +18,11 @@ use rand::distr::Alphanumeric;
 
 use super::children::{ChildKind, Children, Existing};
 use super::gate;
+use super::health::{self, PodProblem};
 use super::validate::Validated;
 use crate::names::{
-    CHAT_PORT, Component, DATA_VOLUME, LOG_PORT, Names, PASSWORD_KEY, selector_string,
+    CHAT_PORT, Component, DATA_VOLUME, LABEL_INSTANCE, LOG_PORT, Names, PASSWORD_KEY,
+    selector_string,
 };
 use crate::probe::{self, LogStatus, ServerStatus};
 
@@ -43,6 +46,9 @@ pub struct Observed {
     pub chat_pods: Vec<Pod>,
     /// The replication-log pods.
     pub log_pods: Vec<Pod>,
+    /// Why child pods (of every component) are not progressing, in the order of
+    /// [`health::problems`]; empty when none is stuck.
+    pub problems: Vec<PodProblem>,
     /// `/status` of each chat-server pod still awaiting its gate decision that answered, by pod
     /// name (pods already passed or terminating are not probed).
     pub chat_statuses: BTreeMap<String, ServerStatus>,
@@ -66,11 +72,19 @@ pub enum DereferenceError {
 
 /// Reads the existing children and pods of `cluster`, then probes the pods' `/status`.
 pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, DereferenceError> {
-    let (children, chat_pods, log_pods) = tokio::try_join!(
+    let (children, chat_pods, log_pods, broker_pods, claims) = tokio::try_join!(
         existing_children(client, cluster),
         pods(client, cluster, Component::ChatServer),
         pods(client, cluster, Component::ReplicationLog),
+        pods(client, cluster, Component::Broker),
+        claims(client, cluster),
     )?;
+    let all_pods: Vec<Pod> = [&broker_pods, &log_pods, &chat_pods]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let problems = health::problems(&all_pods, &claims);
     let (chat_statuses, log_statuses) = tokio::join!(
         chat_statuses(client, &cluster.namespace, &chat_pods),
         log_statuses(client, &cluster.namespace, &log_pods),
@@ -79,6 +93,7 @@ pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, D
         children,
         chat_pods,
         log_pods,
+        problems,
         chat_statuses,
         log_statuses,
     })
@@ -147,6 +162,23 @@ async fn pods(
         .map(|list| list.items)
         .map_err(|source| DereferenceError::Read {
             what: format!("{} pods", component.label()),
+            source,
+        })
+}
+
+/// Lists the claims of the cluster's StatefulSets (the StatefulSet controller labels them with
+/// the pod selector, which holds the instance label).
+async fn claims(
+    client: &Client,
+    cluster: &Validated,
+) -> Result<Vec<PersistentVolumeClaim>, DereferenceError> {
+    let selector = ListParams::default().labels(&format!("{LABEL_INSTANCE}={}", cluster.name));
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), &cluster.namespace)
+        .list(&selector)
+        .await
+        .map(|list| list.items)
+        .map_err(|source| DereferenceError::Read {
+            what: "PersistentVolumeClaims".into(),
             source,
         })
 }

@@ -17,6 +17,7 @@ pub mod build;
 pub mod children;
 pub mod dereference;
 pub mod gate;
+pub mod health;
 pub mod status;
 pub mod validate;
 
@@ -132,9 +133,10 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         children: &applied.children,
         logs: &observed.log_statuses,
         gate: &gated,
+        problems: &observed.problems,
         now: Timestamp::now(),
     });
-    write_status(ctx, &cluster, &next).await?;
+    write_status(ctx, &cluster, &next, &observed.problems).await?;
     Ok(Action::requeue(requeue_after(&gated, &next)))
 }
 
@@ -175,36 +177,46 @@ async fn report_invalid(
     Ok(())
 }
 
-/// One Event and one metric per child the apply step created, updated or deleted.
+/// One Event and one metric per child the apply step created, updated or deleted. The Event's
+/// related object is the child: kube-runtime's recorder aggregates Events by type, reason,
+/// action, regarding and related object (not by note), so without it every child written in one
+/// reconcile became one Event series repeating the first child's note (`created Secret
+/// demo-broker` ×10).
 async fn publish_changes(ctx: &Context, cluster: &ChatCluster, changes: &[apply::Change]) {
     for change in changes {
         ctx.metrics.child_written();
-        let (reason, note) = match change {
-            apply::Change::Created { kind, name } => ("Created", format!("created {kind} {name}")),
-            apply::Change::Updated { kind, name } => ("Updated", format!("updated {kind} {name}")),
-            apply::Change::Deleted { kind, name } => ("Deleted", format!("deleted {kind} {name}")),
-        };
-        publish(ctx, cluster, EventType::Normal, reason, "Apply", note).await;
+        let event = apply::change_event(change, &cluster.namespace().unwrap_or_default());
+        publish_event(ctx, cluster, &event).await;
     }
 }
 
-/// Patches the status when it changed; on entering Degraded, records a warning Event with the
-/// Degraded condition's reason and message.
+/// Patches the status when it changed; whenever the Degraded condition becomes True or changes
+/// its reason or message while True ([`status::degraded_change`]), records one warning Event
+/// with that reason and message, related to the stuck pod it names (if any), so each cause is
+/// its own Event and a repeat of the same one is counted by the recorder's series.
 async fn write_status(
     ctx: &Context,
     cluster: &ChatCluster,
     next: &ChatClusterStatus,
+    problems: &[health::PodProblem],
 ) -> Result<(), Error> {
-    let was_degraded = cluster.status.as_ref().and_then(|s| s.phase) == Some(Phase::Degraded);
     if !status::patch_if_changed(&ctx.client, cluster, next).await? {
         return Ok(());
     }
     ctx.metrics.status_written();
-    if next.phase == Some(Phase::Degraded) && !was_degraded {
-        let degraded = next.conditions.iter().find(|c| c.type_ == status::DEGRADED);
-        let reason = degraded.map_or("Degraded", |c| c.reason.as_str());
-        let message = degraded.map(|c| c.message.clone()).unwrap_or_default();
-        publish(ctx, cluster, EventType::Warning, reason, "Gate", message).await;
+    if let Some(degraded) = status::degraded_change(cluster.status.as_ref(), next) {
+        let related = problems
+            .first()
+            .filter(|p| p.reason == degraded.reason)
+            .map(|p| p.reference.clone());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: degraded.reason.clone(),
+            note: Some(degraded.message.clone()),
+            action: "Observe".into(),
+            secondary: related,
+        };
+        publish_event(ctx, cluster, &event).await;
     }
     Ok(())
 }
@@ -235,7 +247,11 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "publishing event");
+    publish_event(ctx, cluster, &event).await;
+}
+
+async fn publish_event(ctx: &Context, cluster: &ChatCluster, event: &Event) {
+    if let Err(e) = ctx.recorder.publish(event, &cluster.object_ref(&())).await {
+        tracing::warn!(error = %e, reason = event.reason, "publishing event");
     }
 }

@@ -14,6 +14,7 @@ use serde_json::json;
 use super::apply::FIELD_MANAGER;
 use super::children::{Children, Live};
 use super::gate::GateSummary;
+use super::health::{self, PodProblem};
 use super::validate::Validated;
 use crate::crd::{ChatCluster, ChatClusterStatus, Phase};
 use crate::names::{Component, selector_string};
@@ -47,6 +48,8 @@ pub struct Inputs<'a> {
     pub logs: &'a [LogStatus],
     /// Gating outcome.
     pub gate: &'a GateSummary,
+    /// Child pods that are not progressing (from the dereference step), first one first.
+    pub problems: &'a [PodProblem],
     /// The time, for new transitions.
     pub now: Timestamp,
 }
@@ -155,7 +158,7 @@ fn has_served(previous: &ChatClusterStatus) -> bool {
 }
 
 /// A reason and message for a condition.
-type Cause = (&'static str, String);
+type Cause = (String, String);
 
 /// The three workloads' counts.
 struct Workloads {
@@ -196,7 +199,7 @@ fn halt(inputs: &Inputs<'_>) -> Option<Cause> {
         let lag = t.lag.map_or("unknown".to_owned(), |l| l.to_string());
         let phase = t.phase.as_deref().unwrap_or("status unreachable");
         return Some((
-            "CatchUpTimeout",
+            "CatchUpTimeout".into(),
             format!(
                 "pod {} did not catch up within {} (phase {phase}, lag {lag}, maxLag {}); rollout halted",
                 t.pod, rollout.catch_up_timeout, rollout.max_lag
@@ -206,7 +209,7 @@ fn halt(inputs: &Inputs<'_>) -> Option<Cause> {
     let deployment = &inputs.children.chat_server;
     progress_deadline_exceeded(deployment).then(|| {
         (
-            "ProgressDeadlineExceeded",
+            "ProgressDeadlineExceeded".into(),
             format!(
                 "Deployment {} exceeded its progress deadline",
                 deployment.name_any()
@@ -215,30 +218,46 @@ fn halt(inputs: &Inputs<'_>) -> Option<Cause> {
     })
 }
 
-/// Availability from the ready counts; the first missing piece names the reason.
-fn availability(w: &Workloads, spec_replicas: i32) -> Availability {
+/// Availability from the ready counts; the first missing piece names the reason, and the
+/// message names the first stuck pod of that component, if any.
+fn availability(w: &Workloads, spec_replicas: i32, problems: &[PodProblem]) -> Availability {
     let serving =
         w.broker.ready >= 1 && w.log.ready >= 1 && (spec_replicas == 0 || w.chat.ready >= 1);
-    let cause = if w.broker.ready < 1 {
-        ("BrokerUnavailable", "the broker is not ready".to_owned())
+    let because = |what: &str, component: Component| match health::first_of(problems, component) {
+        Some(p) => format!("{what}: {}", p.describe()),
+        None => what.to_owned(),
+    };
+    let (reason, message) = if w.broker.ready < 1 {
+        (
+            "BrokerUnavailable",
+            because("the broker is not ready", Component::Broker),
+        )
     } else if w.log.ready < 1 {
         (
             "ReplicationLogUnavailable",
-            "no replication-log replica is ready".to_owned(),
+            because(
+                "no replication-log replica is ready",
+                Component::ReplicationLog,
+            ),
         )
     } else if spec_replicas == 0 {
         ("ScaledToZero", "spec.replicas is 0".to_owned())
     } else if w.chat.ready < 1 {
         (
             "NoChatServerReady",
-            "no chat-server pod is ready".to_owned(),
+            because("no chat-server pod is ready", Component::ChatServer),
         )
     } else {
         (
             "MinimumReplicasAvailable",
-            format!("{}/{} chat-server pods ready", w.chat.ready, spec_replicas),
+            format!(
+                "{}/{} chat-server pods ready",
+                w.chat.ready.min(spec_replicas),
+                spec_replicas
+            ),
         )
     };
+    let cause = (reason.to_owned(), message);
     Availability {
         serving,
         available: serving && spec_replicas > 0,
@@ -246,15 +265,36 @@ fn availability(w: &Workloads, spec_replicas: i32) -> Availability {
     }
 }
 
-/// Why the cluster is Degraded, if it is. Pending is only for a cluster that has not served yet:
-/// once it has (Running or Progressing before, or Degraded for anything but an invalid spec),
-/// losing the broker, every log replica or every chat-server is an outage — Degraded, with the
-/// unavailability reason. A halted rollout is Degraded too.
+/// Why the cluster is Degraded, if it is, in this order:
+///
+/// 1. A child pod is stuck ([`PodProblem`]): the reason is the first pod's cause
+///    (`ImagePullBackOff`, `CrashLoopBackOff`, `Unschedulable`, …) and the message names it, the
+///    other stuck pods, and the halted rollout if there is one — a stuck pod is never hidden
+///    behind `Degraded=False`, even before the cluster first serves.
+/// 2. A halted rollout (`CatchUpTimeout`, `ProgressDeadlineExceeded`).
+/// 3. An outage: Pending is only for a cluster that has not served yet; once it has (Running or
+///    Progressing before, or Degraded for anything but an invalid spec), losing the broker, every
+///    log replica or every chat-server is Degraded, with the unavailability reason.
 fn degradation(
+    problems: &[PodProblem],
     halt: Option<Cause>,
     availability: &Availability,
     previous: Option<&ChatClusterStatus>,
 ) -> Option<Cause> {
+    if let Some((first, rest)) = problems.split_first() {
+        let mut message = first.describe();
+        if !rest.is_empty() {
+            let others: Vec<String> = rest
+                .iter()
+                .map(|p| format!("pod {} {}", p.pod, p.reason))
+                .collect();
+            message.push_str(&format!("; also {}", others.join(", ")));
+        }
+        if let Some((reason, halted)) = &halt {
+            message.push_str(&format!("; {reason}: {halted}"));
+        }
+        return Some((first.reason.clone(), message));
+    }
     let outage = !availability.serving && halt.is_none() && previous.is_some_and(has_served);
     if outage {
         Some(availability.cause.clone())
@@ -312,24 +352,29 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     let settled = w.settled();
     let halt = halt(inputs);
     let halted = halt.is_some();
-    let availability = availability(&w, spec_replicas);
-    let degraded = degradation(halt, &availability, inputs.previous);
+    let availability = availability(&w, spec_replicas, inputs.problems);
+    let degraded = degradation(inputs.problems, halt, &availability, inputs.previous);
     let phase = phase(degraded.is_some(), availability.serving, settled);
 
     let progress_message = format!(
         "chat-server {}/{} ready, {} updated; replication-log {}/{} ready; broker {}/1 ready",
-        w.chat.ready, spec_replicas, w.chat.updated, w.log.ready, w.log.desired, w.broker.ready
+        w.chat.ready.min(spec_replicas),
+        spec_replicas,
+        w.chat.updated,
+        w.log.ready,
+        w.log.desired,
+        w.broker.ready
     );
     let (progressing, progressing_reason) = progressing(phase, halted, settled);
     let is_degraded = degraded.is_some();
     let (degraded_reason, degraded_message) =
-        degraded.unwrap_or(("AsExpected", "no problems detected".to_owned()));
+        degraded.unwrap_or(("AsExpected".into(), "no problems detected".to_owned()));
     let (available_reason, available_message) = availability.cause;
     let next = vec![
         condition(
             AVAILABLE,
             availability.available,
-            available_reason,
+            &available_reason,
             available_message,
             generation,
             now,
@@ -345,7 +390,7 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
         condition(
             DEGRADED,
             is_degraded,
-            degraded_reason,
+            &degraded_reason,
             degraded_message,
             generation,
             now,
@@ -360,12 +405,35 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
         replicas: w.chat.replicas,
         ready_replicas: w.chat.ready,
         updated_replicas: w.chat.updated,
-        ready: format!("{}/{}", w.chat.ready, spec_replicas),
+        // During a scale-down the Deployment still counts the pods it is removing: READY shows
+        // at most the desired count (never `5/2`); readyReplicas keeps the true count.
+        ready: format!("{}/{}", w.chat.ready.min(spec_replicas), spec_replicas),
         selector: selector_string(&v.name, Component::ChatServer),
         head,
         persisted,
         conditions: merge_conditions(previous_conditions, next),
     }
+}
+
+/// The Degraded condition of `next` when it is worth an Event: True, and either it was not True
+/// before or its reason or message changed. A steady Degraded cluster records nothing more.
+pub fn degraded_change<'a>(
+    previous: Option<&ChatClusterStatus>,
+    next: &'a ChatClusterStatus,
+) -> Option<&'a Condition> {
+    let find = |s: &ChatClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED && c.status == "True")
+            .cloned()
+    };
+    let now = next
+        .conditions
+        .iter()
+        .find(|c| c.type_ == DEGRADED && c.status == "True")?;
+    let before = previous.and_then(find);
+    let same = before.is_some_and(|b| b.reason == now.reason && b.message == now.message);
+    (!same).then_some(now)
 }
 
 /// The status of a ChatCluster that failed validation.
@@ -448,12 +516,13 @@ mod tests {
         .expect("statefulset")
     }
 
-    fn deployment(replicas: i32, ready: i32) -> Deployment {
+    /// A Deployment wanting `replicas` whose status counts `existing` pods, `ready` of them ready.
+    fn deployment(replicas: i32, existing: i32, ready: i32) -> Deployment {
         serde_json::from_value(json!({
             "metadata": {"name": "demo-chat-server", "generation": 1},
             "spec": {"replicas": replicas, "selector": {}, "template": {}},
-            "status": {"observedGeneration": 1, "replicas": replicas, "readyReplicas": ready,
-                       "updatedReplicas": replicas},
+            "status": {"observedGeneration": 1, "replicas": existing, "readyReplicas": ready,
+                       "updatedReplicas": existing},
         }))
         .expect("deployment")
     }
@@ -468,8 +537,6 @@ mod tests {
         status_gated(previous, broker_ready, log_ready, chat_ready, &gate)
     }
 
-    /// The status of the test cluster (1 broker, 2 log replicas, 3 chat-servers) with these
-    /// ready counts and gating outcome.
     fn status_gated(
         previous: Option<&ChatClusterStatus>,
         broker_ready: i32,
@@ -477,7 +544,26 @@ mod tests {
         chat_ready: i32,
         gate: &GateSummary,
     ) -> ChatClusterStatus {
-        let cluster = validate(&ChatCluster::test()).expect("valid");
+        status_full(
+            previous,
+            (broker_ready, log_ready, chat_ready),
+            3,
+            gate,
+            &[],
+        )
+    }
+
+    /// The status of the test cluster (1 broker, 2 log replicas, `replicas` chat-servers wanted,
+    /// 3 in the Deployment's status) with these ready counts (broker, log, chat-server), gating
+    /// outcome and stuck pods.
+    fn status_full(
+        previous: Option<&ChatClusterStatus>,
+        (broker_ready, log_ready, chat_ready): (i32, i32, i32),
+        replicas: i32,
+        gate: &GateSummary,
+        problems: &[PodProblem],
+    ) -> ChatClusterStatus {
+        let cluster = validate(&ChatCluster::test().with_replicas(replicas)).expect("valid");
         let facts = Facts {
             password: "p".into(),
             broker_claim_size: None,
@@ -492,7 +578,7 @@ mod tests {
             log_service: built.log_service,
             log: set(2, log_ready),
             log_pdb: built.log_pdb,
-            chat_server: deployment(3, chat_ready),
+            chat_server: deployment(replicas, 3, chat_ready),
             chat_service: built.chat_service,
             chat_pdb: built.chat_pdb,
         };
@@ -502,6 +588,7 @@ mod tests {
             children: &children,
             logs: &[],
             gate,
+            problems,
             now: Timestamp::now(),
         })
     }
@@ -582,6 +669,197 @@ mod tests {
             "{}",
             c.message
         );
+    }
+
+    fn stuck(component: &'static str, pod: &str, reason: &str) -> PodProblem {
+        PodProblem {
+            component: Some(component),
+            pod: pod.into(),
+            reason: reason.into(),
+            message: format!("container c image img:1: {reason} detail"),
+            reference: Default::default(),
+        }
+    }
+
+    fn degraded(s: &ChatClusterStatus) -> Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .cloned()
+            .expect("Degraded condition")
+    }
+
+    /// A stuck child pod is Degraded=True with its cause, whatever else holds: never
+    /// `Degraded=False "no problems detected"` while a child fails.
+    #[test]
+    fn a_stuck_pod_is_degraded_with_its_cause_in_every_state() {
+        let gate = GateSummary::default();
+        let broker = stuck("broker", "demo-broker-0", "ImagePullBackOff");
+        let log = stuck("replication-log", "demo-log-1", "CrashLoopBackOff");
+        let running = status_with(None, 1, 2, 3);
+        // (case, previous, ready counts, problems, reason, message fragments, available reason)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            &str,
+            Option<&ChatClusterStatus>,
+            (i32, i32, i32),
+            Vec<PodProblem>,
+            &str,
+            Vec<&str>,
+            &str,
+        )> = vec![
+            (
+                "new cluster, broker cannot pull",
+                None,
+                (0, 0, 0),
+                vec![broker.clone()],
+                "ImagePullBackOff",
+                vec!["pod demo-broker-0 (broker): ImagePullBackOff: container c image img:1"],
+                "BrokerUnavailable",
+            ),
+            (
+                "serving cluster, one log replica crash-looping",
+                Some(&running),
+                (1, 1, 3),
+                vec![log.clone()],
+                "CrashLoopBackOff",
+                vec!["pod demo-log-1 (replication-log): CrashLoopBackOff"],
+                "MinimumReplicasAvailable",
+            ),
+            (
+                "two stuck pods: the broker's first, the other named",
+                Some(&running),
+                (0, 1, 3),
+                vec![broker.clone(), log.clone()],
+                "ImagePullBackOff",
+                vec![
+                    "pod demo-broker-0",
+                    "; also pod demo-log-1 CrashLoopBackOff",
+                ],
+                "BrokerUnavailable",
+            ),
+        ];
+        for (case, previous, ready, problems, want, fragments, available) in cases {
+            let s = status_full(previous, ready, 3, &gate, &problems);
+            assert_eq!(s.phase, Some(Phase::Degraded), "{case}");
+            let d = degraded(&s);
+            assert_eq!(
+                (d.status.as_str(), d.reason.as_str()),
+                ("True", want),
+                "{case}"
+            );
+            for f in fragments {
+                assert!(d.message.contains(f), "{case}: {}", d.message);
+            }
+            assert_eq!(reason(&s, AVAILABLE).1, available, "{case}");
+        }
+        // The Available message names the stuck pod of the missing component.
+        let s = status_full(None, (0, 0, 0), 3, &gate, &[broker]);
+        let available = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == AVAILABLE)
+            .expect("Available");
+        assert!(
+            available
+                .message
+                .contains("the broker is not ready: pod demo-broker-0"),
+            "{}",
+            available.message
+        );
+    }
+
+    #[test]
+    fn a_stuck_pod_and_a_halted_rollout_are_both_named() {
+        let gate = GateSummary {
+            timed_out: vec![super::super::gate::TimedOutPod {
+                pod: "demo-chat-server-x".into(),
+                lag: None,
+                phase: None,
+            }],
+            ..GateSummary::default()
+        };
+        let chat = stuck("chat-server", "demo-chat-server-x", "ErrImageNeverPull");
+        let s = status_full(None, (1, 2, 3), 3, &gate, &[chat]);
+        let d = degraded(&s);
+        assert_eq!(d.reason, "ErrImageNeverPull");
+        assert!(
+            d.message
+                .contains("; CatchUpTimeout: pod demo-chat-server-x did not catch up"),
+            "{}",
+            d.message
+        );
+        assert_eq!(
+            reason(&s, PROGRESSING),
+            ("False".into(), "RolloutHalted".into())
+        );
+    }
+
+    /// During a scale-down from 5 to 2 the Deployment still counts 5 ready pods.
+    #[test]
+    fn ready_never_shows_more_than_desired() {
+        let gate = GateSummary::default();
+        // (wanted, ready in the Deployment's status, READY column)
+        for (wanted, ready, column) in [(2, 5, "2/2"), (2, 1, "1/2"), (0, 3, "0/0"), (3, 3, "3/3")]
+        {
+            let s = status_full(None, (1, 2, ready), wanted, &gate, &[]);
+            assert_eq!(s.ready, column, "{wanted} wanted, {ready} ready");
+            assert_eq!(
+                s.ready_replicas, ready,
+                "readyReplicas keeps the true count"
+            );
+        }
+    }
+
+    #[test]
+    fn degraded_events_only_on_a_change() {
+        let gate = GateSummary::default();
+        let broker = stuck("broker", "demo-broker-0", "ImagePullBackOff");
+        let log = stuck("replication-log", "demo-log-0", "CrashLoopBackOff");
+        let ok = status_with(None, 1, 2, 3);
+        let pull = status_full(
+            Some(&ok),
+            (0, 2, 3),
+            3,
+            &gate,
+            std::slice::from_ref(&broker),
+        );
+        let pull_again = status_full(
+            Some(&pull),
+            (0, 2, 3),
+            3,
+            &gate,
+            std::slice::from_ref(&broker),
+        );
+        let crash = status_full(
+            Some(&pull_again),
+            (1, 0, 3),
+            3,
+            &gate,
+            std::slice::from_ref(&log),
+        );
+        // (case, previous, next, event reason)
+        let cases = [
+            ("healthy", None, &ok, None),
+            (
+                "becomes degraded",
+                Some(&ok),
+                &pull,
+                Some("ImagePullBackOff"),
+            ),
+            ("same cause again", Some(&pull), &pull_again, None),
+            (
+                "another cause",
+                Some(&pull_again),
+                &crash,
+                Some("CrashLoopBackOff"),
+            ),
+            ("recovers", Some(&crash), &ok, None),
+        ];
+        for (case, previous, next, want) in cases {
+            let got = degraded_change(previous, next).map(|c| c.reason.as_str());
+            assert_eq!(got, want, "{case}");
+        }
     }
 
     #[test]
