@@ -571,12 +571,12 @@ fn trim_embedded_descriptions(crd: &mut CustomResourceDefinition) -> Result<(), 
         }
     }
     for version in &mut crd.spec.versions {
-        if let Some(schema) = version.schema.as_mut() {
-            if let Some(props) = schema.open_api_v3_schema.take() {
-                let mut value = serde_json::to_value(props)?;
-                walk(&mut value);
-                schema.open_api_v3_schema = Some(serde_json::from_value(value)?);
-            }
+        if let Some(schema) = version.schema.as_mut()
+            && let Some(props) = schema.open_api_v3_schema.take()
+        {
+            let mut value = serde_json::to_value(props)?;
+            walk(&mut value);
+            schema.open_api_v3_schema = Some(serde_json::from_value(value)?);
         }
     }
     Ok(())

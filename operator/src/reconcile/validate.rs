@@ -251,7 +251,8 @@ mod tests {
                 ..Default::default()
             })
         };
-        let table: Vec<(&str, Box<dyn Fn(&mut ChatClusterSpec)>, Option<&str>)> = vec![
+        type Edit = Box<dyn Fn(&mut ChatClusterSpec)>;
+        let table: Vec<(&str, Edit, Option<&str>)> = vec![
             (
                 "user env passes",
                 Box::new(move |s| s.chat_server.pod.env = vec![env("WS_QUEUE")]),
