@@ -4,10 +4,12 @@
 //! 1. [`validate`] (pure): identity and what the schema cannot check.
 //! 2. [`dereference`] (all the reads): the existing children, the pods, the data plane's `/status`
 //!    documents; keep or create the Redis password.
-//! 3. [`build`] (pure): every child object, typed, one module per kind.
-//! 4. [`apply`]: server-side apply what differs; prune what is no longer wanted.
-//! 5. [`gate`]: pass chat-server pods that have caught up (pure decision + patch).
-//! 6. [`status`]: compute (pure) and patch the status when it changed.
+//! 3. [`ownership`] (pure): a child name taken by an object this ChatCluster does not control
+//!    stops the reconcile here with `Degraded`/`NameConflict`; nothing is adopted.
+//! 4. [`build`] (pure): every child object, typed, one module per kind.
+//! 5. [`apply`]: server-side apply what differs; prune what is no longer wanted.
+//! 6. [`gate`]: pass chat-server pods that have caught up (pure decision + patch).
+//! 7. [`status`]: compute (pure) and patch the status when it changed.
 //!
 //! [`children::Children`] is the one list of child kinds the steps share. [`Error`] wraps the step
 //! errors; its [`Error::kind`] labels the error metric.
@@ -18,6 +20,7 @@ pub mod children;
 pub mod dereference;
 pub mod gate;
 pub mod health;
+pub mod ownership;
 pub mod status;
 pub mod validate;
 
@@ -40,6 +43,9 @@ const REQUEUE_GATING: Duration = Duration::from_secs(2);
 const REQUEUE_PROGRESSING: Duration = Duration::from_secs(10);
 /// Requeue when settled, to refresh head/persisted (reads only unless something changed).
 const REQUEUE_STEADY: Duration = Duration::from_secs(60);
+/// Requeue while a child name is taken by a foreign object (its deletion triggers no watch: the
+/// controller watches only objects the ChatCluster owns).
+const REQUEUE_CONFLICT: Duration = Duration::from_secs(10);
 
 /// Shared state of all reconciles.
 pub struct Context {
@@ -113,6 +119,11 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         }
     };
     let observed = dereference::observe(&ctx.client, &validated).await?;
+    let conflicts = ownership::conflicts(&observed.children, &validated.owner_ref.uid);
+    if !conflicts.is_empty() {
+        report_conflicts(ctx, &cluster, &conflicts).await?;
+        return Ok(Action::requeue(REQUEUE_CONFLICT));
+    }
     let desired = build::build(&validated, &dereference::facts(&observed));
     let applied = apply::apply(&ctx.client, &validated, desired, observed.children).await?;
     publish_changes(ctx, &cluster, &applied.changes).await;
@@ -171,6 +182,37 @@ async fn report_invalid(
             "InvalidSpec",
             "Validate",
             note,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Sets the Degraded/NameConflict status and, when it changed, records a warning Event naming
+/// the objects left untouched.
+async fn report_conflicts(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    conflicts: &[ownership::NameConflict],
+) -> Result<(), Error> {
+    let message = ownership::message(conflicts);
+    tracing::warn!(%message, "child name conflict; nothing applied");
+    let generation = cluster.meta().generation.unwrap_or(0);
+    let next = status::halted(
+        cluster.status.as_ref(),
+        generation,
+        ownership::NAME_CONFLICT,
+        message.clone(),
+        Timestamp::now(),
+    );
+    if status::patch_if_changed(&ctx.client, cluster, &next).await? {
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            ownership::NAME_CONFLICT,
+            "Apply",
+            message,
         )
         .await;
     }

@@ -436,24 +436,30 @@ pub fn degraded_change<'a>(
     (!same).then_some(now)
 }
 
-/// The status of a ChatCluster that failed validation.
+/// The status of a ChatCluster that failed validation: [`halted`] with reason `InvalidSpec`.
 pub fn invalid(
     previous: Option<&ChatClusterStatus>,
     generation: i64,
     message: String,
     now: Timestamp,
 ) -> ChatClusterStatus {
+    halted(previous, generation, "InvalidSpec", message, now)
+}
+
+/// The status of a ChatCluster whose reconcile stopped before apply (invalid spec, a name
+/// conflict): phase Degraded, `Degraded=True` with `reason` and `message`; the other conditions
+/// and fields are kept as they were.
+pub fn halted(
+    previous: Option<&ChatClusterStatus>,
+    generation: i64,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> ChatClusterStatus {
     let mut status = previous.cloned().unwrap_or_default();
     status.observed_generation = Some(generation);
     status.phase = Some(Phase::Degraded);
-    let next = vec![condition(
-        DEGRADED,
-        true,
-        "InvalidSpec",
-        message,
-        generation,
-        now,
-    )];
+    let next = vec![condition(DEGRADED, true, reason, message, generation, now)];
     let mut conditions = merge_conditions(&status.conditions, next);
     conditions.extend(
         status
