@@ -133,6 +133,60 @@ pub struct ChatClusterSpec {
     /// broker and the log replicas.
     #[serde(default)]
     pub persistent_volume_claim_retention_policy: ClaimRetentionPolicy,
+    /// Client authentication (JWT, HS256) and the browser origins chat-server accepts.
+    #[serde(default)]
+    pub auth: AuthSpec,
+}
+
+/// How chat-server authenticates clients (`--auth`, docs/api.md). The data plane's own parts
+/// always share an internal token (Secret `{name}-internal`, generated once).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// `token` (the default): every client request carries an HS256 JWT; `none`: anonymous
+    /// clients may read and write every channel under any author.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// A Secret in the ChatCluster's namespace holding the HS256 key (at least 32 bytes) under the
+    /// key `hmac-key`. Unset: the operator generates the Secret `{name}-auth` once and never
+    /// rotates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// Required `aud` claim (unset: unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub audience: Option<String>,
+    /// Required `iss` claim (unset: unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub issuer: Option<String>,
+    /// Origins (`scheme://host[:port]`, or `*`) whose pages may open WebSockets and POST besides
+    /// the node's own; empty: same origin only. Applies in both modes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_origins: Vec<String>,
+}
+
+/// Client authentication mode of chat-server.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every client request carries a JWT.
+    #[default]
+    Token,
+    /// Anonymous clients (logged as a warning by chat-server).
+    None,
+}
+
+impl AuthMode {
+    /// The data plane's spelling (`CHAT_AUTH`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Token => "token",
+            AuthMode::None => "none",
+        }
+    }
 }
 
 /// The chat-server Deployment's pods.
@@ -450,6 +504,7 @@ impl Default for ChatClusterSpec {
             rollout: RolloutSpec::default(),
             max_message_bytes: default_max_message_bytes(),
             persistent_volume_claim_retention_policy: ClaimRetentionPolicy::default(),
+            auth: AuthSpec::default(),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! controller can all depend on it without depending on each other. The names are part of the
 //! contract other components rely on (`CONTRACT.md`): broker `{name}-broker` (StatefulSet, Service,
 //! Secret with key `password`), replication log `{name}-log` (StatefulSet, client Service, PDB) and
-//! `{name}-log-headless`, chat-server `{name}-chat-server` (Deployment, Service, PDB).
+//! `{name}-log-headless`, chat-server `{name}-chat-server` (Deployment, Service, PDB), the HS256
+//! key Secret `{name}-auth` (key `hmac-key`) and the internal token Secret `{name}-internal` (key
+//! `token`).
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,12 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
 /// Key of the Redis password in the broker Secret.
 pub const PASSWORD_KEY: &str = "password";
+/// Key of the HS256 key in the auth Secret (`{name}-auth` or `spec.auth.secretName`).
+pub const HMAC_KEY_KEY: &str = "hmac-key";
+/// Key of the data plane's internal token in the `{name}-internal` Secret.
+pub const INTERNAL_TOKEN_KEY: &str = "token";
+/// Header carrying the internal token (chat-server and replication-log `--internal-token-file`).
+pub const INTERNAL_TOKEN_HEADER: &str = "X-Internal-Token";
 /// Port of the chat-server HTTP API (and its `/status`).
 pub const CHAT_PORT: u16 = 8080;
 /// Port of the replication-log HTTP API (and its `/status`).
@@ -52,6 +60,11 @@ pub const CHAT_SERVER_ENV: &[&str] = &[
     "RUST_LOG_FORMAT",
     "SHUTDOWN_DELAY",
     "CHAT_AUTH",
+    "AUTH_HMAC_KEY_FILE",
+    "AUTH_AUDIENCE",
+    "AUTH_ISSUER",
+    "ALLOWED_ORIGINS",
+    "INTERNAL_TOKEN_FILE",
     "MEMORY_WINDOW_BYTES",
     "MAX_CONNECTIONS",
     "WS_SEND_RATE",
@@ -66,6 +79,7 @@ pub const LOG_ENV: &[&str] = &[
     "REPLICA_ID",
     "LOG_PEER_URLS",
     "RUST_LOG_FORMAT",
+    "INTERNAL_TOKEN_FILE",
 ];
 /// Environment variables the operator sets in the broker container.
 pub const BROKER_ENV: &[&str] = &["REDIS_PASSWORD", "REDISCLI_AUTH"];
@@ -103,6 +117,10 @@ pub struct Names {
     pub log_headless: String,
     /// chat-server Deployment, Service and PDB.
     pub chat_server: String,
+    /// Secret the operator generates with the HS256 key when `spec.auth.secretName` is unset.
+    pub auth: String,
+    /// Secret with the data plane's internal token.
+    pub internal: String,
 }
 
 impl Names {
@@ -113,6 +131,8 @@ impl Names {
             log: format!("{name}-log"),
             log_headless: format!("{name}-log-headless"),
             chat_server: format!("{name}-chat-server"),
+            auth: format!("{name}-auth"),
+            internal: format!("{name}-internal"),
         }
     }
 }

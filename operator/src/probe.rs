@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use kube::Client;
+
+use crate::names::INTERNAL_TOKEN_HEADER;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -94,14 +96,21 @@ pub fn status_path(namespace: &str, pod: &str, port: u16) -> String {
     format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/status")
 }
 
-/// GETs `pod`'s `/status` on `port` through the API server and decodes it as `T`.
+/// GETs `pod`'s `/status` on `port` through the API server and decodes it as `T`, sending the
+/// data plane's internal token in `X-Internal-Token` when there is one (the pods then show their
+/// `/status` details only with it; the pod proxy forwards this header but not `Authorization`).
 pub async fn status<T: DeserializeOwned>(
     client: &Client,
     namespace: &str,
     pod: &str,
     port: u16,
+    internal_token: Option<&str>,
 ) -> Result<T, ProbeError> {
-    let request = http::Request::get(status_path(namespace, pod, port))
+    let mut request = http::Request::get(status_path(namespace, pod, port));
+    if let Some(token) = internal_token {
+        request = request.header(INTERNAL_TOKEN_HEADER, token);
+    }
+    let request = request
         .body(Vec::new())
         .map_err(|source| ProbeError::Request {
             pod: pod.to_owned(),

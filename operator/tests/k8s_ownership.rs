@@ -94,16 +94,26 @@ async fn refuses_to_adopt_a_foreign_deployment_and_secret() {
         .await
         .expect("deployment");
     let now_secret = secrets.get("foo-broker").await.expect("secret");
+    // The Deployment's status moves with kube-controller-manager, so compare what a writer
+    // other than its controllers would change: spec, labels, and the managers of its fields.
     assert_eq!(
-        now_deployment.resource_version(),
-        deployment.resource_version(),
-        "foreign Deployment written to"
+        now_deployment.spec, deployment.spec,
+        "foreign Deployment spec changed"
     );
+    assert_eq!(now_deployment.labels(), deployment.labels());
     assert_eq!(
         now_secret.resource_version(),
         secret.resource_version(),
         "foreign Secret written to"
     );
+    for managers in [now_deployment.managed_fields(), now_secret.managed_fields()] {
+        assert!(
+            managers
+                .iter()
+                .all(|m| m.manager.as_deref() != Some("chat-cluster-operator")),
+            "the operator manages fields of a foreign object: {managers:?}"
+        );
+    }
     assert!(now_deployment.owner_references().is_empty());
     assert!(now_secret.owner_references().is_empty());
     for name in ["foo-broker", "foo-log"] {

@@ -159,6 +159,8 @@ pub async fn apply(
         chat_server,
         chat_service,
         chat_pdb,
+        auth_secret,
+        internal_secret,
     } = desired;
     let seen = existing;
     let children = Children {
@@ -174,6 +176,10 @@ pub async fn apply(
         chat_server: applier.always(chat_server, seen.chat_server).await?,
         chat_service: applier.always(chat_service, seen.chat_service).await?,
         chat_pdb: applier.optional(chat_pdb, seen.chat_pdb).await?,
+        auth_secret: applier.optional(auth_secret, seen.auth_secret).await?,
+        internal_secret: applier
+            .always(internal_secret, seen.internal_secret)
+            .await?,
     };
     applier.prune(&cluster.name, &cluster.owner_ref.uid).await?;
     Ok(Applied {

@@ -105,4 +105,9 @@ pub struct Children<S: Stage> {
     pub chat_service: S::Always<Service>,
     /// `{name}-chat-server` PDB; only for at least two replicas.
     pub chat_pdb: S::Optional<PodDisruptionBudget>,
+    /// `{name}-auth` Secret: the HS256 key, generated once; only in token mode without
+    /// `spec.auth.secretName`.
+    pub auth_secret: S::Optional<Secret>,
+    /// `{name}-internal` Secret: the data plane's internal token, generated once.
+    pub internal_secret: S::Always<Secret>,
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use rand::Rng;
@@ -20,9 +20,10 @@ use super::children::{ChildKind, Children, Existing};
 use super::gate;
 use super::health::{self, PodProblem};
 use super::validate::Validated;
+use crate::crd::AuthMode;
 use crate::names::{
-    CHAT_PORT, Component, DATA_VOLUME, LABEL_INSTANCE, LOG_PORT, Names, PASSWORD_KEY,
-    selector_string,
+    CHAT_PORT, Component, DATA_VOLUME, HMAC_KEY_KEY, INTERNAL_TOKEN_KEY, LABEL_INSTANCE, LOG_PORT,
+    Names, PASSWORD_KEY, selector_string,
 };
 use crate::probe::{self, LogStatus, ServerStatus};
 
@@ -35,6 +36,11 @@ pub struct Facts {
     pub broker_claim_size: Option<String>,
     /// Claim size the existing log StatefulSet was created with.
     pub log_claim_size: Option<String>,
+    /// The HS256 key for the generated `{name}-auth` Secret: the existing Secret's, or a new
+    /// random one; None when that Secret is not wanted (mode `none`, or `spec.auth.secretName`).
+    pub auth_key: Option<String>,
+    /// The data plane's internal token: the existing `{name}-internal` Secret's, or a new one.
+    pub internal_token: String,
 }
 
 /// What exists now: the children, the pods, and the `/status` of the pods that answered.
@@ -72,8 +78,10 @@ pub enum DereferenceError {
 
 /// Reads the existing children and pods of `cluster`, then probes the pods' `/status`.
 pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, DereferenceError> {
+    // Boxed: the twelve GETs' futures are large, and a debug build's reconcile future overflowed
+    // the 2 MiB worker stack with them inline.
     let (children, chat_pods, log_pods, broker_pods, claims) = tokio::try_join!(
-        existing_children(client, cluster),
+        Box::pin(existing_children(client, cluster)),
         pods(client, cluster, Component::ChatServer),
         pods(client, cluster, Component::ReplicationLog),
         pods(client, cluster, Component::Broker),
@@ -85,9 +93,12 @@ pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, D
         .cloned()
         .collect();
     let problems = health::problems(&all_pods, &claims);
+    // The pods were started with the existing internal token (none yet: nothing to send).
+    let token = secret_value(children.internal_secret.as_ref(), INTERNAL_TOKEN_KEY);
+    let token = token.as_deref();
     let (chat_statuses, log_statuses) = tokio::join!(
-        chat_statuses(client, &cluster.namespace, &chat_pods),
-        log_statuses(client, &cluster.namespace, &log_pods),
+        chat_statuses(client, &cluster.namespace, &chat_pods, token),
+        log_statuses(client, &cluster.namespace, &log_pods, token),
     );
     Ok(Observed {
         children,
@@ -114,11 +125,13 @@ async fn existing_children(
         get(client, ns, &names.log),
         get(client, ns, &names.log),
     )?;
-    let (log_pdb, chat_server, chat_service, chat_pdb) = tokio::try_join!(
+    let (log_pdb, chat_server, chat_service, chat_pdb, auth_secret, internal_secret) = tokio::try_join!(
         get(client, ns, &names.log),
         get(client, ns, &names.chat_server),
         get(client, ns, &names.chat_server),
         get(client, ns, &names.chat_server),
+        get_if(wants_auth_secret(cluster), client, ns, &names.auth),
+        get(client, ns, &names.internal),
     )?;
     Ok(Children {
         broker_secret,
@@ -131,7 +144,31 @@ async fn existing_children(
         chat_server,
         chat_service,
         chat_pdb,
+        auth_secret,
+        internal_secret,
     })
+}
+
+/// Whether the operator generates (and so reads) the `{name}-auth` Secret: token mode without
+/// `spec.auth.secretName`.
+pub fn wants_auth_secret(cluster: &Validated) -> bool {
+    let auth = &cluster.spec.auth;
+    auth.mode == AuthMode::Token && auth.secret_name.is_none()
+}
+
+/// [`get`] when `wanted`, else None without a request (an object the spec does not ask for is
+/// neither read nor checked for ownership).
+async fn get_if<K: ChildKind>(
+    wanted: bool,
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, DereferenceError> {
+    if wanted {
+        get(client, namespace, name).await
+    } else {
+        Ok(None)
+    }
 }
 
 /// GETs the `K` called `name`; None when it does not exist.
@@ -195,13 +232,14 @@ async fn chat_statuses(
     client: &Client,
     namespace: &str,
     pods: &[Pod],
+    token: Option<&str>,
 ) -> BTreeMap<String, ServerStatus> {
     let probes = pods
         .iter()
         .filter(|pod| gate::awaits_decision(pod) && probeable(pod))
         .map(|pod| async move {
             let name = pod.name_any();
-            match probe::status::<ServerStatus>(client, namespace, &name, CHAT_PORT).await {
+            match probe::status::<ServerStatus>(client, namespace, &name, CHAT_PORT, token).await {
                 Ok(status) => Some((name, status)),
                 Err(e) => {
                     tracing::debug!(pod = name, error = %e, "chat-server status not readable yet");
@@ -213,12 +251,17 @@ async fn chat_statuses(
 }
 
 /// `/status` of every running replication-log replica that answers.
-async fn log_statuses(client: &Client, namespace: &str, pods: &[Pod]) -> Vec<LogStatus> {
+async fn log_statuses(
+    client: &Client,
+    namespace: &str,
+    pods: &[Pod],
+    token: Option<&str>,
+) -> Vec<LogStatus> {
     let probes = pods
         .iter()
         .filter(|pod| probeable(pod))
         .map(|pod| async move {
-            probe::status::<LogStatus>(client, namespace, &pod.name_any(), LOG_PORT)
+            probe::status::<LogStatus>(client, namespace, &pod.name_any(), LOG_PORT, token)
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "replication-log status not readable"))
                 .ok()
@@ -226,22 +269,32 @@ async fn log_statuses(client: &Client, namespace: &str, pods: &[Pod]) -> Vec<Log
     join_all(probes).await.into_iter().flatten().collect()
 }
 
-/// Derives the build facts from what exists; a new password only when no Secret holds one.
-pub fn facts(observed: &Observed) -> Facts {
-    let password = observed
-        .children
-        .broker_secret
-        .as_ref()
-        .and_then(|s| s.data.as_ref())
-        .and_then(|d| d.get(PASSWORD_KEY))
-        .and_then(|p| String::from_utf8(p.0.clone()).ok())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(new_password);
+/// Derives the build facts from what exists; a new password, key or token only when no Secret
+/// holds one (never a silent rotation).
+pub fn facts(cluster: &Validated, observed: &Observed) -> Facts {
+    let children = &observed.children;
+    let kept_or_new = |secret: Option<&Secret>, key: &str, length: usize| {
+        secret_value(secret, key).unwrap_or_else(|| random_alphanumeric(length))
+    };
     Facts {
-        password,
-        broker_claim_size: claim_size(observed.children.broker.as_ref()),
-        log_claim_size: claim_size(observed.children.log.as_ref()),
+        password: kept_or_new(children.broker_secret.as_ref(), PASSWORD_KEY, 32),
+        broker_claim_size: claim_size(children.broker.as_ref()),
+        log_claim_size: claim_size(children.log.as_ref()),
+        // 64 alphanumerics: 381 bits, above the 256 bits RFC 7518 §3.2 asks of an HS256 key.
+        auth_key: wants_auth_secret(cluster)
+            .then(|| kept_or_new(children.auth_secret.as_ref(), HMAC_KEY_KEY, 64)),
+        internal_token: kept_or_new(children.internal_secret.as_ref(), INTERNAL_TOKEN_KEY, 32),
     }
+}
+
+/// The non-empty UTF-8 value of `key` in `secret`.
+fn secret_value(secret: Option<&Secret>, key: &str) -> Option<String> {
+    secret?
+        .data
+        .as_ref()?
+        .get(key)
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .filter(|v| !v.is_empty())
 }
 
 fn claim_size(set: Option<&StatefulSet>) -> Option<String> {
@@ -261,11 +314,86 @@ fn claim_size(set: Option<&StatefulSet>) -> Option<String> {
         .map(|q| q.0.clone())
 }
 
-/// 32 random alphanumeric characters (URL-safe, so it can sit inside `REDIS_URL`).
-fn new_password() -> String {
+/// `length` random alphanumeric characters (URL-safe, so a password can sit inside `REDIS_URL`).
+fn random_alphanumeric(length: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
-        .take(32)
+        .take(length)
         .map(char::from)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AuthMode, ChatCluster};
+    use crate::reconcile::validate::validate;
+    use k8s_openapi::ByteString;
+
+    fn secret(key: &str, value: &str) -> Secret {
+        Secret {
+            data: Some(BTreeMap::from([(
+                key.to_owned(),
+                ByteString(value.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    fn observed(auth: Option<Secret>, internal: Option<Secret>) -> Observed {
+        Observed {
+            children: Children {
+                broker_secret: Some(secret(PASSWORD_KEY, "kept-password")),
+                broker_service: None,
+                broker: None,
+                log_headless_service: None,
+                log_service: None,
+                log: None,
+                log_pdb: None,
+                chat_server: None,
+                chat_service: None,
+                chat_pdb: None,
+                auth_secret: auth,
+                internal_secret: internal,
+            },
+            chat_pods: vec![],
+            log_pods: vec![],
+            problems: vec![],
+            chat_statuses: BTreeMap::new(),
+            log_statuses: vec![],
+        }
+    }
+
+    #[test]
+    fn secrets_are_generated_once_and_kept_never_rotated() {
+        let token_mode = validate(&ChatCluster::test()).expect("valid");
+        // Nothing exists: a new key (64) and token (32).
+        let f = facts(&token_mode, &observed(None, None));
+        assert_eq!(f.password, "kept-password");
+        assert_eq!(f.auth_key.as_ref().map(String::len), Some(64));
+        assert_eq!(f.internal_token.len(), 32);
+        // They exist: kept byte for byte, on every reconcile.
+        let o = observed(
+            Some(secret(HMAC_KEY_KEY, "existing-key")),
+            Some(secret(INTERNAL_TOKEN_KEY, "existing-token")),
+        );
+        for _ in 0..3 {
+            let f = facts(&token_mode, &o);
+            assert_eq!(f.auth_key.as_deref(), Some("existing-key"));
+            assert_eq!(f.internal_token, "existing-token");
+        }
+        // An empty value is no key: a new one.
+        let f = facts(&token_mode, &observed(Some(secret(HMAC_KEY_KEY, "")), None));
+        assert_eq!(f.auth_key.as_ref().map(String::len), Some(64));
+        // No generated key in mode none or with the user's Secret.
+        let mut none = ChatCluster::test();
+        none.spec.auth.mode = AuthMode::None;
+        let mut named = ChatCluster::test();
+        named.spec.auth.secret_name = Some("theirs".into());
+        for cluster in [none, named] {
+            let v = validate(&cluster).expect("valid");
+            assert!(!wants_auth_secret(&v));
+            assert_eq!(facts(&v, &o).auth_key, None);
+        }
+    }
 }

@@ -118,14 +118,22 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
             return Ok(Action::await_change());
         }
     };
-    let observed = dereference::observe(&ctx.client, &validated).await?;
+    let observed = Box::pin(dereference::observe(&ctx.client, &validated)).await?;
     let conflicts = ownership::conflicts(&observed.children, &validated.owner_ref.uid);
     if !conflicts.is_empty() {
         report_conflicts(ctx, &cluster, &conflicts).await?;
         return Ok(Action::requeue(REQUEUE_CONFLICT));
     }
-    let desired = build::build(&validated, &dereference::facts(&observed));
-    let applied = apply::apply(&ctx.client, &validated, desired, observed.children).await?;
+    let desired = build::build(&validated, &dereference::facts(&validated, &observed));
+    // Boxed, like observe: twelve children's apply futures inline overflowed a debug build's
+    // 2 MiB worker stack.
+    let applied = Box::pin(apply::apply(
+        &ctx.client,
+        &validated,
+        desired,
+        observed.children,
+    ))
+    .await?;
     publish_changes(ctx, &cluster, &applied.changes).await;
     let gated = gate::gate(
         &ctx.client,

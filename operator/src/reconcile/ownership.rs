@@ -67,6 +67,8 @@ pub fn conflicts(existing: &Children<Existing>, owner_uid: &str) -> Vec<NameConf
         chat_server,
         chat_service,
         chat_pdb,
+        auth_secret,
+        internal_secret,
     } = existing;
     [
         conflict(broker_secret.as_ref(), owner_uid),
@@ -79,6 +81,8 @@ pub fn conflicts(existing: &Children<Existing>, owner_uid: &str) -> Vec<NameConf
         conflict(chat_server.as_ref(), owner_uid),
         conflict(chat_service.as_ref(), owner_uid),
         conflict(chat_pdb.as_ref(), owner_uid),
+        conflict(auth_secret.as_ref(), owner_uid),
+        conflict(internal_secret.as_ref(), owner_uid),
     ]
     .into_iter()
     .flatten()
@@ -146,6 +150,8 @@ mod tests {
             chat_server: None,
             chat_service: None,
             chat_pdb: None,
+            auth_secret: None,
+            internal_secret: None,
         }
     }
 

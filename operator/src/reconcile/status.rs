@@ -574,6 +574,8 @@ mod tests {
             password: "p".into(),
             broker_claim_size: None,
             log_claim_size: None,
+            auth_key: Some("k".into()),
+            internal_token: "t".into(),
         };
         let built = build(&cluster, &facts);
         let children = Children::<Live> {
@@ -587,6 +589,8 @@ mod tests {
             chat_server: deployment(replicas, 3, chat_ready),
             chat_service: built.chat_service,
             chat_pdb: built.chat_pdb,
+            auth_secret: built.auth_secret,
+            internal_secret: built.internal_secret,
         };
         compute(&Inputs {
             cluster: &cluster,

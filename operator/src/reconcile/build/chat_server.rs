@@ -4,17 +4,18 @@
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
-use k8s_openapi::api::core::v1::{Container, PodReadinessGate};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodReadinessGate, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Parent;
 use super::pod::{
     container_port, container_security_context, env, field_env, hardened_pod, http_probes,
-    password_env, redis_url_env, resources, strings, tmp_mount, tmp_volume,
+    internal_token, password_env, read_only_mount, redis_url_env, resources, secret_volume,
+    strings, tmp_mount, tmp_volume,
 };
-use crate::crd::CAUGHT_UP_CONDITION;
 use crate::crd::settings::CHAT_SERVER_MEMORY_LIMIT;
-use crate::names::{CHAT_PORT, Component, LOG_PORT};
+use crate::crd::{AuthMode, CAUGHT_UP_CONDITION};
+use crate::names::{CHAT_PORT, Component, HMAC_KEY_KEY, LOG_PORT};
 
 /// Seconds a chat-server keeps serving, unready, after SIGTERM, so the Service drops the pod
 /// before it stops (well inside the 30 s termination grace period).
@@ -23,11 +24,25 @@ const SHUTDOWN_DELAY_SECONDS: &str = "5";
 /// The chat-server Deployment: maxUnavailable 0 and maxSurge 1, so a new pod that never catches
 /// up halts the rollout with every old pod still serving.
 pub fn deployment(parent: &Parent<'_>) -> Deployment {
-    let mut pod = hardened_pod(chat_server(parent));
+    let mut container = chat_server(parent);
+    let mut volumes = vec![tmp_volume()];
+    let (internal_volume, internal_mount, internal_env) = internal_token(&parent.names);
+    let (auth_env, auth_volume) = auth(parent);
+    let vars = container.env.get_or_insert_default();
+    vars.push(internal_env);
+    vars.extend(auth_env);
+    let mounts = container.volume_mounts.get_or_insert_default();
+    mounts.push(internal_mount);
+    volumes.push(internal_volume);
+    if let Some((volume, mount)) = auth_volume {
+        mounts.push(mount);
+        volumes.push(volume);
+    }
+    let mut pod = hardened_pod(container);
     pod.readiness_gates = Some(vec![PodReadinessGate {
         condition_type: CAUGHT_UP_CONDITION.into(),
     }]);
-    pod.volumes = Some(vec![tmp_volume()]);
+    pod.volumes = Some(volumes);
     Deployment {
         metadata: parent.metadata(&parent.names.chat_server, Component::ChatServer),
         spec: Some(DeploymentSpec {
@@ -52,6 +67,41 @@ pub fn deployment(parent: &Parent<'_>) -> Deployment {
     }
 }
 
+/// Name of the volume holding the HS256 key.
+const AUTH_VOLUME: &str = "auth-key";
+/// Where the HS256 key Secret is mounted.
+const AUTH_DIR: &str = "/etc/chat-auth";
+
+/// The authentication settings of `spec.auth` as environment variables (`CHAT_AUTH`,
+/// `AUTH_HMAC_KEY_FILE`, `AUTH_AUDIENCE`, `AUTH_ISSUER`, `ALLOWED_ORIGINS`; docs/configuration.md)
+/// and, in token mode, the key Secret's volume and mount: `spec.auth.secretName` or `{name}-auth`.
+fn auth(parent: &Parent<'_>) -> (Vec<EnvVar>, Option<(Volume, VolumeMount)>) {
+    let auth = &parent.cluster.spec.auth;
+    let mut vars = vec![env("CHAT_AUTH", auth.mode.as_str())];
+    let mut volume = None;
+    if auth.mode == AuthMode::Token {
+        let secret = auth.secret_name.as_deref().unwrap_or(&parent.names.auth);
+        vars.push(env(
+            "AUTH_HMAC_KEY_FILE",
+            format!("{AUTH_DIR}/{HMAC_KEY_KEY}"),
+        ));
+        vars.extend(
+            auth.audience
+                .as_ref()
+                .map(|a| env("AUTH_AUDIENCE", a.as_str())),
+        );
+        vars.extend(auth.issuer.as_ref().map(|i| env("AUTH_ISSUER", i.as_str())));
+        volume = Some((
+            secret_volume(AUTH_VOLUME, secret, HMAC_KEY_KEY),
+            read_only_mount(AUTH_VOLUME, AUTH_DIR),
+        ));
+    }
+    if !auth.allowed_origins.is_empty() {
+        vars.push(env("ALLOWED_ORIGINS", auth.allowed_origins.join(",")));
+    }
+    (vars, volume)
+}
+
 /// The `chat-server` container.
 fn chat_server(parent: &Parent<'_>) -> Container {
     let spec = &parent.cluster.spec;
@@ -74,7 +124,6 @@ fn chat_server(parent: &Parent<'_>) -> Container {
         env("SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS),
         // The data plane refuses to start without a chosen auth mode; anonymous until the
         // ChatCluster's token auth is wired (issue 11, operator side).
-        env("CHAT_AUTH", "none"),
     ];
     let limits = &spec.chat_server;
     for (name, value) in [

@@ -51,6 +51,11 @@ pub fn build(cluster: &Validated, facts: &Facts) -> Children<Desired> {
             &names.chat_server,
             cluster.spec.replicas,
         ),
+        auth_secret: facts
+            .auth_key
+            .as_deref()
+            .map(|key| secret::auth(&parent, key)),
+        internal_secret: secret::internal(&parent, &facts.internal_token),
     }
 }
 
@@ -149,6 +154,8 @@ mod tests {
             password: "s3cret".into(),
             broker_claim_size: None,
             log_claim_size: None,
+            auth_key: Some("an-hs256-key-of-at-least-32-bytes-for-tests".into()),
+            internal_token: "internal-token-for-tests".into(),
         }
     }
 
@@ -169,6 +176,8 @@ mod tests {
             chat_server,
             chat_service,
             chat_pdb,
+            auth_secret,
+            internal_secret,
         } = c;
         let mut out = vec![
             json!(broker_secret),
@@ -182,6 +191,8 @@ mod tests {
         out.push(json!(chat_server));
         out.push(json!(chat_service));
         out.extend(chat_pdb.iter().map(|p| json!(p)));
+        out.extend(auth_secret.iter().map(|s| json!(s)));
+        out.push(json!(internal_secret));
         out
     }
 
@@ -219,7 +230,7 @@ mod tests {
     fn every_child_is_labelled_and_owned() {
         let c = children_of(&ChatCluster::test());
         let objects = all_objects(&c);
-        assert_eq!(objects.len(), 10);
+        assert_eq!(objects.len(), 12);
         for o in objects {
             let meta = &o["metadata"];
             assert_eq!(meta["labels"][LABEL_NAME], "chat-cluster", "{o}");
@@ -426,6 +437,122 @@ mod tests {
         assert_eq!(gates[0].condition_type, CAUGHT_UP_CONDITION);
     }
 
+    /// The chat-server container's env value of `name`, its volume names, and the log
+    /// container's `INTERNAL_TOKEN_FILE`.
+    fn auth_settings(c: &Children<Desired>) -> (Value, Value, Value) {
+        let pod = json!(c.chat_server)["spec"]["template"]["spec"].clone();
+        let env: serde_json::Map<String, Value> = pod["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().expect("name").to_owned(),
+                    e["value"].clone(),
+                )
+            })
+            .collect();
+        let volumes: Vec<Value> = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .map(|v| json!([v["name"], v["secret"]["secretName"]]))
+            .collect();
+        let log = json!(c.log)["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("log env")
+            .iter()
+            .find(|e| e["name"] == "INTERNAL_TOKEN_FILE")
+            .map(|e| e["value"].clone())
+            .unwrap_or(Value::Null);
+        (json!(env), json!(volumes), log)
+    }
+
+    #[test]
+    fn auth_spec_becomes_chat_server_flags_and_secret_mounts() {
+        use crate::crd::{AuthMode, AuthSpec};
+        // (case, spec.auth, CHAT_AUTH, AUTH_HMAC_KEY_FILE, AUTH_AUDIENCE, ALLOWED_ORIGINS,
+        //  key Secret mounted, {name}-auth Secret built)
+        let table = [
+            (
+                "default: token with a generated key",
+                AuthSpec::default(),
+                "token",
+                json!("/etc/chat-auth/hmac-key"),
+                Value::Null,
+                Value::Null,
+                Some("demo-auth"),
+                true,
+            ),
+            (
+                "token with the user's Secret, audience and origins",
+                AuthSpec {
+                    secret_name: Some("my-jwt-key".into()),
+                    audience: Some("chat".into()),
+                    allowed_origins: vec!["https://a.example".into(), "https://b.example".into()],
+                    ..AuthSpec::default()
+                },
+                "token",
+                json!("/etc/chat-auth/hmac-key"),
+                json!("chat"),
+                json!("https://a.example,https://b.example"),
+                Some("my-jwt-key"),
+                false,
+            ),
+            (
+                "none: anonymous, no key",
+                AuthSpec {
+                    mode: AuthMode::None,
+                    ..AuthSpec::default()
+                },
+                "none",
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                None,
+                false,
+            ),
+        ];
+        for (case, auth, mode, key_file, audience, origins, key_secret, generated) in table {
+            let mut cluster = ChatCluster::test();
+            cluster.spec.auth = auth;
+            let validated = validate(&cluster).expect("valid");
+            let mut f = facts();
+            f.auth_key = crate::reconcile::dereference::wants_auth_secret(&validated)
+                .then(|| "generated-key".to_owned());
+            let c = build(&validated, &f);
+            let (env, volumes, log_token) = auth_settings(&c);
+            assert_eq!(env["CHAT_AUTH"], mode, "{case}");
+            assert_eq!(env["AUTH_HMAC_KEY_FILE"], key_file, "{case}");
+            assert_eq!(env["AUTH_AUDIENCE"], audience, "{case}");
+            assert_eq!(env["ALLOWED_ORIGINS"], origins, "{case}");
+            assert_eq!(
+                env["INTERNAL_TOKEN_FILE"], "/etc/chat-internal/token",
+                "{case}"
+            );
+            assert_eq!(log_token, "/etc/chat-internal/token", "{case}");
+            let mounted = |secret: &str| {
+                volumes
+                    .as_array()
+                    .expect("volumes")
+                    .iter()
+                    .any(|v| v[1] == secret)
+            };
+            assert!(mounted("demo-internal"), "{case}: {volumes}");
+            assert_eq!(
+                key_secret.is_some_and(mounted),
+                key_secret.is_some(),
+                "{case}: {volumes}"
+            );
+            assert_eq!(c.auth_secret.is_some(), generated, "{case}");
+            assert_eq!(
+                json!(c.internal_secret)["data"]["token"],
+                "aW50ZXJuYWwtdG9rZW4tZm9yLXRlc3Rz",
+                "{case}"
+            );
+        }
+    }
+
     #[test]
     fn pdbs_only_protect_two_or_more_replicas() {
         let c = children_of(&ChatCluster::test().with_replicas(1).with_log_replicas(1));
@@ -441,6 +568,8 @@ mod tests {
             password: "kept".into(),
             broker_claim_size: Some("1Gi".into()),
             log_claim_size: None,
+            auth_key: None,
+            internal_token: "kept-token".into(),
         };
         let c = build(&v, &f);
         let claims = |s: &StatefulSet| {
@@ -690,7 +819,13 @@ mod tests {
                 .unwrap_or_default();
             let mut names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
             names.sort_unstable();
-            let mut want = reserved.to_vec();
+            // Set only when the spec asks (spec.auth), so absent from this default build.
+            let conditional = ["ALLOWED_ORIGINS", "AUTH_AUDIENCE", "AUTH_ISSUER"];
+            let mut want: Vec<&str> = reserved
+                .iter()
+                .copied()
+                .filter(|n| !conditional.contains(n))
+                .collect();
             want.sort_unstable();
             assert_eq!(names, want);
         }

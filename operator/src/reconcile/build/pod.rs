@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
-    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::core::v1::{ExecAction, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -18,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::PodSettings;
-use crate::names::{DATA_VOLUME, Names, PASSWORD_KEY, REDIS_PORT};
+use crate::names::{DATA_VOLUME, INTERNAL_TOKEN_KEY, Names, PASSWORD_KEY, REDIS_PORT};
 
 /// UID/GID every data-plane container runs as.
 pub const RUN_AS: i64 = 65532;
@@ -209,6 +210,51 @@ pub fn redis_url_env(names: &Names) -> EnvVar {
     env(
         "REDIS_URL",
         format!("redis://:$(REDIS_PASSWORD)@{}:{REDIS_PORT}", names.broker),
+    )
+}
+
+/// Name of the volume holding the internal token.
+const INTERNAL_VOLUME: &str = "internal-token";
+/// Where the internal token Secret is mounted.
+const INTERNAL_DIR: &str = "/etc/chat-internal";
+
+/// A volume of the single `key` of Secret `secret`, readable by the data-plane user only
+/// (mode 0400; the pod's fsGroup owns it).
+pub fn secret_volume(volume: &str, secret: &str, key: &str) -> Volume {
+    Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(vec![KeyToPath {
+                key: key.into(),
+                path: key.into(),
+                ..KeyToPath::default()
+            }]),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// A read-only mount of `volume` at `path`.
+pub fn read_only_mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        read_only: Some(true),
+        ..mount(volume, path)
+    }
+}
+
+/// The internal token's volume (`{name}-internal`), its mount and `INTERNAL_TOKEN_FILE`, for the
+/// chat-server and replication-log containers.
+pub fn internal_token(names: &Names) -> (Volume, VolumeMount, EnvVar) {
+    (
+        secret_volume(INTERNAL_VOLUME, &names.internal, INTERNAL_TOKEN_KEY),
+        read_only_mount(INTERNAL_VOLUME, INTERNAL_DIR),
+        env(
+            "INTERNAL_TOKEN_FILE",
+            format!("{INTERNAL_DIR}/{INTERNAL_TOKEN_KEY}"),
+        ),
     )
 }
 

@@ -7,7 +7,8 @@ use k8s_openapi::api::core::v1::Container;
 use super::Parent;
 use super::pod::{
     container_port, container_security_context, data_claim_template, env, field_env, hardened_pod,
-    http_probes, mount, password_env, redis_url_env, resources, strings, tmp_mount, tmp_volume,
+    http_probes, internal_token, mount, password_env, redis_url_env, resources, strings, tmp_mount,
+    tmp_volume,
 };
 use crate::crd::settings::LOG_MEMORY_LIMIT;
 use crate::names::{Component, DATA_VOLUME, LOG_PORT};
@@ -18,8 +19,15 @@ pub fn stateful_set(parent: &Parent<'_>, claim_size: Option<&str>) -> StatefulSe
     let name = &parent.names.log;
     let storage = &parent.cluster.spec.replication_log.storage;
     let size = claim_size.unwrap_or(&storage.size);
-    let mut pod = hardened_pod(replication_log(parent));
-    pod.volumes = Some(vec![tmp_volume()]);
+    let (internal_volume, internal_mount, internal_env) = internal_token(&parent.names);
+    let mut container = replication_log(parent);
+    container.env.get_or_insert_default().push(internal_env);
+    container
+        .volume_mounts
+        .get_or_insert_default()
+        .push(internal_mount);
+    let mut pod = hardened_pod(container);
+    pod.volumes = Some(vec![tmp_volume(), internal_volume]);
     StatefulSet {
         metadata: parent.metadata(name, Component::ReplicationLog),
         spec: Some(StatefulSetSpec {

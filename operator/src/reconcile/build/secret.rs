@@ -1,4 +1,7 @@
-//! The broker Secret `{name}-broker`: the Redis password under key `password`.
+//! The Secrets the operator generates, each once and kept: the broker Secret `{name}-broker` (the
+//! Redis password under `password`), the auth Secret `{name}-auth` (the HS256 key under
+//! `hmac-key`, only when `spec.auth.secretName` is unset in token mode) and the internal Secret
+//! `{name}-internal` (the data plane's shared internal token under `token`).
 
 use std::collections::BTreeMap;
 
@@ -6,17 +9,51 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::Parent;
-use crate::names::{Component, PASSWORD_KEY};
+use crate::names::{Component, HMAC_KEY_KEY, INTERNAL_TOKEN_KEY, PASSWORD_KEY};
 
-/// The broker Secret holding `password`. It carries `data`, never `stringData`: the API server
-/// stores only `data`, and applying the same bytes again must be a no-op.
+/// The broker Secret holding `password`.
 pub fn broker(parent: &Parent<'_>, password: &str) -> Secret {
+    opaque(
+        parent,
+        &parent.names.broker,
+        Component::Broker,
+        PASSWORD_KEY,
+        password,
+    )
+}
+
+/// The `{name}-auth` Secret holding the HS256 key under `hmac-key`.
+pub fn auth(parent: &Parent<'_>, key: &str) -> Secret {
+    opaque(
+        parent,
+        &parent.names.auth,
+        Component::ChatServer,
+        HMAC_KEY_KEY,
+        key,
+    )
+}
+
+/// The `{name}-internal` Secret holding the internal token under `token`.
+pub fn internal(parent: &Parent<'_>, token: &str) -> Secret {
+    let names = &parent.names;
+    opaque(
+        parent,
+        &names.internal,
+        Component::ChatServer,
+        INTERNAL_TOKEN_KEY,
+        token,
+    )
+}
+
+/// An Opaque Secret with one key. It carries `data`, never `stringData`: the API server stores
+/// only `data`, and applying the same bytes again must be a no-op.
+fn opaque(parent: &Parent<'_>, name: &str, component: Component, key: &str, value: &str) -> Secret {
     Secret {
-        metadata: parent.metadata(&parent.names.broker, Component::Broker),
+        metadata: parent.metadata(name, component),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(
-            PASSWORD_KEY.to_owned(),
-            ByteString(password.as_bytes().to_vec()),
+            key.to_owned(),
+            ByteString(value.as_bytes().to_vec()),
         )])),
         ..Secret::default()
     }
