@@ -43,7 +43,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -167,6 +167,26 @@ impl AsyncWrite for Counted {
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
+}
+
+/// Length of the listen queue asked for: connections the kernel completes before the accept
+/// loop takes them, e.g. while thousands of clients reconnect at once after a node restarts.
+/// Linux caps it at `net.core.somaxconn` (4096 by default since Linux 5.4; `listen(2)`);
+/// tokio's own `TcpListener::bind` asks for 1024.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` with `SO_REUSEADDR` and a listen queue of [`LISTEN_BACKLOG`].
+///
+/// Errors: the address is in use, not local, or the process may not bind it (`bind(2)`).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves `app` on `listener` until `stop` is cancelled (see the module doc).

@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
         }
     };
     chat_server::telemetry::init_logging();
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match chat_server::serve::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("chat-server: cannot listen on {}: {e}", config.listen);

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -184,12 +183,10 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
              /snapshot and /status details are served to anyone who reaches this replica"
         );
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = crate::serve::bind(config.listen).map_err(|source| RunError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let store_config = StoreConfig {
         segment_bytes: config.segment_bytes,
         block_records: DEFAULT_BLOCK_RECORDS,
