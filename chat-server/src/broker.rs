@@ -14,6 +14,14 @@
 //!   they persist (each records it on disk first), so a broker that loses its data can be
 //!   re-anchored past every position it may have handed out.
 //! - `chat:replicas`: hash replica id → persisted position, read for trimming.
+//! - `chat:instance`: the `run_id` of the Redis process (`INFO server`) that the current epoch was
+//!   validated on, set by the anchor script. A process whose `run_id` differs (a restart, a
+//!   restore from an older copy, a failover) may have lost acknowledged writes: see
+//!   "Broker instances" below.
+//! - `chat:retired`: the epoch the last retire script retired (its history continues in the next
+//!   epoch up to that epoch's base); `chat:previous`: that epoch, copied by the anchor script when
+//!   the anchoring replica followed it, so a node holding no more than the new base keeps its
+//!   history (see [`crate::protocol::keeps_history`]).
 //! - `chat:idem:<channel>:<author scope>:<id>`: the dedupe record of every write, hash `p s w`
 //!   (position, sent_at in Unix ms, the write's token). No message body: a repeat reads it from
 //!   the stream entry at `p`. TTL [`DEDUPE_TTL`] for client ids, [`GENERATED_ID_TTL`] for
@@ -24,6 +32,19 @@
 //!   lives (15 minutes after an upgrade).
 //! - `chat:fence:<token>`: set by [`RESOLVE_LUA`] when a write's reply was lost and its record is
 //!   absent; the write script refuses to run for a fenced token. TTL [`FENCE_TTL`].
+//!
+//! # Broker instances
+//! Every key survives a Redis restart, a restore from an older RDB/AOF copy or a failover to a
+//! lagging copy, the epoch included; the script cache does not (Redis 7 neither persists nor
+//! replicates it). So the write and resolve scripts run only by `EVALSHA` ([`Broker::write`]
+//! never loads them): on a process that nobody validated, a write fails with `NOSCRIPT`, which
+//! stores nothing ([`BrokerError::NotValidated`], a 503). The scripts are loaded only on a
+//! connection that first saw `chat:instance` equal to that process's `run_id`
+//! ([`Broker::check_instance`]). A replica that finds another `run_id` validates the process: it
+//! persists what the stream still holds, retires the epoch ([`Broker::retire_instance`]) and
+//! anchors a new one past every position the previous process may have handed out, which records
+//! the new `run_id`; the writes the previous process acknowledged after the copy was taken are
+//! the documented loss window, and their positions are never handed out again.
 //!
 //! Every write carries a deadline ([`WRITE_DEADLINE`] after the node started it, node clock); the
 //! write script refuses once Redis's own `TIME` is past it, so a write stuck in a stalled Redis
@@ -67,6 +88,9 @@ const ANCHOR: &str = "chat:anchor";
 const REPLICAS: &str = "chat:replicas";
 const BASE: &str = "chat:base";
 const LIMIT: &str = "chat:limit";
+const INSTANCE: &str = "chat:instance";
+const RETIRED: &str = "chat:retired";
+const PREVIOUS: &str = "chat:previous";
 
 /// The part of a dedupe key that names the author: unambiguous (length-prefixed or hashed), so
 /// `(author, id)` pairs never share a key.
@@ -126,6 +150,7 @@ end
 /// ARGV: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms), token, holds.
 /// Replies `{1, position}` or `{0, p, s, w, author|nil, text|nil}` for an existing record.
 const WRITE_LUA: &str = concat!(
+    "-- chat-cluster write script (EVALSHA only; loaded only into a validated broker instance)\n",
     original_lua!(),
     r#"
 local state = redis.call('MGET', KEYS[3], KEYS[2], KEYS[7])
@@ -167,6 +192,7 @@ return {1, seq}
 /// token so it can never apply. KEYS: dedupe record, fence, stream. ARGV: fence TTL (s).
 /// Replies `{1, p, s, w, author|nil, text|nil}` or `{0}` (absent, now fenced).
 const RESOLVE_LUA: &str = concat!(
+    "-- chat-cluster resolve script (EVALSHA only; loaded only into a validated broker instance)\n",
     original_lua!(),
     r#"
 local prev = redis.call('HMGET', KEYS[1], 'p', 's', 'w')
@@ -179,22 +205,52 @@ return {0}
 "#
 );
 
-/// Sets the epoch, sequence, anchor, base and limit once, only if the broker has no epoch.
-/// ARGV: epoch, anchor, base, limit.
-const ANCHOR_LUA: &str = r#"
+/// Lua: the `run_id` of the Redis process running the script (`INFO server`).
+macro_rules! run_id_lua {
+    () => {
+        r#"
+local function run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+"#
+    };
+}
+
+/// Sets the epoch, sequence, anchor, base and limit once, only if the broker has no epoch;
+/// records this process's `run_id` as the validated instance; deletes stream entries past the
+/// base (they belong to no history the new epoch continues: a follower must never read them);
+/// records the retired epoch as the previous one when the anchoring replica followed it.
+/// KEYS: epoch, seq, anchor, base, limit, instance, retired, previous, stream.
+/// ARGV: epoch, anchor, base, limit, the epoch the anchoring replica followed (or '').
+const ANCHOR_LUA: &str = concat!(
+    run_id_lua!(),
+    r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then return {0, cur} end
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 if seq > tonumber(ARGV[2]) then
   return redis.error_reply('SEQAHEAD the broker sequence ' .. seq .. ' is ahead of the anchor ' .. ARGV[2])
 end
+local stale = redis.call('XRANGE', KEYS[9], (tonumber(ARGV[3]) + 1) .. '-0', '+')
+for _, e in ipairs(stale) do
+  redis.call('XDEL', KEYS[9], e[1])
+end
+local retired = redis.call('GET', KEYS[7])
+if retired and retired == ARGV[5] then
+  redis.call('SET', KEYS[8], retired)
+else
+  redis.call('DEL', KEYS[8])
+end
+redis.call('DEL', KEYS[7])
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[4], ARGV[3])
 redis.call('SET', KEYS[5], ARGV[4])
+redis.call('SET', KEYS[6], run_id())
 redis.call('SET', KEYS[1], ARGV[1])
 return {1, ARGV[1]}
-"#;
+"#
+);
 
 /// Raises the limit to ARGV[2] in epoch ARGV[1] (never lowers it). Returns the limit now.
 const GRANT_LUA: &str = r#"
@@ -213,13 +269,29 @@ return cur
 /// Retires epoch ARGV[1] when the sequence is below position ARGV[2] (the broker went back:
 /// restored from an older copy, failed over to a lagging one, or reset by hand). Without an
 /// epoch the broker refuses writes until the replication log anchors it again. Returns 1 when
-/// it retired the epoch.
+/// it retired the epoch. KEYS: epoch, seq, retired.
 const RETIRE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[3], ARGV[1])
 return 1
 "#;
+
+/// Retires epoch ARGV[1] when it was not validated on this Redis process (`chat:instance` is
+/// not this process's `run_id`: a restart, a restore from an older copy, a failover). Several
+/// replicas may race: once one anchored a new epoch (recording this `run_id`) the others' calls
+/// change nothing. Returns 1 when it retired the epoch. KEYS: epoch, instance, retired.
+const RETIRE_INSTANCE_LUA: &str = concat!(
+    run_id_lua!(),
+    r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[2]) == run_id() then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[3], ARGV[1])
+return 1
+"#
+);
 
 /// What went wrong talking to the broker. Every variant of a write except
 /// [`BrokerError::OutcomeUnknown`] means the write was not stored.
@@ -233,6 +305,13 @@ pub enum BrokerError {
     NoLimit(String),
     #[error("the broker went back: {0}")]
     WentBack(String),
+    /// The Redis process has not been validated since it started (a restart, a restore from an
+    /// older copy, a failover): the write script is not loaded there (`NOSCRIPT`), nothing was
+    /// stored. A replication-log replica validates it within seconds.
+    #[error(
+        "the broker restarted and the replication log has not validated it yet (write script not loaded)"
+    )]
+    NotValidated,
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
     /// Redis ran the write script after the write's deadline; it stored nothing.
@@ -259,6 +338,7 @@ impl BrokerError {
                     || e.is_connection_refusal()
             }
             BrokerError::NotAnchored
+            | BrokerError::NotValidated
             | BrokerError::NoLimit(_)
             | BrokerError::WentBack(_)
             | BrokerError::Abandoned(_)
@@ -416,6 +496,8 @@ fn classify(e: RedisError) -> Call {
         Some("BEHIND") => Call::Refused(BrokerError::WentBack(
             e.detail().unwrap_or_default().to_owned(),
         )),
+        // EVALSHA of a script this Redis process does not have: nothing ran.
+        Some("NOSCRIPT") => Call::Refused(BrokerError::NotValidated),
         Some(_) => Call::Refused(BrokerError::Redis(e)),
         None if e.is_connection_refusal() => Call::Refused(BrokerError::Redis(e)),
         None => Call::Ambiguous(format!("redis: {e}")),
@@ -488,6 +570,25 @@ pub struct BrokerState {
     pub base: u64,
     /// Highest position the write script may hand out (`chat:limit`).
     pub limit: u64,
+    /// The epoch whose history the current one continues up to `base` (`chat:previous`), when
+    /// the anchoring replica followed it; none after a wipe.
+    pub previous: Option<String>,
+}
+
+/// What [`Broker::check_instance`] found on one connection to one Redis process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceCheck {
+    /// The process was validated and has the node's scripts.
+    Validated,
+    /// The process was validated but had lost its script cache (`SCRIPT FLUSH`, or scripts of
+    /// another version); they are loaded now.
+    Loaded,
+    /// The process was never validated: `run_id` is its id, `recorded` the one the epoch was
+    /// validated on (none for a broker anchored before instances were recorded).
+    New {
+        run_id: String,
+        recorded: Option<String>,
+    },
 }
 
 /// A client of the broker over one shared, multiplexed, self-reconnecting connection. Cheap to
@@ -501,6 +602,10 @@ pub struct Broker {
     anchor: Script,
     grant: Script,
     retire: Script,
+    retire_instance: Script,
+    /// Set when a write or resolve met `NOSCRIPT`: the node's follower then loads the scripts if
+    /// the process was validated ([`Broker::check_instance`]).
+    scripts_missing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Broker {
@@ -520,7 +625,77 @@ impl Broker {
             anchor: Script::new(ANCHOR_LUA),
             grant: Script::new(GRANT_LUA),
             retire: Script::new(RETIRE_LUA),
+            retire_instance: Script::new(RETIRE_INSTANCE_LUA),
+            scripts_missing: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
+    }
+
+    /// Whether a write met `NOSCRIPT` since the last [`Broker::check_instance`] (true before the
+    /// first one).
+    pub fn scripts_missing(&self) -> bool {
+        self.scripts_missing
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks, on one fresh connection (so every command reaches the same Redis process),
+    /// whether this process was validated (`chat:instance` equals its `run_id`) and has the
+    /// write and resolve scripts; loads them when it was validated and they are missing. Never
+    /// loads them into a process that was not validated: that is what makes a write on a restarted
+    /// or restored broker fail with `NOSCRIPT` until a replica validated it.
+    pub async fn check_instance(&self) -> Result<InstanceCheck, BrokerError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(WRITE_WAIT));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let (info, recorded, exists): (String, Option<String>, Vec<bool>) = redis::pipe()
+            .cmd("INFO")
+            .arg("server")
+            .cmd("GET")
+            .arg(INSTANCE)
+            .cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(self.write.get_hash())
+            .arg(self.resolve.get_hash())
+            .query_async(&mut conn)
+            .await?;
+        let run_id = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("run_id:"))
+            .map(str::to_owned)
+            .ok_or_else(|| proto("INFO server without run_id"))?;
+        let loaded = exists.iter().all(|e| *e);
+        let check = match crate::protocol::instance_check(loaded, recorded.as_deref(), &run_id) {
+            crate::protocol::Instance::Validated => InstanceCheck::Validated,
+            crate::protocol::Instance::Reload => {
+                self.write.load_async(&mut conn).await?;
+                self.resolve.load_async(&mut conn).await?;
+                InstanceCheck::Loaded
+            }
+            crate::protocol::Instance::New => InstanceCheck::New { run_id, recorded },
+        };
+        if !matches!(check, InstanceCheck::New { .. }) {
+            self.scripts_missing
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(check)
+    }
+
+    /// Retires `epoch` when it was not validated on the Redis process that runs this call; see
+    /// [`InstanceCheck::New`]. Returns whether it did.
+    pub async fn retire_instance(&self, epoch: &str) -> Result<bool, BrokerError> {
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .retire_instance
+            .key(EPOCH)
+            .key(INSTANCE)
+            .key(RETIRED)
+            .arg(epoch)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(as_u64(&reply) == Some(1))
     }
 
     /// Opens a dedicated connection for blocking stream reads.
@@ -562,14 +737,19 @@ impl Broker {
         let fence = fence_key(&token);
         let deadline = now_millis().saturating_add(WRITE_DEADLINE.as_millis() as i64);
         let mut conn = self.conn.clone();
-        let mut invocation = self.write.key(STREAM);
+        // EVALSHA only, never EVAL or SCRIPT LOAD (not `Script::invoke_async`, which loads the
+        // script on NOSCRIPT): a Redis process that was not validated does not have it.
+        let mut invocation = redis::cmd("EVALSHA");
         invocation
-            .key(SEQ)
-            .key(EPOCH)
-            .key(&key)
-            .key(&fence)
-            .key(legacy_dedupe_key(&msg.channel, id))
-            .key(LIMIT)
+            .arg(self.write.get_hash())
+            .arg(7)
+            .arg(STREAM)
+            .arg(SEQ)
+            .arg(EPOCH)
+            .arg(&key)
+            .arg(&fence)
+            .arg(legacy_dedupe_key(&msg.channel, id))
+            .arg(LIMIT)
             .arg(&msg.channel)
             .arg(id)
             .arg(&msg.author)
@@ -579,7 +759,7 @@ impl Broker {
             .arg(deadline)
             .arg(&token)
             .arg(holds);
-        let reply = tokio::time::timeout(WRITE_WAIT, invocation.invoke_async::<Value>(&mut conn));
+        let reply = tokio::time::timeout(WRITE_WAIT, invocation.query_async::<Value>(&mut conn));
         let call = match reply.await {
             Err(_) => Call::Ambiguous(format!(
                 "no reply from redis within {}s",
@@ -588,6 +768,10 @@ impl Broker {
             Ok(Err(e)) => classify(e),
             Ok(Ok(v)) => parse_write_reply(v).unwrap_or_else(|e| Call::Ambiguous(e.to_string())),
         };
+        if matches!(call, Call::Refused(BrokerError::NotValidated)) {
+            self.scripts_missing
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let resolve_until = Instant::now() + RESOLVE_BUDGET;
         let mut lookup = Lookup::NotYet;
         loop {
@@ -649,14 +833,22 @@ impl Broker {
     /// One run of the resolve script: the dedupe record, or a fence when there is none.
     async fn look_up(&self, key: &str, fence: &str) -> Result<Lookup, BrokerError> {
         let mut conn = self.conn.clone();
-        let reply: Value = self
-            .resolve
-            .key(key)
-            .key(fence)
-            .key(STREAM)
+        // EVALSHA only (see `write`): a process that was not validated cannot answer for a write.
+        let reply: Value = redis::cmd("EVALSHA")
+            .arg(self.resolve.get_hash())
+            .arg(3)
+            .arg(key)
+            .arg(fence)
+            .arg(STREAM)
             .arg(FENCE_TTL.as_secs())
-            .invoke_async(&mut conn)
-            .await?;
+            .query_async(&mut conn)
+            .await
+            .inspect_err(|e| {
+                if e.code() == Some("NOSCRIPT") {
+                    self.scripts_missing
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            })?;
         parse_resolve_reply(reply)
     }
 
@@ -669,13 +861,15 @@ impl Broker {
             Option<u64>,
             Option<u64>,
             Option<u64>,
+            Option<String>,
         );
-        let (epoch, head, anchor, base, limit): Reply = redis::cmd("MGET")
+        let (epoch, head, anchor, base, limit, previous): Reply = redis::cmd("MGET")
             .arg(EPOCH)
             .arg(SEQ)
             .arg(ANCHOR)
             .arg(BASE)
             .arg(LIMIT)
+            .arg(PREVIOUS)
             .query_async(&mut conn)
             .await?;
         let anchor = anchor.unwrap_or(0);
@@ -686,17 +880,22 @@ impl Broker {
             // A broker anchored before bases existed: nothing is void.
             base: base.unwrap_or(anchor),
             limit: limit.unwrap_or(0),
+            previous,
         })
     }
 
     /// Gives a broker without an epoch a new one: its sequence continues after `anchor`, the
-    /// positions `base+1 ..= anchor` are void, and writes may go up to `limit`. A no-op when an
-    /// epoch exists. Errors with code `SEQAHEAD` when the sequence is already past `anchor`.
+    /// positions `base+1 ..= anchor` are void, and writes may go up to `limit`; the Redis process
+    /// is recorded as validated, stream entries past `base` are deleted, and `followed` (the
+    /// epoch the anchoring log followed) is recorded as the previous epoch when it is the one
+    /// that was retired. A no-op when an epoch exists. Errors with code `SEQAHEAD` when the
+    /// sequence is already past `anchor`.
     pub async fn anchor(
         &self,
         anchor: u64,
         base: u64,
         limit: u64,
+        followed: Option<&str>,
     ) -> Result<AnchorOutcome, BrokerError> {
         let epoch = uuid::Uuid::new_v4().simple().to_string();
         let mut conn = self.conn.clone();
@@ -707,10 +906,15 @@ impl Broker {
             .key(ANCHOR)
             .key(BASE)
             .key(LIMIT)
+            .key(INSTANCE)
+            .key(RETIRED)
+            .key(PREVIOUS)
+            .key(STREAM)
             .arg(&epoch)
             .arg(anchor)
             .arg(base)
             .arg(limit)
+            .arg(followed.unwrap_or(""))
             .invoke_async(&mut conn)
             .await?;
         let items = as_array(reply)?;
@@ -760,6 +964,7 @@ impl Broker {
             .retire
             .key(EPOCH)
             .key(SEQ)
+            .key(RETIRED)
             .arg(epoch)
             .arg(position)
             .invoke_async(&mut conn)

@@ -5,6 +5,8 @@
 //!   replay says `waiting` and goes on without a hole once the log catches up;
 //! - a position is never handed out twice after the broker loses its data while the log lags
 //!   (input 2), and a reader holding lost positions is told so with a `lost` frame;
+//! - nor after the broker restarts from an older copy of its data that no replica or node read
+//!   past (same epoch): the restarted Redis process is validated before any write goes through;
 //! - a node cut off from a broker the others still reach notices within seconds, says so in
 //!   `/status`, and is not ready until it reaches the broker again (kind d).
 
@@ -55,6 +57,34 @@ async fn next_frame(ws: &mut Ws, timeout: Duration) -> Option<Seen> {
             Err(_) => return None,
         }
     }
+}
+
+/// Expects the next frame to be `{"type":"lost","from":from,"to":to}`.
+async fn expect_lost(ws: &mut Ws, from: u64, to: u64) {
+    match next_frame(ws, Duration::from_secs(15)).await {
+        Some(Seen::Json(v)) if v["type"] == "lost" => {
+            assert_eq!(
+                (v["from"].as_u64(), v["to"].as_u64()),
+                (Some(from), Some(to)),
+                "{v}"
+            );
+        }
+        other => panic!("expected a lost frame, got {other:?}"),
+    }
+}
+
+/// The positions of the next `n` message frames; anything else fails the test.
+async fn read_positions(ws: &mut Ws, n: usize, timeout: Duration) -> Vec<u64> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match next_frame(ws, timeout).await {
+            Some(Seen::Json(v)) if v["type"] == "message" => {
+                got.push(v["position"].as_u64().unwrap())
+            }
+            other => panic!("after {got:?}: unexpected {other:?}"),
+        }
+    }
+    got
 }
 
 async fn get_page(url: &str, channel: &str, after: u64) -> (u16, Option<String>, Value) {
@@ -219,16 +249,7 @@ async fn a_broker_loss_never_hands_a_position_out_twice() {
     // Resuming where it was told: first the explicit word that 6..15 are gone, then every
     // message accepted after the loss, none of them at a position the reader already holds.
     let mut ws = ws_connect(&node, "c", 15).await;
-    match next_frame(&mut ws, Duration::from_secs(10)).await {
-        Some(Seen::Json(v)) if v["type"] == "lost" => {
-            assert_eq!(
-                (v["from"].as_u64(), v["to"].as_u64()),
-                (Some(6), Some(15)),
-                "{v}"
-            );
-        }
-        other => panic!("expected a lost frame, got {other:?}"),
-    }
+    expect_lost(&mut ws, 6, 15).await;
     let mut new = Vec::new();
     for i in 0..10 {
         new.push(post_ok(&node, "c", &format!("new {i}")).await);
@@ -237,15 +258,7 @@ async fn a_broker_loss_never_hands_a_position_out_twice() {
         new.iter().all(|p| !held.contains_key(p)),
         "positions handed out twice: {new:?}"
     );
-    let mut got = Vec::new();
-    while got.len() < new.len() {
-        match next_frame(&mut ws, Duration::from_secs(10)).await {
-            Some(Seen::Json(v)) if v["type"] == "message" => {
-                got.push(v["position"].as_u64().unwrap())
-            }
-            other => panic!("after {got:?}: unexpected {other:?}"),
-        }
-    }
+    let got = read_positions(&mut ws, new.len(), Duration::from_secs(10)).await;
     assert_eq!(got, new);
     let (code, _, page) = get_page(&node, "c", 15).await;
     assert_eq!(code, 200);
@@ -311,4 +324,127 @@ async fn a_node_cut_off_from_the_broker_stops_counting_itself_ready() {
     .await;
     wait_ready(&b, Duration::from_secs(30)).await;
     assert!(status(&b).await["error"].is_null());
+}
+
+/// Posts until the node accepts (a 503 says nothing was stored), for up to `timeout`.
+async fn post_retrying(url: &str, channel: &str, text: &str, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (code, v) = post(url, channel, json!({"text": text})).await;
+        match code {
+            201 => return v["position"].as_u64().unwrap(),
+            503 if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            _ => panic!("{code} {v}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restored_from_an_older_copy_never_hands_a_position_out_twice() {
+    // Node a reaches Redis directly; the replica and node b through the proxy.
+    let (mut cluster, proxy) = Cluster::start_cut_off(1, 1, &[]).await;
+    let b = cluster.add_node_via(&proxy.url()).await;
+    let (a, b) = (cluster.nodes[0].url.clone(), cluster.nodes[b].url.clone());
+    for i in 0..5 {
+        post_ok(&a, "c", &format!("kept {i}")).await;
+    }
+    let log = cluster.logs[0].url.clone();
+    wait_position(
+        std::slice::from_ref(&log),
+        "persisted",
+        5,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_position(
+        std::slice::from_ref(&b),
+        "position",
+        5,
+        Duration::from_secs(20),
+    )
+    .await;
+    // The copy the broker will be restored from: positions 1..5, same epoch.
+    let copy = cluster.redis.copy_data();
+    let mut on_b = ws_connect(&b, "c", 0).await;
+
+    // 6..15 are acknowledged and delivered by a; nobody else reads them, and a crashes.
+    proxy.pause();
+    let mut on_a = ws_connect(&a, "c", 0).await;
+    for i in 0..10 {
+        post_ok(&a, "c", &format!("acked then lost {i}")).await;
+    }
+    let mut held: BTreeMap<u64, String> = BTreeMap::new();
+    while held.len() < 15 {
+        match next_frame(&mut on_a, Duration::from_secs(10)).await {
+            Some(Seen::Json(v)) if v["type"] == "message" => {
+                held.insert(
+                    v["position"].as_u64().unwrap(),
+                    v["text"].as_str().unwrap().to_owned(),
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(on_a);
+    cluster.nodes[0].kill9();
+    // The broker comes back from the older copy: same epoch, head 5, an empty script cache.
+    cluster.redis.restart_from(&copy);
+    proxy.resume();
+
+    // Writes through b: refused (503, not stored) until the replica validated the new Redis
+    // process, then past every position the old one may have handed out.
+    let mut new = Vec::new();
+    for i in 0..5 {
+        new.push(post_retrying(&b, "c", &format!("new {i}"), Duration::from_secs(60)).await);
+    }
+    assert!(
+        new.iter().all(|p| *p > 15),
+        "positions handed out twice: {new:?} (held {:?})",
+        held.keys().collect::<Vec<_>>()
+    );
+    let s = status(&log).await;
+    assert!(
+        cluster.logs[0].log_text().contains("never validated"),
+        "the replica did not say why it re-anchored: {s}"
+    );
+
+    // b's history was unchanged (it held 1..5, the base of the new epoch): its reader was not
+    // closed and receives the new messages.
+    let got = read_positions(&mut on_b, 5 + new.len(), Duration::from_secs(10)).await;
+    assert_eq!(got, (1..=5).chain(new.iter().copied()).collect::<Vec<_>>());
+
+    // a's reader resumes from 15 on b: told that 6..15 are gone, then everything after.
+    let mut resumed = ws_connect(&b, "c", 15).await;
+    expect_lost(&mut resumed, 6, 15).await;
+    let got = read_positions(&mut resumed, new.len(), Duration::from_secs(10)).await;
+    assert_eq!(got, new);
+
+    // a comes back; every holder has the same history, and no position maps to two messages.
+    cluster.nodes[0].restart();
+    wait_ready(&a, Duration::from_secs(60)).await;
+    let want: Vec<u64> = (1..=5).chain(new.iter().copied()).collect();
+    for url in [&a, &b] {
+        let (code, _, page) = get_page(url, "c", 0).await;
+        assert_eq!(code, 200);
+        assert_eq!(positions(&page), want, "{url}");
+        for m in page["messages"].as_array().unwrap() {
+            let p = m["position"].as_u64().unwrap();
+            if let Some(text) = held.get(&p) {
+                assert_eq!(
+                    m["text"].as_str(),
+                    Some(text.as_str()),
+                    "position {p} reused"
+                );
+            }
+        }
+    }
+    let logged: Vec<u64> = support::snapshot(&log)
+        .await
+        .into_iter()
+        .filter(|m| !m.is_void())
+        .map(|m| m.position)
+        .collect();
+    assert_eq!(logged, want);
 }

@@ -335,6 +335,11 @@ mod tests {
                 WriteFate::NotStored,
             ),
             (
+                BrokerError::NotValidated,
+                StatusCode::SERVICE_UNAVAILABLE,
+                WriteFate::NotStored,
+            ),
+            (
                 BrokerError::DeadlinePassed,
                 StatusCode::SERVICE_UNAVAILABLE,
                 WriteFate::NotStored,

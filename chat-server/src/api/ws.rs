@@ -572,19 +572,16 @@ async fn serve_live(
     // The history this connection serves: if the node reloads (the broker lost its data), the
     // replay must not go on reading the new store (see `replay`).
     let generation = node.generation();
-    let resume = resume_point(out.last, node.read().voids());
-    if let Resume::Lost { lost_from, void_to } = resume {
-        // The reader holds positions the cluster lost in a broker data loss: say so, once,
-        // before anything else; what follows `after` is complete.
-        node.metrics().history_resets.inc();
-        let frame = lost_frame(lost_from, out.last, void_to);
-        out.send(Frame::Text(frame.into())).await?;
-    }
+    let mut told = None;
+    tell_lost(node, out, &mut told).await?;
     // Replay what is there now without holding a live queue, then subscribe and replay the
     // little that arrived meanwhile: from then on the queue carries exactly what follows.
     let upto = node.read().cursor();
     replay(node, stop, out, channel, upto, generation).await?;
     let (mut live, upto) = node.subscribe(channel);
+    // A reader that came from a node further than this one may hold positions a void applied
+    // since it connected covers; later voids come through the live queue.
+    tell_lost(node, out, &mut told).await?;
     replay(node, stop, out, channel, upto, generation).await?;
     let mut alive = Liveness::new(timing);
     loop {
@@ -594,6 +591,17 @@ async fn serve_live(
                 answer(node, out, client, incoming(frame)).await?;
             }
             item = live.recv() => match item {
+                Ok(l) if l.message.is_void() => {
+                    if let Some(from) = l.void_from
+                        && (from..=l.message.position).contains(&out.last)
+                        && told != Some(from)
+                    {
+                        told = Some(from);
+                        node.metrics().history_resets.inc();
+                        let frame = lost_frame(from, out.last, l.message.position);
+                        out.send(Frame::Text(frame.into())).await?;
+                    }
+                }
                 Ok(l) if l.message.position <= out.last => {}
                 Ok(l) => out.deliver(l.frame.clone(), l.message.position).await?,
                 Err(LiveEnd::Lagged) => {
@@ -647,6 +655,23 @@ async fn serve_writes(
             return end;
         }
     }
+}
+
+/// Sends the `lost` frame when the reader's position lies in a void this node applied (a broker
+/// data loss voided positions the reader may hold), once per void (`told`: the first position of
+/// the void already told).
+async fn tell_lost(node: &Node, out: &mut Out<'_>, told: &mut Option<u64>) -> Result<(), End> {
+    let resume = resume_point(out.last, node.read().voids());
+    if let Resume::Lost { lost_from, void_to } = resume
+        && *told != Some(lost_from)
+    {
+        // What follows the reader's position is complete.
+        *told = Some(lost_from);
+        node.metrics().history_resets.inc();
+        let frame = lost_frame(lost_from, out.last, void_to);
+        out.send(Frame::Text(frame.into())).await?;
+    }
+    Ok(())
 }
 
 /// Sends the channel's messages in `out.last+1 ..= upto`, advancing `out.last`. Never skips:

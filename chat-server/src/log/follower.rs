@@ -15,7 +15,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::store::{LogStore, StoreError};
 use super::{Phase, Replica};
-use crate::broker::{AnchorOutcome, Broker, BrokerError, StreamReader};
+use crate::broker::{AnchorOutcome, Broker, BrokerError, InstanceCheck, StreamReader};
 use crate::log_client::LogStatus;
 use crate::log_client::{LogClient, LogClientError};
 use crate::message::Message;
@@ -35,6 +35,11 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 const COPY_BATCH: usize = 4096;
 /// How often the stream is trimmed at most.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// How often the Redis process is checked (`run_id`, script cache) while following.
+const VALIDATE_EVERY: Duration = Duration::from_secs(1);
+/// How long validating a new Redis process waits to persist what its stream still holds before
+/// retiring the epoch anyway (positions that neither the stream nor a peer has are lost then).
+const VALIDATE_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// Why following stopped (the caller decides whether to retry).
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +247,8 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<std::convert::Infallible, FollowError> {
     let mut reader: StreamReader = broker.reader().await?;
-    let mut epoch = ensure_epoch(replica, broker, shutdown).await?;
+    let mut epoch = validated_epoch(replica, broker, shutdown).await?;
+    let mut last_validate = Instant::now();
     broker
         .publish_persisted(&replica.settings().replica_id, replica.store().persisted())
         .await?;
@@ -271,6 +277,15 @@ async fn session(
             // the broker first.
             epoch = ensure_epoch(replica, broker, shutdown).await?;
             continue;
+        }
+        if last_validate.elapsed() >= VALIDATE_EVERY {
+            last_validate = Instant::now();
+            let validated = validated_epoch(replica, broker, shutdown).await?;
+            if validated != epoch {
+                // A new epoch: this read may belong to the old one.
+                epoch = validated;
+                continue;
+            }
         }
         let split = split_dense(persisted, batch);
         append(replica, split.dense).await?;
@@ -312,6 +327,73 @@ async fn session(
             trim(replica, broker).await?;
         }
     }
+}
+
+/// Makes sure the Redis process was validated (see `crate::broker`, "Broker instances"), then
+/// that the broker has an epoch this log may follow ([`ensure_epoch`]), and returns it.
+///
+/// A validated process whose scripts are missing gets them loaded. A process that was never
+/// validated (restarted, restored from an older copy, failed over to) may have lost writes it
+/// acknowledged: when the broker is in the epoch this log follows, this log first persists
+/// everything the stream still holds (for at most [`VALIDATE_CATCH_UP`]); then it retires the
+/// epoch, whatever it is, and [`ensure_epoch`] anchors a new one past every position the previous
+/// process may have handed out, which records this process as validated; the next round loads
+/// the scripts, and nodes' writes go through. The process is checked before the epoch, so an
+/// older epoch restored from a copy is retired, never adopted.
+async fn validated_epoch(
+    replica: &Replica,
+    broker: &Broker,
+    shutdown: &CancellationToken,
+) -> Result<String, FollowError> {
+    for _ in 0..8 {
+        let (run_id, recorded) = match broker.check_instance().await? {
+            InstanceCheck::Validated => return ensure_epoch(replica, broker, shutdown).await,
+            InstanceCheck::Loaded => {
+                info!(
+                    "loaded the write scripts into the validated broker (its script cache had been flushed)"
+                );
+                return ensure_epoch(replica, broker, shutdown).await;
+            }
+            InstanceCheck::New { run_id, recorded } => (run_id, recorded),
+        };
+        let state = broker.state().await?;
+        replica.set_head(state.head);
+        if let Some(current) = &state.epoch {
+            let what = format!(
+                "the broker is a Redis process that was never validated (run_id {run_id}; epoch {current} \
+                 was validated on {}): it restarted, was restored from a copy or failed over, and may \
+                 have lost writes it acknowledged; re-anchoring past every position it may have handed out",
+                recorded.as_deref().unwrap_or("none recorded")
+            );
+            note_broker_loss(replica, &what);
+            let persisted = replica.store().persisted();
+            if replica.epoch().as_deref() == Some(current.as_str()) && state.head > persisted {
+                // What the copy still holds is history: persist it before the new epoch's base is
+                // taken from this log.
+                match tokio::time::timeout(
+                    VALIDATE_CATCH_UP,
+                    repair(replica, broker, state.head, shutdown),
+                )
+                .await
+                {
+                    Ok(r) => r?,
+                    Err(_) => warn!(
+                        head = state.head,
+                        persisted = replica.store().persisted(),
+                        "could not persist the restored stream up to its head; retiring the epoch anyway"
+                    ),
+                }
+            }
+            if broker.retire_instance(current).await? {
+                info!(epoch = %current, %run_id, "retired the epoch of a broker process that was not validated");
+            }
+        }
+        // Anchors a new epoch (recording this process as validated) when the broker has none.
+        ensure_epoch(replica, broker, shutdown).await?;
+    }
+    Err(FollowError::Broker(BrokerError::Protocol(
+        "the broker could not be validated after 8 attempts".to_owned(),
+    )))
 }
 
 /// Watches the broker round trips: after [`crate::protocol::BROKER_SILENCE`] without one, asks
@@ -452,7 +534,10 @@ async fn ensure_epoch(
                 let anchor = anchor_position(persisted, granted);
                 let limit = anchor.saturating_add(replica.settings().position_lease);
                 record_limit(replica, limit).await?;
-                match broker.anchor(anchor, persisted, limit).await {
+                match broker
+                    .anchor(anchor, persisted, limit, known.as_deref())
+                    .await
+                {
                     Ok(AnchorOutcome::Anchored(epoch)) => {
                         if anchor > persisted {
                             append(replica, vec![Message::void(anchor)]).await?;

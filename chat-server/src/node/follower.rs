@@ -2,7 +2,11 @@
 //! then follow the stream with `XREAD BLOCK` on a dedicated connection, applying strictly in
 //! position order and repairing every hole (from the stream, else from the log) before going on.
 //! A changed broker epoch or a sequence that went backwards means the broker lost its data: the
-//! node stops applying, reports it, and bootstraps again from the log.
+//! node stops applying, reports it, and bootstraps again from the log, unless the new epoch
+//! continues the one it followed past everything it holds ([`keeps_history`]: a broker restart
+//! that lost nothing the node had read), in which case it follows the new epoch with its history
+//! and readers untouched. It loads the write scripts only into a Redis process that a replica
+//! validated (`crate::broker`, "Broker instances").
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +19,7 @@ use crate::broker::{Broker, BrokerError, StreamReader};
 use crate::log_client::LogClientError;
 use crate::message::Message;
 use crate::node::{Node, Phase};
-use crate::protocol::{Gap, split_dense, void_after};
+use crate::protocol::{Gap, keeps_history, split_dense, void_after};
 
 /// Messages asked for per `XREAD`.
 const READ_COUNT: usize = 1000;
@@ -260,6 +264,8 @@ async fn follow(
     let mut reader = open_reader(broker, shutdown).await?;
     let mut backoff = Backoff::new();
     let mut last_check = Instant::now();
+    let mut epoch = epoch.clone();
+    let epoch = &mut epoch;
     loop {
         let cursor = node.read().cursor();
         let read = tokio::select! {
@@ -296,7 +302,12 @@ async fn follow(
             // it, as the replica's follower does. Found by the protocol simulation
             // (`crate::protocol::sim`): applying first mixed two epochs in the node's copy.
             match check_broker(node, broker, epoch).await {
-                Ok(_) => {}
+                Ok(Checked::Head(_)) => {}
+                Ok(Checked::Adopted(new)) => {
+                    // The read may belong to the old epoch past the new base: read again.
+                    *epoch = new;
+                    continue;
+                }
                 Err(FollowError::Broker(e)) => {
                     broker_error(node, &e);
                     backoff.wait(shutdown).await?;
@@ -311,8 +322,15 @@ async fn follow(
         apply_repairing(node, broker, epoch, batch, shutdown).await?;
         if idle || last_check.elapsed() >= CHECK_EVERY {
             last_check = Instant::now();
+            if broker.scripts_missing() {
+                load_scripts(broker).await;
+            }
             match check_broker(node, broker, epoch).await {
-                Ok(head) if idle && head > node.read().cursor() => {
+                Ok(Checked::Adopted(new)) => {
+                    *epoch = new;
+                    continue;
+                }
+                Ok(Checked::Head(head)) if idle && head > node.read().cursor() => {
                     // The read came back empty yet the head is ahead: either the entries arrived
                     // just after the read (still in the stream) or the stream was trimmed past
                     // us (a hole).
@@ -403,20 +421,65 @@ async fn watch_contact(node: Node, shutdown: CancellationToken) {
     }
 }
 
+/// Loads the write scripts if the Redis process was validated (after a write met `NOSCRIPT`:
+/// the script cache was flushed, or holds another version's scripts). A process that was not
+/// validated is left alone: a replica validates it.
+async fn load_scripts(broker: &Broker) {
+    match broker.check_instance().await {
+        Ok(crate::broker::InstanceCheck::Loaded) => {
+            info!("loaded the write scripts into the validated broker")
+        }
+        Ok(crate::broker::InstanceCheck::New { run_id, .. }) => info!(
+            %run_id,
+            "the broker process was not validated yet; writes fail until a replica validates it"
+        ),
+        Ok(crate::broker::InstanceCheck::Validated) => {}
+        Err(e) => warn!(error = %e, "cannot check the broker's scripts"),
+    }
+}
+
+/// What [`check_broker`] found.
+enum Checked {
+    /// The broker is in the node's epoch; its head.
+    Head(u64),
+    /// The broker moved to a new epoch that continues the node's history: follow it.
+    Adopted(Epoch),
+}
+
 /// Reads the broker's identity and head; errors when it is not the broker this node follows.
-/// A sequence below what this node holds (the broker went back) retires the epoch, so the
-/// replication log anchors the broker again past every position handed out.
-async fn check_broker(node: &Node, broker: &Broker, epoch: &Epoch) -> Result<u64, FollowError> {
+/// A new epoch that continues the node's history ([`keeps_history`]) is adopted. A sequence
+/// below what this node holds (the broker went back) retires the epoch, so the replication log
+/// anchors the broker again past every position handed out.
+async fn check_broker(node: &Node, broker: &Broker, epoch: &Epoch) -> Result<Checked, FollowError> {
     let state = broker.state().await?;
     node.touch_broker();
     let current = state.epoch.clone().unwrap_or_else(|| "<none>".to_owned());
+    let cursor = node.read().cursor();
     if current != epoch.id {
+        if let Some(id) = &state.epoch
+            && keeps_history(&epoch.id, cursor, state.previous.as_deref(), state.base)
+        {
+            info!(
+                old = %epoch.id,
+                new = %id,
+                base = state.base,
+                anchor = state.anchor,
+                position = cursor,
+                "the broker moved to a new epoch that continues this node's history; following it"
+            );
+            node.set_epoch(Some(id.clone()));
+            node.set_error(None);
+            return Ok(Checked::Adopted(Epoch {
+                id: id.clone(),
+                base: state.base,
+                anchor: state.anchor,
+            }));
+        }
         return Err(FollowError::EpochChanged {
             old: epoch.id.clone(),
             new: current,
         });
     }
-    let cursor = node.read().cursor();
     if state.head < cursor {
         broker.retire(&epoch.id, cursor).await?;
         return Err(FollowError::SequenceBackwards {
@@ -426,7 +489,7 @@ async fn check_broker(node: &Node, broker: &Broker, epoch: &Epoch) -> Result<u64
         });
     }
     node.set_head(state.head);
-    Ok(state.head)
+    Ok(Checked::Head(state.head))
 }
 
 /// Applies a batch read from the stream, repairing every hole in it first.

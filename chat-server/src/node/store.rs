@@ -27,17 +27,25 @@ use tokio::sync::mpsc;
 use crate::message::Message;
 
 /// A message as it is fanned out to live subscribers: the record and its WebSocket frame,
-/// rendered once for all of them.
+/// rendered once for all of them. A void record (positions `void_from ..= message.position`
+/// skipped after a broker data loss) goes to the subscribers of every channel, with no frame: a
+/// subscriber holding a position in it must be told it is lost.
 #[derive(Debug)]
 pub struct Live {
     pub message: Arc<Message>,
     pub frame: Utf8Bytes,
+    /// For a void record, the first position it voids.
+    pub void_from: Option<u64>,
 }
 
 impl Live {
     fn new(message: Arc<Message>) -> Live {
         let frame = Utf8Bytes::from(ws_frame(&message));
-        Live { message, frame }
+        Live {
+            message,
+            frame,
+            void_from: None,
+        }
     }
 }
 
@@ -128,6 +136,19 @@ struct Subscriber {
     tx: mpsc::Sender<Arc<Live>>,
     /// Set when the queue overflowed (and the store dropped `tx`).
     lagged: Arc<AtomicBool>,
+}
+
+/// Queues `live` for every subscriber; drops those whose queue is full (marking them lagged) or
+/// gone.
+fn fan_out(subscribers: &mut Vec<Subscriber>, live: &Arc<Live>) {
+    subscribers.retain(|s| match s.tx.try_send(live.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            s.lagged.store(true, Ordering::Release);
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    });
 }
 
 /// Why a [`Subscription`] ends.
@@ -291,8 +312,18 @@ impl Store {
             });
         }
         if message.is_void() {
-            self.voids.push((self.cursor + 1, message.position));
+            let from = self.cursor + 1;
+            self.voids.push((from, message.position));
             self.cursor = message.position;
+            let live = Arc::new(Live {
+                message: Arc::new(message),
+                frame: Utf8Bytes::default(),
+                void_from: Some(from),
+            });
+            for subscribers in self.subscribers.values_mut() {
+                fan_out(subscribers, &live);
+            }
+            self.subscribers.retain(|_, s| !s.is_empty());
             return Ok(());
         }
         self.cursor = message.position;
@@ -300,14 +331,7 @@ impl Store {
         let message = Arc::new(message);
         if let Some(subscribers) = self.subscribers.get_mut(&message.channel) {
             let live = Arc::new(Live::new(message.clone()));
-            subscribers.retain(|s| match s.tx.try_send(live.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.lagged.store(true, Ordering::Release);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            fan_out(subscribers, &live);
             if subscribers.is_empty() {
                 self.subscribers.remove(&message.channel);
             }
@@ -595,7 +619,15 @@ mod tests {
     fn void_records_skip_positions_and_are_remembered() {
         let mut s = Store::new(10, 4);
         s.apply(msg(1, "c")).unwrap();
+        let (mut on_c, _) = s.subscribe("c");
+        let (mut on_d, _) = s.subscribe("d");
         s.apply(Message::void(100)).unwrap();
+        // Every live subscriber, whatever its channel, learns of the void.
+        for rx in [&mut on_c, &mut on_d] {
+            let live = rx.poll_next().unwrap().unwrap();
+            assert!(live.message.is_void());
+            assert_eq!((live.void_from, live.message.position), (Some(2), 100));
+        }
         assert_eq!(s.cursor(), 100);
         assert_eq!(s.voids(), &[(2, 100)]);
         assert_eq!(s.total(), 1);

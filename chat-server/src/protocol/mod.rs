@@ -130,6 +130,41 @@ pub fn void_after(cursor: u64, base: u64, anchor: u64) -> Option<u64> {
     (cursor == base && anchor > base).then_some(anchor)
 }
 
+/// What a Redis process is to the cluster, from one connection's view of it (see
+/// `crate::broker`, "Broker instances").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instance {
+    /// Validated (`chat:instance` is its `run_id`) and the node's scripts are loaded.
+    Validated,
+    /// Validated, but its script cache was flushed (or holds another version's scripts): load
+    /// them.
+    Reload,
+    /// Never validated: a restart, a restore from an older copy or a failover. It may have lost
+    /// acknowledged writes up to the limit, so its epoch is retired and a new one anchored past
+    /// the limit.
+    New,
+}
+
+/// Classifies a Redis process: `scripts_loaded` (the write and resolve scripts are in its
+/// cache), `recorded` (`chat:instance`, the `run_id` the epoch was validated on) and its own
+/// `run_id` (`INFO server`). The `run_id` decides: loaded scripts on a process the epoch was not
+/// validated on (an older version's node loaded them) do not make it validated.
+pub fn instance_check(scripts_loaded: bool, recorded: Option<&str>, run_id: &str) -> Instance {
+    match (recorded == Some(run_id), scripts_loaded) {
+        (true, true) => Instance::Validated,
+        (true, false) => Instance::Reload,
+        (false, _) => Instance::New,
+    }
+}
+
+/// Whether a node that holds positions up to `cursor` in epoch `followed` keeps its history when
+/// the broker moves to a new epoch anchored on `base` that continues `previous`: its history is
+/// the new epoch's up to `cursor` when the new epoch continues the one it followed and it holds
+/// nothing past the base. Otherwise it reloads from the log (and closes its readers with 1012).
+pub fn keeps_history(followed: &str, cursor: u64, previous: Option<&str>, base: u64) -> bool {
+    previous == Some(followed) && cursor <= base
+}
+
 /// How long a component may go without a successful broker round trip before it checks whether
 /// the others moved on without it.
 pub const BROKER_SILENCE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -326,6 +361,45 @@ mod tests {
                 void_after(cursor, base, anchor),
                 want,
                 "{cursor} {base} {anchor}"
+            );
+        }
+    }
+
+    #[test]
+    fn instance_table() {
+        // (scripts loaded, recorded run_id, this run_id) -> what the process is
+        let rows = [
+            (true, Some("r1"), "r1", Instance::Validated),
+            (false, Some("r1"), "r1", Instance::Reload), // SCRIPT FLUSH, or another version
+            (false, Some("r1"), "r2", Instance::New),    // restarted or restored
+            (true, Some("r1"), "r2", Instance::New),     // an old node loaded its script
+            (false, None, "r2", Instance::New),          // anchored before instances existed
+            (true, None, "r2", Instance::New),
+        ];
+        for (loaded, recorded, run_id, want) in rows {
+            assert_eq!(
+                instance_check(loaded, recorded, run_id),
+                want,
+                "{loaded} {recorded:?} {run_id}"
+            );
+        }
+    }
+
+    #[test]
+    fn keeps_history_table() {
+        // (followed, cursor, previous, base) -> keeps its history
+        let rows = [
+            ("e1", 5, Some("e1"), 5, true), // a restart: the base is what the copy held
+            ("e1", 3, Some("e1"), 5, true), // behind the base: the rest comes from the stream
+            ("e1", 9, Some("e1"), 5, false), // read past the copy: 6..9 were declared lost
+            ("e1", 5, None, 5, false),      // a wipe: nobody vouches for the node's history
+            ("e0", 5, Some("e1"), 5, false), // missed an epoch in between
+        ];
+        for (followed, cursor, previous, base, want) in rows {
+            assert_eq!(
+                keeps_history(followed, cursor, previous, base),
+                want,
+                "{followed} {cursor} {previous:?} {base}"
             );
         }
     }

@@ -5,30 +5,38 @@
 //!
 //! # What the model covers
 //! - **Broker** ([`Broker`]): epoch, sequence, anchor, base, limit, the stream (with the stream's
-//!   last ID surviving trims, as in Redis), registered replicas, dedupe records and fences. The
-//!   write, anchor, grant, retire and resolve scripts are mirrored check for check from
-//!   `crate::broker` (`WRITE_LUA`: NOEPOCH, existing record, FENCED, DEADLINE, BEHIND, NOLIMIT,
-//!   then INCR + XADD, where XADD fails below the stream's last ID after INCR already ran).
+//!   last ID surviving trims, as in Redis), registered replicas, dedupe records and fences, the
+//!   validated instance, the retired and previous epochs — and, outside the data, the Redis
+//!   process (`run_id`) and whether its script cache holds the node's scripts. The write, anchor,
+//!   grant, retire, retire-instance and resolve scripts are mirrored check for check from
+//!   `crate::broker` (`WRITE_LUA`: NOSCRIPT, NOEPOCH, existing record, FENCED, DEADLINE, BEHIND,
+//!   NOLIMIT, then INCR + XADD, where XADD fails below the stream's last ID after INCR already
+//!   ran).
 //! - **Replicas** ([`Replica`]): a persisted log with void records, the remembered epoch and the
 //!   recorded limit, all on "disk" (they survive crashes). The follower mirrors
-//!   `crate::log::follower` (`session`, `ensure_epoch`, `grant`, `repair`, `trim`) and calls
+//!   `crate::log::follower` (`session`, `validated_epoch`, `ensure_epoch`, `grant`, `repair`,
+//!   `trim`) and calls [`instance_check`],
 //!   [`split_dense`], [`void_after`], [`anchor_position`], [`next_limit`] and [`epoch_fits`]
 //!   where the real code does.
 //! - **Nodes** ([`SimNode`]): the real [`Store`] (memory window per channel, cursor, voids, live
 //!   fan-out). The follower mirrors `crate::node::follower` (`cycle`, `bootstrap`, `follow`,
-//!   `check_broker`, `apply_repairing`, `repair`), the read path mirrors `crate::api::read_page`
+//!   `check_broker` with [`keeps_history`], `load_scripts`, `apply_repairing`, `repair`), the read
+//!   path mirrors `crate::api::read_page`
 //!   with the log client's `channel_page` ([`page_covers`], [`page_is_enough`]).
 //! - **Writers**: every write gets a definite answer as `crate::api::write` and
 //!   `crate::broker::decide` give it: stored (201), not stored (503) or unknown (504). A reply can
 //!   be lost after the script ran, the request can be delayed past the node's wait (then the node
 //!   resolves it: record, else fence) or lost outright.
 //! - **Readers**: resuming WebSocket readers mirroring `crate::api::ws::serve`/`replay`
-//!   ([`resume_point`], `lost` frame, replay before and after subscribing, `waiting` then 1013,
-//!   4008 when the live queue lags, 1012 when the node reloads).
+//!   ([`resume_point`], `lost` frame at connect, after subscribing and for a void record on the
+//!   live queue, replay before and after subscribing, `waiting` then 1013, 4008 when the live
+//!   queue lags, 1012 when the node reloads).
 //! - **Faults** drawn from the seed ([`Faults`]): a replica cut off from the broker (it keeps
 //!   serving pages and snapshots), a replica crash and restart (one at a time, or several), a node
-//!   restart, a broker wipe, a broker rollback to an earlier copy (same epoch), the sequence reset
-//!   by hand, lost write replies (the script ran, or the request was delayed past the node's wait,
+//!   restart, a broker wipe (FLUSHALL, or a restart with no data), a broker restart from an
+//!   earlier copy (a new process with an empty script cache; usually the same epoch), a broker
+//!   restart that loses the last step (`everysec`) or nothing, a rollback of the keys in place
+//!   (same process), the sequence reset by hand, lost write replies (the script ran, or the request was delayed past the node's wait,
 //!   or lost), and trims with no slack.
 //! - New reader connections go through the load balancer: only to a ready node (`/readyz`, a
 //!   node that caught up with the head it saw at bootstrap).
@@ -37,7 +45,8 @@
 //! Real I/O and timing: one step is one "second"; every follower round trip (read, state check,
 //! append, publish, grant) happens atomically inside one tick, and tasks interleave only between
 //! ticks. No HTTP, Redis protocol, disk format, backoff or clock skew is modelled; replica disks
-//! never lose synced data; there is one broker (no failover) and no client retries after a 504.
+//! never lose synced data; there is one broker (a failover is a restart from an older copy) and
+//! no client retries after a 504.
 //!
 //! # Invariants
 //! 1. No position ever maps to two different messages anywhere a client could have seen it
@@ -52,16 +61,19 @@
 //! 4. At quiescence every node agrees with the replicas (cursor, messages in memory, voids).
 //!
 //! # Known issues (why the default run leaves some faults out)
-//! The simulation found problems in the code it models. Two are fixed (the node checks the
-//! broker before applying a read; a replay ends with 1012 when its node reloaded). The others
+//! The simulation found problems in the code it models. Fixed: the node checks the broker before
+//! applying a read; a replay ends with 1012 when its node reloaded; a broker restarted from an
+//! older copy that nobody read past (now validated, [`Rules::validate_instance`]); a reader that
+//! came from a node further than its new one is told about a void its new node applies later
+//! (void records on the live queue); the stale stream entries a sequence reset left above the
+//! next epoch's base are deleted by the anchor script. The others
 //! are open, and [`Faults::DEFAULT`] leaves out the fault that triggers each; `SIM_FAULTS` puts
 //! them back and the ignored `known_issue_*` tests show each is found:
-//! - `seq_reset`: after `chat:seq` is set back by hand, the stream still holds the entries above
-//!   it; once the epoch is retired and anchored again, a follower at or below `base` reads those
-//!   stale entries (positions in the void range) and appends them: replicas disagree.
-//! - `rollback`: a broker restored from a copy that no replica or node has read past is not
-//!   detected (same epoch, head not below anyone), so acknowledged positions after the copy are
-//!   handed out again to other messages.
+//! - `seq_reset`: `chat:seq` set back by hand (see `known_issue_seq_reset_*` for what is left).
+//! - `rollback`: the keys of a running broker rolled back in place (same process, scripts still
+//!   loaded) to a copy that no replica or node has read past is not detected (same epoch, head
+//!   not below anyone), so acknowledged positions after the copy are handed out again. A restart
+//!   or restore from a copy (`restore`, `restart`, in the default run) is detected.
 //! - `crash` (one replica down at a time; about 1 seed in 5000): a replica that diverged (it was
 //!   down while the broker lost its data and holds positions the new epoch declared void) keeps
 //!   serving snapshots and pages, and the log client takes the first replica that answers: a node
@@ -83,7 +95,8 @@
 //! `cargo test -p chat-server protocol::sim` runs [`DEFAULT_SEEDS`] seeds with the current rules
 //! (20–40 s in a debug build on two shared cores); `SIM_SEEDS=N` changes the count, `SIM_SEED=S`
 //! runs only seed `S` and prints its whole trace (every delivery included),
-//! `SIM_FAULTS=crash,crash_many,rollback,seq_reset,loss_during_resolve` (or `all`) adds faults,
+//! `SIM_FAULTS=crash,crash_many,rollback,seq_reset,loss_during_resolve` (or `all`) adds faults
+//! (`restore` and `restart` are in the default run),
 //! `SIM_SURVEY=1` lists every failing seed instead of stopping at the first. A failing seed panics
 //! with the violations, the last events and the exact command to replay it, e.g.
 //!
@@ -91,7 +104,7 @@
 //! SIM_SEED=1234 cargo test -p chat-server protocol::sim -- --nocapture
 //! ```
 //!
-//! [`Rules`] switches back to the three old rules the current protocol fixed; the `old_rules_*`
+//! [`Rules`] switches back to the four old rules the current protocol fixed; the `old_rules_*`
 //! tests assert the checker catches each within the first [`OLD_RULE_SEEDS`] seeds (with the
 //! default faults).
 
@@ -103,8 +116,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{
-    Gap, Resume, anchor_position, epoch_fits, next_limit, page_covers, page_is_enough,
-    resume_point, split_dense, void_after,
+    Gap, Instance, Resume, anchor_position, epoch_fits, instance_check, keeps_history, next_limit,
+    page_covers, page_is_enough, resume_point, split_dense, void_after,
 };
 use crate::message::Message;
 use crate::node::store::{LocalPage, Store};
@@ -142,6 +155,8 @@ const DEADLINE: u64 = 4;
 const RESOLVE_AFTER: u64 = 5;
 /// Ticks a replay waits for the log before closing with 1013 (`REPLAY_WAIT`).
 const REPLAY_WAIT: u32 = 3;
+/// Steps a validation waits for the restored stream to be persisted (`VALIDATE_CATCH_UP`).
+const VALIDATE_CATCH_UP: u64 = 10;
 
 /// Which version of the protocol's rules the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +170,11 @@ pub(crate) struct Rules {
     /// Current: a write whose reply was lost is resolved (record, else fence) and the script has a
     /// deadline. Old: answered 503 at once while the script may still apply later.
     pub resolve_lost_writes: bool,
+    /// Current: nodes run the write and resolve scripts by `EVALSHA` only and load them only
+    /// into a validated Redis process; replicas validate a new process (retire the epoch,
+    /// anchor past the limit). Old: the scripts are loaded wherever they are missing, and a
+    /// restarted or restored broker keeps its epoch.
+    pub validate_instance: bool,
 }
 
 impl Rules {
@@ -162,6 +182,7 @@ impl Rules {
         anchor_past_limit: true,
         page_vouches_persisted: true,
         resolve_lost_writes: true,
+        validate_instance: true,
     };
 }
 
@@ -178,7 +199,12 @@ pub(crate) struct Faults {
     pub node_restart: bool,
     /// Every broker key is gone.
     pub wipe: bool,
-    /// The broker is restored from an earlier copy of the same epoch.
+    /// The broker restarts from an earlier copy (new process, empty script cache).
+    pub restore: bool,
+    /// The broker restarts and loses the last step (`appendfsync everysec`), or nothing.
+    pub restart: bool,
+    /// The broker's keys go back to an earlier copy of the same epoch in the same process (the
+    /// script cache kept: keys rewritten by hand, `DEBUG RELOAD` of an older file).
     pub rollback: bool,
     /// Someone sets `chat:seq` below its value by hand.
     pub seq_reset: bool,
@@ -198,13 +224,16 @@ impl Faults {
         crash_many: true,
         node_restart: true,
         wipe: true,
+        restore: true,
+        restart: true,
         rollback: true,
         seq_reset: true,
         lost_replies: true,
         trims: true,
         loss_during_resolve: true,
     };
-    /// The default run: every fault but those that hit the known issues.
+    /// The default run: every fault but those that hit the known issues (restarts and restores
+    /// from an older copy included).
     pub const DEFAULT: Faults = Faults {
         crash: false,
         crash_many: false,
@@ -230,6 +259,14 @@ struct Broker {
     /// Dedupe records by write token → position.
     records: BTreeMap<u64, u64>,
     fences: BTreeSet<u64>,
+    /// The Redis process (`run_id`); not part of the data a copy holds.
+    run: u64,
+    /// Whether the process has the write and resolve scripts (process state, not data).
+    scripts: bool,
+    /// `chat:instance`, `chat:retired`, `chat:previous`.
+    instance: Option<u64>,
+    retired: Option<u64>,
+    previous: Option<u64>,
 }
 
 /// The write script's reply.
@@ -243,6 +280,13 @@ enum Reply {
 impl Broker {
     /// `WRITE_LUA`, check for check.
     fn write(&mut self, w: &Write, now: u64, holds: u64, rules: Rules) -> Reply {
+        if !self.scripts {
+            if rules.validate_instance {
+                return Reply::Refused("NOSCRIPT");
+            }
+            // `Script::invoke_async`: loaded on NOSCRIPT.
+            self.scripts = true;
+        }
         if self.epoch.is_none() {
             return Reply::Refused("NOEPOCH");
         }
@@ -277,13 +321,24 @@ impl Broker {
     }
 
     /// `ANCHOR_LUA`: `Ok(true)` when this call anchored.
-    fn anchor(&mut self, epoch: u64, anchor: u64, base: u64, limit: u64) -> Result<bool, String> {
+    fn anchor(
+        &mut self,
+        epoch: u64,
+        anchor: u64,
+        base: u64,
+        limit: u64,
+        followed: Option<u64>,
+    ) -> Result<bool, String> {
         if self.epoch.is_some() {
             return Ok(false);
         }
         if self.seq > anchor {
             return Err(format!("SEQAHEAD seq {} anchor {anchor}", self.seq));
         }
+        self.stream.retain(|&p, _| p <= base);
+        self.previous = self.retired.filter(|r| Some(*r) == followed);
+        self.retired = None;
+        self.instance = Some(self.run);
         self.seq = anchor;
         self.anchor = anchor;
         self.base = base;
@@ -305,7 +360,35 @@ impl Broker {
     fn retire(&mut self, epoch: u64, position: u64) {
         if self.epoch == Some(epoch) && self.seq < position {
             self.epoch = None;
+            self.retired = Some(epoch);
         }
+    }
+
+    /// `RETIRE_INSTANCE_LUA`.
+    fn retire_instance(&mut self, epoch: u64) -> bool {
+        if self.epoch == Some(epoch) && self.instance != Some(self.run) {
+            self.epoch = None;
+            self.retired = Some(epoch);
+            return true;
+        }
+        false
+    }
+
+    /// `Broker::check_instance`: loads the scripts into a validated process.
+    fn check_instance(&mut self) -> Instance {
+        let recorded = self.instance.map(|i| i.to_string());
+        let check = instance_check(self.scripts, recorded.as_deref(), &self.run.to_string());
+        if check == Instance::Reload {
+            self.scripts = true;
+        }
+        check
+    }
+
+    /// A new Redis process on this data: new `run_id`, empty script cache.
+    fn restarted(mut self, run: u64) -> Broker {
+        self.run = run;
+        self.scripts = false;
+        self
     }
 
     /// `XRANGE (after .. to` with a count.
@@ -334,6 +417,8 @@ struct Replica {
     up: bool,
     cut_off: bool,
     diverged: bool,
+    /// The step a validation started waiting for the restored stream to be persisted.
+    catching_up_since: Option<u64>,
 }
 
 impl Replica {
@@ -351,7 +436,7 @@ impl Replica {
         let mut out = Vec::new();
         let mut prev = 0;
         for (&p, m) in &self.log {
-            if m.is_void() && p > prev + 1 {
+            if m.is_void() {
                 out.push((prev + 1, p));
             }
             prev = p;
@@ -512,6 +597,10 @@ struct Sim {
     faults: Faults,
     step: u64,
     broker: Broker,
+    /// The broker as it was at the start of the step (what a restart under `everysec` keeps).
+    prev_broker: Broker,
+    /// The last Redis process id handed out.
+    next_run: u64,
     snapshots: Vec<Broker>,
     replicas: Vec<Replica>,
     nodes: Vec<SimNode>,
@@ -570,6 +659,8 @@ impl Sim {
             faults,
             step: 0,
             broker: Broker::default(),
+            prev_broker: Broker::default(),
+            next_run: 0,
             snapshots: Vec::new(),
             replicas: (0..REPLICAS)
                 .map(|_| Replica {
@@ -680,7 +771,11 @@ impl Sim {
                     self.record_limit(r, limit);
                     self.next_epoch += 1;
                     let epoch = self.next_epoch;
-                    match self.broker.anchor(epoch, anchor, persisted, limit) {
+                    let followed = self.replicas[r].epoch;
+                    match self
+                        .broker
+                        .anchor(epoch, anchor, persisted, limit, followed)
+                    {
                         Ok(true) => {
                             if anchor > persisted {
                                 self.append(r, vec![Message::void(anchor)]);
@@ -725,6 +820,45 @@ impl Sim {
                     return Some(epoch);
                 }
             }
+        }
+        None
+    }
+
+    /// `validated_epoch`: the Redis process first (retire the epoch of a process nobody
+    /// validated, after persisting what its stream holds), then `ensure_epoch`.
+    fn validated_epoch(&mut self, r: usize) -> Option<u64> {
+        if !self.rules.validate_instance {
+            return self.ensure_epoch(r);
+        }
+        for _ in 0..8 {
+            match self.broker.check_instance() {
+                Instance::Validated | Instance::Reload => return self.ensure_epoch(r),
+                Instance::New => {}
+            }
+            if let Some(current) = self.broker.epoch {
+                let persisted = self.replicas[r].persisted();
+                let head = self.broker.seq;
+                if self.replicas[r].epoch == Some(current)
+                    && head > persisted
+                    && !self.replica_repair(r, head)
+                {
+                    let step = self.step;
+                    let since = *self.replicas[r].catching_up_since.get_or_insert(step);
+                    if step < since + VALIDATE_CATCH_UP {
+                        return None;
+                    }
+                }
+                self.replicas[r].catching_up_since = None;
+                if self.broker.retire_instance(current) {
+                    let what = format!(
+                        "replica {r} retires epoch {current} of unvalidated process {} (at {}, head {head})",
+                        self.broker.run,
+                        self.replicas[r].persisted()
+                    );
+                    self.note(what);
+                }
+            }
+            self.ensure_epoch(r)?;
         }
         None
     }
@@ -786,7 +920,7 @@ impl Sim {
         if !rep.up || rep.cut_off || rep.diverged {
             return;
         }
-        let Some(epoch) = self.ensure_epoch(r) else {
+        let Some(epoch) = self.validated_epoch(r) else {
             return;
         };
         let persisted = self.replicas[r].persisted();
@@ -924,6 +1058,10 @@ impl Sim {
         if !self.nodes[n].up {
             return;
         }
+        if self.rules.validate_instance && !self.broker.scripts {
+            // `load_scripts`: only into a validated process.
+            self.broker.check_instance();
+        }
         let Some(epoch) = self.nodes[n].epoch else {
             // `cycle`: wait for an epoch, bootstrap from the log, then follow.
             let Some(id) = self.broker.epoch else {
@@ -981,6 +1119,25 @@ impl Sim {
     /// `check_broker`: false when the node reloads (epoch changed, or the sequence went back:
     /// then the epoch is retired first).
     fn node_check_broker(&mut self, n: usize, epoch: NodeEpoch) -> bool {
+        let cursor = self.nodes[n].store.cursor();
+        let previous = self.broker.previous.map(|p| p.to_string());
+        if let Some(id) = self.broker.epoch
+            && id != epoch.id
+            && keeps_history(
+                &epoch.id.to_string(),
+                cursor,
+                previous.as_deref(),
+                self.broker.base,
+            )
+        {
+            let (base, anchor) = (self.broker.base, self.broker.anchor);
+            self.note(format!(
+                "node {n} at {cursor} keeps its history: epoch {} -> {id} (base {base}, anchor {anchor})",
+                epoch.id
+            ));
+            self.nodes[n].epoch = Some(NodeEpoch { id, base, anchor });
+            return false;
+        }
         if self.broker.epoch != Some(epoch.id) {
             let why = format!("epoch changed from {} to {:?}", epoch.id, self.broker.epoch);
             self.node_reset(n, why);
@@ -1114,8 +1271,13 @@ impl Sim {
                 let id = p.write.message.id.clone();
                 if self.rules.resolve_lost_writes {
                     // `RESOLVE_LUA` + `decide`: the record, else fence; 504 when it cannot ask.
-                    if p.lookup_fails || !self.nodes[p.write.node].up {
-                        // Unknown (504): nothing to check.
+                    if !self.rules.validate_instance {
+                        // `Script::invoke_async` loads the resolve script.
+                        self.broker.scripts = true;
+                    }
+                    if p.lookup_fails || !self.nodes[p.write.node].up || !self.broker.scripts {
+                        // Unknown (504): nothing to check (NOSCRIPT on a process nobody
+                        // validated).
                     } else if let Some(&pos) = self.broker.records.get(&p.write.token) {
                         self.ack(&id, pos);
                     } else {
@@ -1253,14 +1415,20 @@ impl Sim {
         }
     }
 
+    /// The lost frame, when the reader's position lies in a void (`tell_lost`).
+    fn classify(&mut self, i: usize, n: usize) {
+        let after = self.readers[i].last;
+        if let Resume::Lost { lost_from, .. } = resume_point(after, self.nodes[n].store.voids()) {
+            self.readers[i].lost.push((lost_from, after));
+        }
+    }
+
     /// Opens a connection (`serve`): the lost frame, then replay.
     fn connect(&mut self, i: usize, n: usize) {
         let after = self.readers[i].last;
         let store = &self.nodes[n].store;
-        if let Resume::Lost { lost_from, .. } = resume_point(after, store.voids()) {
-            self.readers[i].lost.push((lost_from, after));
-        }
         let upto = store.cursor();
+        let state = ConnState::Before { upto };
         let what = format!(
             "reader {i} connects to node {n} after {after} (node at {upto}, voids {:?})",
             store.voids()
@@ -1275,10 +1443,11 @@ impl Sim {
         self.readers[i].conn = Some(Conn {
             node: n,
             generation: self.nodes[n].generation,
-            state: ConnState::Before { upto },
+            state,
             waiting: 0,
             log,
         });
+        self.classify(i, n);
     }
 
     fn reader_tick(&mut self, i: usize) {
@@ -1330,6 +1499,8 @@ impl Sim {
                 Some(true) => {
                     let channel = self.readers[i].channel;
                     let (rx, upto) = self.nodes[n].store.subscribe(channel);
+                    // `tell_lost` again: a void applied since the connection started.
+                    self.classify(i, n);
                     ConnState::After { upto, rx }
                 }
             },
@@ -1340,6 +1511,14 @@ impl Sim {
             },
             ConnState::Live { mut rx } => loop {
                 match rx.poll_next() {
+                    Ok(Some(l)) if l.message.is_void() => {
+                        let last = self.readers[i].last;
+                        if let Some(from) = l.void_from
+                            && (from..=l.message.position).contains(&last)
+                        {
+                            self.readers[i].lost.push((from, last));
+                        }
+                    }
                     Ok(Some(l)) if l.message.position <= self.readers[i].last => {}
                     Ok(Some(l)) => {
                         let m = (*l.message).clone();
@@ -1374,7 +1553,7 @@ impl Sim {
             .iter()
             .any(|p| self.step <= p.write.start + RESOLVE_AFTER);
         let loss = f.loss_during_resolve || !resolving;
-        match self.rng.random_range(0..9) {
+        match self.rng.random_range(0..10) {
             0 if f.cut_off => {
                 let rep = &mut self.replicas[r];
                 rep.cut_off = !rep.cut_off;
@@ -1404,19 +1583,73 @@ impl Sim {
                 self.nodes[n].up = true;
             }
             4 if f.wipe && loss => {
-                self.broker = Broker::default();
+                // FLUSHALL (same process, scripts kept) or a restart with no data.
+                let (run, scripts) = if self.rng.random_bool(0.5) {
+                    (self.broker.run, self.broker.scripts)
+                } else {
+                    self.next_run += 1;
+                    (self.next_run, false)
+                };
+                self.broker = Broker {
+                    run,
+                    scripts,
+                    ..Broker::default()
+                };
                 self.data_loss("broker wiped");
             }
-            5 if f.rollback && loss => {
+            5 if (f.rollback || f.restore) && loss => {
+                // `restore`: a new process on an older copy (usually of the same epoch);
+                // `rollback`: the same process's keys go back.
+                let restart = !f.rollback || (f.restore && self.rng.random_bool(0.5));
                 let epoch = self.broker.epoch;
+                let any = restart && self.rng.random_bool(0.3);
                 let same: Vec<usize> = (0..self.snapshots.len())
-                    .filter(|&i| self.snapshots[i].epoch == epoch && epoch.is_some())
+                    .filter(|&i| any || (self.snapshots[i].epoch == epoch && epoch.is_some()))
                     .collect();
                 if !same.is_empty() {
                     let pick = same[self.rng.random_range(0..same.len())];
-                    self.broker = self.snapshots[pick].clone();
-                    let what = format!("broker rolled back to seq {}", self.broker.seq);
+                    let copy = self.snapshots[pick].clone();
+                    self.broker = if restart {
+                        self.next_run += 1;
+                        copy.restarted(self.next_run)
+                    } else {
+                        Broker {
+                            run: self.broker.run,
+                            scripts: self.broker.scripts,
+                            ..copy
+                        }
+                    };
+                    let what = format!(
+                        "broker {} to seq {} (epoch {:?}, process {})",
+                        if restart { "restored" } else { "rolled back" },
+                        self.broker.seq,
+                        self.broker.epoch,
+                        self.broker.run
+                    );
                     self.data_loss(&what);
+                }
+            }
+            9 if f.restart && loss => {
+                // A restart under `appendfsync everysec`: the last step is lost, or nothing.
+                let lossy = self.rng.random_bool(0.5);
+                let data = if lossy {
+                    self.prev_broker.clone()
+                } else {
+                    self.broker.clone()
+                };
+                self.next_run += 1;
+                self.broker = data.restarted(self.next_run);
+                let what = format!(
+                    "broker restarted as process {} at seq {} (epoch {:?}){}",
+                    self.broker.run,
+                    self.broker.seq,
+                    self.broker.epoch,
+                    if lossy { ", losing the last step" } else { "" }
+                );
+                if lossy {
+                    self.data_loss(&what);
+                } else {
+                    self.note(what);
                 }
             }
             6 if f.seq_reset && loss && self.broker.seq > 0 => {
@@ -1433,6 +1666,7 @@ impl Sim {
     fn step(&mut self, faults: bool) {
         self.step += 1;
         if faults {
+            self.prev_broker = self.broker.clone();
             for _ in 0..self.rng.random_range(0..3) {
                 let n = self.rng.random_range(0..NODES);
                 self.write(n);
@@ -1700,6 +1934,8 @@ fn faults_from_env() -> Faults {
             "crash" => f.crash = true,
             "crash_many" => (f.crash, f.crash_many) = (true, true),
             "rollback" => f.rollback = true,
+            "restore" => f.restore = true,
+            "restart" => f.restart = true,
             "seq_reset" => f.seq_reset = true,
             "loss_during_resolve" => f.loss_during_resolve = true,
             _ => {}
@@ -1799,6 +2035,18 @@ mod tests {
             ..Rules::CURRENT
         };
         old_rule_is_caught(rules, "503 while the script may still apply");
+    }
+
+    #[test]
+    fn old_rules_unvalidated_restart_is_caught() {
+        let rules = Rules {
+            validate_instance: false,
+            ..Rules::CURRENT
+        };
+        old_rule_is_caught(
+            rules,
+            "a restarted or restored broker keeps its epoch (scripts loaded on NOSCRIPT)",
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A real `redis-server` per test: free port, temp dir, AOF on, killed on drop. Can be restarted
-//! on the same data, killed, wiped (restarted empty) to simulate broker loss, or paused and
-//! resumed (SIGSTOP/SIGCONT) to simulate a stalled broker.
+//! on the same data, killed, wiped (restarted empty) to simulate broker loss, restarted from an
+//! older copy of its data files, or paused and resumed (SIGSTOP/SIGCONT) to simulate a stalled
+//! broker.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -111,20 +112,27 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// A copy of the data files as they are now (with `appendfsync always` every acknowledged
+    /// command is in them; an incomplete last command is dropped when it is loaded).
+    pub fn copy_data(&self) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().expect("temp dir for a redis copy");
+        copy_tree(self.dir.path(), copy.path());
+        copy
+    }
+
+    /// Kills the server and starts it on the same port from `copy` (see [`RedisServer::copy_data`]):
+    /// a broker restored from an older copy, or restarted having lost its last writes.
+    pub fn restart_from(&mut self, copy: &tempfile::TempDir) {
+        self.kill();
+        clear_dir(self.dir.path());
+        copy_tree(copy.path(), self.dir.path());
+        self.spawn();
+    }
+
     /// Kills it, deletes its data, and starts it empty: a broker that lost everything.
     pub fn wipe(&mut self) {
         self.kill();
-        for entry in std::fs::read_dir(self.dir.path())
-            .expect("redis dir")
-            .flatten()
-        {
-            let p = entry.path();
-            if p.is_dir() {
-                let _ = std::fs::remove_dir_all(&p);
-            } else {
-                let _ = std::fs::remove_file(&p);
-            }
-        }
+        clear_dir(self.dir.path());
         self.spawn();
     }
 
@@ -139,5 +147,28 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+fn clear_dir(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).expect("redis dir").flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            let _ = std::fs::remove_dir_all(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            std::fs::create_dir_all(&dst).expect("create dir");
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).expect("copy redis file");
+        }
     }
 }
