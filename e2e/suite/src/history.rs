@@ -133,10 +133,16 @@ impl Verdict {
 
 /// Checks `histories` (holder name, messages of one channel):
 /// - each is strictly ascending by position and holds no idempotency key twice;
-/// - with `dense`, positions are exactly 1..=n (true when the cluster only ever saw this channel);
+/// - with `skips: Some(k)`, positions run densely from 1 but for at most `k` skipped ranges (dense
+///   when the cluster only ever saw this channel; every broker restart skips the positions its
+///   previous process may have handed out: a void);
 /// - all are identical to the first (same positions, ids and texts in the same order);
 /// - every accepted message is there at the position it was acknowledged with, with its text.
-pub fn check(accepted: &[Accepted], histories: &[(String, Vec<Message>)], dense: bool) -> Verdict {
+pub fn check(
+    accepted: &[Accepted],
+    histories: &[(String, Vec<Message>)],
+    skips: Option<usize>,
+) -> Verdict {
     let mut verdict = Verdict::default();
     let problems = &mut verdict.problems;
     let Some((reference_name, reference)) = histories.first() else {
@@ -146,6 +152,7 @@ pub fn check(accepted: &[Accepted], histories: &[(String, Vec<Message>)], dense:
     verdict.messages = reference.len();
     for (name, history) in histories {
         let mut ids = HashSet::new();
+        let mut skipped = 0;
         for (i, m) in history.iter().enumerate() {
             if i > 0 && m.position <= history[i - 1].position {
                 problems.push(format!(
@@ -154,12 +161,22 @@ pub fn check(accepted: &[Accepted], histories: &[(String, Vec<Message>)], dense:
                     history[i - 1].position
                 ));
             }
-            if dense && m.position != i as u64 + 1 {
-                problems.push(format!(
-                    "{name}: index {i} holds position {} (not dense)",
-                    m.position
-                ));
-                break;
+            if let Some(allowed) = skips {
+                let expected = if i == 0 {
+                    1
+                } else {
+                    history[i - 1].position + 1
+                };
+                if m.position != expected {
+                    skipped += 1;
+                    if i == 0 || skipped > allowed {
+                        problems.push(format!(
+                            "{name}: index {i} holds position {} (not dense: at most {allowed} skipped ranges expected)",
+                            m.position
+                        ));
+                        break;
+                    }
+                }
             }
             if !ids.insert(m.id.as_str()) {
                 problems.push(format!("{name}: id {} held twice", m.id));
@@ -237,7 +254,20 @@ mod tests {
         let h = vec![msg(1, "a"), msg(2, "b"), msg(3, "c")];
         let histories = vec![("n1".to_owned(), h.clone()), ("n2".to_owned(), h)];
         let accepted = vec![acc(1, "a"), acc(3, "c")];
-        assert_eq!(check(&accepted, &histories, true).into_result().unwrap(), 3);
+        assert_eq!(
+            check(&accepted, &histories, Some(0)).into_result().unwrap(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_void_after_a_broker_restart_is_allowed_when_expected() {
+        let h = vec![msg(1, "a"), msg(2, "b"), msg(100_003, "c")];
+        let histories = vec![("n1".to_owned(), h)];
+        assert_eq!(check(&[], &histories, Some(1)).into_result().unwrap(), 3);
+        assert!(check(&[], &histories, Some(0)).into_result().is_err());
+        let late_start = vec![("n1".to_owned(), vec![msg(2, "b")])];
+        assert!(check(&[], &late_start, Some(1)).into_result().is_err());
     }
 
     #[test]
@@ -247,7 +277,7 @@ mod tests {
         let v = check(
             &[],
             &[("n1".into(), good.clone()), ("n2".into(), gap)],
-            true,
+            Some(0),
         );
         assert!(
             v.problems.iter().any(|p| p.contains("not dense")),
@@ -264,7 +294,7 @@ mod tests {
         let v = check(
             &[],
             &[("n1".into(), good.clone()), ("n2".into(), swapped)],
-            true,
+            Some(0),
         );
         assert!(
             v.problems.iter().any(|p| p.contains("diverges")),
@@ -272,14 +302,14 @@ mod tests {
             v.problems
         );
 
-        let v = check(&[acc(4, "d")], &[("n1".into(), good.clone())], true);
+        let v = check(&[acc(4, "d")], &[("n1".into(), good.clone())], Some(0));
         assert!(
             v.problems.iter().any(|p| p.contains("lost")),
             "{:?}",
             v.problems
         );
 
-        let v = check(&[acc(1, "b")], &[("n1".into(), good)], true);
+        let v = check(&[acc(1, "b")], &[("n1".into(), good)], Some(0));
         assert!(
             v.problems
                 .iter()
@@ -289,7 +319,7 @@ mod tests {
         );
 
         let dup = vec![msg(1, "a"), msg(2, "a")];
-        let v = check(&[], &[("n1".into(), dup)], true);
+        let v = check(&[], &[("n1".into(), dup)], Some(0));
         assert!(
             v.problems.iter().any(|p| p.contains("held twice")),
             "{:?}",
@@ -297,7 +327,7 @@ mod tests {
         );
 
         let backwards = vec![msg(2, "a"), msg(1, "b")];
-        let v = check(&[], &[("n1".into(), backwards)], false);
+        let v = check(&[], &[("n1".into(), backwards)], None);
         assert!(
             v.problems.iter().any(|p| p.contains("after")),
             "{:?}",
