@@ -350,12 +350,14 @@ pub struct ReplicationLogSpec {
     pub service: ServiceSettings,
 }
 
-/// Rollout gating.
+/// Rollout gating: a new chat-server pod or replication-log replica counts as ready only once it
+/// is live within `maxLag` of the broker head; one that is not within `catchUpTimeout` halts the
+/// rollout.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
-    /// A new chat-server pod counts as ready once it is live and at most this many positions
-    /// behind the broker head.
+    /// A new chat-server pod (or log replica) counts as caught up once it is live and at most
+    /// this many positions behind the broker head.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub max_lag: u64,
@@ -367,6 +369,15 @@ pub struct RolloutSpec {
         {"rule": "duration(self) >= duration('1s')", "message": "catchUpTimeout must be at least 1s"}
     ]))]
     pub catch_up_timeout: String,
+    /// When a replication-log rollout halts (a replica not ready and caught up within
+    /// `catchUpTimeout`), restore the log StatefulSet's last good revision and replace the
+    /// broken replica, reporting `RolledBack`; the spec stays as written, and the operator tries
+    /// again only when the log pods' template changes. Off by default: the halted rollout then
+    /// waits, with every replica that had not rolled yet still serving, for a human to fix the
+    /// spec or the cause (a rollback on a transient cause, such as a slow volume, would undo a
+    /// good change without asking).
+    #[serde(default)]
+    pub auto_rollback: bool,
 }
 
 /// A persistent volume request. The size may grow but never shrink; the class is immutable.
@@ -537,6 +548,7 @@ impl Default for RolloutSpec {
         RolloutSpec {
             max_lag: 0,
             catch_up_timeout: default_catch_up_timeout(),
+            auto_rollback: false,
         }
     }
 }

@@ -17,21 +17,20 @@
 //! real log replica reports) only after that cluster's catchUpTimeout.
 //!
 //! Needs root, `ip` (iproute2), `redis-server`, and the data-plane binaries next to the
-//! operator's (`cargo build -p chat-server --bins`; `scripts/test` builds the workspace's bins).
+//! operator's (`cargo build -p chat-server --bins`; `scripts/test` builds the workspace's bins);
+//! the test host is `common::testhost`.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_cluster_operator::crd::{CAUGHT_UP_CONDITION, ChatCluster, Phase};
+use common::testhost::{DumpOnPanic, HostConfig, TestHost, http, run_pod};
 use common::*;
 use k8s_openapi::api::core::v1::{Pod, PodCondition};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NETNS: &str = "cc-gate-test";
 const HOST_IF: &str = "ccgate-h";
@@ -46,232 +45,6 @@ const STUCK_IP: &str = "10.231.77.3";
 const HELD_LOG: &str = "127.0.0.1:8091";
 /// Messages written before any node is live.
 const WRITTEN: u64 = 25;
-
-/// A data-plane binary of this workspace: it sits next to the operator binary being tested.
-fn bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_chat-cluster-operator"))
-        .with_file_name(name)
-        .with_extension(std::env::consts::EXE_EXTENSION);
-    assert!(
-        path.exists(),
-        "{} is missing: build the data plane first (`cargo build -p chat-server --bins`)",
-        path.display()
-    );
-    path
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// One process running in the test host, its output in a file.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-/// A network namespace with a veth to the host (HOST_ADDR ↔ LIVE_IP, STUCK_IP) and the
-/// processes the test started in it. Dropping it kills them and deletes the namespace and veth
-/// (printing their logs when the test failed).
-struct TestHost {
-    procs: Vec<Proc>,
-    dir: tempfile::TempDir,
-}
-
-impl TestHost {
-    fn start() -> TestHost {
-        // A previous run killed before its Drop may have left these behind.
-        ip(&["link", "del", HOST_IF]);
-        ip(&["netns", "del", NETNS]);
-        let host = TestHost {
-            procs: Vec::new(),
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        assert!(ip(&["netns", "add", NETNS]), "ip netns add (needs root)");
-        assert!(ip(&[
-            "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF
-        ]));
-        assert!(ip(&["link", "set", NS_IF, "netns", NETNS]));
-        assert!(ip(&[
-            "addr",
-            "add",
-            &format!("{HOST_ADDR}/24"),
-            "dev",
-            HOST_IF
-        ]));
-        assert!(ip(&["link", "set", HOST_IF, "up"]));
-        for addr in [LIVE_IP, STUCK_IP] {
-            assert!(ip(&[
-                "-n",
-                NETNS,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                NS_IF
-            ]));
-        }
-        assert!(ip(&["-n", NETNS, "link", "set", NS_IF, "up"]));
-        assert!(ip(&["-n", NETNS, "link", "set", "lo", "up"]));
-        host
-    }
-
-    /// Runs `program args` inside the namespace (`ip netns exec` execs it: the child is it).
-    fn spawn(&mut self, name: &str, program: &PathBuf, args: &[&str]) {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("process log");
-        let err = out.try_clone().expect("process log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", NETNS])
-            .arg(program)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        self.procs.push(Proc {
-            name: name.into(),
-            child,
-            log,
-        });
-    }
-
-    fn data_dir(&self, name: &str) -> String {
-        let dir = self.dir.path().join(name);
-        std::fs::create_dir_all(&dir).expect("data dir");
-        dir.display().to_string()
-    }
-
-    /// Redis on the namespace's loopback, without persistence.
-    fn start_redis(&mut self) {
-        let dir = self.data_dir("redis");
-        let redis = PathBuf::from("redis-server");
-        self.spawn(
-            "redis",
-            &redis,
-            &[
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "6379",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir,
-            ],
-        );
-    }
-
-    /// A replication-log replica on `listen`, bootstrapping from `peer` when given.
-    fn start_log(&mut self, id: &str, listen: &str, peer: Option<&str>) {
-        let data = self.data_dir(id);
-        let mut args = vec![
-            "--listen",
-            listen,
-            "--redis-url",
-            "redis://127.0.0.1:6379",
-            "--data-dir",
-            &data,
-            "--replica-id",
-            id,
-        ];
-        if let Some(peer) = peer {
-            args.extend(["--peer-url", peer]);
-        }
-        self.spawn(id, &bin("replication-log"), &args);
-    }
-
-    /// A chat-server on `ip:8080` reading the log at `log_url`.
-    fn start_chat_server(&mut self, id: &str, ip: &str, log_url: &str) {
-        self.spawn(
-            id,
-            &bin("chat-server"),
-            &[
-                "--listen",
-                &format!("{ip}:8080"),
-                "--redis-url",
-                "redis://127.0.0.1:6379",
-                "--log-url",
-                log_url,
-                "--node-id",
-                id,
-                "--auth",
-                "none",
-            ],
-        );
-    }
-
-    fn dump_logs(&self) {
-        for p in &self.procs {
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            eprintln!("===== {} =====\n{}", p.name, tail(&text, 40));
-        }
-    }
-}
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-        for p in self.procs.iter_mut().rev() {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        ip(&["link", "del", HOST_IF]);
-        ip(&["netns", "del", NETNS]);
-    }
-}
-
-/// Prints the operator's log when the test fails.
-struct DumpOnPanic<'a>(&'a Operator);
-
-impl Drop for DumpOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("===== operator =====\n{}", tail(&self.0.log_text(), 60));
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let v: Vec<&str> = text.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
-
-/// A minimal HTTP/1.0 request to `addr` (a test-host address): status code and body.
-async fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(request.as_bytes()).await.ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.ok()?;
-        let (head, body) = buf.split_once("\r\n\r\n")?;
-        let code = head.split(' ').nth(1)?.parse().ok()?;
-        Some((code, body.to_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .ok()
-        .flatten()
-}
 
 /// A chat-server's `/status`, read from the host through the veth.
 async fn node_status(ip: &str) -> Option<Value> {
@@ -290,21 +63,6 @@ async fn pod_of(pods: &Api<Pod>, instance: &str, component: &str) -> String {
     )
     .await
     .name_any()
-}
-
-/// Plays kubelet: the pod runs at `pod_ip` (containers ready; Ready itself waits for the gate).
-async fn run_pod(pods: &Api<Pod>, name: &str, pod_ip: &str) {
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let patch = json!({"status": {
-        "phase": "Running",
-        "podIP": pod_ip,
-        "podIPs": [{"ip": pod_ip}],
-        "startTime": now,
-        "conditions": [{"type": "ContainersReady", "status": "True", "lastTransitionTime": now}],
-    }});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .expect("pod status");
 }
 
 fn caught_up(pod: &Pod) -> Option<PodCondition> {
@@ -331,7 +89,13 @@ async fn gate_passes_live_chat_servers_only_and_degrades_after_the_timeout() {
     let (kc, client, _serial) = k8s_session().await;
 
     // The data plane, with the live node's log held back.
-    let mut host = TestHost::start();
+    let mut host = TestHost::start(HostConfig {
+        netns: NETNS,
+        host_if: HOST_IF,
+        ns_if: NS_IF,
+        host_addr: HOST_ADDR,
+        addrs: &[LIVE_IP, STUCK_IP],
+    });
     host.start_redis();
     host.start_log("log-0", "0.0.0.0:8090", None);
     let log_url = format!("{LIVE_IP}:8090");
@@ -391,11 +155,11 @@ async fn gate_passes_live_chat_servers_only_and_degrades_after_the_timeout() {
     let slow_pod = pod_of(&pods, "slow", "chat-server").await;
     let demo_log = pod_of(&pods, "demo", "replication-log").await;
     let slow_log = pod_of(&pods, "slow", "replication-log").await;
-    run_pod(&pods, &demo_log, LIVE_IP).await;
-    run_pod(&pods, &slow_log, LIVE_IP).await;
-    run_pod(&pods, &demo_pod, LIVE_IP).await;
+    run_pod(&pods, &demo_log, LIVE_IP, false).await;
+    run_pod(&pods, &slow_log, LIVE_IP, false).await;
+    run_pod(&pods, &demo_pod, LIVE_IP, false).await;
     let slow_started = Instant::now();
-    run_pod(&pods, &slow_pod, STUCK_IP).await;
+    run_pod(&pods, &slow_pod, STUCK_IP, false).await;
 
     // The operator reads the broker head from the real log replica through the proxy.
     for name in ["demo", "slow"] {

@@ -58,8 +58,8 @@ pub struct Observed {
     /// `/status` of each chat-server pod still awaiting its gate decision that answered, by pod
     /// name (pods already passed or terminating are not probed).
     pub chat_statuses: BTreeMap<String, ServerStatus>,
-    /// `/status` of every running replication-log replica that answered.
-    pub log_statuses: Vec<LogStatus>,
+    /// `/status` of every running replication-log replica that answered, by pod name.
+    pub log_statuses: BTreeMap<String, LogStatus>,
 }
 
 /// Errors reading the cluster.
@@ -250,21 +250,23 @@ async fn chat_statuses(
     join_all(probes).await.into_iter().flatten().collect()
 }
 
-/// `/status` of every running replication-log replica that answers.
+/// `/status` of every running replication-log replica that answers, by pod name.
 async fn log_statuses(
     client: &Client,
     namespace: &str,
     pods: &[Pod],
     token: Option<&str>,
-) -> Vec<LogStatus> {
+) -> BTreeMap<String, LogStatus> {
     let probes = pods
         .iter()
         .filter(|pod| probeable(pod))
         .map(|pod| async move {
-            probe::status::<LogStatus>(client, namespace, &pod.name_any(), LOG_PORT, token)
+            let name = pod.name_any();
+            probe::status::<LogStatus>(client, namespace, &name, LOG_PORT, token)
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "replication-log status not readable"))
                 .ok()
+                .map(|status| (name, status))
         });
     join_all(probes).await.into_iter().flatten().collect()
 }
@@ -360,7 +362,7 @@ mod tests {
             log_pods: vec![],
             problems: vec![],
             chat_statuses: BTreeMap::new(),
-            log_statuses: vec![],
+            log_statuses: BTreeMap::new(),
         }
     }
 

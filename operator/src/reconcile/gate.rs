@@ -98,7 +98,7 @@ pub fn awaits_decision(pod: &Pod) -> bool {
 }
 
 /// When the pod started: its status.startTime, else its creation time.
-fn started_at(pod: &Pod) -> Option<Timestamp> {
+pub fn started_at(pod: &Pod) -> Option<Timestamp> {
     pod.status
         .as_ref()
         .and_then(|s| s.start_time.as_ref())

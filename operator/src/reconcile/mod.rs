@@ -7,9 +7,13 @@
 //! 3. [`ownership`] (pure): a child name taken by an object this ChatCluster does not control
 //!    stops the reconcile here with `Degraded`/`NameConflict`; nothing is adopted.
 //! 4. [`build`] (pure): every child object, typed, one module per kind.
-//! 5. [`apply`]: server-side apply what differs; prune what is no longer wanted.
-//! 6. [`gate`]: pass chat-server pods that have caught up (pure decision + patch).
-//! 7. [`status`]: compute (pure) and patch the status when it changed.
+//! 5. [`log_rollout`]: decide (pure) the log StatefulSet's partition — one replica at a time,
+//!    each ready and caught up before the next, halt or roll back past catchUpTimeout — and shape
+//!    the built StatefulSet by it.
+//! 6. [`apply`]: server-side apply what differs; prune what is no longer wanted; then carry out
+//!    the log rollout's pod deletion, if any.
+//! 7. [`gate`]: pass chat-server pods that have caught up (pure decision + patch).
+//! 8. [`status`]: compute (pure) and patch the status when it changed.
 //!
 //! [`children::Children`] is the one list of child kinds the steps share. [`Error`] wraps the step
 //! errors; its [`Error::kind`] labels the error metric.
@@ -20,6 +24,7 @@ pub mod children;
 pub mod dereference;
 pub mod gate;
 pub mod health;
+pub mod log_rollout;
 pub mod ownership;
 pub mod status;
 pub mod validate;
@@ -72,6 +77,9 @@ pub enum Error {
     /// Gating step.
     #[error(transparent)]
     Gate(#[from] gate::GateError),
+    /// Log rollout step.
+    #[error(transparent)]
+    LogRollout(#[from] log_rollout::LogRolloutError),
     /// Status step.
     #[error(transparent)]
     Status(#[from] status::StatusError),
@@ -85,6 +93,7 @@ impl Error {
             Error::Dereference(_) => "dereference",
             Error::Apply(_) => "apply",
             Error::Gate(_) => "gate",
+            Error::LogRollout(_) => "log_rollout",
             Error::Status(_) => "status",
         }
     }
@@ -124,7 +133,17 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         report_conflicts(ctx, &cluster, &conflicts).await?;
         return Ok(Action::requeue(REQUEUE_CONFLICT));
     }
-    let desired = build::build(&validated, &dereference::facts(&validated, &observed));
+    let mut desired = build::build(&validated, &dereference::facts(&validated, &observed));
+    let log_rollout = log_rollout::prepare(
+        &ctx.client,
+        &validated,
+        &mut desired.log,
+        observed.children.log.as_ref(),
+        &observed.log_pods,
+        &observed.log_statuses,
+        Timestamp::now(),
+    )
+    .await?;
     // Boxed, like observe: twelve children's apply futures inline overflowed a debug build's
     // 2 MiB worker stack.
     let applied = Box::pin(apply::apply(
@@ -135,6 +154,15 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
     ))
     .await?;
     publish_changes(ctx, &cluster, &applied.changes).await;
+    log_rollout::execute(
+        &ctx.client,
+        &ctx.recorder,
+        &cluster,
+        &validated.namespace,
+        &log_rollout,
+    )
+    .await?;
+    let logs: Vec<_> = observed.log_statuses.values().cloned().collect();
     let gated = gate::gate(
         &ctx.client,
         &ctx.recorder,
@@ -142,7 +170,7 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         &validated,
         &observed.chat_pods,
         &observed.chat_statuses,
-        observed.log_statuses.iter().map(|l| l.head).max(),
+        logs.iter().map(|l| l.head).max(),
     )
     .await?;
     ctx.metrics.pods_gated(gated.passed.len());
@@ -150,13 +178,14 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         cluster: &validated,
         previous: cluster.status.as_ref(),
         children: &applied.children,
-        logs: &observed.log_statuses,
+        logs: &logs,
         gate: &gated,
+        log_rollout: &log_rollout,
         problems: &observed.problems,
         now: Timestamp::now(),
     });
     write_status(ctx, &cluster, &next, &observed.problems).await?;
-    Ok(Action::requeue(requeue_after(&gated, &next)))
+    Ok(Action::requeue(requeue_after(&gated, &log_rollout, &next)))
 }
 
 /// GETs the ChatCluster; None when it is gone or being deleted (its children go with the garbage
@@ -271,9 +300,13 @@ async fn write_status(
     Ok(())
 }
 
-/// When to look again: soon while a pod catches up, rarely once Running.
-fn requeue_after(gated: &gate::GateSummary, next: &ChatClusterStatus) -> Duration {
-    if !gated.waiting.is_empty() {
+/// When to look again: soon while a pod catches up or the log rolls, rarely once Running.
+fn requeue_after(
+    gated: &gate::GateSummary,
+    log_rollout: &log_rollout::Outcome,
+    next: &ChatClusterStatus,
+) -> Duration {
+    if !gated.waiting.is_empty() || log_rollout.in_progress() {
         REQUEUE_GATING
     } else if next.phase == Some(Phase::Running) {
         REQUEUE_STEADY

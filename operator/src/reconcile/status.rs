@@ -15,6 +15,7 @@ use super::apply::FIELD_MANAGER;
 use super::children::{Children, Live};
 use super::gate::GateSummary;
 use super::health::{self, PodProblem};
+use super::log_rollout;
 use super::validate::Validated;
 use crate::crd::{ChatCluster, ChatClusterStatus, Phase};
 use crate::names::{Component, selector_string};
@@ -48,6 +49,8 @@ pub struct Inputs<'a> {
     pub logs: &'a [LogStatus],
     /// Gating outcome.
     pub gate: &'a GateSummary,
+    /// The replication-log rollout's outcome.
+    pub log_rollout: &'a log_rollout::Outcome,
     /// Child pods that are not progressing (from the dereference step), first one first.
     pub problems: &'a [PodProblem],
     /// The time, for new transitions.
@@ -191,7 +194,8 @@ struct Availability {
     cause: Cause,
 }
 
-/// Why the rollout halted: a pod past its catch-up timeout, or the Deployment past its progress
+/// Why the rollout halted: a chat-server pod past its catch-up timeout, a log replica past it
+/// (`LogRolloutStalled`) or rolled back (`RolledBack`), or the Deployment past its progress
 /// deadline.
 fn halt(inputs: &Inputs<'_>) -> Option<Cause> {
     let rollout = &inputs.cluster.spec.rollout;
@@ -205,6 +209,9 @@ fn halt(inputs: &Inputs<'_>) -> Option<Cause> {
                 t.pod, rollout.catch_up_timeout, rollout.max_lag
             ),
         ));
+    }
+    if let Some(cause) = inputs.log_rollout.degraded(rollout) {
+        return Some(cause);
     }
     let deployment = &inputs.children.chat_server;
     progress_deadline_exceeded(deployment).then(|| {
@@ -357,12 +364,14 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     let phase = phase(degraded.is_some(), availability.serving, settled);
 
     let progress_message = format!(
-        "chat-server {}/{} ready, {} updated; replication-log {}/{} ready; broker {}/1 ready",
+        "chat-server {}/{} ready, {} updated; replication-log {}/{} ready, {} updated{}; broker {}/1 ready",
         w.chat.ready.min(spec_replicas),
         spec_replicas,
         w.chat.updated,
         w.log.ready,
         w.log.desired,
+        w.log.updated,
+        inputs.log_rollout.progress_note(),
         w.broker.ready
     );
     let (progressing, progressing_reason) = progressing(phase, halted, settled);
@@ -564,10 +573,23 @@ mod tests {
     /// outcome and stuck pods.
     fn status_full(
         previous: Option<&ChatClusterStatus>,
+        ready: (i32, i32, i32),
+        replicas: i32,
+        gate: &GateSummary,
+        problems: &[PodProblem],
+    ) -> ChatClusterStatus {
+        let outcome = log_rollout::Outcome::default();
+        status_rolling(previous, ready, replicas, gate, problems, &outcome)
+    }
+
+    /// [`status_full`] with the log rollout's outcome.
+    fn status_rolling(
+        previous: Option<&ChatClusterStatus>,
         (broker_ready, log_ready, chat_ready): (i32, i32, i32),
         replicas: i32,
         gate: &GateSummary,
         problems: &[PodProblem],
+        log_rollout: &log_rollout::Outcome,
     ) -> ChatClusterStatus {
         let cluster = validate(&ChatCluster::test().with_replicas(replicas)).expect("valid");
         let facts = Facts {
@@ -598,6 +620,7 @@ mod tests {
             children: &children,
             logs: &[],
             gate,
+            log_rollout,
             problems,
             now: Timestamp::now(),
         })
@@ -870,6 +893,114 @@ mod tests {
             let got = degraded_change(previous, next).map(|c| c.reason.as_str());
             assert_eq!(got, want, "{case}");
         }
+    }
+
+    /// A halted log rollout is Degraded/LogRolloutStalled naming the pod; a rollback in force is
+    /// Degraded/RolledBack naming the revision, the pod and the cause; a waiting rollout is only
+    /// Progressing, and says for which pod.
+    #[test]
+    fn log_rollouts_halted_rolled_back_or_waiting() {
+        use log_rollout::{Outcome, Plan, Progress, RollbackRecord};
+        let gate = GateSummary::default();
+        let plan = |progress| Outcome {
+            plan: Some(Plan {
+                partition: 1,
+                progress,
+                delete: None,
+            }),
+            ..Outcome::default()
+        };
+        let halted = plan(Progress::Halted {
+            pod: "demo-log-1".into(),
+            cause: "not Ready, no /status answer".into(),
+        });
+        let rolling_back = plan(Progress::RollBack {
+            pod: "demo-log-1".into(),
+            cause: "not Ready, no /status answer".into(),
+            revision: "demo-log-good".into(),
+        });
+        let rolled_back = Outcome {
+            rolled_back: Some(RollbackRecord {
+                template: "h".into(),
+                revision: "demo-log-good".into(),
+                pod: "demo-log-1".into(),
+                cause: "not Ready, no /status answer".into(),
+            }),
+            ..plan(Progress::Settled)
+        };
+        let waiting = plan(Progress::Waiting {
+            pod: "demo-log-1".into(),
+            reason: "Ready, phase catching_up".into(),
+        });
+        let running = status_with(None, 1, 2, 3);
+        // (case, outcome, phase, Degraded (status, reason), message fragments)
+        let table = [
+            (
+                "halted",
+                &halted,
+                Phase::Degraded,
+                ("True", "LogRolloutStalled"),
+                vec![
+                    "replication-log pod demo-log-1 was not ready and caught up within 5m (not Ready, no /status answer, maxLag 0); rollout halted",
+                ],
+            ),
+            (
+                "rolling back",
+                &rolling_back,
+                Phase::Degraded,
+                ("True", "RolledBack"),
+                vec![
+                    "rolled back to revision demo-log-good: pod demo-log-1 was not ready",
+                    "the spec is unchanged",
+                ],
+            ),
+            (
+                "rolled back, steady",
+                &rolled_back,
+                Phase::Degraded,
+                ("True", "RolledBack"),
+                vec!["rolled back to revision demo-log-good"],
+            ),
+            (
+                "waiting",
+                &waiting,
+                Phase::Running,
+                ("False", "AsExpected"),
+                vec![],
+            ),
+        ];
+        for (case, outcome, phase, (status, reason), fragments) in table {
+            let s = status_rolling(Some(&running), (1, 2, 3), 3, &gate, &[], outcome);
+            assert_eq!(s.phase, Some(phase), "{case}");
+            let d = degraded(&s);
+            assert_eq!(
+                (d.status.as_str(), d.reason.as_str()),
+                (status, reason),
+                "{case}"
+            );
+            for f in fragments {
+                assert!(d.message.contains(f), "{case}: {}", d.message);
+            }
+        }
+        let s = status_rolling(Some(&running), (1, 2, 3), 3, &gate, &[], &waiting);
+        let progressing = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == PROGRESSING)
+            .expect("Progressing");
+        assert!(
+            progressing
+                .message
+                .contains("log rollout waiting for demo-log-1 (Ready, phase catching_up)"),
+            "{}",
+            progressing.message
+        );
+        // Halted and rolled back: the rollout is not progressing.
+        let s = status_rolling(Some(&running), (1, 2, 3), 3, &gate, &[], &rolled_back);
+        assert_eq!(
+            reason(&s, PROGRESSING),
+            ("False".into(), "RolloutHalted".into())
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! plane up and runs them with `cargo test -p chat-cluster-operator -- --include-ignored`.
 #![allow(dead_code)]
 
+pub mod testhost;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
