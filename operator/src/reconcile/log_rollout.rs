@@ -35,7 +35,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetUpdateStrategy,
 };
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DeleteParams;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -722,7 +722,16 @@ pub async fn execute(
                 outcome.previous_partition.unwrap_or_default(),
                 plan.partition
             );
-            publish(recorder, cluster, EventType::Normal, "LogRolloutStep", note).await;
+            let pod = pod_reference(namespace, pod);
+            publish(
+                recorder,
+                cluster,
+                EventType::Normal,
+                "LogRolloutStep",
+                note,
+                pod,
+            )
+            .await;
         }
         if let Progress::Waiting { pod, reason } = &plan.progress {
             tracing::debug!(pod, reason, "log rollout waiting");
@@ -753,12 +762,26 @@ pub async fn execute(
                 ),
             };
             tracing::warn!(pod, reason, "log rollout deleted a pod");
-            publish(recorder, cluster, EventType::Warning, reason, note).await;
+            let pod = pod_reference(namespace, pod);
+            publish(recorder, cluster, EventType::Warning, reason, note, pod).await;
         }
         Ok(())
     }
     .instrument(span)
     .await
+}
+
+/// A reference to the log pod `name`, the related object of its Events: kube-runtime's recorder
+/// keys an Event series by type, reason, action and objects, not by note, so each pod gets its
+/// own series.
+fn pod_reference(namespace: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        ..ObjectReference::default()
+    }
 }
 
 async fn publish(
@@ -767,13 +790,14 @@ async fn publish(
     type_: EventType,
     reason: &str,
     note: String,
+    related: ObjectReference,
 ) {
     let event = Event {
         type_,
         reason: reason.into(),
         note: Some(note),
         action: "RollLog".into(),
-        secondary: None,
+        secondary: Some(related),
     };
     if let Err(e) = recorder.publish(&event, &cluster.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "publishing event");
