@@ -736,8 +736,29 @@ async fn log_ahead_of_a_new_anchor_reports_diverged() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
-    // Its history up to 500 is kept untouched for an operator to inspect.
+    // Its history up to 500 is kept untouched for an operator to inspect, but served to nobody:
+    // a node or peer copying it would take in positions the cluster declared lost.
     assert_eq!(status(&a.proc.url).await["persisted"], 500);
+    for path in ["/snapshot?after=0", "/channels/alpha/messages?after=0"] {
+        let r = http()
+            .get(format!("{}{path}", a.proc.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("diverged"), "{path}: {body}");
+    }
+    // b serves the cluster's history.
+    assert_eq!(
+        http()
+            .get(format!("{}/snapshot?after=0", b.proc.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

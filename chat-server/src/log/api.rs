@@ -17,7 +17,7 @@ use axum::routing::get;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use super::{Replica, ReplicaStatus};
+use super::{Phase, Replica, ReplicaStatus};
 use crate::api::PAGE_BYTES;
 use crate::auth::internal::{INTERNAL_TOKEN_HEADER, admitted};
 use crate::http::{ApiError, MessagesPage, PageQuery, form_pairs, metrics_response};
@@ -102,6 +102,7 @@ async fn channel_messages(
     page: PageQuery,
 ) -> Result<Response, ApiError> {
     validate_channel(&channel)?;
+    refuse_if_diverged(&replica)?;
     let _permit = replica.settings().reads.pages.try_acquire()?;
     let store = replica.store().clone();
     let persisted = store.persisted();
@@ -130,6 +131,19 @@ async fn channel_messages(
     Ok(resp)
 }
 
+/// A replica whose log diverged from the cluster's history (it holds positions a broker data
+/// loss declared void) serves none of it: `503`, so nodes and peers read from another replica
+/// instead of copying history the cluster declared lost.
+fn refuse_if_diverged(replica: &Replica) -> Result<(), ApiError> {
+    if replica.phase() == Phase::Diverged {
+        return Err(ApiError::unavailable(format!(
+            "this replica's log diverged from the cluster's history and serves none of it ({}); read from another replica",
+            replica.error().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
 /// `GET /snapshot?after=P`: every message after P up to the persisted position now, in order,
 /// streamed from disk through a channel of 4 chunks of about 256 KiB (so a reader that does not
 /// read holds at most about 1.3 MiB of this replica's memory). At most `--max-snapshots` are
@@ -150,6 +164,7 @@ async fn snapshot(
             })?;
         }
     }
+    refuse_if_diverged(&replica)?;
     let store = replica.store().clone();
     let position = store.persisted();
     if after > position {

@@ -205,7 +205,7 @@ pub async fn run(replica: Replica, redis_url: String, shutdown: CancellationToke
             match session(&replica, &broker, &shutdown, &mut backoff).await {
                 Err(FollowError::Shutdown) => return,
                 Err(FollowError::Diverged(reason)) => {
-                    error!(%reason, "the log diverged from the broker; stopped following (serving reads only)");
+                    error!(%reason, "the log diverged from the broker; stopped following (serving no history; its log is kept for inspection)");
                     replica.set_phase(Phase::Diverged);
                     replica.set_error(Some(reason));
                     shutdown.cancelled().await;
