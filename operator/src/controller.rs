@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -119,7 +120,8 @@ pub async fn run(
         .owns_stream(watcher(Api::<PartialObjectMeta<Deployment>>::all(client.clone()), managed.clone()).touched_objects())
         .owns_stream(watcher(Api::<PartialObjectMeta<Service>>::all(client.clone()), managed.clone()).touched_objects())
         .owns_stream(watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), managed.clone()).touched_objects())
-        .owns_stream(watcher(Api::<PartialObjectMeta<PodDisruptionBudget>>::all(client.clone()), managed).touched_objects())
+        .owns_stream(watcher(Api::<PartialObjectMeta<PodDisruptionBudget>>::all(client.clone()), managed.clone()).touched_objects())
+        .owns_stream(watcher(Api::<PartialObjectMeta<NetworkPolicy>>::all(client.clone()), managed).touched_objects())
         .watches_stream(watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), pods).touched_objects(), owner_of_pod)
         .graceful_shutdown_on(shutdown)
         .run(

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::MAX_NAME_LEN;
 
+pub mod network_policy;
 pub mod settings;
+pub use network_policy::NetworkPolicySpec;
 pub use settings::{
     ClaimRetention, ClaimRetentionPolicy, PodSettings, ServiceSettings, ServiceType,
 };
@@ -136,6 +138,10 @@ pub struct ChatClusterSpec {
     /// Client authentication (JWT, HS256) and the browser origins chat-server accepts.
     #[serde(default)]
     pub auth: AuthSpec,
+    /// The NetworkPolicies the operator builds: Redis and the replication log reachable only from
+    /// the cluster's own pods, the chat-server port open unless restricted.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
 }
 
 /// How chat-server authenticates clients (`--auth`, docs/api.md). The data plane's own parts
@@ -516,6 +522,7 @@ impl Default for ChatClusterSpec {
             max_message_bytes: default_max_message_bytes(),
             persistent_volume_claim_retention_policy: ClaimRetentionPolicy::default(),
             auth: AuthSpec::default(),
+            network_policy: NetworkPolicySpec::default(),
         }
     }
 }
@@ -600,6 +607,9 @@ const EMBEDDED_KUBERNETES_FIELDS: &[&str] = &[
     "tolerations",
     "topologySpreadConstraints",
     "env",
+    "chatServerFrom",
+    "replicationLogFrom",
+    "apiServerFrom",
 ];
 
 /// Drops the descriptions inside the schemas of Kubernetes' own types (keeping the field's own
@@ -854,5 +864,7 @@ mod tests {
         assert_eq!(spec.rollout.catch_up_timeout, "5m");
         assert_eq!(spec.max_message_bytes, 4096);
         assert_eq!(spec.image_pull_policy, ImagePullPolicy::IfNotPresent);
+        assert!(spec.network_policy.enabled);
+        assert_eq!(spec.network_policy.chat_server_from, None);
     }
 }

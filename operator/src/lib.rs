@@ -8,14 +8,16 @@
 //! - [`names`]: child names, labels, selectors, ports, the password key — a leaf module the CRD,
 //!   the reconcile steps and the controller share.
 //! - [`crd`]: the `ChatCluster` resource, its schema (defaults, bounds, CEL rules) and the CRD;
-//!   `crd::settings` holds the per-component pod and Service settings and the claim retention.
+//!   `crd::settings` holds the per-component pod and Service settings and the claim retention,
+//!   `crd::network_policy` the `spec.networkPolicy` block.
 //! - [`quantity`]: Kubernetes quantities read as bytes (pure; a leaf).
 //! - [`reconcile`]: the pipeline validate → dereference → build → apply → gate → status.
 //!   - `reconcile::children`: [`reconcile::children::Children`], the one list of child kinds,
 //!     at each stage (existing, desired, live).
 //!   - `reconcile::dereference`: every read — children, pods, the data plane's `/status`.
 //!   - `reconcile::build`: the pure builder, one module per child kind (`secret`, `service`,
-//!     `broker`, `replication_log`, `chat_server`, `pdb`; `pod` for shared container settings).
+//!     `broker`, `replication_log`, `chat_server`, `pdb`, `network_policy`; `pod` for shared
+//!     container settings).
 //!   - `reconcile::apply`: server-side apply and pruning through one generic applier.
 //!   - `reconcile::gate`, `reconcile::status`: pure decisions with thin patch shells.
 //! - [`probe`]: the data plane's `/status` documents, read through the API server's pod proxy.

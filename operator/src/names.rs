@@ -6,7 +6,8 @@
 //! controller can all depend on it without depending on each other. The names are part of the
 //! contract other components rely on (`CONTRACT.md`): broker `{name}-broker` (StatefulSet, Service,
 //! Secret with key `password`), replication log `{name}-log` (StatefulSet, client Service, PDB) and
-//! `{name}-log-headless`, chat-server `{name}-chat-server` (Deployment, Service, PDB), the HS256
+//! `{name}-log-headless`, chat-server `{name}-chat-server` (Deployment, Service, PDB), the
+//! NetworkPolicies `{name}-broker`, `{name}-log` and `{name}-chat-server`, the HS256
 //! key Secret `{name}-auth` (key `hmac-key`) and the internal token Secret `{name}-internal` (key
 //! `token`).
 

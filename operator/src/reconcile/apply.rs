@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::Resource as _;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
@@ -28,10 +29,14 @@ use crate::names::managed_selector;
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "chat-cluster-operator";
 
-/// The kinds whose unwanted objects are deleted: the optional children (PDBs) and the Services
-/// (whose set has changed between versions). The operator may delete only these
-/// (`manifests/rbac.yaml`); the Secret and the workloads go only with the ChatCluster.
-pub const PRUNED_KINDS: [&str; 2] = [Service::KIND, PodDisruptionBudget::KIND];
+/// The kinds whose unwanted objects are deleted: the optional children (PDBs, NetworkPolicies)
+/// and the Services (whose set has changed between versions). The operator may delete only these
+/// (`manifests/rbac.yaml`); the Secrets and the workloads go only with the ChatCluster.
+pub const PRUNED_KINDS: [&str; 3] = [
+    Service::KIND,
+    PodDisruptionBudget::KIND,
+    NetworkPolicy::KIND,
+];
 
 /// What the apply step did to one child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +166,9 @@ pub async fn apply(
         chat_pdb,
         auth_secret,
         internal_secret,
+        broker_policy,
+        log_policy,
+        chat_policy,
     } = desired;
     let seen = existing;
     let children = Children {
@@ -180,6 +188,9 @@ pub async fn apply(
         internal_secret: applier
             .always(internal_secret, seen.internal_secret)
             .await?,
+        broker_policy: applier.optional(broker_policy, seen.broker_policy).await?,
+        log_policy: applier.optional(log_policy, seen.log_policy).await?,
+        chat_policy: applier.optional(chat_policy, seen.chat_policy).await?,
     };
     applier.prune(&cluster.name, &cluster.owner_ref.uid).await?;
     Ok(Applied {
@@ -200,6 +211,31 @@ pub struct Applier<'a> {
     namespace: &'a str,
     kept: BTreeMap<&'static str, Kept>,
     changes: Vec<Change>,
+}
+
+impl ApplyError {
+    /// Whether the write was refused because the namespace is being deleted (403 with cause
+    /// `NamespaceTerminating`): the namespace controller is removing the children and the
+    /// ChatCluster with them, so there is nothing to do and no error to report.
+    pub fn namespace_terminating(&self) -> bool {
+        let source = match self {
+            ApplyError::Patch { source, .. } | ApplyError::Prune { source, .. } => source,
+            ApplyError::Serialize { .. } => return false,
+        };
+        is_namespace_terminating(source)
+    }
+}
+
+/// Whether `error` is the API server's 403 for a write into a terminating namespace.
+pub fn is_namespace_terminating(error: &kube::Error) -> bool {
+    let kube::Error::Api(status) = error else {
+        return false;
+    };
+    status.code == 403
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
 impl<'a> Applier<'a> {
@@ -329,12 +365,16 @@ impl<'a> Applier<'a> {
 }
 
 /// Whether `have` already holds every field of `want`: objects by key, arrays element by
-/// element (same length), scalars by equality.
+/// element (same length), scalars by equality. A wanted empty list matches an absent field: the
+/// API server omits empty lists (Go's `omitempty`), so `ingress: []` is stored as no `ingress`.
+/// (Builders spell "none" as an empty list rather than leaving the field out, so a change to none
+/// is still a difference: an absent wanted field is never compared.)
 pub fn contains(have: &Value, want: &Value) -> bool {
     match (have, want) {
-        (Value::Object(have), Value::Object(want)) => want
-            .iter()
-            .all(|(k, w)| have.get(k).is_some_and(|h| contains(h, w))),
+        (Value::Object(have), Value::Object(want)) => want.iter().all(|(k, w)| match have.get(k) {
+            Some(h) => contains(h, w),
+            None => w.as_array().is_some_and(Vec::is_empty),
+        }),
         (Value::Array(have), Value::Array(want)) => {
             have.len() == want.len() && have.iter().zip(want).all(|(h, w)| contains(h, w))
         }
@@ -394,6 +434,33 @@ mod tests {
     }
 
     #[test]
+    fn writes_into_a_terminating_namespace_are_recognised() {
+        let status = |code: u16, cause: &str| {
+            let status: kube::core::Status = serde_json::from_value(json!({
+                "status": "Failure", "code": code, "reason": "Forbidden",
+                "message": "unable to create new content in namespace ns because it is being terminated",
+                "details": {"name": "demo-broker", "kind": "networkpolicies",
+                    "causes": [{"reason": cause, "field": "metadata.namespace"}]},
+            }))
+            .expect("status");
+            kube::Error::Api(status.boxed())
+        };
+        let patch = |source| ApplyError::Patch {
+            kind: "NetworkPolicy",
+            name: "demo-broker".into(),
+            source,
+        };
+        assert!(patch(status(403, "NamespaceTerminating")).namespace_terminating());
+        assert!(!patch(status(403, "SomethingElse")).namespace_terminating());
+        assert!(!patch(status(409, "NamespaceTerminating")).namespace_terminating());
+        let serialize = ApplyError::Serialize {
+            kind: "Secret",
+            source: serde_json::from_str::<Value>("{").expect_err("bad json"),
+        };
+        assert!(!serialize.namespace_terminating());
+    }
+
+    #[test]
     fn contains_is_a_deep_subset_check() {
         let have = json!({"a": 1, "b": {"c": [1, {"d": 2, "e": 3}], "f": "x"}, "g": null});
         assert!(contains(&have, &json!({"a": 1})));
@@ -405,5 +472,13 @@ mod tests {
         assert!(!contains(&have, &json!({"b": {"f": "y"}})));
         assert!(!contains(&have, &json!({"h": 1})));
         assert!(contains(&have, &json!({})));
+        // An empty list is what the API server stores as an absent field; a non-empty one is not.
+        assert!(contains(&have, &json!({"b": {"absent": []}})));
+        assert!(!contains(&have, &json!({"b": {"absent": [1]}})));
+        assert!(
+            !contains(&have, &json!({"b": {"c": []}})),
+            "a stored list is not empty"
+        );
+        assert!(!contains(&have, &json!({"absent": {}})));
     }
 }

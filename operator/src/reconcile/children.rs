@@ -12,6 +12,7 @@ use std::fmt::Debug;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,7 +51,8 @@ impl<K> ChildKind for K where
 pub trait Stage {
     /// A child every ChatCluster has.
     type Always<K: ChildKind>: Clone + Debug + PartialEq;
-    /// A child the spec may not ask for (a PDB for fewer than two replicas).
+    /// A child the spec may not ask for (a PDB for fewer than two replicas, a NetworkPolicy with
+    /// `spec.networkPolicy.enabled: false`).
     type Optional<K: ChildKind>: Clone + Debug + PartialEq;
 }
 
@@ -110,4 +112,13 @@ pub struct Children<S: Stage> {
     pub auth_secret: S::Optional<Secret>,
     /// `{name}-internal` Secret: the data plane's internal token, generated once.
     pub internal_secret: S::Always<Secret>,
+    /// `{name}-broker` NetworkPolicy: Redis from the chat-server and log pods only; only with
+    /// `spec.networkPolicy.enabled`.
+    pub broker_policy: S::Optional<NetworkPolicy>,
+    /// `{name}-log` NetworkPolicy: the log port from the chat-server pods, peers and
+    /// `apiServerFrom`/`replicationLogFrom`; only with `spec.networkPolicy.enabled`.
+    pub log_policy: S::Optional<NetworkPolicy>,
+    /// `{name}-chat-server` NetworkPolicy: the client port (open unless `chatServerFrom`); only
+    /// with `spec.networkPolicy.enabled`.
+    pub chat_policy: S::Optional<NetworkPolicy>,
 }

@@ -78,7 +78,7 @@ pub enum DereferenceError {
 
 /// Reads the existing children and pods of `cluster`, then probes the pods' `/status`.
 pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, DereferenceError> {
-    // Boxed: the twelve GETs' futures are large, and a debug build's reconcile future overflowed
+    // Boxed: the fifteen GETs' futures are large, and a debug build's reconcile future overflowed
     // the 2 MiB worker stack with them inline.
     let (children, chat_pods, log_pods, broker_pods, claims) = tokio::try_join!(
         Box::pin(existing_children(client, cluster)),
@@ -133,6 +133,12 @@ async fn existing_children(
         get_if(wants_auth_secret(cluster), client, ns, &names.auth),
         get(client, ns, &names.internal),
     )?;
+    let policies = cluster.spec.network_policy.enabled;
+    let (broker_policy, log_policy, chat_policy) = tokio::try_join!(
+        get_if(policies, client, ns, &names.broker),
+        get_if(policies, client, ns, &names.log),
+        get_if(policies, client, ns, &names.chat_server),
+    )?;
     Ok(Children {
         broker_secret,
         broker_service,
@@ -146,6 +152,9 @@ async fn existing_children(
         chat_pdb,
         auth_secret,
         internal_secret,
+        broker_policy,
+        log_policy,
+        chat_policy,
     })
 }
 
@@ -357,6 +366,9 @@ mod tests {
                 chat_pdb: None,
                 auth_secret: auth,
                 internal_secret: internal,
+                broker_policy: None,
+                log_policy: None,
+                chat_policy: None,
             },
             chat_pods: vec![],
             log_pods: vec![],

@@ -144,15 +144,23 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         Timestamp::now(),
     )
     .await?;
-    // Boxed, like observe: twelve children's apply futures inline overflowed a debug build's
+    // Boxed, like observe: fifteen children's apply futures inline overflowed a debug build's
     // 2 MiB worker stack.
-    let applied = Box::pin(apply::apply(
+    let applied = match Box::pin(apply::apply(
         &ctx.client,
         &validated,
         desired,
         observed.children,
     ))
-    .await?;
+    .await
+    {
+        Ok(applied) => applied,
+        Err(e) if e.namespace_terminating() => {
+            tracing::debug!(error = %e, "namespace is being deleted; nothing to apply");
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e.into()),
+    };
     publish_changes(ctx, &cluster, &applied.changes).await;
     log_rollout::execute(
         &ctx.client,

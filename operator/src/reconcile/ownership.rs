@@ -69,6 +69,9 @@ pub fn conflicts(existing: &Children<Existing>, owner_uid: &str) -> Vec<NameConf
         chat_pdb,
         auth_secret,
         internal_secret,
+        broker_policy,
+        log_policy,
+        chat_policy,
     } = existing;
     [
         conflict(broker_secret.as_ref(), owner_uid),
@@ -83,6 +86,9 @@ pub fn conflicts(existing: &Children<Existing>, owner_uid: &str) -> Vec<NameConf
         conflict(chat_pdb.as_ref(), owner_uid),
         conflict(auth_secret.as_ref(), owner_uid),
         conflict(internal_secret.as_ref(), owner_uid),
+        conflict(broker_policy.as_ref(), owner_uid),
+        conflict(log_policy.as_ref(), owner_uid),
+        conflict(chat_policy.as_ref(), owner_uid),
     ]
     .into_iter()
     .flatten()
@@ -152,6 +158,9 @@ mod tests {
             chat_pdb: None,
             auth_secret: None,
             internal_secret: None,
+            broker_policy: None,
+            log_policy: None,
+            chat_policy: None,
         }
     }
 

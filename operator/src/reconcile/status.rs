@@ -613,6 +613,9 @@ mod tests {
             chat_pdb: built.chat_pdb,
             auth_secret: built.auth_secret,
             internal_secret: built.internal_secret,
+            broker_policy: built.broker_policy,
+            log_policy: built.log_policy,
+            chat_policy: built.chat_policy,
         };
         compute(&Inputs {
             cluster: &cluster,

@@ -4,12 +4,14 @@
 //! apply idempotent and the builder snapshot-testable (`tests/fixtures/demo-children.yaml`).
 //!
 //! One module per child kind — [`secret`], [`service`], [`broker`] (StatefulSet),
-//! [`replication_log`] (StatefulSet), [`chat_server`] (Deployment), [`pdb`] — and [`pod`] for the
+//! [`replication_log`] (StatefulSet), [`chat_server`] (Deployment), [`pdb`], [`network_policy`] —
+//! and [`pod`] for the
 //! container settings all three workloads share. This module holds [`Parent`], the owner's
 //! metadata every child carries. Child names, labels and ports come from [`crate::names`].
 
 pub mod broker;
 pub mod chat_server;
+pub mod network_policy;
 pub mod pdb;
 pub mod pod;
 pub mod replication_log;
@@ -30,6 +32,7 @@ use crate::names::{Component, Names, labels, selector_labels};
 pub fn build(cluster: &Validated, facts: &Facts) -> Children<Desired> {
     let parent = Parent::of(cluster);
     let names = &parent.names;
+    let policies = cluster.spec.network_policy.enabled;
     Children {
         broker_secret: secret::broker(&parent, &facts.password),
         broker_service: service::broker(&parent),
@@ -56,6 +59,9 @@ pub fn build(cluster: &Validated, facts: &Facts) -> Children<Desired> {
             .as_deref()
             .map(|key| secret::auth(&parent, key)),
         internal_secret: secret::internal(&parent, &facts.internal_token),
+        broker_policy: policies.then(|| network_policy::broker(&parent)),
+        log_policy: policies.then(|| network_policy::replication_log(&parent)),
+        chat_policy: policies.then(|| network_policy::chat_server(&parent)),
     }
 }
 
@@ -178,6 +184,9 @@ mod tests {
             chat_pdb,
             auth_secret,
             internal_secret,
+            broker_policy,
+            log_policy,
+            chat_policy,
         } = c;
         let mut out = vec![
             json!(broker_secret),
@@ -193,6 +202,9 @@ mod tests {
         out.extend(chat_pdb.iter().map(|p| json!(p)));
         out.extend(auth_secret.iter().map(|s| json!(s)));
         out.push(json!(internal_secret));
+        for policy in [broker_policy, log_policy, chat_policy] {
+            out.extend(policy.iter().map(|p| json!(p)));
+        }
         out
     }
 
@@ -230,7 +242,7 @@ mod tests {
     fn every_child_is_labelled_and_owned() {
         let c = children_of(&ChatCluster::test());
         let objects = all_objects(&c);
-        assert_eq!(objects.len(), 12);
+        assert_eq!(objects.len(), 15);
         for o in objects {
             let meta = &o["metadata"];
             assert_eq!(meta["labels"][LABEL_NAME], "chat-cluster", "{o}");
@@ -551,6 +563,27 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    /// `spec.networkPolicy.enabled` (the default) builds the three policies; `false` none (and
+    /// apply prunes the ones that exist).
+    #[test]
+    fn network_policies_only_when_enabled() {
+        let c = children_of(&ChatCluster::test());
+        let names = [&c.broker_policy, &c.log_policy, &c.chat_policy]
+            .map(|p| p.as_ref().map(ResourceExt::name_any));
+        assert_eq!(
+            names,
+            [
+                Some("demo-broker".into()),
+                Some("demo-log".into()),
+                Some("demo-chat-server".into())
+            ]
+        );
+        let mut off = ChatCluster::test();
+        off.spec.network_policy.enabled = false;
+        let c = children_of(&off);
+        assert!(c.broker_policy.is_none() && c.log_policy.is_none() && c.chat_policy.is_none());
     }
 
     #[test]
