@@ -2,7 +2,8 @@
 """scripts/check-monitoring.py: every metric the monitoring files name is one the code registers.
 
 Reads the registrations (`Registry::with_prefix("P")` + `registry.register("NAME", ...)`) of
-chat-server/src/node/metrics.rs, chat-server/src/log/metrics.rs and operator/src/metrics.rs, and
+chat-server/src/node/metrics.rs, chat-server/src/log/metrics.rs and operator/src/metrics.rs (and the
+sets both data-plane binaries register, in chat-server/src/serve.rs and limits.rs), and
 every `chat_server_*`, `replication_log_*` and `chat_cluster_operator_*` name in
 docs/monitoring/grafana-dashboard.json, docs/monitoring/prometheus-rules.yaml and docs/monitoring.md
 (exposition suffixes _total, _bucket, _sum, _count removed). Exits 1 naming each unknown metric, so
@@ -16,6 +17,8 @@ import sys
 import yaml
 
 SOURCES = ["chat-server/src/node/metrics.rs", "chat-server/src/log/metrics.rs", "operator/src/metrics.rs"]
+# Metric sets both data-plane binaries register into their own registry (connections, limits).
+SHARED = ["chat-server/src/serve.rs", "chat-server/src/limits.rs"]
 USERS = ["docs/monitoring/grafana-dashboard.json", "docs/monitoring/prometheus-rules.yaml", "docs/monitoring.md"]
 PREFIXES = ("chat_server", "replication_log", "chat_cluster_operator")
 
@@ -27,6 +30,9 @@ def registered():
         prefix = re.search(r'with_prefix\("([a-z_]+)"\)', text).group(1)
         for name in re.findall(r'register\(\s*"([a-z_]+)"', text):
             names.add(f"{prefix}_{name}")
+    for path in SHARED:
+        for name in re.findall(r'register\(\s*"([a-z_]+)"', open(path).read()):
+            names.update(f"{prefix}_{name}" for prefix in ("chat_server", "replication_log"))
     return names
 
 

@@ -253,7 +253,11 @@ return {1, ARGV[1]}
 );
 
 /// Raises the limit to ARGV[2] in epoch ARGV[1] (never lowers it). Returns the limit now.
-const GRANT_LUA: &str = r#"
+///
+/// Runs when Redis is out of memory (`allow-oom`, Redis ≥ 7.0): like [`PUBLISH_LUA`], the limit
+/// must go on rising while writes are refused, or the replicas' session would fail before they
+/// trim the stream and free the memory.
+const GRANT_LUA: &str = r#"#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOEPOCH the broker is not in epoch ' .. ARGV[1])
 end
@@ -264,6 +268,17 @@ if new > cur then
   return new
 end
 return cur
+"#;
+
+/// Records replica ARGV[1]'s persisted position ARGV[2] in hash KEYS[1] (`chat:replicas`).
+///
+/// Runs when Redis is out of memory (`allow-oom`, Redis ≥ 7.0, EVAL "Script flags"): under
+/// `maxmemory` with `noeviction` a plain `HSET` is refused, so a broker filled by the stream
+/// would never learn what the replicas persisted, never trim, and refuse writes for good. The
+/// hash holds one small field per replica.
+const PUBLISH_LUA: &str = r#"#!lua flags=allow-oom
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 "#;
 
 /// Retires epoch ARGV[1] when the sequence is below position ARGV[2] (the broker went back:
@@ -606,6 +621,7 @@ pub struct Broker {
     /// Set when a write or resolve met `NOSCRIPT`: the node's follower then loads the scripts if
     /// the process was validated ([`Broker::check_instance`]).
     scripts_missing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    publish: Script,
 }
 
 impl Broker {
@@ -627,6 +643,7 @@ impl Broker {
             retire: Script::new(RETIRE_LUA),
             retire_instance: Script::new(RETIRE_INSTANCE_LUA),
             scripts_missing: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            publish: Script::new(PUBLISH_LUA),
         })
     }
 
@@ -972,18 +989,19 @@ impl Broker {
         Ok(as_u64(&reply) == Some(1))
     }
 
-    /// Records a replica's persisted position (trimming never passes the lowest one).
+    /// Records a replica's persisted position (trimming never passes the lowest one), also
+    /// when Redis is out of memory ([`PUBLISH_LUA`]).
     pub async fn publish_persisted(
         &self,
         replica_id: &str,
         position: u64,
     ) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
-        redis::cmd("HSET")
-            .arg(REPLICAS)
+        self.publish
+            .key(REPLICAS)
             .arg(replica_id)
             .arg(position)
-            .query_async::<()>(&mut conn)
+            .invoke_async::<()>(&mut conn)
             .await?;
         Ok(())
     }

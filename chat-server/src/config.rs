@@ -35,8 +35,8 @@ pub struct NodeConfig {
     #[arg(long, env = "MEMORY_WINDOW", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_window: u64,
     /// Bytes of messages kept in memory over all channels (each message counted as its payload
-    /// plus 160 bytes); default: 40 % of the container's memory limit (cgroup v2 or v1), or
-    /// 256 MiB when there is none.
+    /// plus 160 bytes); default: 40 % of the memory limit of the process's cgroup (the lowest
+    /// on the way up: container or pod; cgroup v2 or v1), or 256 MiB when there is none.
     #[arg(long, env = "MEMORY_WINDOW_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_window_bytes: Option<u64>,
     /// Channels a node accepts writes to; a write that would create one more is refused (409).
@@ -94,34 +94,14 @@ impl NodeConfig {
 pub const MEMORY_BUDGET_PERCENT: u64 = 40;
 /// Byte budget when the container has no memory limit: 256 MiB.
 pub const UNLIMITED_MEMORY_BUDGET: u64 = 256 << 20;
-/// A cgroup v1 limit at or above this (1 PiB) means unlimited (v1 reports about 2^63).
-const CGROUP_V1_UNLIMITED: u64 = 1 << 50;
 
 impl NodeConfig {
     /// The byte budget of the memory window: `--memory-window-bytes`, else derived from the
-    /// container's memory limit (read from /sys/fs/cgroup) by [`default_memory_budget`].
+    /// memory limit of the process's cgroup ([`crate::cgroup::memory_limit`]) by
+    /// [`default_memory_budget`].
     pub fn memory_window_bytes(&self) -> u64 {
-        self.memory_window_bytes.unwrap_or_else(|| {
-            let read = |path: &str| std::fs::read_to_string(path).ok();
-            default_memory_budget(cgroup_memory_limit(
-                read("/sys/fs/cgroup/memory.max").as_deref(),
-                read("/sys/fs/cgroup/memory/memory.limit_in_bytes").as_deref(),
-            ))
-        })
-    }
-}
-
-/// The container's memory limit in bytes from the contents of cgroup v2 `memory.max` or, when
-/// that is absent, cgroup v1 `memory.limit_in_bytes`; `None` when unlimited (`max`, or a v1
-/// value of 1 PiB or more), absent or unreadable.
-pub fn cgroup_memory_limit(v2: Option<&str>, v1: Option<&str>) -> Option<u64> {
-    match (v2.map(str::trim), v1.map(str::trim)) {
-        (Some(v2), _) => v2.parse().ok().filter(|&n| n > 0),
-        (None, Some(v1)) => v1
-            .parse()
-            .ok()
-            .filter(|&n| n > 0 && n < CGROUP_V1_UNLIMITED),
-        (None, None) => None,
+        self.memory_window_bytes
+            .unwrap_or_else(|| default_memory_budget(crate::cgroup::memory_limit()))
     }
 }
 
@@ -211,26 +191,6 @@ mod tests {
         ];
         for (text, want) in cases {
             assert_eq!(seconds(text).ok(), *want, "{text:?}");
-        }
-    }
-
-    /// cgroup file contents → memory limit.
-    #[test]
-    fn cgroup_memory_limit_table() {
-        let table: [(Option<&str>, Option<&str>, Option<u64>); 10] = [
-            (Some("536870912\n"), None, Some(536_870_912)),
-            (Some("max\n"), None, None),
-            (Some("max\n"), Some("1073741824"), None),
-            (Some("536870912"), Some("1073741824"), Some(536_870_912)),
-            (Some("garbage"), None, None),
-            (Some("0"), None, None),
-            (None, Some("1073741824\n"), Some(1_073_741_824)),
-            (None, Some("9223372036854771712\n"), None),
-            (None, Some("-1"), None),
-            (None, None, None),
-        ];
-        for (v2, v1, want) in table {
-            assert_eq!(cgroup_memory_limit(v2, v1), want, "{v2:?} {v1:?}");
         }
     }
 

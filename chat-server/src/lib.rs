@@ -12,6 +12,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as one cancellation token.
 //! - [`backoff`]: exponential backoff between retries, cut short by shutdown.
 //! - [`config`]: flags and environment variables of the binaries.
+//! - [`cgroup`]: the memory limit of the process's cgroup (the default window budget).
 //! - [`flag_values`]: value parsers the flag structs share (seconds).
 //! - [`node`]: a chat-server node's state (in-memory window, cursor, phase) and its follower.
 //! - [`auth`]: who may do what: `--auth`, JWT connection tokens, channel permissions, the
@@ -27,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod backoff;
 pub mod broker;
+pub mod cgroup;
 pub mod config;
 pub mod flag_values;
 pub mod http;

@@ -111,6 +111,35 @@ async fn channels_are_paged_and_capped() {
     assert_eq!(status, 400);
     let (_, gone) = get_json(&format!("{url}/channels/d/messages")).await;
     assert_eq!(gone["messages"], serde_json::json!([]), "{gone}");
+    // Counted in /metrics: the refusal, and the channels held.
+    let text = metrics_text(url).await;
+    assert_eq!(
+        metric(&text, "chat_server_channel_limit_refusals_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "chat_server_channels "), 3.0, "{text}");
+}
+
+/// The text of a node's `/metrics`.
+async fn metrics_text(url: &str) -> String {
+    http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the first line of `text` starting with `name` (panics when there is none).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 /// Posts `n` messages of `text_bytes` to `channel`, `writers` at a time.
@@ -258,6 +287,17 @@ async fn the_byte_budget_bounds_node_memory() {
         after.saturating_sub(before) < 48 * 1024,
         "RSS grew from {before} to {after} KiB"
     );
+    // /metrics shows the budget and a full window within it.
+    let text = metrics_text(url).await;
+    let held = metric(&text, "chat_server_memory_window_bytes ");
+    assert_eq!(
+        metric(&text, "chat_server_memory_window_budget_bytes"),
+        (16u64 << 20) as f64
+    );
+    assert!(
+        held <= (16u64 << 20) as f64 && held > (15u64 << 20) as f64,
+        "window holds {held} bytes"
+    );
     // The oldest messages left memory and are read from the log.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -278,4 +318,243 @@ async fn the_byte_budget_bounds_node_memory() {
         assert!(positions[0] < 100 && positions.is_sorted(), "{positions:?}");
         break;
     }
+}
+
+/// A memory cgroup made by the test (removed on drop): `parent` with a memory limit, and `child`
+/// below it without one, so the limit that applies to a process in `child` is its parent's.
+struct TestCgroup {
+    parent: std::path::PathBuf,
+    child: std::path::PathBuf,
+}
+
+impl TestCgroup {
+    /// Makes the pair below this process's own memory cgroup (cgroup v1) or below the root of the
+    /// unified hierarchy (cgroup v2, whose `memory` controller must be enabled there); panics
+    /// saying why when neither can be made (the test needs root and a writable cgroup tree).
+    fn make(limit: u64) -> TestCgroup {
+        use chat_server::cgroup::{Version, cgroup_path, limit_dirs, memory_mounts};
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let (mountinfo, own) = (read("/proc/self/mountinfo"), read("/proc/self/cgroup"));
+        let name = format!("chat-bounded-{}", std::process::id());
+        let mut tried = Vec::new();
+        for mount in memory_mounts(&mountinfo) {
+            let base = match mount.version {
+                Version::V1 => match cgroup_path(&own, Version::V1) {
+                    Some(path) => limit_dirs(&mount, path).remove(0),
+                    None => continue,
+                },
+                Version::V2 => mount.mount_point.clone(),
+            };
+            if mount.version == Version::V2 {
+                let controls = std::fs::read_to_string(base.join("cgroup.subtree_control"));
+                if !controls.is_ok_and(|c| c.split_whitespace().any(|c| c == "memory")) {
+                    tried.push(format!("{}: no memory controller", base.display()));
+                    continue;
+                }
+            }
+            let parent = base.join(&name);
+            let child = parent.join("node");
+            let made = std::fs::create_dir(&parent)
+                .and_then(|()| {
+                    if mount.version == Version::V2 {
+                        std::fs::write(parent.join("cgroup.subtree_control"), "+memory")?;
+                    }
+                    std::fs::write(parent.join(mount.version.limit_file()), limit.to_string())
+                })
+                .and_then(|()| std::fs::create_dir(&child));
+            let cgroup = TestCgroup { parent, child };
+            match made {
+                Ok(()) => return cgroup,
+                Err(e) => tried.push(format!("{}: {e}", cgroup.parent.display())),
+            }
+        }
+        panic!("cannot make a memory cgroup for the test (run as root): {tried:?}");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The kernel frees a cgroup a moment after its last process exits.
+        for _ in 0..50 {
+            let _ = std::fs::remove_dir(&self.child);
+            if std::fs::remove_dir(&self.parent).is_ok() || !self.parent.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Without `--memory-window-bytes`, a node's byte budget is 40 % of the memory limit that applies
+/// to its cgroup, also when the limit is set on a parent (a pod-level limit) and the node's own
+/// cgroup sits below the mount's root (no cgroup namespace); the budget in use is shown in
+/// `/metrics` and logged. A real process moved into a real memory cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_window_follows_the_cgroup_memory_limit() {
+    let limit: u64 = 300 << 20;
+    let cgroup = TestCgroup::make(limit);
+    let c = Cluster::start(0, 1).await;
+    let port = support::free_port();
+    let procs = cgroup.child.join("cgroup.procs");
+    let procs = procs.to_str().expect("utf-8 path");
+    let mut args: Vec<String> = [
+        "-c",
+        r#"echo $$ > "$CGROUP_PROCS" && exec "$0" "$@""#,
+        support::NODE_BIN,
+        "--listen",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        format!("127.0.0.1:{port}"),
+        "--redis-url".into(),
+        c.redis.url(),
+        "--log-url".into(),
+        c.log_list(),
+    ]);
+    args.extend(support::with_auth(&[]));
+    let mut node = support::Proc::spawn_env(
+        "node-cgroup",
+        "/bin/sh",
+        args,
+        &[("CGROUP_PROCS", procs)],
+        port,
+        c.dir.path(),
+    );
+    support::wait_ready(&node.url, Duration::from_secs(60)).await;
+    let pid = node.pid().expect("running");
+    let in_cgroup = std::fs::read_to_string(procs).unwrap_or_default();
+    assert!(
+        in_cgroup.lines().any(|l| l == pid.to_string()),
+        "node {pid} not in {procs}: {in_cgroup:?}"
+    );
+    let text = metrics_text(&node.url).await;
+    let budget = metric(&text, "chat_server_memory_window_budget_bytes");
+    let want = limit / 100 * 40;
+    assert_eq!(budget, want as f64, "limit {limit}: {text}");
+    let held = metric(&text, "chat_server_memory_window_bytes ");
+    assert_eq!(held, 0.0);
+    let log = plain(&node.log_text());
+    assert!(
+        log.contains(&format!("memory_window_bytes={want}")),
+        "{log}"
+    );
+    node.kill9();
+    drop(cgroup);
+}
+
+/// A process log without its ANSI colour sequences (`ESC [ ... m`).
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Item 9: in a 503 storm (the broker down, every write failing) a node logs a bounded number of
+/// warnings: the "write failed" warning at most once per 10 s, the next one naming how many were
+/// suppressed, while every request still gets its 503 and `broker_errors` in /metrics counts them
+/// all. What was accepted before stays, and writes work again once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_storm_logs_a_bounded_number_of_warnings() {
+    let mut c = Cluster::start(1, 1).await;
+    let url = c.nodes[0].url.clone();
+    let (status, before) = support::post(&url, "storm", serde_json::json!({"text": "kept"})).await;
+    assert_eq!(status, 201, "{before}");
+    let warnings = |log: &str| log.lines().filter(|l| l.contains(" WARN ")).count();
+    let logged_before = warnings(&plain(&c.nodes[0].log_text()));
+    c.redis.kill();
+    let started = std::time::Instant::now();
+    let storm = 400;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut sent = 0;
+    while sent < storm {
+        let batch: Vec<_> = (0..16)
+            .map(|i| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    support::post(&url, "storm", serde_json::json!({"text": format!("w{i}")})).await
+                })
+            })
+            .collect();
+        for b in batch {
+            let (status, body) = b.await.expect("post");
+            assert!(status == 503 || status == 504, "{status} {body}");
+            *statuses.entry(status).or_default() += 1;
+        }
+        sent += 16;
+    }
+    // One more after the throttle's interval: logged, with the count of what was suppressed.
+    let wait = Duration::from_secs(11).saturating_sub(started.elapsed());
+    tokio::time::sleep(wait).await;
+    let (status, _) = support::post(&url, "storm", serde_json::json!({"text": "last"})).await;
+    assert_eq!(status, 503);
+    let elapsed = started.elapsed().as_secs();
+    let log = plain(&c.nodes[0].log_text());
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("write failed")).collect();
+    let logged = warnings(&log) - logged_before;
+    println!(
+        "{} failed writes in {elapsed} s ({statuses:?}): {logged} warnings, {} of them 'write failed'",
+        storm + 1,
+        failed.len()
+    );
+    assert!(
+        failed.len() as u64 <= 2 + elapsed / 10,
+        "{} 'write failed' lines in {elapsed} s:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    let suppressed: u64 = failed
+        .iter()
+        .filter_map(|l| l.split("suppressed=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        suppressed + failed.len() as u64 >= storm as u64,
+        "suppressed {suppressed} + logged {} < {storm}:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    assert!(
+        logged <= 10 + 2 * elapsed as usize,
+        "{logged} warnings in {elapsed} s"
+    );
+    let text = metrics_text(&url).await;
+    assert!(metric(&text, "chat_server_broker_errors_total") >= (storm + 1) as f64);
+    // The broker back: what was accepted is there, and writes are accepted again.
+    c.redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) =
+            support::post(&url, "storm", serde_json::json!({"text": "after"})).await;
+        if status == 201 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    support::wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    let texts: Vec<String> = support::read_all(&url, "storm")
+        .await
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["kept", "after"]);
 }

@@ -651,6 +651,19 @@ fn used_memory(redis: &mut redis::Connection) -> u64 {
         .expect("used_memory")
 }
 
+/// Sets Redis's `maxmemory` to `bytes` with the `noeviction` policy, as the operator configures
+/// the broker.
+fn set_maxmemory(redis: &mut redis::Connection, bytes: u64) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .arg("maxmemory")
+        .arg(bytes)
+        .query(redis)
+        .expect("maxmemory");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_out_of_memory_shows_in_status_and_recovers() {
     let mut c = Cluster::start(1, 1).await;
@@ -674,18 +687,7 @@ async fn broker_out_of_memory_shows_in_status_and_recovers() {
     // Fill the broker up to a small maxmemory with noeviction, as the operator configures it.
     let mut redis = c.redis.conn();
     let used = used_memory(&mut redis);
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("noeviction")
-        .query(&mut redis)
-        .expect("policy");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(used + (2 << 20))
-        .query(&mut redis)
-        .expect("maxmemory");
+    set_maxmemory(&mut redis, used + (2 << 20));
     let chunk = "f".repeat(64 * 1024);
     for i in 0.. {
         let r: redis::RedisResult<()> = redis::cmd("SET")
@@ -710,27 +712,21 @@ async fn broker_out_of_memory_shows_in_status_and_recovers() {
     let (code, body) = post(&url, "oom", json!({"text": "refused", "id": "o-refused"})).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["outcome"], "not_stored", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the broker is out of memory")),
+        "{body}"
+    );
     let s = status(&url).await;
     let shown = s["broker_error"].as_str().unwrap_or_default();
     assert!(shown.contains("out of memory"), "{s}");
-    // A restarted replica cannot register (its first HSET fails): its /status says why.
+    // A replica restarted meanwhile registers and follows all the same (what it writes to the
+    // broker is allowed under OOM: before, its first HSET failed and it looped in `starting`).
     c.logs[0].restart();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http().get(format!("{}/status", c.logs[0].url)).send().await
-            && let Ok(s) = r.json::<Value>().await
-            && s["broker_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("out of memory"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica never showed the OOM"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&c.logs[0].url, Duration::from_secs(30)).await;
+    let s = status(&c.logs[0].url).await;
+    assert!(s.get("broker_error").is_none(), "{s}");
     // Memory frees: everything recovers and the errors are cleared.
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("filler-*")
@@ -753,4 +749,117 @@ async fn broker_out_of_memory_shows_in_status_and_recovers() {
         .collect();
     assert_eq!(stored, ["o0", "o1", "o2", "o3", "o4", "o-after"]);
     drop(c);
+}
+
+/// Item 8's deadlock: a broker whose memory the stream itself fills (`maxmemory`, `noeviction`)
+/// while its replica is down refuses writes with a clear 503, and recovers with no one's help
+/// once the replica restarts: the replica still records what it persisted and the limit it grants
+/// (scripts allowed under OOM), trims the stream, and writes are accepted again (before, its
+/// first `HSET chat:replicas` failed and it looped in `starting` for good). Every write
+/// acknowledged before is kept; none refused is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_filled_by_the_stream_trims_and_recovers() {
+    let mut c = Cluster::start_with_logs(1, 1, &[], &["--trim-keep", "20"]).await;
+    let url = c.nodes[0].url.clone();
+    let (code, body) = post(&url, "full", json!({"text": "first", "id": "first"})).await;
+    assert_eq!(code, 201, "{body}");
+    support::wait_position(
+        std::slice::from_ref(&c.logs[0].url),
+        "persisted",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    c.logs[0].kill9();
+    let mut redis = c.redis.conn();
+    let used = used_memory(&mut redis);
+    set_maxmemory(&mut redis, used + (4 << 20));
+    // Fill it with messages, faster than the replica trims, until a write is refused for memory.
+    let text = "m".repeat(4000);
+    let mut accepted = vec!["first".to_owned()];
+    let mut refused = None;
+    'fill: for round in 0..400 {
+        let batch: Vec<_> = (0..16)
+            .map(|i| {
+                let (url, text) = (url.clone(), text.clone());
+                let id = format!("f{round}-{i}");
+                tokio::spawn(async move {
+                    let r = post(&url, "full", json!({"text": text, "id": id})).await;
+                    (id, r)
+                })
+            })
+            .collect();
+        for b in batch {
+            let (id, (code, body)) = b.await.expect("post");
+            match code {
+                201 => accepted.push(id),
+                503 if body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("out of memory")) =>
+                {
+                    assert_eq!(body["outcome"], "not_stored", "{body}");
+                    refused = Some(id);
+                }
+                _ => panic!("{code} {body}"),
+            }
+        }
+        if refused.is_some() {
+            break 'fill;
+        }
+    }
+    let refused = refused.expect("the broker never ran out of memory");
+    println!(
+        "{} writes accepted before the broker was full",
+        accepted.len()
+    );
+    // Nothing is freed by hand: the restarted replica's trimming must make room again.
+    c.logs[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let (code, body) = post(&url, "full", json!({"text": "after", "id": "after"})).await;
+        if code == 201 {
+            break body["position"].as_u64().expect("position");
+        }
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "still refused 60 s after the broker filled: {body}; replica: {}",
+            status(&c.logs[0].url).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    support::wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        after,
+        Duration::from_secs(30),
+    )
+    .await;
+    let stored: Vec<String> = read_all(&url, "full")
+        .await
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    let mut want = accepted.clone();
+    want.push("after".into());
+    let mut got = stored.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "refused {refused}");
+    // The replica trims the stream down to its --trim-keep slack.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let length: u64 = redis::cmd("XLEN")
+            .arg("chat:stream")
+            .query(&mut redis)
+            .expect("xlen");
+        if length <= 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream of {length} entries not trimmed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

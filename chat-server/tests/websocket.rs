@@ -546,6 +546,12 @@ async fn violations_close_with_the_rfc_code_and_client_closes_are_echoed() {
         .map(|m| m.position)
         .collect();
     assert_eq!(stored, acked);
+    // The node's own closes are counted by code; answers to a client's close are not (the 1002
+    // answering close code 0 among them).
+    for (code, n) in [(1007, 2.0), (1002, 5.0), (1009, 1.0), (1000, 0.0)] {
+        let name = format!("chat_server_websocket_closes_total{{code=\"{code}\"}}");
+        assert_eq!(metric(&url, &name).await, n, "{name}");
+    }
 }
 
 /// Item 5: SIGTERM closes every WebSocket with 1001 and `after=P` (the last position each

@@ -87,7 +87,14 @@ async fn status(
 }
 
 async fn metrics(State(node): State<Node>) -> Response {
-    metrics_response(&node.metrics().registry)
+    let (held, channels) = {
+        let store = node.read();
+        (store.held_bytes(), store.channel_count())
+    };
+    let m = node.metrics();
+    m.window_bytes.set(i64::try_from(held).unwrap_or(i64::MAX));
+    m.channels.set(i64::try_from(channels).unwrap_or(i64::MAX));
+    metrics_response(&m.registry)
 }
 
 /// At most one "write failed" warning per 10 s: in a broker outage every request fails, and the
@@ -107,7 +114,7 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
     }
     let max = node.settings().max_channels;
     if !node.read().admits(&msg.channel, max) {
-        node.metrics().rejected.inc();
+        node.metrics().channel_limit_refusals.inc();
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -158,7 +165,8 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
 }
 
 /// The answer to a write the broker did not store, or may have: `504` with outcome `unknown` when
-/// the broker could not tell, else `503` with outcome `not_stored`.
+/// the broker could not tell, else `503` with outcome `not_stored` (saying so when Redis is out
+/// of memory).
 fn write_error(e: &BrokerError, id: String) -> ApiError {
     if e.is_outcome_unknown() {
         ApiError::write_failed(
@@ -167,7 +175,10 @@ fn write_error(e: &BrokerError, id: String) -> ApiError {
             WriteFate::Unknown,
         )
     } else {
-        ApiError::write_failed(format!("broker unavailable: {e}"), id, WriteFate::NotStored)
+        let text = e.to_string();
+        let reason = crate::limits::broker_out_of_memory(&text)
+            .unwrap_or_else(|| format!("broker unavailable: {text}"));
+        ApiError::write_failed(reason, id, WriteFate::NotStored)
     }
 }
 

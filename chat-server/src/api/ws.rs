@@ -401,10 +401,12 @@ async fn session(
         }
         End::Fail(Ending { code, reason }) => {
             debug!(code, %reason, "failing websocket");
+            node.metrics().ws_closed(code);
             let _ = timeout(timing.write, sink.send(close_frame(code, reason))).await;
         }
         End::Close(Ending { code, reason }) => {
             debug!(code, %reason, "closing websocket");
+            node.metrics().ws_closed(code);
             if let Ok(Ok(())) = timeout(timing.write, sink.send(close_frame(code, reason))).await {
                 // RFC 6455 §7.1.1: wait for the client's close before closing TCP.
                 let _ = timeout(timing.write, async {

@@ -1,9 +1,17 @@
 //! The chat-server's Prometheus metrics, registered in one registry served at `/metrics`.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// The `code` label of `websocket_closes`: the close code the node sent (RFC 6455 §7.4).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub code: u16,
+}
 
 /// Counters and gauges of one node.
 pub struct NodeMetrics {
@@ -27,6 +35,16 @@ pub struct NodeMetrics {
     pub outcome_unknown: Counter,
     /// Open and refused connections (`crate::serve`).
     pub connections: crate::serve::ConnectionMetrics,
+    /// WebSocket closes the node started (not echoes of a client's close), by close code.
+    pub ws_closes: Family<CloseLabel, Counter>,
+    /// Writes refused with 409 because they would create a channel over `--max-channels`.
+    pub channel_limit_refusals: Counter,
+    /// The memory window's byte budget (`--memory-window-bytes` or its default).
+    pub window_budget_bytes: Gauge,
+    /// Bytes the memory window holds, counted as the budget counts them (set when scraped).
+    pub window_bytes: Gauge,
+    /// Channels this node holds (set when scraped).
+    pub channels: Gauge,
 }
 
 impl Default for NodeMetrics {
@@ -50,6 +68,11 @@ impl Default for NodeMetrics {
             history_resets: Counter::default(),
             outcome_unknown: Counter::default(),
             connections: Default::default(),
+            ws_closes: Family::default(),
+            channel_limit_refusals: Counter::default(),
+            window_budget_bytes: Gauge::default(),
+            window_bytes: Gauge::default(),
+            channels: Gauge::default(),
             registry: Registry::default(),
         };
         m.connections.register(&mut registry);
@@ -133,6 +156,38 @@ impl Default for NodeMetrics {
             "Writes answered 504: the broker could not be asked whether they were stored",
             m.outcome_unknown.clone(),
         );
+        registry.register(
+            "websocket_closes",
+            "WebSocket closes the node started, by close code: 1001 shutdown, 1002/1007/1009 client protocol faults, 1008 policy, 1012 reload, 1013 history not available, 4001 token expired, 4008 slow consumer, 4009 ping timeout",
+            m.ws_closes.clone(),
+        );
+        registry.register(
+            "channel_limit_refusals",
+            "Writes refused with 409 because they would create a channel over --max-channels",
+            m.channel_limit_refusals.clone(),
+        );
+        registry.register(
+            "memory_window_budget_bytes",
+            "Byte budget of the in-memory window over all channels (--memory-window-bytes, default 40 % of the cgroup memory limit)",
+            m.window_budget_bytes.clone(),
+        );
+        registry.register(
+            "memory_window_bytes",
+            "Bytes the in-memory window holds (payload plus 160 per message), at most the budget",
+            m.window_bytes.clone(),
+        );
+        registry.register(
+            "channels",
+            "Channels this node holds (bounded by --max-channels)",
+            m.channels.clone(),
+        );
         NodeMetrics { registry, ..m }
+    }
+}
+
+impl NodeMetrics {
+    /// Counts a WebSocket close frame with `code` sent by the node.
+    pub fn ws_closed(&self, code: u16) {
+        self.ws_closes.get_or_create(&CloseLabel { code }).inc();
     }
 }

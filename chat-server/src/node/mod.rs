@@ -135,6 +135,9 @@ impl Node {
     pub fn new(settings: NodeSettings, log: LogClient) -> Node {
         let store = settings.empty_store();
         let mut metrics = NodeMetrics::default();
+        metrics
+            .window_budget_bytes
+            .set(i64::try_from(settings.memory_window_bytes).unwrap_or(i64::MAX));
         settings
             .rate_limits
             .metrics()

@@ -302,6 +302,11 @@ impl Store {
         (n, self.held)
     }
 
+    /// Bytes of the messages held in memory, counted by [`message_cost`] (at most the budget).
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
     /// Applies the next message; it must be at `cursor + 1`, or be a void record past the cursor
     /// (positions skipped after a broker data loss: remembered in [`Store::voids`]).
     pub fn apply(&mut self, message: Message) -> Result<(), OutOfOrder> {
