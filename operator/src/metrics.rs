@@ -40,6 +40,9 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     duration: Histogram,
     gated: Counter,
+    log_rollout_steps: Counter,
+    log_rollbacks: Counter,
+    log_pods_replaced: Counter,
     child_writes: Counter,
     status_writes: Counter,
     leader: Gauge,
@@ -60,6 +63,9 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let gated = Counter::default();
+        let log_rollout_steps = Counter::default();
+        let log_rollbacks = Counter::default();
+        let log_pods_replaced = Counter::default();
         let child_writes = Counter::default();
         let status_writes = Counter::default();
         let leader = Gauge::default();
@@ -78,6 +84,21 @@ impl Metrics {
             "gated_pods",
             "chat-server pods whose caught-up gate was passed",
             gated.clone(),
+        );
+        registry.register(
+            "log_rollout_steps",
+            "Replication-log rollout steps: the partition lowered to release the next replica",
+            log_rollout_steps.clone(),
+        );
+        registry.register(
+            "log_rollbacks",
+            "Replication-log rollouts rolled back to the last good revision (spec.rollout.autoRollback)",
+            log_rollbacks.clone(),
+        );
+        registry.register(
+            "log_pods_replaced",
+            "Log pods deleted because the StatefulSet controller would wait on them forever",
+            log_pods_replaced.clone(),
         );
         registry.register(
             "child_writes",
@@ -100,6 +121,9 @@ impl Metrics {
             errors,
             duration,
             gated,
+            log_rollout_steps,
+            log_rollbacks,
+            log_pods_replaced,
             child_writes,
             status_writes,
             leader,
@@ -130,6 +154,22 @@ impl Metrics {
     /// Records `n` pods passed by the gate.
     pub fn pods_gated(&self, n: usize) {
         self.gated.inc_by(n as u64);
+    }
+
+    /// Records one replication-log rollout step (partition lowered).
+    pub fn log_rollout_step(&self) {
+        self.log_rollout_steps.inc();
+    }
+
+    /// Records one automatic rollback of a replication-log rollout.
+    pub fn log_rollback(&self) {
+        self.log_rollbacks.inc();
+    }
+
+    /// Records one log pod deleted for a stuck or rolled-back rollout (the broken pod of a
+    /// rollback included).
+    pub fn log_pod_replaced(&self) {
+        self.log_pods_replaced.inc();
     }
 
     /// Records one child write.

@@ -304,6 +304,11 @@ async fn log_rollouts_step_one_caught_up_replica_at_a_time_halt_and_roll_back() 
     // 1. A rollout that succeeds, one caught-up replica at a time.
     let rolled = c.roll_through(FIXED).await;
     assert_ne!(rolled, good);
+    // Two steps: partition 2 → 1 (demo-log-1), 1 → 0 (demo-log-0).
+    let steps = op
+        .metric("chat_cluster_operator_log_rollout_steps_total")
+        .await;
+    assert!(steps >= 2.0, "log_rollout_steps_total {steps}");
     let good = rolled;
 
     // 2. A broken image: -log-1 never runs; the rollout halts there.
@@ -395,6 +400,15 @@ async fn log_rollouts_step_one_caught_up_replica_at_a_time_halt_and_roll_back() 
         },
     )
     .await;
+    assert_eq!(
+        op.metric("chat_cluster_operator_log_rollbacks_total").await,
+        1.0
+    );
+    assert!(
+        op.metric("chat_cluster_operator_log_pods_replaced_total")
+            .await
+            >= 1.0
+    );
     let cc = c.api.get("demo").await.expect("cluster");
     assert_eq!(
         cc.spec.replication_log.image.as_deref(),

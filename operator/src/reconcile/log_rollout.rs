@@ -47,6 +47,7 @@ use tracing::Instrument;
 use super::gate::{condition_true, started_at};
 use super::validate::Validated;
 use crate::crd::ChatCluster;
+use crate::metrics::Metrics;
 use crate::probe::LogStatus;
 
 /// StatefulSet annotation: hash of the pod template the operator built from the spec.
@@ -703,6 +704,7 @@ pub fn template_of(revision: &ControllerRevision) -> Result<PodTemplateSpec, Log
 pub async fn execute(
     client: &Client,
     recorder: &Recorder,
+    metrics: &Metrics,
     cluster: &ChatCluster,
     namespace: &str,
     outcome: &Outcome,
@@ -717,6 +719,7 @@ pub async fn execute(
             .is_some_and(|p| plan.partition < p);
         if let (true, Progress::Waiting { pod, reason }) = (lowered, &plan.progress) {
             tracing::info!(pod, reason, "log rollout: next replica released");
+            metrics.log_rollout_step();
             let note = format!(
                 "replication-log partition {} → {}: rolling pod {pod}",
                 outcome.previous_partition.unwrap_or_default(),
@@ -736,6 +739,10 @@ pub async fn execute(
         if let Progress::Waiting { pod, reason } = &plan.progress {
             tracing::debug!(pod, reason, "log rollout waiting");
         }
+        if let Progress::RollBack { pod, revision, .. } = &plan.progress {
+            tracing::warn!(pod, revision, "log rollout halted: rolling back");
+            metrics.log_rollback();
+        }
         if let Some(pod) = &plan.delete {
             let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
             match api.delete(pod, &DeleteParams::default()).await {
@@ -748,6 +755,7 @@ pub async fn execute(
                     });
                 }
             }
+            metrics.log_pod_replaced();
             let (reason, note) = match &plan.progress {
                 Progress::RollBack { revision, .. } => (
                     "RollingBack",

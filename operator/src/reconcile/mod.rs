@@ -165,6 +165,7 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
     log_rollout::execute(
         &ctx.client,
         &ctx.recorder,
+        &ctx.metrics,
         &cluster,
         &validated.namespace,
         &log_rollout,
