@@ -24,6 +24,8 @@
 //! - [`controller`]: the kube-runtime controller: watches, triggers, error backoff.
 //! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` HTTP server.
+//! - [`token`]: client tokens (HS256 JWTs) for a ChatCluster in token mode: minting, the key
+//!   from its auth Secret (`chat-cluster-operator token`, the e2e suite).
 //! - `fixtures` (unit tests only, `#[cfg(test)]`): a small DSL for test objects
 //!   (`ChatCluster::test().with_replicas(5)`); not part of the library's API.
 
@@ -37,3 +39,4 @@ pub mod names;
 pub mod probe;
 pub mod quantity;
 pub mod reconcile;
+pub mod token;

@@ -1,13 +1,14 @@
 //! `chat-cluster-operator`: the command line. `run` (default) elects a leader on a Lease and runs
 //! the controller while leading, serving metrics and health on `--metrics-listen`; `crd` prints
-//! the CustomResourceDefinition YAML.
+//! the CustomResourceDefinition YAML; `token` prints a client token (HS256 JWT) for a ChatCluster
+//! in token mode, signed with a key file or the ChatCluster's auth Secret.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chat_cluster_operator::{controller, crd, leader::Elector, metrics::Metrics};
+use chat_cluster_operator::{controller, crd, leader::Elector, metrics::Metrics, token};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -30,6 +31,52 @@ enum Command {
     Run(RunArgs),
     /// Print the ChatCluster CustomResourceDefinition as YAML.
     Crd,
+    /// Print a client token (an HS256 JWT) for a ChatCluster in token mode: its `sub` is the
+    /// user, its grants the channel patterns given. Only the token goes to stdout.
+    Token(TokenArgs),
+}
+
+/// `chat-cluster-operator token` (docs/security.md, "Tokens for users").
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("key").required(true).args(["key_file", "chatcluster"])))]
+struct TokenArgs {
+    /// The user: the token's subject (`sub`), written as the author of their messages.
+    #[arg(long)]
+    user: String,
+    /// A display name (`name` claim), shown as the author when chat-server runs with
+    /// AUTH_NAME_CLAIM=name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Channel patterns the user may read and publish to, comma-separated: a channel name,
+    /// `prefix.*` or `*` (e.g. 'general,team.*').
+    #[arg(long, default_value = "")]
+    channels: String,
+    /// Channel patterns the user may only read.
+    #[arg(long, default_value = "")]
+    subscribe: String,
+    /// Channel patterns the user may only publish to.
+    #[arg(long, default_value = "")]
+    publish: String,
+    /// Lifetime: a number with a unit s, m, h or d (24h, 90m, 7d); at most 366d.
+    #[arg(long, default_value = "24h")]
+    ttl: String,
+    /// `aud` claim (with --chatcluster, default: its spec.auth.audience).
+    #[arg(long)]
+    audience: Option<String>,
+    /// `iss` claim (with --chatcluster, default: its spec.auth.issuer).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Sign with the HS256 key in this file (trailing newlines ignored, as chat-server's
+    /// --auth-hmac-key-file).
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<std::path::PathBuf>,
+    /// Sign with the key of this ChatCluster: its Secret spec.auth.secretName, else
+    /// `{name}-auth` (key `hmac-key`), read through the kubeconfig; aud/iss from its spec.
+    #[arg(long, value_name = "NAME")]
+    chatcluster: Option<String>,
+    /// Namespace of --chatcluster (default: the kubeconfig context's).
+    #[arg(long, short = 'n', requires = "chatcluster")]
+    namespace: Option<String>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -89,9 +136,51 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", crd::crd_yaml().context("rendering the CRD")?);
             Ok(())
         }
+        Some(Command::Token(args)) => {
+            println!("{}", mint(args).await?);
+            Ok(())
+        }
         Some(Command::Run(args)) => run(args).await,
         None => run(cli.run).await,
     }
+}
+
+/// Reads the key (the file, or the ChatCluster's Secret) and mints the token.
+async fn mint(args: TokenArgs) -> anyhow::Result<String> {
+    let (key, audience, issuer) = match (&args.key_file, &args.chatcluster) {
+        (Some(path), _) => {
+            let raw = std::fs::read(path)
+                .with_context(|| format!("reading --key-file {}", path.display()))?;
+            (token::key_bytes(&raw).to_vec(), args.audience, args.issuer)
+        }
+        (None, Some(name)) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("creating the Kubernetes client (for --chatcluster)")?;
+            let namespace = args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            let (key, auth) = token::cluster_key(client, &namespace, name).await?;
+            (
+                key,
+                args.audience.or(auth.audience),
+                args.issuer.or(auth.issuer),
+            )
+        }
+        (None, None) => anyhow::bail!("give --key-file PATH or --chatcluster NAME"),
+    };
+    let grant = token::Grant {
+        user: args.user,
+        name: args.name,
+        channels: token::patterns(&args.channels),
+        subscribe: token::patterns(&args.subscribe),
+        publish: token::patterns(&args.publish),
+        ttl: token::parse_ttl(&args.ttl)?,
+        audience,
+        issuer,
+    };
+    Ok(token::mint(&grant, &key, token::unix_now())?)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
