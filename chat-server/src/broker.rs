@@ -146,14 +146,16 @@ end
 /// went back: the position would be handed out a second time).
 /// Epoch, sequence and limit are read with one `MGET` (the script is atomic, so reading them
 /// first changes nothing).
-/// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record, limit.
+/// Refuses (`BEHIND`) as well when the sequence is below the epoch's anchor (set back by hand:
+/// the next position would be one the epoch declared void).
+/// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record, limit, anchor.
 /// ARGV: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms), token, holds.
 /// Replies `{1, position}` or `{0, p, s, w, author|nil, text|nil}` for an existing record.
 const WRITE_LUA: &str = concat!(
     "-- chat-cluster write script (EVALSHA only; loaded only into a validated broker instance)\n",
     original_lua!(),
     r#"
-local state = redis.call('MGET', KEYS[3], KEYS[2], KEYS[7])
+local state = redis.call('MGET', KEYS[3], KEYS[2], KEYS[7], KEYS[8])
 if not state[1] then
   return redis.error_reply('NOEPOCH the broker has no epoch yet; waiting for the replication log to anchor it')
 end
@@ -174,6 +176,9 @@ if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV
   return redis.error_reply('DEADLINE the write reached redis after its deadline')
 end
 local cur = tonumber(state[2] or '0')
+if cur < tonumber(state[4] or '0') then
+  return redis.error_reply('BEHIND the broker sequence ' .. cur .. ' is below the anchor ' .. state[4] .. ' of its epoch; it was set back')
+end
 if cur < tonumber(ARGV[9]) then
   return redis.error_reply('BEHIND the broker sequence ' .. cur .. ' is below position ' .. ARGV[9] .. ' that this node already holds; the broker went back')
 end
@@ -759,7 +764,7 @@ impl Broker {
         let mut invocation = redis::cmd("EVALSHA");
         invocation
             .arg(self.write.get_hash())
-            .arg(7)
+            .arg(8)
             .arg(STREAM)
             .arg(SEQ)
             .arg(EPOCH)
@@ -767,6 +772,7 @@ impl Broker {
             .arg(&fence)
             .arg(legacy_dedupe_key(&msg.channel, id))
             .arg(LIMIT)
+            .arg(ANCHOR)
             .arg(&msg.channel)
             .arg(id)
             .arg(&msg.author)

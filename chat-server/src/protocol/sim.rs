@@ -69,12 +69,10 @@
 //! next epoch's base are deleted by the anchor script; a diverged replica serves no history (it
 //! answers pages and snapshots with 503), and the model now waits, as the real replica does, for
 //! every peer before anchoring (replica crashes, one or several at a time, are in the default run
-//! since). The others
+//! since); the write script refuses a sequence set back below its epoch's anchor (a sequence reset
+//! by hand is in the default run since). The others
 //! are open, and [`Faults::DEFAULT`] leaves out the fault that triggers each; `SIM_FAULTS` puts
 //! them back and the ignored `known_issue_*` tests show each is found:
-//! - `seq_reset` (2 seeds in 12,000): `chat:seq` set back by hand between a new epoch's base and
-//!   its anchor lets the next write take a position the replicas hold as void before anyone
-//!   notices the sequence went back (seed 4116); and replicas ended up disagreeing once (seed 5711).
 //! - `rollback`: the keys of a running broker rolled back in place (same process, scripts still
 //!   loaded) to a copy that no replica or node has read past is not detected (same epoch, head
 //!   not below anyone), so acknowledged positions after the copy are handed out again. A restart
@@ -87,7 +85,7 @@
 //! `cargo test -p chat-server protocol::sim` runs [`DEFAULT_SEEDS`] seeds with the current rules
 //! (20–40 s in a debug build on two shared cores); `SIM_SEEDS=N` changes the count, `SIM_SEED=S`
 //! runs only seed `S` and prints its whole trace (every delivery included),
-//! `SIM_FAULTS=rollback,seq_reset,loss_during_resolve` (or `all`) adds faults,
+//! `SIM_FAULTS=rollback,loss_during_resolve` (or `all`) adds faults,
 //! `SIM_SURVEY=1` lists every failing seed instead of stopping at the first. A failing seed panics
 //! with the violations, the last events and the exact command to replay it, e.g.
 //!
@@ -227,7 +225,6 @@ impl Faults {
     /// from an older copy included).
     pub const DEFAULT: Faults = Faults {
         rollback: false,
-        seq_reset: false,
         loss_during_resolve: false,
         ..Faults::ALL
     };
@@ -290,7 +287,7 @@ impl Broker {
                 return Reply::Refused("DEADLINE");
             }
         }
-        if self.seq < holds {
+        if self.seq < holds || self.seq < self.anchor {
             return Reply::Refused("BEHIND");
         }
         if rules.anchor_past_limit && self.seq + 1 > self.limit {
@@ -2065,20 +2062,6 @@ mod tests {
             panic!("{what}: not found in seeds {seeds:?}; fixed? update the module doc");
         };
         println!("{what}: seed {seed}\n{e}");
-    }
-
-    #[test]
-    #[ignore = "known issue: shows the simulation finds it"]
-    fn known_issue_seq_reset_hands_out_a_void_position() {
-        let faults = Faults {
-            seq_reset: true,
-            ..Faults::DEFAULT
-        };
-        known_issue_in(
-            4100..4200,
-            faults,
-            "a sequence reset between base and anchor",
-        );
     }
 
     #[test]
