@@ -1,6 +1,9 @@
 //! chat-cluster data plane.
 //!
 //! # Layout
+//! The `/status` documents of both binaries and their phases are defined once in the `chat-wire`
+//! crate (`chat-server/wire`), which the operator decodes too; `node::Phase`, `node::NodeStatus`,
+//! `log::Phase` and `log::ReplicaStatus` are its types.
 //! - [`message`]: the message record, its JSON form and the contract's validation rules.
 //! - [`broker`]: the Redis broker — key names, write/anchor Lua scripts, stream reads.
 //! - [`protocol`]: the replication protocol's decisions as pure functions (gaps, page coverage,
@@ -14,7 +17,8 @@
 //! - [`config`]: flags and environment variables of the binaries.
 //! - [`cgroup`]: the memory limit of the process's cgroup (the default window budget).
 //! - [`flag_values`]: value parsers the flag structs share (seconds).
-//! - [`node`]: a chat-server node's state (in-memory window, cursor, phase) and its follower.
+//! - [`node`]: a chat-server node's state (in-memory window, cursor, phase), its `/status` and its
+//!   follower.
 //! - [`auth`]: who may do what: `--auth`, JWT connection tokens, channel permissions, the
 //!   Origin check, the data plane's internal token.
 //! - [`api`]: the chat-server's HTTP and WebSocket API.

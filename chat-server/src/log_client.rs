@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use serde::Deserialize;
+use chat_wire::ReplicaStatus;
 
 use crate::auth::InternalToken;
 use crate::auth::internal::INTERNAL_TOKEN_HEADER;
@@ -49,21 +49,6 @@ impl LogClientError {
             source: source.without_url(),
         }
     }
-}
-
-/// A replica's `/status`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct LogStatus {
-    pub replica_id: String,
-    pub phase: String,
-    pub persisted: u64,
-    pub head: u64,
-    pub lag: u64,
-    pub messages: u64,
-    /// Highest position this replica granted the broker (recorded on its disk first); 0 from a
-    /// replica that does not say.
-    #[serde(default)]
-    pub limit: u64,
 }
 
 /// Client of one or more replicas (tried in order).
@@ -210,27 +195,29 @@ impl LogClient {
     }
 
     /// `GET /status` of one replica.
-    pub async fn status_of(&self, url: &str) -> Result<LogStatus, LogClientError> {
+    pub async fn status_of(&self, url: &str) -> Result<ReplicaStatus, LogClientError> {
         let resp = self
             .get(url, "/status", Some(Duration::from_secs(2)))
             .await?;
-        let status: serde_json::Value = resp
-            .json()
+        let body = resp
+            .bytes()
             .await
             .map_err(|source| LogClientError::transport(url, source))?;
+        let status: ReplicaStatus =
+            serde_json::from_slice(&body).map_err(|e| LogClientError::BadSnapshot {
+                url: redact_url(url),
+                reason: format!("bad status document: {e}"),
+            })?;
         // A replica that did not take our internal token shows only its public status, without
         // the limit it granted: treated as unreachable, never as a limit of 0.
-        if self.internal.is_some() && status.get("limit").is_none() {
+        if self.internal.is_some() && status.limit.is_none() {
             return Err(LogClientError::Status {
                 url: redact_url(url),
                 status: 403,
                 body: "the replica did not accept this internal token (no status details)".into(),
             });
         }
-        serde_json::from_value(status).map_err(|e| LogClientError::BadSnapshot {
-            url: redact_url(url),
-            reason: format!("bad status document: {e}"),
-        })
+        Ok(status)
     }
 
     async fn get(

@@ -20,7 +20,8 @@
 //!     container settings).
 //!   - `reconcile::apply`: server-side apply and pruning through one generic applier.
 //!   - `reconcile::gate`, `reconcile::status`: pure decisions with thin patch shells.
-//! - [`probe`]: the data plane's `/status` documents, read through the API server's pod proxy.
+//! - [`probe`]: reading the data plane's `/status` documents (defined in the `chat-wire` crate,
+//!   shared with the data plane) through the API server's pod proxy.
 //! - [`controller`]: the kube-runtime controller: watches, triggers, error backoff.
 //! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` HTTP server.

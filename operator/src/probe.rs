@@ -1,5 +1,6 @@
-//! The data plane's `/status` documents and the one way the operator reads them: a GET through
-//! the API server's pod proxy subresource (`/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/status`),
+//! The one way the operator reads the data plane's `/status` documents (defined once in
+//! `chat-wire`: [`chat_wire::NodeStatus`], [`chat_wire::ReplicaStatus`]; an unknown phase fails
+//! the probe instead of being guessed): a GET through the API server's pod proxy subresource (`/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/status`),
 //! which works from inside and outside the cluster and needs only `pods/proxy` get.
 
 use std::time::Duration;
@@ -7,60 +8,10 @@ use std::time::Duration;
 use kube::Client;
 
 use crate::names::INTERNAL_TOKEN_HEADER;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 /// How long one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// `GET /status` of a chat-server.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct ServerStatus {
-    /// NODE_ID of the node.
-    #[serde(default)]
-    pub node_id: String,
-    /// `bootstrapping`, `catching_up` or `live`.
-    #[serde(default)]
-    pub phase: String,
-    /// Last applied position.
-    #[serde(default)]
-    pub position: u64,
-    /// Broker head the node has observed.
-    #[serde(default)]
-    pub head: u64,
-    /// `head - position`.
-    #[serde(default)]
-    pub lag: u64,
-    /// Messages held.
-    #[serde(default)]
-    pub messages: u64,
-    /// Channels known.
-    #[serde(default)]
-    pub channels: u64,
-}
-
-/// `GET /status` of a replication-log replica.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct LogStatus {
-    /// REPLICA_ID of the replica.
-    #[serde(default)]
-    pub replica_id: String,
-    /// The replica's phase.
-    #[serde(default)]
-    pub phase: String,
-    /// Highest position fsynced to its log.
-    #[serde(default)]
-    pub persisted: u64,
-    /// Broker head it has observed.
-    #[serde(default)]
-    pub head: u64,
-    /// `head - persisted`.
-    #[serde(default)]
-    pub lag: u64,
-    /// Messages held.
-    #[serde(default)]
-    pub messages: u64,
-}
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]

@@ -78,11 +78,12 @@ async fn status(
     axum::Extension(access): axum::Extension<Access>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let mut status = node.status();
-    if !access.internal(&headers) {
-        status.epoch = None;
-        status.error = None;
-    }
+    let status = node.status();
+    let status = if access.internal(&headers) {
+        status
+    } else {
+        status.without_details()
+    };
     axum::Json(status).into_response()
 }
 

@@ -17,7 +17,7 @@ use axum::routing::get;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use super::{Phase, Replica, ReplicaStatus};
+use super::{Phase, Replica};
 use crate::api::PAGE_BYTES;
 use crate::auth::internal::{INTERNAL_TOKEN_HEADER, admitted};
 use crate::http::{ApiError, MessagesPage, PageQuery, form_pairs, metrics_response};
@@ -68,26 +68,13 @@ async fn internal_only(State(replica): State<Replica>, request: Request, next: N
 /// is configured), only the counters the operator's gate reads.
 fn visible_status(replica: &Replica, headers: &HeaderMap) -> serde_json::Value {
     let status = replica.status();
-    if admitted(replica.settings().internal_token.as_ref(), headers) {
-        return serde_json::to_value(status).unwrap_or_default();
-    }
-    let ReplicaStatus {
-        replica_id,
-        phase,
-        persisted,
-        head,
-        lag,
-        messages,
-        ..
-    } = status;
-    serde_json::json!({
-        "replica_id": replica_id,
-        "phase": phase,
-        "persisted": persisted,
-        "head": head,
-        "lag": lag,
-        "messages": messages,
-    })
+    let status = if admitted(replica.settings().internal_token.as_ref(), headers) {
+        status
+    } else {
+        status.without_details()
+    };
+    // Through a `Value` (keys in sorted order), as this document has always been served.
+    serde_json::to_value(status).unwrap_or_default()
 }
 
 /// A channel page, with the persisted position read before it in `X-Persisted-Position`: the

@@ -14,9 +14,8 @@ use crate::backoff::{Backoff, Cancelled};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::store::{LogStore, StoreError};
-use super::{Phase, Replica};
+use super::{Phase, Replica, ReplicaStatus};
 use crate::broker::{AnchorOutcome, Broker, BrokerError, InstanceCheck, StreamReader};
-use crate::log_client::LogStatus;
 use crate::log_client::{LogClient, LogClientError};
 use crate::message::Message;
 use crate::protocol::{anchor_position, epoch_fits, next_limit, split_dense, void_after};
@@ -529,7 +528,7 @@ async fn ensure_epoch(
                 }
                 let granted = peers
                     .iter()
-                    .map(|(_, s)| s.limit)
+                    .map(|(_, s)| s.limit.unwrap_or(0))
                     .fold(replica.limit(), u64::max);
                 let anchor = anchor_position(persisted, granted);
                 let limit = anchor.saturating_add(replica.settings().position_lease);
@@ -656,13 +655,13 @@ fn adopt(replica: &Replica, epoch: &str) -> Result<(), FollowError> {
 }
 
 /// The status of every reachable peer (not this replica, not diverged).
-async fn peer_statuses(replica: &Replica) -> Vec<(String, LogStatus)> {
+async fn peer_statuses(replica: &Replica) -> Vec<(String, ReplicaStatus)> {
     peer_survey(replica).await.0
 }
 
 /// The status of every reachable peer (not this replica, not diverged), and the peer URLs that
 /// did not answer.
-async fn peer_survey(replica: &Replica) -> (Vec<(String, LogStatus)>, Vec<String>) {
+async fn peer_survey(replica: &Replica) -> (Vec<(String, ReplicaStatus)>, Vec<String>) {
     let client = LogClient::new(replica.settings().peers.clone())
         .with_internal_token(replica.settings().internal_token.clone());
     let mut out = Vec::new();
@@ -670,7 +669,7 @@ async fn peer_survey(replica: &Replica) -> (Vec<(String, LogStatus)>, Vec<String
     for url in client.urls() {
         match client.status_of(url).await {
             Ok(s) if s.replica_id == replica.settings().replica_id => {}
-            Ok(s) if s.phase == "diverged" => {}
+            Ok(s) if s.phase == Phase::Diverged => {}
             Ok(s) => out.push((url.clone(), s)),
             Err(e) => {
                 tracing::debug!(peer = %redact_url(url), error = %e, "peer status unavailable");
@@ -682,7 +681,7 @@ async fn peer_survey(replica: &Replica) -> (Vec<(String, LogStatus)>, Vec<String
 }
 
 /// The peer with the highest persisted position above `than`, if any.
-fn highest_peer(peers: &[(String, LogStatus)], than: u64) -> Option<(String, u64)> {
+fn highest_peer(peers: &[(String, ReplicaStatus)], than: u64) -> Option<(String, u64)> {
     peers
         .iter()
         .filter(|(_, s)| s.persisted > than)
@@ -748,7 +747,7 @@ async fn bootstrap_from_peer(
         };
         if status.replica_id == replica.settings().replica_id
             || status.persisted == 0
-            || status.phase == "diverged"
+            || status.phase == Phase::Diverged
         {
             continue;
         }
@@ -805,7 +804,7 @@ async fn repair(
             match client.status_of(url).await {
                 Ok(s)
                     if s.replica_id != replica.settings().replica_id
-                        && s.phase != "diverged"
+                        && s.phase != Phase::Diverged
                         && s.persisted > persisted => {}
                 _ => continue,
             }

@@ -19,41 +19,13 @@ pub mod store;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::{Deserialize, Serialize};
-
 use metrics::LogMetrics;
 use store::LogStore;
 
-/// Where a replica is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Not yet connected to the broker.
-    Starting,
-    /// Copying a peer's snapshot into an empty log.
-    Bootstrapping,
-    /// Following the stream, behind the broker head.
-    CatchingUp,
-    /// Persisted position at or past the broker head observed last (ready).
-    Live,
-    /// The broker lost data (epoch gone or sequence below the log); not applying until resolved.
-    BrokerLost,
-    /// This log holds positions past the broker's new anchor: it stopped for good.
-    Diverged,
-}
-
-impl Phase {
-    pub fn code(self) -> i64 {
-        match self {
-            Phase::Starting => 0,
-            Phase::Bootstrapping => 1,
-            Phase::CatchingUp => 2,
-            Phase::Live => 3,
-            Phase::BrokerLost => 4,
-            Phase::Diverged => 5,
-        }
-    }
-}
+/// Where a replica is in its life (the wire document's phase, defined once in `chat-wire`).
+pub use chat_wire::ReplicaPhase as Phase;
+/// `GET /status` (defined once in `chat-wire`, decoded by peers, nodes and the operator).
+pub use chat_wire::ReplicaStatus;
 
 /// Settings of a replica that the follower and API need.
 #[derive(Debug, Clone)]
@@ -75,35 +47,6 @@ pub struct ReplicaSettings {
     /// The data plane's internal token: required by the internal endpoints and sent to peers
     /// (`--internal-token-file`); `None`: endpoints open (warned at start).
     pub internal_token: Option<crate::auth::InternalToken>,
-}
-
-/// `GET /status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaStatus {
-    pub replica_id: String,
-    pub phase: Phase,
-    pub persisted: u64,
-    pub head: u64,
-    pub lag: u64,
-    pub messages: u64,
-    /// The highest position this replica granted the broker, recorded on its disk first (peers
-    /// read it when they anchor a broker that lost its data).
-    #[serde(default)]
-    pub limit: u64,
-    /// The broker epoch this log follows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<String>,
-    /// What stops this replica from following now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The broker refused this replica's writes for lack of memory (Redis `maxmemory`): it
-    /// cannot register, publish its persisted position or trim the stream until memory frees.
-    /// Cleared by the next broker round trip that succeeds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub broker_error: Option<String>,
-    /// The last broker data loss this replica detected (kept after it re-anchored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub broker_loss: Option<String>,
 }
 
 #[derive(Debug)]
@@ -181,7 +124,7 @@ impl Replica {
 
     pub(crate) fn set_phase(&self, phase: Phase) {
         self.state().phase = phase;
-        self.0.metrics.phase.set(phase.code());
+        self.0.metrics.phase.set(phase.code() as i64);
     }
 
     /// The broker head observed last.
@@ -285,7 +228,7 @@ impl Replica {
             head: state.head,
             lag: state.head.saturating_sub(persisted),
             messages,
-            limit: state.limit,
+            limit: Some(state.limit),
             epoch: state.epoch.clone(),
             error: state.cut_off.clone().or_else(|| state.error.clone()),
             broker_error: state.broker_error.clone(),

@@ -10,42 +10,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::broker::Broker;
 use crate::log_client::LogClient;
 use metrics::NodeMetrics;
 use store::{Live, LiveEnd, Store, Subscription};
 
-/// Where a node is in its life: filling from the log, following the stream towards the head, or
-/// serving (ready).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Bootstrapping,
-    CatchingUp,
-    Live,
-}
+/// Where a node is in its life (the wire document's phase, defined once in `chat-wire`):
+/// filling from the log, following the stream towards the head, or serving (ready).
+pub use chat_wire::NodePhase as Phase;
+/// `GET /status` (defined once in `chat-wire`, decoded by the operator).
+pub use chat_wire::NodeStatus;
 
-impl Phase {
-    fn code(self) -> u64 {
-        match self {
-            Phase::Bootstrapping => 0,
-            Phase::CatchingUp => 1,
-            Phase::Live => 2,
-        }
-    }
-
-    /// The phase `code` encodes; an error for any other number, never a guess (an unknown code
-    /// read as `Live` would make a node that has not caught up report ready).
-    fn from_code(code: u64) -> Result<Phase, UnknownPhaseCode> {
-        match code {
-            0 => Ok(Phase::Bootstrapping),
-            1 => Ok(Phase::CatchingUp),
-            2 => Ok(Phase::Live),
-            other => Err(UnknownPhaseCode(other)),
-        }
-    }
+/// The phase stored as `code`; an error for any other number, never a guess (an unknown code read
+/// as `Live` would make a node that has not caught up report ready).
+fn decode_phase(code: u64) -> Result<Phase, UnknownPhaseCode> {
+    Phase::from_code(code).ok_or(UnknownPhaseCode(code))
 }
 
 /// A stored phase code that no [`Phase`] encodes. Only [`Node::set_phase`] writes the code, so
@@ -83,26 +62,6 @@ impl NodeSettings {
     pub fn empty_store(&self) -> Store {
         Store::with_budget(self.memory_window, self.memory_window_bytes, self.ws_queue)
     }
-}
-
-/// `GET /status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeStatus {
-    pub node_id: String,
-    pub phase: Phase,
-    pub position: u64,
-    pub head: u64,
-    pub lag: u64,
-    pub messages: u64,
-    pub channels: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The broker's answer to this node's last write when it refused it for lack of memory
-    /// (cleared by the next write it stores); the node stays ready meanwhile (reads work).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub broker_error: Option<String>,
 }
 
 /// Everything a node's tasks share. Cheap to clone (an `Arc`).
@@ -222,7 +181,7 @@ impl Node {
 
     /// The node's phase; an error when the stored code is not one (see [`UnknownPhaseCode`]).
     pub fn phase(&self) -> Result<Phase, UnknownPhaseCode> {
-        Phase::from_code(self.0.phase.load(Ordering::Acquire))
+        decode_phase(self.0.phase.load(Ordering::Acquire))
     }
 
     pub(crate) fn set_phase(&self, phase: Phase) {
@@ -316,7 +275,7 @@ impl Node {
     pub fn status(&self) -> NodeStatus {
         let (position, messages, channels) = {
             let store = self.read();
-            (store.cursor(), store.total(), store.channel_count())
+            (store.cursor(), store.total(), store.channel_count() as u64)
         };
         let head = self.head().max(position);
         let error = self.cut_off().or_else(|| {
@@ -394,10 +353,10 @@ mod tests {
             (u64::MAX, Err(UnknownPhaseCode(u64::MAX))),
         ];
         for (code, want) in table {
-            assert_eq!(Phase::from_code(code), want, "code {code}");
+            assert_eq!(decode_phase(code), want, "code {code}");
         }
         for phase in [Phase::Bootstrapping, Phase::CatchingUp, Phase::Live] {
-            assert_eq!(Phase::from_code(phase.code()), Ok(phase));
+            assert_eq!(decode_phase(phase.code()), Ok(phase));
         }
     }
 

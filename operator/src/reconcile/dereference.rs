@@ -25,7 +25,8 @@ use crate::names::{
     CHAT_PORT, Component, DATA_VOLUME, HMAC_KEY_KEY, INTERNAL_TOKEN_KEY, LABEL_INSTANCE, LOG_PORT,
     Names, PASSWORD_KEY, selector_string,
 };
-use crate::probe::{self, LogStatus, ServerStatus};
+use crate::probe;
+use chat_wire::{NodeStatus, ReplicaStatus};
 
 /// Facts from the cluster the pure build step depends on.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,9 +58,9 @@ pub struct Observed {
     pub problems: Vec<PodProblem>,
     /// `/status` of each chat-server pod still awaiting its gate decision that answered, by pod
     /// name (pods already passed or terminating are not probed).
-    pub chat_statuses: BTreeMap<String, ServerStatus>,
+    pub chat_statuses: BTreeMap<String, NodeStatus>,
     /// `/status` of every running replication-log replica that answered, by pod name.
-    pub log_statuses: BTreeMap<String, LogStatus>,
+    pub log_statuses: BTreeMap<String, ReplicaStatus>,
 }
 
 /// Errors reading the cluster.
@@ -242,13 +243,13 @@ async fn chat_statuses(
     namespace: &str,
     pods: &[Pod],
     token: Option<&str>,
-) -> BTreeMap<String, ServerStatus> {
+) -> BTreeMap<String, NodeStatus> {
     let probes = pods
         .iter()
         .filter(|pod| gate::awaits_decision(pod) && probeable(pod))
         .map(|pod| async move {
             let name = pod.name_any();
-            match probe::status::<ServerStatus>(client, namespace, &name, CHAT_PORT, token).await {
+            match probe::status::<NodeStatus>(client, namespace, &name, CHAT_PORT, token).await {
                 Ok(status) => Some((name, status)),
                 Err(e) => {
                     tracing::debug!(pod = name, error = %e, "chat-server status not readable yet");
@@ -265,13 +266,13 @@ async fn log_statuses(
     namespace: &str,
     pods: &[Pod],
     token: Option<&str>,
-) -> BTreeMap<String, LogStatus> {
+) -> BTreeMap<String, ReplicaStatus> {
     let probes = pods
         .iter()
         .filter(|pod| probeable(pod))
         .map(|pod| async move {
             let name = pod.name_any();
-            probe::status::<LogStatus>(client, namespace, &name, LOG_PORT, token)
+            probe::status::<ReplicaStatus>(client, namespace, &name, LOG_PORT, token)
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "replication-log status not readable"))
                 .ok()

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::validate::Validated;
 use crate::crd::{CAUGHT_UP_CONDITION, ChatCluster};
-use crate::probe::ServerStatus;
+use chat_wire::{NodePhase, NodeStatus};
 
 /// What to do with one chat-server pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub struct TimedOutPod {
     /// The pod's phase from its `/status` (`bootstrapping`, `catching_up`, `live`); None when it
     /// did not answer. A pod that never reached the log reports lag 0 while bootstrapping, so the
     /// lag alone would read as caught up.
-    pub phase: Option<String>,
+    pub phase: Option<NodePhase>,
 }
 
 /// The gating outcome of one reconcile.
@@ -110,7 +110,7 @@ pub fn started_at(pod: &Pod) -> Option<Timestamp> {
 /// head the operator knows of, the rollout limits and the time.
 pub fn gate_decision(
     pod: &Pod,
-    status: Option<&ServerStatus>,
+    status: Option<&NodeStatus>,
     known_head: Option<u64>,
     max_lag: u64,
     catch_up_timeout: Duration,
@@ -131,10 +131,12 @@ pub fn gate_decision(
         return GateDecision::TimedOut { lag };
     }
     match (status, lag) {
-        (Some(s), Some(lag)) if s.phase == "live" && lag <= max_lag => GateDecision::Pass {
-            lag,
-            position: s.position,
-        },
+        (Some(s), Some(lag)) if s.phase == NodePhase::Live && lag <= max_lag => {
+            GateDecision::Pass {
+                lag,
+                position: s.position,
+            }
+        }
         (Some(s), Some(lag)) => GateDecision::Wait {
             reason: format!("phase {}, lag {lag} (maxLag {max_lag})", s.phase),
         },
@@ -152,7 +154,7 @@ pub async fn gate(
     cluster: &ChatCluster,
     validated: &Validated,
     pods: &[Pod],
-    statuses: &BTreeMap<String, ServerStatus>,
+    statuses: &BTreeMap<String, NodeStatus>,
     known_head: Option<u64>,
 ) -> Result<GateSummary, GateError> {
     let mut summary = GateSummary::default();
@@ -199,7 +201,7 @@ pub async fn gate(
             GateDecision::TimedOut { lag } => summary.timed_out.push(TimedOutPod {
                 pod: name,
                 lag,
-                phase: status.map(|s| s.phase.clone()),
+                phase: status.map(|s| s.phase),
             }),
         }
     }
@@ -256,14 +258,18 @@ mod tests {
             + k8s_openapi::jiff::SignedDuration::from_secs(seconds_after_creation)
     }
 
-    fn server(phase: &str, position: u64, head: u64) -> ServerStatus {
-        ServerStatus {
+    fn server(phase: NodePhase, position: u64, head: u64) -> NodeStatus {
+        NodeStatus {
             node_id: "n".into(),
-            phase: phase.into(),
+            phase,
             position,
             head,
             lag: head - position,
-            ..ServerStatus::default()
+            messages: 0,
+            channels: 0,
+            epoch: None,
+            error: None,
+            broker_error: None,
         }
     }
 
@@ -272,7 +278,7 @@ mod tests {
     /// The decision for a pod that has not passed yet, `secs` after its creation, given its
     /// `/status`, the known broker head and `maxLag` (catch-up timeout 300 s).
     fn decide(
-        status: Option<ServerStatus>,
+        status: Option<NodeStatus>,
         known_head: Option<u64>,
         max_lag: u64,
         secs: i64,
@@ -299,11 +305,11 @@ mod tests {
     #[test]
     fn passes_a_live_pod_within_max_lag() {
         assert_eq!(
-            decide(Some(server("live", 100, 100)), None, 0, 10),
+            decide(Some(server(NodePhase::Live, 100, 100)), None, 0, 10),
             pass(0, 100)
         );
         assert_eq!(
-            decide(Some(server("live", 95, 100)), None, 5, 10),
+            decide(Some(server(NodePhase::Live, 95, 100)), None, 5, 10),
             pass(5, 95)
         );
     }
@@ -311,9 +317,9 @@ mod tests {
     #[test]
     fn waits_while_catching_up_or_lagging() {
         for status in [
-            server("bootstrapping", 0, 100),
-            server("catching_up", 50, 100),
-            server("live", 95, 100),
+            server(NodePhase::Bootstrapping, 0, 100),
+            server(NodePhase::CatchingUp, 50, 100),
+            server(NodePhase::Live, 95, 100),
         ] {
             let d = decide(Some(status.clone()), None, 2, 10);
             assert!(is_wait(&d), "{status:?} gave {d:?}");
@@ -323,7 +329,7 @@ mod tests {
 
     #[test]
     fn the_known_broker_head_counts_when_it_is_ahead() {
-        let live = || Some(server("live", 100, 100));
+        let live = || Some(server(NodePhase::Live, 100, 100));
         let d = decide(live(), Some(110), 5, 10);
         assert!(is_wait(&d), "{d:?}");
         assert_eq!(decide(live(), Some(90), 0, 10), pass(0, 100));
@@ -331,7 +337,7 @@ mod tests {
 
     #[test]
     fn times_out_after_catch_up_timeout_and_reports_the_lag() {
-        let behind = Some(server("catching_up", 40, 100));
+        let behind = Some(server(NodePhase::CatchingUp, 40, 100));
         assert_eq!(
             decide(behind, None, 0, 301),
             GateDecision::TimedOut { lag: Some(60) }
@@ -342,7 +348,7 @@ mod tests {
         );
         // Exactly at the timeout it is still gated.
         assert_eq!(
-            decide(Some(server("live", 100, 100)), None, 0, 300),
+            decide(Some(server(NodePhase::Live, 100, 100)), None, 0, 300),
             pass(0, 100)
         );
     }

@@ -48,7 +48,7 @@ use super::gate::{condition_true, started_at};
 use super::validate::Validated;
 use crate::crd::ChatCluster;
 use crate::metrics::Metrics;
-use crate::probe::LogStatus;
+use chat_wire::{ReplicaPhase, ReplicaStatus};
 
 /// StatefulSet annotation: hash of the pod template the operator built from the spec.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "chat-cluster.io/template-hash";
@@ -69,7 +69,7 @@ pub enum CatchUp {
     /// Answering, but not live or too far behind.
     Behind {
         /// The replica's phase (`starting`, `bootstrapping`, `catching_up`, `broker_lost`, …).
-        phase: String,
+        phase: ReplicaPhase,
         /// Positions behind the highest known head.
         lag: u64,
     },
@@ -511,7 +511,7 @@ pub fn set_view(set: &StatefulSet) -> SetView {
 pub fn replica_view(
     set_name: &str,
     pod: &Pod,
-    status: Option<&LogStatus>,
+    status: Option<&ReplicaStatus>,
     known_head: u64,
     max_lag: u64,
     now: Timestamp,
@@ -527,11 +527,11 @@ pub fn replica_view(
         None => CatchUp::Unreachable,
         Some(s) => {
             let lag = known_head.max(s.head).saturating_sub(s.persisted);
-            if s.phase == "live" && lag <= max_lag {
+            if s.phase == ReplicaPhase::Live && lag <= max_lag {
                 CatchUp::CaughtUp
             } else {
                 CatchUp::Behind {
-                    phase: s.phase.clone(),
+                    phase: s.phase,
                     lag,
                 }
             }
@@ -572,7 +572,7 @@ pub async fn prepare(
     desired: &mut StatefulSet,
     live: Option<&StatefulSet>,
     pods: &[Pod],
-    statuses: &BTreeMap<String, LogStatus>,
+    statuses: &BTreeMap<String, ReplicaStatus>,
     now: Timestamp,
 ) -> Result<Outcome, LogRolloutError> {
     let set_name = desired.name_any();
@@ -832,7 +832,7 @@ mod tests {
                 CatchUp::CaughtUp
             } else if ready {
                 CatchUp::Behind {
-                    phase: "catching_up".into(),
+                    phase: ReplicaPhase::CatchingUp,
                     lag: 7,
                 }
             } else {
@@ -970,14 +970,19 @@ mod tests {
         .expect("pod")
     }
 
-    fn status(phase: &str, persisted: u64, head: u64) -> LogStatus {
-        LogStatus {
+    fn status(phase: ReplicaPhase, persisted: u64, head: u64) -> ReplicaStatus {
+        ReplicaStatus {
             replica_id: "x".into(),
-            phase: phase.into(),
+            phase,
             persisted,
             head,
             lag: head - persisted,
             messages: persisted,
+            limit: None,
+            epoch: None,
+            error: None,
+            broker_error: None,
+            broker_loss: None,
         }
     }
 
@@ -992,10 +997,10 @@ mod tests {
         // (case, pod, status, known head, maxLag → catch-up, stalled seconds)
         #[rustfmt::skip]
         let table = [
-            ("live at the head", ready.clone(), Some(status("live", 10, 10)), 10, 0, CatchUp::CaughtUp, 600),
-            ("live but another replica saw a higher head", ready.clone(), Some(status("live", 10, 10)), 15, 0, CatchUp::Behind { phase: "live".into(), lag: 5 }, 600),
-            ("within maxLag", ready.clone(), Some(status("live", 10, 10)), 15, 5, CatchUp::CaughtUp, 600),
-            ("catching up", ready.clone(), Some(status("catching_up", 3, 10)), 0, 100, CatchUp::Behind { phase: "catching_up".into(), lag: 7 }, 600),
+            ("live at the head", ready.clone(), Some(status(ReplicaPhase::Live, 10, 10)), 10, 0, CatchUp::CaughtUp, 600),
+            ("live but another replica saw a higher head", ready.clone(), Some(status(ReplicaPhase::Live, 10, 10)), 15, 0, CatchUp::Behind { phase: ReplicaPhase::Live, lag: 5 }, 600),
+            ("within maxLag", ready.clone(), Some(status(ReplicaPhase::Live, 10, 10)), 15, 5, CatchUp::CaughtUp, 600),
+            ("catching up", ready.clone(), Some(status(ReplicaPhase::CatchingUp, 3, 10)), 0, 100, CatchUp::Behind { phase: ReplicaPhase::CatchingUp, lag: 7 }, 600),
             ("no answer", ready.clone(), None, 10, 0, CatchUp::Unreachable, 600),
             ("turned unready 2 minutes ago", log_pod("demo-log-1", Some(("False", "2026-01-01T00:08:00Z")), "2026-01-01T00:00:00Z"), None, 0, 0, CatchUp::Unreachable, 120),
             ("never ready: since it started", log_pod("demo-log-1", None, "2026-01-01T00:09:00Z"), None, 0, 0, CatchUp::Unreachable, 60),

@@ -19,7 +19,7 @@ use super::log_rollout;
 use super::validate::Validated;
 use crate::crd::{ChatCluster, ChatClusterStatus, Phase};
 use crate::names::{Component, selector_string};
-use crate::probe::LogStatus;
+use chat_wire::ReplicaStatus;
 
 /// Condition types.
 pub const AVAILABLE: &str = "Available";
@@ -46,7 +46,7 @@ pub struct Inputs<'a> {
     /// The children as the API server returned them after apply.
     pub children: &'a Children<Live>,
     /// `/status` of every log replica that answered.
-    pub logs: &'a [LogStatus],
+    pub logs: &'a [ReplicaStatus],
     /// Gating outcome.
     pub gate: &'a GateSummary,
     /// The replication-log rollout's outcome.
@@ -201,7 +201,7 @@ fn halt(inputs: &Inputs<'_>) -> Option<Cause> {
     let rollout = &inputs.cluster.spec.rollout;
     if let Some(t) = inputs.gate.timed_out.first() {
         let lag = t.lag.map_or("unknown".to_owned(), |l| l.to_string());
-        let phase = t.phase.as_deref().unwrap_or("status unreachable");
+        let phase = t.phase.map_or("status unreachable", |p| p.as_str());
         return Some((
             "CatchUpTimeout".into(),
             format!(
@@ -335,7 +335,7 @@ fn progressing(phase: Phase, halted: bool, settled: bool) -> (bool, &'static str
 /// The log head (highest of the replicas') and persisted position (lowest), kept from the
 /// previous status when no replica answered.
 fn positions(
-    logs: &[LogStatus],
+    logs: &[ReplicaStatus],
     previous: Option<&ChatClusterStatus>,
 ) -> (Option<u64>, Option<u64>) {
     let head = logs
@@ -688,7 +688,7 @@ mod tests {
             timed_out: vec![super::super::gate::TimedOutPod {
                 pod: "p".into(),
                 lag: Some(0),
-                phase: Some("bootstrapping".into()),
+                phase: Some(chat_wire::NodePhase::Bootstrapping),
             }],
             ..GateSummary::default()
         };
