@@ -198,7 +198,7 @@ pub(super) async fn list_channels(
 ) -> Result<Response, ApiError> {
     let who = access.identify(&headers, raw.as_deref())?;
     let (channels, next) =
-        node.read()
+        node.read_lock()
             .channels_page_where(query.after.as_deref(), query.limit, |name| {
                 who.grants.may_read(name)
             });

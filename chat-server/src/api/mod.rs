@@ -89,7 +89,7 @@ async fn status(
 
 async fn metrics(State(node): State<Node>) -> Response {
     let (held, channels) = {
-        let store = node.read();
+        let store = node.read_lock();
         (store.held_bytes(), store.channel_count())
     };
     let m = node.metrics();
@@ -114,7 +114,7 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
         return Err(e.into());
     }
     let max = node.settings().max_channels;
-    if !node.read().admits(&msg.channel, max) {
+    if !node.read_lock().admits(&msg.channel, max) {
         node.metrics().channel_limit_refusals.inc();
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -134,7 +134,7 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
         ));
     };
     let started = std::time::Instant::now();
-    let holds = node.read().cursor();
+    let holds = node.read_lock().cursor();
     let outcome = broker
         .write(&msg, &generated, now_millis(), holds)
         .await
@@ -245,7 +245,7 @@ pub(crate) async fn read_page(
     limit: usize,
 ) -> Result<Vec<Arc<Message>>, ApiError> {
     let local = node
-        .read()
+        .read_lock()
         .page_within(channel, after, upto, limit, PAGE_BYTES);
     let evicted_through = match local {
         LocalPage::Complete(page) => return Ok(page),
@@ -298,7 +298,8 @@ pub(crate) async fn read_page(
     let reached = page.last().map_or(after, |m| m.position).max(needed);
     if page.len() < limit
         && let LocalPage::Complete(rest) =
-            node.read().page(channel, reached, upto, limit - page.len())
+            node.read_lock()
+                .page(channel, reached, upto, limit - page.len())
     {
         page.extend(rest);
         let fits = within_bytes(page.iter().map(|m| m.payload_bytes()), PAGE_BYTES);

@@ -578,7 +578,7 @@ async fn serve_live(
     tell_lost(node, out, &mut told).await?;
     // Replay what is there now without holding a live queue, then subscribe and replay the
     // little that arrived meanwhile: from then on the queue carries exactly what follows.
-    let upto = node.read().cursor();
+    let upto = node.read_lock().cursor();
     replay(node, stop, out, channel, upto, generation).await?;
     let (mut live, upto) = node.subscribe(channel);
     // A reader that came from a node further than this one may hold positions a void applied
@@ -663,7 +663,7 @@ async fn serve_writes(
 /// data loss voided positions the reader may hold), once per void (`told`: the first position of
 /// the void already told).
 async fn tell_lost(node: &Node, out: &mut Out<'_>, told: &mut Option<u64>) -> Result<(), End> {
-    let resume = resume_point(out.last, node.read().voids());
+    let resume = resume_point(out.last, node.read_lock().voids());
     if let Resume::Lost { lost_from, void_to } = resume
         && *told != Some(lost_from)
     {

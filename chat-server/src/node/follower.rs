@@ -133,7 +133,7 @@ async fn cycle(node: &Node, broker: &Broker, shutdown: &CancellationToken) -> Fo
     };
     node.reset_head(target);
     info!(
-        position = node.read().cursor(),
+        position = node.read_lock().cursor(),
         head = target,
         seconds = started.elapsed().as_secs_f64(),
         "bootstrapped from the replication log; catching up with the broker"
@@ -187,7 +187,7 @@ async fn wait_for_epoch(
 async fn bootstrap(node: &Node, shutdown: &CancellationToken) -> Result<(), FollowError> {
     let mut backoff = Backoff::new();
     loop {
-        let after = node.read().cursor();
+        let after = node.read_lock().cursor();
         match copy_snapshot(node, after, u64::MAX).await {
             Ok(()) => return Ok(()),
             Err(e) => warn!(error = %e, "bootstrap from the replication log failed; retrying"),
@@ -201,7 +201,7 @@ async fn bootstrap(node: &Node, shutdown: &CancellationToken) -> Result<(), Foll
 async fn copy_snapshot(node: &Node, after: u64, upto: u64) -> Result<(), FollowError> {
     let mut snapshot = node.log().snapshot(after).await?;
     let end = snapshot.position.min(upto);
-    while node.read().cursor() < end {
+    while node.read_lock().cursor() < end {
         let Some(batch) = snapshot.next_batch().await? else {
             break;
         };
@@ -213,7 +213,7 @@ async fn copy_snapshot(node: &Node, after: u64, upto: u64) -> Result<(), FollowE
 
 /// Applies a dense run; the store refuses anything out of order, which would be a bug here.
 fn apply(node: &Node, batch: impl IntoIterator<Item = Message>) {
-    let mut store = node.write();
+    let mut store = node.write_lock();
     for m in batch {
         let position = m.position;
         if m.position <= store.cursor() {
@@ -267,7 +267,7 @@ async fn follow(
     let mut epoch = epoch.clone();
     let epoch = &mut epoch;
     loop {
-        let cursor = node.read().cursor();
+        let cursor = node.read_lock().cursor();
         let read = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = tokio::time::timeout(READ_BLOCK + READ_GRACE, reader.read_after(cursor, READ_COUNT, READ_BLOCK)) => r,
@@ -330,11 +330,11 @@ async fn follow(
                     *epoch = new;
                     continue;
                 }
-                Ok(Checked::Head(head)) if idle && head > node.read().cursor() => {
+                Ok(Checked::Head(head)) if idle && head > node.read_lock().cursor() => {
                     // The read came back empty yet the head is ahead: either the entries arrived
                     // just after the read (still in the stream) or the stream was trimmed past
                     // us (a hole).
-                    let cursor = node.read().cursor();
+                    let cursor = node.read_lock().cursor();
                     let found = broker.range(cursor, head, READ_COUNT).await;
                     match found {
                         Ok(found) if !found.is_empty() => {
@@ -359,7 +359,7 @@ async fn follow(
                 Err(e) => return Err(e),
             }
         }
-        let cursor = node.read().cursor();
+        let cursor = node.read_lock().cursor();
         let head = node.head().max(cursor);
         node.metrics().lag.set((head - cursor) as i64);
         if node.phase() == Ok(Phase::CatchingUp) && cursor >= target {
@@ -389,7 +389,7 @@ async fn watch_contact(node: Node, shutdown: CancellationToken) {
             }
             continue;
         }
-        let holds = node.read().cursor();
+        let holds = node.read_lock().cursor();
         let mut furthest: Option<(String, u64)> = None;
         for url in node.log().urls() {
             if let Ok(s) = node.log().status_of(url).await
@@ -454,7 +454,7 @@ async fn check_broker(node: &Node, broker: &Broker, epoch: &Epoch) -> Result<Che
     let state = broker.state().await?;
     node.touch_broker();
     let current = state.epoch.clone().unwrap_or_else(|| "<none>".to_owned());
-    let cursor = node.read().cursor();
+    let cursor = node.read_lock().cursor();
     if current != epoch.id {
         if let Some(id) = &state.epoch
             && keeps_history(&epoch.id, cursor, state.previous.as_deref(), state.base)
@@ -501,7 +501,7 @@ async fn apply_repairing(
     shutdown: &CancellationToken,
 ) -> Result<(), FollowError> {
     loop {
-        let cursor = node.read().cursor();
+        let cursor = node.read_lock().cursor();
         let split = split_dense(cursor, batch);
         apply(node, split.dense);
         let Some((gap, rest)) = split.gap else {
@@ -531,7 +531,7 @@ async fn repair(
     node.metrics().gap_messages.inc_by(gap.to - gap.from + 1);
     let mut backoff = Backoff::new();
     loop {
-        let cursor = node.read().cursor();
+        let cursor = node.read_lock().cursor();
         if cursor >= gap.to {
             return Ok(());
         }
@@ -553,7 +553,7 @@ async fn repair(
             }
         }
         match copy_snapshot(node, cursor, gap.to).await {
-            Ok(()) if node.read().cursor() > cursor => continue,
+            Ok(()) if node.read_lock().cursor() > cursor => continue,
             Ok(()) => {
                 warn!(error = %FollowError::LogBehind(cursor + 1), "waiting for the replication log")
             }

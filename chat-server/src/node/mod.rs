@@ -140,13 +140,15 @@ impl Node {
         let _ = self.0.broker.set(broker);
     }
 
-    /// Read access to the store. A poisoned lock (a panic while applying) is still readable:
-    /// the store is only ever changed message by message.
-    pub fn read(&self) -> RwLockReadGuard<'_, Store> {
+    /// The store's read lock, held until the guard drops (keep it short: the follower's writes
+    /// wait for it). A poisoned lock (a panic while applying) is still readable: the store is
+    /// only ever changed message by message.
+    pub fn read_lock(&self) -> RwLockReadGuard<'_, Store> {
         self.0.store.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Store> {
+    /// The store's write lock, held until the guard drops (readers wait meanwhile).
+    pub(crate) fn write_lock(&self) -> RwLockWriteGuard<'_, Store> {
         self.0.store.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -154,7 +156,7 @@ impl Node {
     /// subscription and the cursor at the moment of subscription. Dropping the subscription
     /// frees its queue in the store.
     pub fn subscribe(&self, channel: &str) -> (LiveSubscription, u64) {
-        let (inner, at) = self.write().subscribe(channel);
+        let (inner, at) = self.write_lock().subscribe(channel);
         let sub = LiveSubscription {
             node: self.clone(),
             channel: channel.to_owned(),
@@ -168,7 +170,7 @@ impl Node {
     /// new store also sees the new generation.
     pub(crate) fn reload_store(&self) {
         let settings = &self.0.settings;
-        let mut store = self.write();
+        let mut store = self.write_lock();
         *store = settings.empty_store();
         self.0.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -274,7 +276,7 @@ impl Node {
     /// phase `bootstrapping`: the node is then not ready, whatever the bad code was.
     pub fn status(&self) -> NodeStatus {
         let (position, messages, channels) = {
-            let store = self.read();
+            let store = self.read_lock();
             (store.cursor(), store.total(), store.channel_count() as u64)
         };
         let head = self.head().max(position);
@@ -333,7 +335,7 @@ impl LiveSubscription {
 impl Drop for LiveSubscription {
     fn drop(&mut self) {
         self.inner.close();
-        self.node.write().release(&self.channel);
+        self.node.write_lock().release(&self.channel);
     }
 }
 
