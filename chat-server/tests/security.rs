@@ -4,8 +4,8 @@
 //! - `--auth token`: 401 with an RFC 6750 challenge without a valid token, the author from the
 //!   token (a client-supplied one ignored), 403 for channels not granted on POST, pages,
 //!   `GET /messages`, `GET /channels` (only readable ones listed) and WebSocket handshakes, the
-//!   token in the `bearer.` subprotocol, a token in the URL refused, a token that expires on a
-//!   live connection closes it with 4001;
+//!   token in the `bearer.` subprotocol or `X-Chat-Token`, a token in the URL refused, a token
+//!   that expires on a live connection closes it with 4001;
 //! - idempotency keys are per author: the msg-42 under `--auth token` and `--auth none`;
 //! - the Origin check: a cross-site `text/plain` POST and WebSocket get 403;
 //! - replicas with an internal token refuse `/snapshot` and pages without it, show `/status`
@@ -283,6 +283,31 @@ async fn token_auth_decides_who_writes_and_reads_what() {
         listed(get_as(url, "/channels?limit=1", Some(&bob)).await),
         ["general"]
     );
+    // X-Chat-Token: the token alone, for clients behind a proxy that consumes Authorization.
+    let header = |path: &str, value: &str| {
+        http()
+            .get(format!("{url}{path}"))
+            .header("x-chat-token", value.to_owned())
+    };
+    let a = send(header("/channels/general/messages", &ann)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        send(header("/channels/secret/messages", &ann)).await.status,
+        403
+    );
+    let a = send(header("/channels/general/messages", "garbage")).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    let a = send(header("/channels/general/messages", "")).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    let a = send(
+        http()
+            .post(format!("{url}/channels/team.y/messages"))
+            .header("x-chat-token", ann.clone())
+            .json(&json!({"text": "via X-Chat-Token", "author": "admin"})),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["author"], "ann");
     // The probes stay open.
     for path in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(get_as(url, path, None).await.status, 200, "{path}");

@@ -7,7 +7,9 @@
 //! - [`origin`]: the `Origin` check of browser WebSocket handshakes and POSTs;
 //! - [`internal`]: the data plane's shared internal token (replicas, `/status` details).
 //!
-//! Token transport: HTTP requests send `Authorization: Bearer <jwt>` (RFC 6750 §2.1).
+//! Token transport: HTTP requests send `Authorization: Bearer <jwt>` (RFC 6750 §2.1), or, behind
+//! a proxy that consumes `Authorization` (the Kubernetes API server's service and pod proxy,
+//! `kubectl proxy`), the token alone in [`TOKEN_HEADER`] (`X-Chat-Token`).
 //! WebSocket handshakes send the same header, or, from browsers (whose WebSocket API cannot set
 //! headers), the subprotocols `chat-cluster` and `bearer.<jwt>`: the server selects
 //! `chat-cluster` and never echoes the token. A token in the URL query is refused: URLs are
@@ -36,6 +38,11 @@ pub const REALM: &str = "chat-cluster";
 pub const WS_PROTOCOL: &str = "chat-cluster";
 /// Prefix of the subprotocol carrying a token.
 pub const WS_BEARER_PREFIX: &str = "bearer.";
+/// Header carrying the token alone, for clients behind a proxy that consumes `Authorization`
+/// and never forwards it (the Kubernetes API server's service and pod proxy authenticates the
+/// caller with it and removes it; `kubectl proxy` likewise). `Authorization` wins when both are
+/// sent.
+pub const TOKEN_HEADER: &str = "x-chat-token";
 
 /// `--auth`: how clients are identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -307,8 +314,9 @@ impl Access {
 }
 
 /// The bearer token of a request: `Authorization: Bearer <t>` (scheme case-insensitive,
-/// RFC 6750 §2.1), else a `bearer.<t>` entry of `Sec-WebSocket-Protocol`. An `Authorization`
-/// header of another scheme is a 400.
+/// RFC 6750 §2.1), else `X-Chat-Token: <t>` ([`TOKEN_HEADER`]), else a `bearer.<t>` entry of
+/// `Sec-WebSocket-Protocol`. An `Authorization` header of another scheme, or an empty
+/// `X-Chat-Token`, is a 400.
 pub fn bearer(headers: &HeaderMap) -> Result<Option<String>, AuthError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let text = value.to_str().unwrap_or("");
@@ -317,6 +325,15 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<String>, AuthError> {
         if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
             return Err(AuthError::BadRequest(
                 "the Authorization header must be \"Bearer <token>\"".into(),
+            ));
+        }
+        return Ok(Some(token.to_owned()));
+    }
+    if let Some(value) = headers.get(TOKEN_HEADER) {
+        let token = value.to_str().unwrap_or("").trim();
+        if token.is_empty() {
+            return Err(AuthError::BadRequest(
+                "the X-Chat-Token header must hold the token".into(),
             ));
         }
         return Ok(Some(token.to_owned()));
@@ -382,6 +399,19 @@ mod tests {
                     ("sec-websocket-protocol", "bearer.p"),
                 ]),
                 Ok(Some("h")),
+            ),
+            (headers(&[("x-chat-token", " a.b.c ")]), Ok(Some("a.b.c"))),
+            (headers(&[("x-chat-token", "")]), Err(())),
+            (
+                headers(&[("authorization", "Bearer h"), ("x-chat-token", "x")]),
+                Ok(Some("h")),
+            ),
+            (
+                headers(&[
+                    ("x-chat-token", "x"),
+                    ("sec-websocket-protocol", "chat-cluster, bearer.p"),
+                ]),
+                Ok(Some("x")),
             ),
         ];
         for (i, (h, want)) in table.into_iter().enumerate() {
