@@ -108,13 +108,48 @@ pub async fn reconcile(
     let namespace = object.namespace().unwrap_or_default();
     let span = info_span!("reconcile", chatcluster = %name, namespace = %namespace);
     let started = Instant::now();
-    let result = reconcile_inner(&name, &namespace, &ctx)
+    let result = match reconcile_inner(&name, &namespace, &ctx)
         .instrument(span)
-        .await;
+        .await
+    {
+        // The namespace is being deleted and the ChatCluster with it: a refused create there is
+        // the deletion in progress, not a failure (no error metric, no retry; the deletion of
+        // the ChatCluster ends its reconciles).
+        Err(e) if namespace_terminating(&e) => {
+            tracing::debug!(chatcluster = %name, namespace = %namespace, error = %e,
+                "namespace being deleted; nothing to reconcile");
+            Ok(Action::await_change())
+        }
+        result => result,
+    };
     ctx.metrics
         .observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::kind));
     result
 }
+
+/// True when the API server refused a write of the reconcile because its namespace is being
+/// deleted: a `kube::Error::Api` in `error`'s source chain whose Status carries the cause
+/// `NamespaceTerminating` (the NamespaceLifecycle admission plugin of k8s.io/apiserver refuses
+/// every create in a terminating namespace with it).
+fn namespace_terminating(error: &Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(kube::Error::Api(status)) = e.downcast_ref::<kube::Error>()
+            && status
+                .details
+                .as_ref()
+                .is_some_and(|d| d.causes.iter().any(|c| c.reason == NAMESPACE_TERMINATING))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// The StatusCause reason of a create refused in a terminating namespace
+/// (k8s.io/api/core/v1 `NamespaceTerminatingCause`).
+const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
 
 async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<Action, Error> {
     let Some(cluster) = fetch(ctx, name, namespace).await? else {
@@ -345,5 +380,62 @@ async fn publish(
 async fn publish_event(ctx: &Context, cluster: &ChatCluster, event: &Event) {
     if let Err(e) = ctx.recorder.publish(event, &cluster.object_ref(&())).await {
         tracing::warn!(error = %e, reason = event.reason, "publishing event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    /// An API error as the API server sends it (the NamespaceLifecycle refusal's shape).
+    fn api_error(code: u16, cause: Option<&str>) -> kube::Error {
+        let mut status = serde_json::json!({
+            "status": "Failure", "code": code, "reason": "Forbidden",
+            "message": "poddisruptionbudgets.policy \"demo-log\" is forbidden: unable to create new content in namespace ns because it is being terminated",
+        });
+        if let Some(reason) = cause {
+            status["details"] = serde_json::json!({"name": "demo-log", "group": "policy",
+                "kind": "poddisruptionbudgets", "causes": [{"reason": reason,
+                "message": "namespace ns is being terminated", "field": "metadata.namespace"}]});
+        }
+        let status: Status = serde_json::from_value(status).expect("a Status");
+        kube::Error::Api(Box::new(status))
+    }
+
+    fn patch(source: kube::Error) -> Error {
+        Error::Apply(apply::ApplyError::Patch {
+            kind: "PodDisruptionBudget",
+            name: "demo-log".to_owned(),
+            source,
+        })
+    }
+
+    /// Only a create refused for a terminating namespace ends the reconcile quietly; every other
+    /// refusal (a plain 403, a 404, a conflict, another cause) stays an error.
+    #[test]
+    fn a_terminating_namespace_is_not_a_reconcile_error() {
+        let table: Vec<(&str, Error, bool)> = vec![
+            (
+                "apply in a terminating namespace",
+                patch(api_error(403, Some(NAMESPACE_TERMINATING))),
+                true,
+            ),
+            (
+                "fetch in a terminating namespace",
+                Error::Fetch(api_error(403, Some(NAMESPACE_TERMINATING))),
+                true,
+            ),
+            ("plain 403", patch(api_error(403, None)), false),
+            ("404", Error::Fetch(api_error(404, None)), false),
+            (
+                "another cause",
+                patch(api_error(422, Some("FieldValueInvalid"))),
+                false,
+            ),
+        ];
+        for (what, error, want) in table {
+            assert_eq!(namespace_terminating(&error), want, "{what}: {error}");
+        }
     }
 }
