@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chat_cluster_operator::crd::{
-    ChatCluster, ChatClusterSpec, ImagePullPolicy, Phase, StorageSpec,
+    AuthMode, ChatCluster, ChatClusterSpec, ImagePullPolicy, Phase, StorageSpec,
 };
-use k8s_openapi::api::core::v1::Pod;
+use chat_cluster_operator::names::{INTERNAL_TOKEN_KEY, Names};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use tokio::task::JoinHandle;
@@ -23,8 +24,9 @@ use crate::proxy::{CHAT_PORT, LOG_PORT, Target};
 pub use chat_cluster_operator::names::Component;
 
 /// The spec the scenarios start from: the images under test, small volumes, 3 chat-servers,
-/// 2 log replicas, maxLag 0. Fields the suite does not care about keep the CRD's defaults, so a
-/// new defaulted spec field does not break the suite.
+/// 2 log replicas, maxLag 0, `auth.mode: none` (the suite's writers and readers send no client
+/// tokens yet, as e2e/local-sample). Fields the suite does not care about keep the CRD's
+/// defaults, so a new defaulted spec field does not break the suite.
 pub fn test_spec(harness: &Harness) -> ChatClusterSpec {
     let storage = StorageSpec {
         size: "256Mi".to_owned(),
@@ -43,6 +45,7 @@ pub fn test_spec(harness: &Harness) -> ChatClusterSpec {
     spec.replication_log.storage = storage;
     spec.rollout.max_lag = 0;
     spec.rollout.catch_up_timeout = "3m".to_owned();
+    spec.auth.mode = AuthMode::None;
     spec
 }
 
@@ -122,6 +125,22 @@ impl TestCluster {
     /// The ChatCluster API of this namespace.
     pub fn api(&self) -> Api<ChatCluster> {
         Api::namespaced(self.harness.client.clone(), &self.namespace)
+    }
+
+    /// The data plane's internal token (Secret `{name}-internal`, which the operator generates
+    /// once): replicas serve channel pages only to requests carrying it (`X-Internal-Token`).
+    pub async fn internal_token(&self) -> Result<String> {
+        let secret_name = Names::of(&self.name).internal;
+        let secret = Api::<Secret>::namespaced(self.harness.client.clone(), &self.namespace)
+            .get(&secret_name)
+            .await
+            .with_context(|| format!("getting Secret {}/{secret_name}", self.namespace))?;
+        let bytes = secret
+            .data
+            .and_then(|mut d| d.remove(INTERNAL_TOKEN_KEY))
+            .with_context(|| format!("Secret {secret_name} has no key {INTERNAL_TOKEN_KEY}"))?;
+        String::from_utf8(bytes.0)
+            .with_context(|| format!("Secret {secret_name}: {INTERNAL_TOKEN_KEY} is not UTF-8"))
     }
 
     /// The pod API of this namespace.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chat_server::auth::internal::INTERNAL_TOKEN_HEADER;
 use kube::Client;
 use serde::de::DeserializeOwned;
 
@@ -121,12 +122,31 @@ impl std::error::Error for ProxyError {}
 #[derive(Clone)]
 pub struct Proxy {
     client: Client,
+    /// Sent with every request (the API server's proxy passes them on to the backend).
+    headers: http::HeaderMap,
 }
 
 impl Proxy {
     /// Wraps a kube client.
     pub fn new(client: Client) -> Proxy {
-        Proxy { client }
+        Proxy {
+            client,
+            headers: http::HeaderMap::new(),
+        }
+    }
+
+    /// A copy that sends the data plane's internal token (`X-Internal-Token`, the
+    /// `{name}-internal` Secret) with every request: replicas serve channel pages and `/snapshot`,
+    /// and both components their full `/status`, only to requests carrying it. An error when
+    /// `token` is not a valid header value.
+    pub fn with_internal_token(&self, token: &str) -> Result<Proxy, ProxyError> {
+        let value = http::HeaderValue::from_str(token)
+            .map_err(|e| ProxyError::Other(format!("internal token as a header: {e}")))?;
+        let mut proxy = self.clone();
+        proxy
+            .headers
+            .insert(http::HeaderName::from_static(INTERNAL_TOKEN_HEADER), value);
+        Ok(proxy)
     }
 
     /// GET `path` on `target`, decoded as JSON.
@@ -158,8 +178,11 @@ impl Proxy {
 
     async fn send<T: DeserializeOwned>(
         &self,
-        request: http::Request<Vec<u8>>,
+        mut request: http::Request<Vec<u8>>,
     ) -> Result<T, ProxyError> {
+        request
+            .headers_mut()
+            .extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         let text =
             match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request_text(request)).await {
                 Err(_) => return Err(ProxyError::Timeout),
@@ -194,6 +217,24 @@ mod tests {
             Target::pod("ns1", "demo-log-0", LOG_PORT).url("/status"),
             "/api/v1/namespaces/ns1/pods/demo-log-0:8090/proxy/status"
         );
+    }
+
+    #[tokio::test]
+    async fn internal_token_goes_with_every_request() {
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let proxy = Proxy::new(client);
+        assert!(proxy.headers.is_empty());
+        let with = proxy.with_internal_token("s3cret-token").unwrap();
+        assert_eq!(
+            with.headers.get("X-Internal-Token").unwrap(),
+            "s3cret-token"
+        );
+        assert!(
+            proxy.headers.is_empty(),
+            "the original proxy sends no token"
+        );
+        assert!(proxy.with_internal_token("bad\ntoken").is_err());
     }
 
     #[test]

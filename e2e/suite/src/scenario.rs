@@ -95,8 +95,13 @@ impl Scenario {
         let holders = self.cluster.holders().await?;
         let at_least = accepted.iter().map(|a| a.position).max().unwrap_or(0);
         let started = Instant::now();
+        // Replicas serve channel pages only to the data plane's own parts.
+        let proxy = self
+            .harness
+            .proxy
+            .with_internal_token(&self.cluster.internal_token().await?)?;
         let histories = history::converged_histories(
-            &self.harness.proxy,
+            &proxy,
             &holders,
             channel,
             at_least,
