@@ -8,8 +8,8 @@ Checks (each failure is one line naming the object; exit 1 when any fails):
   - the rendered CustomResourceDefinition equals CRD.yaml (what `chat-cluster-operator crd` prints),
     apart from the labels and annotations the chart adds;
   - least privilege (issue 11): no rule with a wildcard; no ClusterRole bound by a
-    ClusterRoleBinding grants list or watch of Secrets, or pods/proxy or pods/status (those come
-    only from namespaced RoleBindings); namespaced mode renders no ClusterRole or
+    ClusterRoleBinding grants list or watch of Secrets, pods/proxy, pods/status or pod delete (those
+    come only from namespaced RoleBindings); namespaced mode renders no ClusterRole or
     ClusterRoleBinding at all, and a Role in each watched namespace;
   - a ServiceMonitor is rendered exactly when expected;
   - with --same-rules-as: the set of (apiGroup, resource, verb, resourceName) grants per binding scope
@@ -96,7 +96,7 @@ def main():
             continue
         if res == "secrets" and v in ("list", "watch"):
             problems.append(f"Secrets {v} granted cluster-wide (a ClusterRoleBinding)")
-        if res in ("pods/proxy", "pods/status"):
+        if res in ("pods/proxy", "pods/status") or (res == "pods" and v == "delete"):
             problems.append(f"{res} {v} granted cluster-wide (a ClusterRoleBinding)")
     if a.mode == "namespaced":
         for d in docs:

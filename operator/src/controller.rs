@@ -1,5 +1,13 @@
-//! The kube-runtime controller: which watches trigger a reconcile of which ChatCluster, and the
-//! per-object exponential backoff after errors.
+//! The kube-runtime controller: which namespaces it watches ([`WatchScope`], from
+//! `WATCH_NAMESPACES`), which watches trigger a reconcile of which ChatCluster, and the per-object
+//! exponential backoff after errors.
+//!
+//! Cluster mode (no `WATCH_NAMESPACES`) watches every namespace with one controller; namespaced
+//! mode runs one controller per listed namespace (a reflector store holds one watch's objects),
+//! so the operator needs no cluster-scoped permission at all. Secrets are watched (by the
+//! operator's managed-by label) only in namespaced mode: a label selector does not narrow what
+//! RBAC grants, so in cluster mode that would need list/watch of every Secret in the cluster.
+//! There a changed or deleted broker Secret is restored by the steady-state requeue instead.
 //!
 //! Every watch is a *metadata* watch, so no single object the operator cannot decode (say, a
 //! ChatCluster stored under an older schema) can break a list or watch: the reconcile GETs the
@@ -13,7 +21,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -24,7 +33,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{WatchStreamExt, predicates};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::crd::ChatCluster;
 use crate::metrics::Metrics;
@@ -79,11 +88,102 @@ fn key(object: &PartialObjectMeta<ChatCluster>) -> String {
     )
 }
 
-/// Runs the controller until `shutdown` resolves (then finishes in-flight reconciles).
+/// Which namespaces the operator reconciles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchScope {
+    /// Every namespace (cluster mode).
+    Cluster,
+    /// Only these namespaces (namespaced mode): sorted, without duplicates, never empty.
+    Namespaces(Vec<String>),
+}
+
+/// A `WATCH_NAMESPACES` value that is not a list of namespace names.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WatchScopeError {
+    /// One entry is not a DNS-1123 label (what Kubernetes requires of a namespace name).
+    #[error(
+        "WATCH_NAMESPACES: {0:?} is not a namespace name (lower-case letters, digits and '-', \
+         starting and ending with a letter or digit, at most 63 characters)"
+    )]
+    InvalidName(String),
+}
+
+impl WatchScope {
+    /// Parses `WATCH_NAMESPACES`: names separated by commas (spaces around them ignored).
+    /// Empty (or only separators) means [`WatchScope::Cluster`]. Each name must be a DNS-1123
+    /// label (RFC 1123 §2.1 as Kubernetes applies it to namespaces: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`,
+    /// at most 63 characters); the first that is not is the error.
+    pub fn parse(value: &str) -> Result<WatchScope, WatchScopeError> {
+        let mut names: Vec<String> = Vec::new();
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !is_dns1123_label(name) {
+                return Err(WatchScopeError::InvalidName(name.to_owned()));
+            }
+            names.push(name.to_owned());
+        }
+        names.sort();
+        names.dedup();
+        Ok(if names.is_empty() {
+            WatchScope::Cluster
+        } else {
+            WatchScope::Namespaces(names)
+        })
+    }
+
+    /// The namespaces to run a controller for: `None` is every namespace.
+    fn namespaces(&self) -> Vec<Option<String>> {
+        match self {
+            WatchScope::Cluster => vec![None],
+            WatchScope::Namespaces(names) => names.iter().cloned().map(Some).collect(),
+        }
+    }
+
+    /// Whether the operator watches its Secrets: only where RBAC can confine list/watch of
+    /// Secrets to the watched namespaces.
+    pub fn watches_secrets(&self) -> bool {
+        matches!(self, WatchScope::Namespaces(_))
+    }
+}
+
+impl std::fmt::Display for WatchScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchScope::Cluster => f.write_str("all namespaces"),
+            WatchScope::Namespaces(names) => f.write_str(&names.join(",")),
+        }
+    }
+}
+
+fn is_dns1123_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let inner_ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let end_ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(inner_ok)
+        && bytes.first().is_some_and(end_ok)
+        && bytes.last().is_some_and(end_ok)
+}
+
+/// An Api for `K` in `namespace`, or in every namespace when `None`.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller for `scope` until `shutdown` resolves (then finishes in-flight
+/// reconciles): one controller for the whole cluster, or one per watched namespace.
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     instance: String,
+    scope: WatchScope,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let reporter = Reporter {
@@ -99,10 +199,32 @@ pub async fn run(
         }),
         backoff: Backoff::default(),
     });
+    tracing::info!(namespaces = %scope, watch_secrets = scope.watches_secrets(), "starting the controller");
+    let shutdown = shutdown.shared();
+    futures::future::join_all(scope.namespaces().into_iter().map(|namespace| {
+        run_one(
+            client.clone(),
+            state.clone(),
+            namespace,
+            scope.watches_secrets(),
+            shutdown.clone(),
+        )
+    }))
+    .await;
+}
 
+/// One controller over `namespace` (every namespace when `None`).
+async fn run_one(
+    client: Client,
+    state: Arc<State>,
+    namespace: Option<String>,
+    watch_secrets: bool,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = namespace.as_deref();
     let (reader, writer) = reflector::store();
     let clusters = watcher(
-        Api::<PartialObjectMeta<ChatCluster>>::all(client.clone()),
+        api::<PartialObjectMeta<ChatCluster>>(&client, ns),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -114,15 +236,57 @@ pub async fn run(
     // going into ImagePullBackOff must show in the status without waiting for a requeue).
     let pods = watcher::Config::default().labels(&format!("{LABEL_NAME}={APP_NAME}"));
 
-    Controller::for_stream(clusters, reader)
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(300)).concurrency(8))
-        .owns_stream(watcher(Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()), managed.clone()).touched_objects())
-        .owns_stream(watcher(Api::<PartialObjectMeta<Deployment>>::all(client.clone()), managed.clone()).touched_objects())
-        .owns_stream(watcher(Api::<PartialObjectMeta<Service>>::all(client.clone()), managed.clone()).touched_objects())
-        .owns_stream(watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), managed.clone()).touched_objects())
-        .owns_stream(watcher(Api::<PartialObjectMeta<PodDisruptionBudget>>::all(client.clone()), managed.clone()).touched_objects())
-        .owns_stream(watcher(Api::<PartialObjectMeta<NetworkPolicy>>::all(client.clone()), managed).touched_objects())
-        .watches_stream(watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), pods).touched_objects(), owner_of_pod)
+    let mut controller = Controller::for_stream(clusters, reader)
+        .with_config(
+            ControllerConfig::default()
+                .debounce(Duration::from_millis(300))
+                .concurrency(8),
+        )
+        .owns_stream(
+            watcher(
+                api::<PartialObjectMeta<StatefulSet>>(&client, ns),
+                managed.clone(),
+            )
+            .touched_objects(),
+        )
+        .owns_stream(
+            watcher(
+                api::<PartialObjectMeta<Deployment>>(&client, ns),
+                managed.clone(),
+            )
+            .touched_objects(),
+        )
+        .owns_stream(
+            watcher(
+                api::<PartialObjectMeta<Service>>(&client, ns),
+                managed.clone(),
+            )
+            .touched_objects(),
+        )
+        .owns_stream(
+            watcher(
+                api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
+                managed.clone(),
+            )
+            .touched_objects(),
+        )
+        .owns_stream(
+            watcher(
+                api::<PartialObjectMeta<NetworkPolicy>>(&client, ns),
+                managed.clone(),
+            )
+            .touched_objects(),
+        )
+        .watches_stream(
+            watcher(api::<PartialObjectMeta<Pod>>(&client, ns), pods).touched_objects(),
+            owner_of_pod,
+        );
+    if watch_secrets {
+        controller = controller.owns_stream(
+            watcher(api::<PartialObjectMeta<Secret>>(&client, ns), managed).touched_objects(),
+        );
+    }
+    controller
         .graceful_shutdown_on(shutdown)
         .run(
             |object, state: Arc<State>| async move {
@@ -171,5 +335,32 @@ mod tests {
         assert_eq!(b.failed("b"), Duration::from_millis(500));
         b.succeeded("a");
         assert_eq!(b.failed("a"), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn watch_namespaces_parses() {
+        let ns =
+            |names: &[&str]| WatchScope::Namespaces(names.iter().map(|n| n.to_string()).collect());
+        let bad = |name: &str| Err(WatchScopeError::InvalidName(name.into()));
+        let cases: [(&str, Result<WatchScope, WatchScopeError>); 12] = [
+            ("", Ok(WatchScope::Cluster)),
+            ("  ", Ok(WatchScope::Cluster)),
+            (",,", Ok(WatchScope::Cluster)),
+            ("team-a", Ok(ns(&["team-a"]))),
+            ("b, a ,b,", Ok(ns(&["a", "b"]))),
+            ("a1,0", Ok(ns(&["0", "a1"]))),
+            (&"x".repeat(63), Ok(ns(&[&"x".repeat(63)]))),
+            (&"x".repeat(64), bad(&"x".repeat(64))),
+            ("Team", bad("Team")),
+            ("a,-b", bad("-b")),
+            ("b-", bad("b-")),
+            ("a b", bad("a b")),
+        ];
+        for (input, want) in cases {
+            assert_eq!(WatchScope::parse(input), want, "{input:?}");
+        }
+        assert!(ns(&["a"]).watches_secrets());
+        assert!(!WatchScope::Cluster.watches_secrets());
+        assert_eq!(ns(&["a", "b"]).to_string(), "a,b");
     }
 }

@@ -1,14 +1,16 @@
-//! `chat-cluster-operator`: the command line. `run` (default) elects a leader on a Lease and runs
-//! the controller while leading, serving metrics and health on `--metrics-listen`; `crd` prints
-//! the CustomResourceDefinition YAML; `token` prints a client token (HS256 JWT) for a ChatCluster
-//! in token mode, signed with a key file or the ChatCluster's auth Secret.
+//! `chat-cluster-operator`: the command line. `run` (default) elects a leader on a Lease (unless
+//! `--leader-election false`) and runs the controller while leading, over the namespaces of
+//! `--watch-namespaces` (all when empty), serving metrics and health on `--metrics-listen`; `crd`
+//! prints the CustomResourceDefinition YAML; `token` prints a client token (HS256 JWT) for a
+//! ChatCluster in token mode, signed with a key file or the ChatCluster's auth Secret.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chat_cluster_operator::{controller, crd, leader::Elector, metrics::Metrics, token};
+use chat_cluster_operator::controller::{self, WatchScope};
+use chat_cluster_operator::{crd, leader::Elector, metrics::Metrics, token};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -93,6 +95,14 @@ struct RunArgs {
     /// Identity in the Lease (default: POD_NAME, else host name and process id).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Elect a leader on the Lease before reconciling. `false` only with a single replica:
+    /// two replicas without election would both reconcile.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespaces whose ChatClusters to reconcile, comma-separated; empty: every namespace.
+    /// The operator then needs RBAC only in these (a Role per namespace, no ClusterRole).
+    #[arg(long, env = "WATCH_NAMESPACES", default_value = "")]
+    watch_namespaces: String,
 }
 
 fn init_logging() {
@@ -183,8 +193,17 @@ async fn mint(args: TokenArgs) -> anyhow::Result<String> {
     Ok(token::mint(&grant, &key, token::unix_now())?)
 }
 
+/// Holds the lease until leadership is lost (the reason); never returns without election.
+async fn hold(elector: Option<&mut Elector>) -> String {
+    match elector {
+        Some(elector) => elector.hold().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging();
+    let scope = WatchScope::parse(&args.watch_namespaces)?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -203,17 +222,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
     metrics.set_ready(true);
 
-    let mut elector = Elector::new(client.clone(), &args.namespace, &args.lease_name, &identity);
-    tracing::info!(
-        identity,
-        namespace = args.namespace,
-        lease = args.lease_name,
-        "waiting for leadership"
-    );
-    tokio::select! {
-        () = elector.acquire() => {}
-        _ = sigterm.recv() => return Ok(()),
-        _ = sigint.recv() => return Ok(()),
+    let mut elector = args
+        .leader_election
+        .then(|| Elector::new(client.clone(), &args.namespace, &args.lease_name, &identity));
+    if let Some(elector) = elector.as_mut() {
+        tracing::info!(
+            identity,
+            namespace = args.namespace,
+            lease = args.lease_name,
+            "waiting for leadership"
+        );
+        tokio::select! {
+            () = elector.acquire() => {}
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+        }
+    } else {
+        tracing::warn!(
+            identity,
+            "leader election is off: run only one replica of the operator"
+        );
     }
     metrics.set_leader(true);
 
@@ -222,13 +250,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client.clone(),
         metrics.clone(),
         identity.clone(),
+        scope,
         async {
             let _ = controller_stopped.await;
         },
     ));
 
     tokio::select! {
-        reason = elector.hold() => {
+        reason = hold(elector.as_mut()) => {
             tracing::error!(reason, "lost leadership; exiting so that no two replicas reconcile at once");
             std::process::exit(1);
         }
@@ -246,10 +275,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         tracing::warn!("in-flight reconciles did not finish within 10s");
     }
-    if let Err(e) = elector.release().await {
-        tracing::warn!(error = %e, "releasing the leader lease");
-    } else {
-        tracing::info!("released the leader lease");
+    if let Some(elector) = elector.as_mut() {
+        if let Err(e) = elector.release().await {
+            tracing::warn!(error = %e, "releasing the leader lease");
+        } else {
+            tracing::info!("released the leader lease");
+        }
     }
     let _ = stop_http.send(());
     let _ = http.await;

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -169,7 +171,9 @@ impl Harness {
         .await
     }
 
-    /// Creates a fresh namespace `e2e-{prefix}-{random}` labelled for the suite.
+    /// Creates a fresh namespace `e2e-{prefix}-{random}` labelled for the suite, and grants the
+    /// operator its data-plane rights there (the RoleBinding README tells cluster-mode users to
+    /// create per namespace: `manifests/` binds them only in `default`).
     pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
         let suffix: String = uuid::Uuid::new_v4()
             .simple()
@@ -186,11 +190,39 @@ impl Harness {
             .await
             .with_context(|| format!("creating namespace {name}"))?;
         eprintln!("namespace {name} created");
+        let binding = data_plane_role_binding(&name);
+        Api::<RoleBinding>::namespaced(self.client.clone(), &name)
+            .create(&PostParams::default(), &binding)
+            .await
+            .with_context(|| format!("binding the operator's data-plane role in {name}"))?;
         Ok(TestNamespace {
             name,
             harness: self.clone(),
             deleted: false,
         })
+    }
+}
+
+/// The RoleBinding that grants the operator of `manifests/` (cluster mode) the rights that reach
+/// into pods (ClusterRole `chat-cluster-operator-data-plane`) in `namespace`.
+pub fn data_plane_role_binding(namespace: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: ObjectMeta {
+            name: Some("chat-cluster-operator-data-plane".into()),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "chat-cluster-operator-data-plane".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: OPERATOR_DEPLOYMENT.into(),
+            namespace: Some(OPERATOR_NAMESPACE.into()),
+            ..Subject::default()
+        }]),
     }
 }
 

@@ -183,6 +183,17 @@ fn free_port() -> u16 {
 impl Operator {
     /// Starts `chat-cluster-operator run` electing on lease `lease_ns/lease`.
     pub fn start(kubeconfig: &Path, lease_ns: &str, lease: &str, identity: &str) -> Operator {
+        Operator::start_with_env(kubeconfig, lease_ns, lease, identity, &[])
+    }
+
+    /// [`Operator::start`] with extra environment (e.g. `WATCH_NAMESPACES`).
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        lease_ns: &str,
+        lease: &str,
+        identity: &str,
+        env: &[(&str, &str)],
+    ) -> Operator {
         let metrics_port = free_port();
         let log = std::env::temp_dir().join(format!(
             "chat-cluster-operator-{identity}-{}.log",
@@ -209,6 +220,7 @@ impl Operator {
                 "RUST_LOG",
                 "info,chat_cluster_operator=debug,kube_runtime=warn",
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -329,4 +341,115 @@ pub fn cluster(name: &str, ns: &str, spec: serde_json::Value) -> ChatCluster {
         "spec": spec,
     }))
     .expect("cluster")
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("operator/ has a parent")
+        .to_path_buf()
+}
+
+/// Helm: `$HELM`, else `e2e/helm/build` (cached under ~/.cache/chat-cluster; builds it from its
+/// Go module on first use).
+pub fn helm_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("HELM") {
+        return p.into();
+    }
+    let out = Command::new(repo_root().join("e2e/helm/build"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("e2e/helm/build runs");
+    assert!(out.status.success(), "e2e/helm/build failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// `helm template RELEASE manifests/helm/chat-cluster-operator --namespace NS ARGS...`: the YAML.
+pub fn render_chart(release: &str, namespace: &str, args: &[&str]) -> String {
+    let out = Command::new(helm_path())
+        .args(["template", release])
+        .arg(repo_root().join("manifests/helm/chat-cluster-operator"))
+        .args(["--namespace", namespace])
+        .args(args)
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("helm prints UTF-8")
+}
+
+/// `kubectl apply -f -` (or `delete`, with `verb`) of `yaml`; panics with kubectl's stderr on failure.
+pub fn kubectl_stdin(kubeconfig: &Path, verb: &str, yaml: &str) {
+    let mut child = Command::new(kubectl_path())
+        .env("KUBECONFIG", kubeconfig)
+        .args([verb, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("kubectl stdin");
+    let out = child.wait_with_output().expect("kubectl finishes");
+    assert!(
+        out.status.success(),
+        "kubectl {verb} -f - failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A kubeconfig for the ServiceAccount `namespace/name`: the cluster of `kubeconfig` and a token
+/// from the TokenRequest API (`kubectl create token`), so whatever uses it has exactly the
+/// account's RBAC. Written next to the test's temp files; the path.
+pub fn service_account_kubeconfig(kubeconfig: &Path, namespace: &str, name: &str) -> PathBuf {
+    let (ok, token, err) = kubectl(
+        kubeconfig,
+        &["create", "token", name, "-n", namespace, "--duration=2h"],
+    );
+    assert!(ok, "kubectl create token {namespace}/{name}: {err}");
+    let mut kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig reads");
+    let user = format!("system:serviceaccount:{namespace}:{name}");
+    kc.auth_infos = vec![kube::config::NamedAuthInfo {
+        name: user.clone(),
+        auth_info: Some(kube::config::AuthInfo {
+            token: Some(token.trim().to_owned().into()),
+            ..Default::default()
+        }),
+        other: Default::default(),
+    }];
+    for context in &mut kc.contexts {
+        if let Some(c) = context.context.as_mut() {
+            c.user = Some(user.clone());
+        }
+    }
+    let path = std::env::temp_dir().join(format!(
+        "kubeconfig-{namespace}-{name}-{}",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        serde_yaml::to_string(&kc).expect("kubeconfig serializes"),
+    )
+    .expect("kubeconfig written");
+    path
+}
+
+/// `kubectl auth can-i VERB RESOURCE [-n NS | -A] --as USER`: whether the API server allows it.
+pub fn can_i(kubeconfig: &Path, user: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
+    match ns {
+        Some(ns) => args.extend(["-n", ns]),
+        None => args.push("-A"),
+    }
+    let (_, out, _) = kubectl(kubeconfig, &args);
+    out.trim() == "yes"
 }

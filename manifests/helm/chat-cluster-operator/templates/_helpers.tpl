@@ -36,8 +36,9 @@ RBAC rules, in three parts (docs/install.md, "Permissions"):
   cco.rules.reconcile  what reconciling needs in every namespace it reconciles: ChatClusters,
                        their children, pods (metadata list/watch), Events; Secrets get/create/patch
                        (the broker Secret) but no list or watch
-  cco.rules.dataPlane  what reaches into the data-plane pods: pods/proxy get (each pod's /status
-                       during a rollout), pods/status patch (the caught-up readiness gate)
+  cco.rules.dataPlane  what reaches into the data-plane pods: pods delete (a stuck log pod during a
+                       log rollout or rollback), pods/proxy get (each pod's /status during a
+                       rollout), pods/status patch (the caught-up readiness gate)
   cco.rules.watchSecrets  list/watch Secrets: namespaced mode only, where the operator watches the
                        Secrets it labelled (app.kubernetes.io/managed-by=chat-cluster-operator)
 */}}
@@ -57,9 +58,18 @@ RBAC rules, in three parts (docs/install.md, "Permissions"):
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+- apiGroups: ["apps"]
+  resources: ["controllerrevisions"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
@@ -69,6 +79,9 @@ RBAC rules, in three parts (docs/install.md, "Permissions"):
 {{- end -}}
 
 {{- define "cco.rules.dataPlane" -}}
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["delete"]
 - apiGroups: [""]
   resources: ["pods/proxy"]
   verbs: ["get"]
