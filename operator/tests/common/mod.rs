@@ -443,9 +443,18 @@ pub fn service_account_kubeconfig(kubeconfig: &Path, namespace: &str, name: &str
     path
 }
 
-/// `kubectl auth can-i VERB RESOURCE [-n NS | -A] --as USER`: whether the API server allows it.
+/// `kubectl auth can-i VERB RESOURCE [--subresource SUB] [-n NS | -A] --as USER`: whether the API
+/// server allows it. `resource` may name a subresource as `pods/proxy` (kubectl itself would read
+/// that as the pod named `proxy`).
 pub fn can_i(kubeconfig: &Path, user: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, sub)) => (r, Some(sub)),
+        None => (resource, None),
+    };
     let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
+    if let Some(sub) = subresource {
+        args.extend(["--subresource", sub]);
+    }
     match ns {
         Some(ns) => args.extend(["-n", ns]),
         None => args.push("-A"),
