@@ -99,6 +99,26 @@ where
     );
 }
 
+/// [`can_i`], asked again for up to 10 s while the answer is not `want`: the API server's RBAC
+/// authorizer learns of just-applied Roles and bindings through its informers, a moment later.
+async fn can_i_settled(
+    kc: &std::path::Path,
+    user: &str,
+    verb: &str,
+    resource: &str,
+    ns: Option<&str>,
+    want: bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = can_i(kc, user, verb, resource, ns);
+        if got == want || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The operator's log has no authorization failure.
 fn assert_no_forbidden(op: &Operator) {
     let log = op.log_text();
@@ -168,7 +188,7 @@ async fn namespaced_mode_reconciles_only_watched_namespaces_under_its_roles() {
         ),
     ] {
         assert_eq!(
-            can_i(&kc, &user, verb, resource, ns),
+            can_i_settled(&kc, &user, verb, resource, ns, want).await,
             want,
             "can {user} {verb} {resource} in {}?",
             ns.unwrap_or("all namespaces")
@@ -298,7 +318,7 @@ async fn cluster_mode_never_lists_secrets_and_reaches_pods_only_in_data_plane_na
         ("watch", "pods", None, true),
     ] {
         assert_eq!(
-            can_i(&kc, &user, verb, resource, ns),
+            can_i_settled(&kc, &user, verb, resource, ns, want).await,
             want,
             "can {user} {verb} {resource} in {}?",
             ns.unwrap_or("all namespaces")
