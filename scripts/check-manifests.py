@@ -83,7 +83,11 @@ def main():
         meta.pop("annotations", None)
         got["metadata"] = meta
         if got != want_crd[0]:
-            problems.append(f"{name(crds[0])} differs from {a.crd} (`chat-cluster-operator crd`)")
+            problems.append(
+                f"{name(crds[0])} differs from {a.crd} (`chat-cluster-operator crd`): the chart's CRD is"
+                " crds/chatcluster.yaml by symbolic link; regenerate it with"
+                " `cargo run -p chat-cluster-operator -- crd > crds/chatcluster.yaml`"
+            )
 
     for d in docs:
         if d["kind"] not in ("Role", "ClusterRole"):
