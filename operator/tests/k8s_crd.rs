@@ -13,7 +13,7 @@ use serde_json::json;
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn crd_installs_and_kubectl_shows_the_columns() {
     let (kc, client, _serial) = k8s_session().await;
-    let ns = TestNamespace::create(&client, &kc, "crd-columns").await;
+    let ns = test_namespace(&client, &kc, "crd-columns").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
     let created = api
         .create(
@@ -56,7 +56,7 @@ async fn crd_installs_and_kubectl_shows_the_columns() {
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn invalid_specs_are_rejected_with_a_message_naming_the_field() {
     let (kc, client, _serial) = k8s_session().await;
-    let ns = TestNamespace::create(&client, &kc, "crd-invalid").await;
+    let ns = test_namespace(&client, &kc, "crd-invalid").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
 
     let on_create = [

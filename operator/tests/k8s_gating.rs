@@ -133,7 +133,7 @@ async fn gate_passes_live_chat_servers_only_and_degrades_after_the_timeout() {
         assert_eq!(message["position"], i, "{message}");
     }
 
-    let ns = TestNamespace::create(&client, &kc, "op-gating").await;
+    let ns = test_namespace(&client, &kc, "op-gating").await;
     let op = Operator::start_leading(&client, &kc, &ns.name, "op-gating").await;
     let _dump = DumpOnPanic(&op);
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);

@@ -18,7 +18,7 @@ use serde_json::json;
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn one_leader_reconciles_and_the_other_takes_over_after_it_dies() {
     let (kc, client, _serial) = k8s_session().await;
-    let ns = TestNamespace::create(&client, &kc, "op-leader").await;
+    let ns = test_namespace(&client, &kc, "op-leader").await;
     let mut first = Operator::start_leading(&client, &kc, &ns.name, "first").await;
     let second = Operator::start(&kc, &ns.name, "chat-cluster-operator", "second");
     tokio::time::sleep(Duration::from_secs(3)).await;

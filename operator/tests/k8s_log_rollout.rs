@@ -265,7 +265,7 @@ async fn log_rollouts_step_one_caught_up_replica_at_a_time_halt_and_roll_back() 
     })
     .await;
 
-    let ns = TestNamespace::create(&client, &kc, "op-logroll").await;
+    let ns = test_namespace(&client, &kc, "op-logroll").await;
     let op = Operator::start_leading(&client, &kc, &ns.name, "op-logroll").await;
     let _dump = DumpOnPanic(&op);
     let c = Cluster {

@@ -58,7 +58,7 @@ async fn all_children_owned(client: &Client, ns: &str, uid: &str) -> bool {
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn children_with_owner_references_follow_spec_edits_scale_and_deletion() {
     let (kc, client, _serial) = k8s_session().await;
-    let ns = TestNamespace::create(&client, &kc, "op-children").await;
+    let ns = test_namespace(&client, &kc, "op-children").await;
     let op = Operator::start_leading(&client, &kc, &ns.name, "op-children").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
 
@@ -309,7 +309,7 @@ fn condition(c: &ChatCluster, type_: &str) -> Option<(String, String)> {
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn status_follows_child_status_and_a_steady_cluster_does_no_writes() {
     let (kc, client, _serial) = k8s_session().await;
-    let ns = TestNamespace::create(&client, &kc, "op-status").await;
+    let ns = test_namespace(&client, &kc, "op-status").await;
     let op = Operator::start_leading(&client, &kc, &ns.name, "op-status").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -489,7 +489,7 @@ async fn status_follows_child_status_and_a_steady_cluster_does_no_writes() {
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn status_of_a_cluster_deleted_during_its_reconcile_is_not_an_error() {
     let (kc, client, _serial) = k8s_session().await;
-    let ns = TestNamespace::create(&client, &kc, "op-gone").await;
+    let ns = test_namespace(&client, &kc, "op-gone").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
     let demo = || cluster("demo", &ns.name, json!({}));
     let next = ChatClusterStatus {
@@ -542,7 +542,7 @@ async fn status_of_a_cluster_deleted_during_its_reconcile_is_not_an_error() {
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn network_policies_follow_the_spec() {
     let (kc, client, _serial) = k8s_session().await;
-    let ns = TestNamespace::create(&client, &kc, "op-netpol").await;
+    let ns = test_namespace(&client, &kc, "op-netpol").await;
     let op = Operator::start_leading(&client, &kc, &ns.name, "op-netpol").await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns.name);
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);

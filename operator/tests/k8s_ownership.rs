@@ -21,7 +21,7 @@ use serde_json::json;
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn refuses_to_adopt_a_foreign_deployment_and_secret() {
     let (kc, client, _serial) = k8s_session().await;
-    let ns = TestNamespace::create(&client, &kc, "op-ownership").await;
+    let ns = test_namespace(&client, &kc, "op-ownership").await;
     let _op = Operator::start_leading(&client, &kc, &ns.name, "op-ownership").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);

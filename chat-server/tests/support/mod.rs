@@ -7,7 +7,6 @@ pub mod proxy;
 pub mod redis;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,13 +16,8 @@ use serde_json::Value;
 
 pub use self::redis::RedisServer;
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+/// A port that was free a moment ago (shared with the other harnesses).
+pub use chat_test_support::free_port;
 
 /// A child process of the test, killed on drop; its output goes to a log file kept for failures.
 pub struct Proc {

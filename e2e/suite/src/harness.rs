@@ -1,20 +1,19 @@
 //! Finding the cluster under test and the tools around it: the kubeconfig
 //! (`CHAT_CLUSTER_E2E_KUBECONFIG`; the tests are `#[ignore]`d, `e2e/run-suite` runs them with
 //! `--include-ignored`, and one that runs without the variable fails, it never passes by
-//! skipping), kubectl, the image tags under test, installing the operator with `kubectl apply -k`, per-scenario namespaces and polling.
+//! skipping), kubectl, the image tags under test, installing the operator with `kubectl apply -k`, per-scenario namespaces and polling
+//! (the last three from the shared `chat-test-support` crate).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::api::PostParams;
+use kube::{Api, Client};
 
 use crate::proxy::Proxy;
 
@@ -89,12 +88,7 @@ impl Harness {
             );
         };
         let kubeconfig = PathBuf::from(kubeconfig);
-        let kc = Kubeconfig::read_from(&kubeconfig)
-            .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .context("loading kubeconfig")?;
-        let client = Client::try_from(config).context("building the API client")?;
+        let client = chat_test_support::k8s::client(&kubeconfig).await?;
         let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let repo_root = repo_root.canonicalize().unwrap_or(repo_root);
         Ok(Harness {
@@ -182,24 +176,21 @@ impl Harness {
             .take(5)
             .collect();
         let name = format!("e2e-{prefix}-{suffix}");
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {NAMESPACE_LABEL: "true"}}
-        }))?;
-        api.create(&PostParams::default(), &ns)
-            .await
-            .with_context(|| format!("creating namespace {name}"))?;
+        let ns = TestNamespace::create(
+            &self.client,
+            &self.kubeconfig,
+            &name,
+            &[(NAMESPACE_LABEL, "true")],
+            Duration::from_secs(300),
+        )
+        .await?;
         eprintln!("namespace {name} created");
         let binding = data_plane_role_binding(&name);
         Api::<RoleBinding>::namespaced(self.client.clone(), &name)
             .create(&PostParams::default(), &binding)
             .await
             .with_context(|| format!("binding the operator's data-plane role in {name}"))?;
-        Ok(TestNamespace {
-            name,
-            harness: self.clone(),
-            deleted: false,
-        })
+        Ok(ns)
     }
 }
 
@@ -245,107 +236,18 @@ pub fn deployment_rolled_out(d: &Deployment) -> bool {
         && status.replicas.unwrap_or(0) == want
 }
 
-/// A namespace owned by one scenario. [`TestNamespace::delete`] removes it and waits; dropping it
-/// without that (a failed test) still asks the API server to delete it.
-pub struct TestNamespace {
-    /// Namespace name.
-    pub name: String,
-    harness: Harness,
-    deleted: bool,
-}
+/// A namespace owned by one scenario ([`chat_test_support::k8s::TestNamespace`]): deleted and
+/// waited for at the end of the scenario, or, when the scenario did not finish, deleted without
+/// waiting when dropped.
+pub use chat_test_support::k8s::TestNamespace;
+pub use chat_test_support::kubectl_path;
 
-impl TestNamespace {
-    /// Deletes the namespace and waits until it is gone (its pods and volumes with it), so the
-    /// next scenario starts on an idle node.
-    pub async fn delete(mut self) -> Result<()> {
-        self.deleted = true;
-        let api: Api<Namespace> = Api::all(self.harness.client.clone());
-        let started = Instant::now();
-        match api.delete(&self.name, &DeleteParams::foreground()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("deleting namespace {}", self.name)),
-        }
-        let name = self.name.clone();
-        wait_for(
-            &format!("namespace {name} gone"),
-            Duration::from_secs(300),
-            || {
-                let api = api.clone();
-                let name = name.clone();
-                async move { Ok(api.get_opt(&name).await?.is_none().then_some(())) }
-            },
-        )
-        .await?;
-        eprintln!(
-            "namespace {} deleted in {:.1?}",
-            self.name,
-            started.elapsed()
-        );
-        Ok(())
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        if self.deleted {
-            return;
-        }
-        eprintln!("deleting namespace {} (scenario did not finish)", self.name);
-        let _ = std::process::Command::new(&self.harness.kubectl)
-            .env("KUBECONFIG", &self.harness.kubeconfig)
-            .args(["delete", "namespace", &self.name, "--wait=false"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-/// kubectl: `$KUBECTL`, `$K8S_BIN/kubectl`, the newest `~/.cache/chat-cluster/*/bin/kubectl`, or
-/// `kubectl` on the PATH.
-pub fn kubectl_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("KUBECTL") {
-        return p.into();
-    }
-    if let Some(bin) = std::env::var_os("K8S_BIN") {
-        return PathBuf::from(bin).join("kubectl");
-    }
-    let cache =
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chat-cluster");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin/kubectl"))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort();
-    found.pop().unwrap_or_else(|| "kubectl".into())
-}
-
-/// Polls `check` every 500 ms until it yields a value or `timeout` passes. Errors from `check`
-/// count as "not yet"; the last one is part of the timeout error.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+/// Polls `check` every 500 ms ([`chat_test_support::poll`]) until it yields a value or `timeout`
+/// passes. Errors from `check` count as "not yet"; the last one is part of the timeout error.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
 {
-    let started = Instant::now();
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if started.elapsed() >= timeout {
-            match last_error {
-                Some(e) => {
-                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
-                }
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    Ok(chat_test_support::poll(what, timeout, Duration::from_millis(500), check).await?)
 }

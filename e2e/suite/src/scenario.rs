@@ -121,8 +121,12 @@ impl Scenario {
     /// Deletes the namespace (and so the ChatCluster and its volumes) and waits until it is gone.
     pub async fn finish(self) -> Result<()> {
         let elapsed = self.started.elapsed();
-        self.namespace.delete().await?;
-        eprintln!("scenario took {elapsed:.1?} (plus cleanup)");
+        let (name, cleanup) = (self.namespace.name.clone(), Instant::now());
+        self.namespace.delete(Duration::from_secs(300)).await?;
+        eprintln!(
+            "namespace {name} deleted in {:.1?}; scenario took {elapsed:.1?} (plus cleanup)",
+            cleanup.elapsed()
+        );
         Ok(())
     }
 }

@@ -53,7 +53,7 @@ async fn operator_installs_and_sample_reaches_running() {
         2
     );
     assert_eq!(cluster.pods(Component::Broker).await.unwrap().len(), 1);
-    ns.delete().await.unwrap();
+    ns.delete(Duration::from_secs(300)).await.unwrap();
 }
 
 /// Each invalid spec is refused with 422 and a message naming the field; shrinking storage is
@@ -160,7 +160,7 @@ async fn invalid_specs_rejected_and_delete_removes_children() {
         "ChatCluster {uid} and all children gone {:.1?} after delete",
         t.elapsed()
     );
-    ns.delete().await.unwrap();
+    ns.delete(Duration::from_secs(300)).await.unwrap();
 }
 
 /// `Kind/name` of every object of the owned kinds (and pods) carrying `selector`.

@@ -1,7 +1,7 @@
 //! Shared harness of the integration tests against a real kube-apiserver: finding the cluster
 //! (`CHAT_CLUSTER_KUBECONFIG`; a test that runs without it fails, it never passes by skipping),
-//! per-test namespaces, the operator as a child process, kubectl, metrics scraping and polling
-//! helpers.
+//! the CRD, the operator as a child process and metrics scraping. Namespaces, kubectl, free
+//! ports and polling come from the shared `chat-test-support` crate.
 //!
 //! Every test that needs the cluster is `#[ignore = "needs a Kubernetes control plane: ..."]`: a
 //! plain `cargo test` lists it as ignored instead of reporting a pass that ran nothing. scripts/test's k8s step brings the control
@@ -12,15 +12,13 @@ pub mod testhost;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_cluster_operator::crd::{self, ChatCluster};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serializes the tests of one binary: they share one API server and operators watch all
@@ -59,41 +57,17 @@ pub async fn k8s_session() -> (PathBuf, Client, tokio::sync::MutexGuard<'static,
 
 /// A client for the kubeconfig.
 pub async fn client(kubeconfig: &Path) -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig reads");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    chat_test_support::k8s::client(kubeconfig)
         .await
-        .expect("kubeconfig loads");
-    Client::try_from(config).expect("client")
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// kubectl: `$KUBECTL`, `$K8S_BIN/kubectl`, the e2e cache, or the PATH.
-pub fn kubectl_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("KUBECTL") {
-        return p.into();
-    }
-    if let Some(bin) = std::env::var_os("K8S_BIN") {
-        return PathBuf::from(bin).join("kubectl");
-    }
-    let cache =
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/chat-cluster");
-    if let Ok(entries) = std::fs::read_dir(&cache) {
-        let mut found: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path().join("bin/kubectl"))
-            .filter(|p| p.exists())
-            .collect();
-        found.sort();
-        if let Some(p) = found.pop() {
-            return p;
-        }
-    }
-    "kubectl".into()
-}
+pub use chat_test_support::free_port;
+pub use chat_test_support::k8s::TestNamespace;
 
 /// Runs kubectl; returns (success, stdout, stderr).
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(kubectl_path())
-        .env("KUBECONFIG", kubeconfig)
+    let out = chat_test_support::kubectl(kubeconfig)
         .args(args)
         .output()
         .expect("kubectl runs");
@@ -127,42 +101,13 @@ pub async fn install_crd(client: &Client) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-/// A namespace that is deleted when dropped.
-pub struct TestNamespace {
-    pub name: String,
-    kubeconfig: PathBuf,
-}
-
-impl TestNamespace {
-    pub async fn create(client: &Client, kubeconfig: &Path, prefix: &str) -> TestNamespace {
-        let name = format!("{prefix}-{}", std::process::id() % 100000);
-        let api: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("ns");
-        let _ = api.delete(&name, &DeleteParams::default()).await;
-        wait_for("old namespace gone", Duration::from_secs(60), || async {
-            api.get_opt(&name).await.ok()?.is_none().then_some(())
-        })
-        .await;
-        api.create(&PostParams::default(), &ns)
-            .await
-            .expect("namespace created");
-        TestNamespace {
-            name,
-            kubeconfig: kubeconfig.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let _ = Command::new(kubectl_path())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(["delete", "namespace", &self.name, "--wait=false"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+/// A namespace `{prefix}-{pid}` for one test (a leftover of that name from an earlier run is
+/// deleted first), deleted when dropped.
+pub async fn test_namespace(client: &Client, kubeconfig: &Path, prefix: &str) -> TestNamespace {
+    let name = format!("{prefix}-{}", std::process::id() % 100000);
+    TestNamespace::create(client, kubeconfig, &name, &[], Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An operator child process, killed when dropped.
@@ -171,13 +116,6 @@ pub struct Operator {
     pub identity: String,
     pub metrics_port: u16,
     pub log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 impl Operator {
@@ -313,23 +251,19 @@ pub async fn http_get(port: u16, path: &str) -> Option<String> {
     buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
 
-/// Polls `check` every 100 ms until it returns Some, panicking after `within`.
+/// Polls `check` every 100 ms until it returns Some ([`chat_test_support::poll`]), panicking after
+/// `within`.
 pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < within,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    chat_test_support::poll(what, within, Duration::from_millis(100), || {
+        let next = check();
+        async move { Ok::<_, std::convert::Infallible>(next.await) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A ChatCluster object named `name` in `ns` with `spec` (JSON).
