@@ -137,9 +137,9 @@ fn assert_no_forbidden(op: &Operator) {
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn namespaced_mode_reconciles_only_watched_namespaces_under_its_roles() {
     let (kc, client, _serial) = k8s_session().await;
-    let op_ns = TestNamespace::create(&client, &kc, "rbac-ns-op").await;
-    let watched = TestNamespace::create(&client, &kc, "rbac-ns-watched").await;
-    let other = TestNamespace::create(&client, &kc, "rbac-ns-other").await;
+    let op_ns = test_namespace(&client, &kc, "rbac-ns-op").await;
+    let watched = test_namespace(&client, &kc, "rbac-ns-watched").await;
+    let other = test_namespace(&client, &kc, "rbac-ns-other").await;
     let release = "rbac-ns";
     let rbac = render_chart(
         release,
@@ -265,9 +265,9 @@ async fn namespaced_mode_reconciles_only_watched_namespaces_under_its_roles() {
 #[ignore = "needs a Kubernetes control plane: run by scripts/test's k8s step"]
 async fn cluster_mode_never_lists_secrets_and_reaches_pods_only_in_data_plane_namespaces() {
     let (kc, client, _serial) = k8s_session().await;
-    let op_ns = TestNamespace::create(&client, &kc, "rbac-cl-op").await;
-    let data = TestNamespace::create(&client, &kc, "rbac-cl-data").await;
-    let other = TestNamespace::create(&client, &kc, "rbac-cl-other").await;
+    let op_ns = test_namespace(&client, &kc, "rbac-cl-op").await;
+    let data = test_namespace(&client, &kc, "rbac-cl-data").await;
+    let other = test_namespace(&client, &kc, "rbac-cl-other").await;
     let release = format!("rbac-cl-{}", std::process::id() % 100000);
     let rbac = render_chart(
         &release,

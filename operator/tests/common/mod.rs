@@ -318,8 +318,7 @@ pub fn render_chart(release: &str, namespace: &str, args: &[&str]) -> String {
 
 /// `kubectl apply -f -` (or `delete`, with `verb`) of `yaml`; panics with kubectl's stderr on failure.
 pub fn kubectl_stdin(kubeconfig: &Path, verb: &str, yaml: &str) {
-    let mut child = Command::new(kubectl_path())
-        .env("KUBECONFIG", kubeconfig)
+    let mut child = chat_test_support::kubectl(kubeconfig)
         .args([verb, "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -350,7 +349,7 @@ pub fn service_account_kubeconfig(kubeconfig: &Path, namespace: &str, name: &str
         &["create", "token", name, "-n", namespace, "--duration=2h"],
     );
     assert!(ok, "kubectl create token {namespace}/{name}: {err}");
-    let mut kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig reads");
+    let mut kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig reads");
     let user = format!("system:serviceaccount:{namespace}:{name}");
     kc.auth_infos = vec![kube::config::NamedAuthInfo {
         name: user.clone(),
