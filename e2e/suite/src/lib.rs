@@ -8,7 +8,9 @@
 //! # Layout
 //!
 //! - [`harness`]: finding the cluster (an error when unset), kubectl, the image tags under
-//!   test, installing the operator with `kubectl apply -k`, test namespaces, polling.
+//!   test, installing the operator with `kubectl apply -k`, test namespaces, polling (the last
+//!   three from `chat-test-support`, `e2e/suite/support`, shared with the chat-server and operator
+//!   tests).
 //! - [`proxy`]: GET/POST through `/api/v1/namespaces/{ns}/{services|pods}/{name}:{port}/proxy/…`.
 //! - [`cluster`]: one ChatCluster under test: create, wait for phases, scale, patch, list its pods,
 //!   `kubectl get chatclusters` rows, and a recorder of its phase over time.
