@@ -227,6 +227,22 @@ pub struct ChatServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000))]
     pub post_rate_per_address: Option<i32>,
+    /// `send` frames one WebSocket connection may send at once above its rate
+    /// (`WS_SEND_BURST`); a client that goes on sending this many refused frames in a row is
+    /// closed with 1008. Unset: 400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub ws_send_burst: Option<i32>,
+    /// `POST` writes one client address may send at once above its rate
+    /// (`POST_BURST_PER_ADDRESS`). Unset: 4000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub post_burst_per_address: Option<i32>,
+    /// Channels a node accepts writes to (`MAX_CHANNELS`); a write that would create one more is
+    /// refused with 409. Unset: 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_channels: Option<i64>,
     /// Pod settings.
     #[serde(flatten)]
     pub pod: PodSettings,

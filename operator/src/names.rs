@@ -70,6 +70,9 @@ pub const CHAT_SERVER_ENV: &[&str] = &[
     "MAX_CONNECTIONS",
     "WS_SEND_RATE",
     "POST_RATE_PER_ADDRESS",
+    "WS_SEND_BURST",
+    "POST_BURST_PER_ADDRESS",
+    "MAX_CHANNELS",
 ];
 /// Environment variables the operator sets in the replication-log container.
 pub const LOG_ENV: &[&str] = &[

@@ -134,6 +134,12 @@ fn chat_server(parent: &Parent<'_>) -> Container {
             "POST_RATE_PER_ADDRESS",
             limits.post_rate_per_address.map(i64::from),
         ),
+        ("WS_SEND_BURST", limits.ws_send_burst.map(i64::from)),
+        (
+            "POST_BURST_PER_ADDRESS",
+            limits.post_burst_per_address.map(i64::from),
+        ),
+        ("MAX_CHANNELS", limits.max_channels),
     ] {
         if let Some(value) = value {
             env_vars.push(env(name, value.to_string()));

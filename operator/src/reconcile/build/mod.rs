@@ -831,6 +831,9 @@ mod tests {
         cluster.spec.chat_server.max_connections = Some(5);
         cluster.spec.chat_server.ws_send_rate = Some(0);
         cluster.spec.chat_server.post_rate_per_address = Some(100);
+        cluster.spec.chat_server.ws_send_burst = Some(10);
+        cluster.spec.chat_server.post_burst_per_address = Some(10);
+        cluster.spec.chat_server.max_channels = Some(1000);
         let c = children_of(&cluster);
         for (spec, reserved) in [
             (
