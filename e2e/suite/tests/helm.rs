@@ -311,7 +311,7 @@ async fn scenario(h: &Harness, helm_bin: &PathBuf) -> Result<()> {
             .is_some(),
         "the ChatCluster's Deployment went with the operator"
     );
-    data.delete().await?;
+    data.delete(Duration::from_secs(300)).await?;
     h.kubectl(&[
         "delete",
         "namespace",
