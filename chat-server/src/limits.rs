@@ -77,6 +77,11 @@ pub struct ReadLimitConfig {
     /// Channel pages a replica reads at once; more are answered 503 with Retry-After.
     #[arg(long, env = "MAX_PAGE_READS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_page_reads: u32,
+    /// Seconds a `/snapshot` response waits for its client to take the next chunk (the time
+    /// between two successful writes, as nginx's `send_timeout`); a client that takes nothing for
+    /// that long gets the response aborted and gives its slot among `MAX_SNAPSHOTS` back.
+    #[arg(long, env = "SNAPSHOT_SEND_TIMEOUT", default_value = "30", value_parser = crate::flag_values::seconds)]
+    pub snapshot_send_timeout: Duration,
 }
 
 /// Which limit refused a request (the `limit` label of `rate_limited`).
@@ -405,6 +410,8 @@ impl ReadLimit {
 pub struct ReplicaReads {
     pub snapshots: ReadLimit,
     pub pages: ReadLimit,
+    /// `--snapshot-send-timeout`.
+    pub snapshot_send_timeout: Duration,
     metrics: LimitMetrics,
 }
 
@@ -414,6 +421,7 @@ impl ReplicaReads {
         ReplicaReads {
             snapshots: ReadLimit::new("snapshots", config.max_snapshots, metrics.clone()),
             pages: ReadLimit::new("page_reads", config.max_page_reads, metrics.clone()),
+            snapshot_send_timeout: config.snapshot_send_timeout,
             metrics,
         }
     }

@@ -566,11 +566,19 @@ async fn replica_bounds_snapshots_and_pages_and_nodes_still_read_everything() {
         .collect();
     assert_eq!(got, ids);
 
-    // Snapshots: a second replica allowing one at a time; a reader that does not read holds it.
+    // Snapshots: a second replica allowing one at a time; a reader that does not read holds it,
+    // until the send timeout (2 s here) aborts its response.
     let snap = spawn_replica(
         &c,
         "log-snap",
-        &["--peer-url", &replica, "--max-snapshots", "1"],
+        &[
+            "--peer-url",
+            &replica,
+            "--max-snapshots",
+            "1",
+            "--snapshot-send-timeout",
+            "2",
+        ],
     )
     .await;
     let rss_before = snap.rss_kib();
@@ -621,8 +629,9 @@ async fn replica_bounds_snapshots_and_pages_and_nodes_still_read_everything() {
         grown < 4096,
         "replica grew {grown} KiB with a stalled snapshot"
     );
-    // Once it goes away, the next snapshot is served whole.
-    drop(stalled);
+    // Still connected but taking nothing: after the send timeout its slot is free again, and the
+    // next snapshot is served whole.
+    let stalled_at = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = client
@@ -635,9 +644,31 @@ async fn replica_bounds_snapshots_and_pages_and_nodes_still_read_everything() {
             assert_eq!(lines as u64, TOTAL);
             break;
         }
-        assert!(Instant::now() < deadline, "snapshot still refused");
+        assert!(
+            Instant::now() < deadline,
+            "snapshot still refused with a stalled reader connected"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(
+        stalled_at.elapsed() >= Duration::from_millis(1500),
+        "the slot came back before the send timeout: {:?}",
+        stalled_at.elapsed()
+    );
+    // The aborted response never ends like a whole one (no last chunk): a reader cannot take
+    // the cut snapshot for the history.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut rest)).await;
+    assert!(
+        !rest.ends_with(b"\r\n0\r\n\r\n"),
+        "the aborted snapshot ended with a last chunk ({} bytes read)",
+        rest.len()
+    );
+    assert!(
+        metric(&snap.url, "replication_log_snapshot_send_timeouts_total").await >= 1.0,
+        "send timeouts are counted"
+    );
+    drop(stalled);
     drop(snap);
     drop(c);
 }

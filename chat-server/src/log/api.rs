@@ -14,8 +14,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+
+use futures::StreamExt;
+use tracing::{debug, warn};
 
 use super::{Phase, Replica};
 use crate::api::PAGE_BYTES;
@@ -160,20 +164,41 @@ async fn snapshot(
         )));
     }
     let permit = replica.settings().reads.snapshots.try_acquire()?;
+    let send_timeout = replica.settings().reads.snapshot_send_timeout;
     replica.metrics().snapshots.inc();
-    info!(after, position, "serving a snapshot");
+    debug!(after, position, "serving a snapshot");
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let stalled = Arc::new(AtomicBool::new(false));
     let mut reader = store.read_after(after, position);
+    let runtime = tokio::runtime::Handle::current();
+    let stalled_writer = stalled.clone();
+    let timeouts = replica.metrics().snapshot_send_timeouts.clone();
     tokio::task::spawn_blocking(move || {
-        // Held until the snapshot is sent or the client went away.
+        // Held until the snapshot is sent, the client went away or stopped taking it.
         let _permit = permit;
         loop {
             match reader.next_chunk() {
                 Ok(Some(chunk)) => {
                     let mut out = Vec::with_capacity(chunk.len() * 256);
                     chunk.write_ndjson(&mut out);
-                    if tx.blocking_send(Ok(Bytes::from(out))).is_err() {
-                        return; // The client went away.
+                    let sent = runtime.block_on(tokio::time::timeout(
+                        send_timeout,
+                        tx.send(Ok(Bytes::from(out))),
+                    ));
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return, // The client went away.
+                        Err(_) => {
+                            stalled_writer.store(true, Ordering::Relaxed);
+                            timeouts.inc();
+                            warn!(
+                                after,
+                                position,
+                                timeout_s = send_timeout.as_secs_f64(),
+                                "a snapshot client took nothing for the send timeout; aborting its response"
+                            );
+                            return;
+                        }
                     }
                 }
                 Ok(None) => return,
@@ -185,7 +210,16 @@ async fn snapshot(
             }
         }
     });
-    let mut resp = Body::from_stream(ReceiverStream::new(rx)).into_response();
+    // A stalled response ends with an error, never with a clean end of the body: a client must
+    // not take a cut snapshot for a whole one.
+    let tail = futures::stream::once(async move {
+        stalled
+            .load(Ordering::Relaxed)
+            .then(|| Err(std::io::Error::other("snapshot send timeout")))
+    })
+    .filter_map(std::future::ready);
+    let body = ReceiverStream::new(rx).chain(tail);
+    let mut resp = Body::from_stream(body).into_response();
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -18,7 +18,9 @@ use super::{Phase, Replica, ReplicaStatus};
 use crate::broker::{AnchorOutcome, Broker, BrokerError, InstanceCheck, StreamReader};
 use crate::log_client::{LogClient, LogClientError};
 use crate::message::Message;
-use crate::protocol::{anchor_position, epoch_fits, next_limit, split_dense, void_after};
+use crate::protocol::{
+    anchor_position, caught_up_after_round, epoch_fits, next_limit, split_dense, void_after,
+};
 use crate::telemetry::redact_url;
 
 /// A blocking read that has not answered this long after its block time is given up: the
@@ -286,6 +288,7 @@ async fn session(
                 continue;
             }
         }
+        let read = batch.len();
         let split = split_dense(persisted, batch);
         append(replica, split.dense).await?;
         let gap_to = match split.gap {
@@ -302,6 +305,7 @@ async fn session(
         if let Some(to) = gap_to {
             repair(replica, broker, to, shutdown).await?;
         }
+        let repaired = gap_to.is_some();
         let persisted = replica.store().persisted();
         broker
             .publish_persisted(&replica.settings().replica_id, persisted)
@@ -311,11 +315,12 @@ async fn session(
         replica.note_broker(None);
         replica.update_lag();
         if replica.error().is_none() {
-            let phase = if persisted >= replica.head() {
-                Phase::Live
-            } else {
-                Phase::CatchingUp
-            };
+            let phase =
+                if caught_up_after_round(read, READ_COUNT, repaired, persisted, replica.head()) {
+                    Phase::Live
+                } else {
+                    Phase::CatchingUp
+                };
             if replica.phase() != phase {
                 info!(?phase, persisted, head = replica.head(), "phase changed");
             }

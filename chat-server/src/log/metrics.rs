@@ -19,6 +19,8 @@ pub struct LogMetrics {
     pub trims: Counter,
     pub trimmed_entries: Counter,
     pub snapshots: Counter,
+    /// `/snapshot` responses aborted because the client took nothing for the send timeout.
+    pub snapshot_send_timeouts: Counter,
     pub broker_errors: Counter,
     pub broker_losses: Counter,
     pub persisted: Gauge,
@@ -44,6 +46,7 @@ impl Default for LogMetrics {
             trims: Counter::default(),
             trimmed_entries: Counter::default(),
             snapshots: Counter::default(),
+            snapshot_send_timeouts: Counter::default(),
             broker_errors: Counter::default(),
             broker_losses: Counter::default(),
             persisted: Gauge::default(),
@@ -98,6 +101,11 @@ impl Default for LogMetrics {
             "snapshots_served",
             "Snapshots streamed to clients",
             m.snapshots.clone(),
+        );
+        registry.register(
+            "snapshot_send_timeouts",
+            "Snapshot responses aborted because the client took nothing for --snapshot-send-timeout",
+            m.snapshot_send_timeouts.clone(),
         );
         registry.register(
             "broker_errors",

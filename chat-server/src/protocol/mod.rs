@@ -178,6 +178,26 @@ pub fn is_cut_off(silence: std::time::Duration, holds: u64, others_hold: Option<
     silence >= BROKER_SILENCE && others_hold.is_some_and(|p| p > holds)
 }
 
+/// Whether a replica counts as current after one follow round that read `read` entries of at
+/// most `read_count` (`repaired`: the round found a gap and copied it from elsewhere, leaving
+/// part of its read for the next round) and left it holding `persisted` with the broker head at
+/// `head`: current when nothing is left (`persisted >= head`) or when the round's read reached
+/// the end of the stream and all of it was appended (fewer than `read_count` entries came back,
+/// so everything accepted before the read is now persisted; what arrived while the round wrote is
+/// the next round's). Behind when the read was cut at `read_count` with more entries past it, or
+/// after a repair short of the head. Without the second case a replica
+/// under steady writes flipped between live and catching up on every round, and its readiness
+/// with it.
+pub fn caught_up_after_round(
+    read: usize,
+    read_count: usize,
+    repaired: bool,
+    persisted: u64,
+    head: u64,
+) -> bool {
+    persisted >= head || (read < read_count && !repaired)
+}
+
 /// How a resuming reader's position relates to the history a node holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
@@ -206,6 +226,27 @@ pub fn resume_point(after: u64, voids: &[(u64, u64)]) -> Resume {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_that_reached_the_end_of_the_stream_is_caught_up() {
+        // (read, read_count, repaired, persisted, head) -> caught up
+        let cases = [
+            ((0, 1000, false, 50, 50), true),         // idle, nothing left
+            ((10, 1000, false, 60, 75), true),        // steady writes: 15 arrived while it wrote
+            ((999, 1000, false, 999, 5000), true),    // the read still reached the end
+            ((1000, 1000, false, 1000, 5000), false), // cut at the read count: more to read
+            ((1000, 1000, false, 5000, 5000), true),  // a full read that ended at the head
+            ((10, 1000, true, 40, 60), false),        // repaired a gap, part of the read left over
+            ((10, 1000, true, 60, 60), true),         // repaired up to the head
+        ];
+        for ((read, count, repaired, persisted, head), want) in cases {
+            assert_eq!(
+                caught_up_after_round(read, count, repaired, persisted, head),
+                want,
+                "read {read}/{count}, repaired {repaired}, persisted {persisted}, head {head}"
+            );
+        }
+    }
 
     fn msg(position: u64) -> Message {
         Message {
