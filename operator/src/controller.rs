@@ -23,10 +23,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -38,6 +35,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::crd::ChatCluster;
 use crate::metrics::Metrics;
 use crate::names::{APP_NAME, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY};
+use crate::reconcile::children::{ChildKind, Children, KindVisitor};
 use crate::reconcile::{self, Context};
 
 /// First retry delay after a failed reconcile; doubles per consecutive failure.
@@ -236,56 +234,28 @@ async fn run_one(
     // going into ImagePullBackOff must show in the status without waiting for a requeue).
     let pods = watcher::Config::default().labels(&format!("{LABEL_NAME}={APP_NAME}"));
 
-    let mut controller = Controller::for_stream(clusters, reader)
+    let controller = Controller::for_stream(clusters, reader)
         .with_config(
             ControllerConfig::default()
                 .debounce(Duration::from_millis(300))
                 .concurrency(8),
         )
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<StatefulSet>>(&client, ns),
-                managed.clone(),
-            )
-            .touched_objects(),
-        )
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<Deployment>>(&client, ns),
-                managed.clone(),
-            )
-            .touched_objects(),
-        )
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<Service>>(&client, ns),
-                managed.clone(),
-            )
-            .touched_objects(),
-        )
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
-                managed.clone(),
-            )
-            .touched_objects(),
-        )
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<NetworkPolicy>>(&client, ns),
-                managed.clone(),
-            )
-            .touched_objects(),
-        )
         .watches_stream(
             watcher(api::<PartialObjectMeta<Pod>>(&client, ns), pods).touched_objects(),
             owner_of_pod,
         );
-    if watch_secrets {
-        controller = controller.owns_stream(
-            watcher(api::<PartialObjectMeta<Secret>>(&client, ns), managed).touched_objects(),
-        );
-    }
+    let mut owns = OwnChildren {
+        controller: Some(controller),
+        client: &client,
+        namespace: ns,
+        config: managed,
+        wanted: owned_kinds(watch_secrets),
+        watched: Vec::new(),
+    };
+    Children::visit_kinds(&mut owns);
+    let Some(controller) = owns.controller else {
+        return;
+    };
     controller
         .graceful_shutdown_on(shutdown)
         .run(
@@ -310,6 +280,58 @@ async fn run_one(
             }
         })
         .await;
+}
+
+/// The kinds the controller watches as owned children: each kind of [`Children`] once, in field
+/// order, except `Secret` when `watch_secrets` is false (cluster mode, where RBAC cannot confine
+/// a Secret watch to the operator's own; a reconcile still reads them by name).
+fn owned_kinds(watch_secrets: bool) -> Vec<&'static str> {
+    struct Collect(Vec<&'static str>);
+    impl KindVisitor for Collect {
+        fn visit<K: ChildKind>(&mut self, _field: &'static str, _optional: bool) {
+            let kind = <K as k8s_openapi::Resource>::KIND;
+            if !self.0.contains(&kind) {
+                self.0.push(kind);
+            }
+        }
+    }
+    let mut all = Collect(Vec::new());
+    Children::visit_kinds(&mut all);
+    let secret = <Secret as k8s_openapi::Resource>::KIND;
+    all.0
+        .into_iter()
+        .filter(|kind| watch_secrets || *kind != secret)
+        .collect()
+}
+
+/// Adds a watch of the operator-managed objects of each kind in `wanted` to the controller (the
+/// I/O half of [`owned_kinds`]).
+struct OwnChildren<'a> {
+    controller: Option<Controller<PartialObjectMeta<ChatCluster>>>,
+    client: &'a Client,
+    namespace: Option<&'a str>,
+    config: watcher::Config,
+    wanted: Vec<&'static str>,
+    watched: Vec<&'static str>,
+}
+
+impl KindVisitor for OwnChildren<'_> {
+    fn visit<K: ChildKind>(&mut self, _field: &'static str, _optional: bool) {
+        let kind = <K as k8s_openapi::Resource>::KIND;
+        if !self.wanted.contains(&kind) || self.watched.contains(&kind) {
+            return;
+        }
+        self.watched.push(kind);
+        self.controller = self.controller.take().map(|controller| {
+            controller.owns_stream(
+                watcher(
+                    api::<PartialObjectMeta<K>>(self.client, self.namespace),
+                    self.config.clone(),
+                )
+                .touched_objects(),
+            )
+        });
+    }
 }
 
 /// The ChatCluster a child pod belongs to, from its instance label.
@@ -362,5 +384,25 @@ mod tests {
         assert!(ns(&["a"]).watches_secrets());
         assert!(!WatchScope::Cluster.watches_secrets());
         assert_eq!(ns(&["a", "b"]).to_string(), "a,b");
+    }
+
+    #[test]
+    fn every_child_kind_is_watched_once_and_secrets_only_where_rbac_confines_them() {
+        let namespaced = [
+            "Secret",
+            "Service",
+            "StatefulSet",
+            "PodDisruptionBudget",
+            "Deployment",
+            "NetworkPolicy",
+        ];
+        let cases: [(bool, &[&str]); 2] = [(true, &namespaced), (false, &namespaced[1..])];
+        for (watch_secrets, want) in cases {
+            assert_eq!(
+                owned_kinds(watch_secrets),
+                want,
+                "watch_secrets={watch_secrets}"
+            );
+        }
     }
 }

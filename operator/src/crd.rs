@@ -167,6 +167,13 @@ pub struct AuthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub issuer: Option<String>,
+    /// Claim holding a display name the data plane writes as a message's `author`
+    /// (`AUTH_NAME_CLAIM`), e.g. `name` for the tokens `chat-cluster-operator token --name`
+    /// mints. Unset, or absent from a token: the subject (`sub`). Idempotency keys stay scoped to
+    /// `sub` either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub name_claim: Option<String>,
     /// Origins (`scheme://host[:port]`, or `*`) whose pages may open WebSockets and POST besides
     /// the node's own; empty: same origin only. Applies in both modes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -243,12 +250,81 @@ pub struct ChatServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_channels: Option<i64>,
+    /// Messages a WebSocket subscriber may fall behind before it is closed with 4008
+    /// (`WS_QUEUE`). Unset: 4096, or a `WS_QUEUE` in `env` (then this field must stay unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub ws_queue: Option<i32>,
+    /// Seconds a WebSocket write may take before the client is closed with 4008
+    /// (`WS_WRITE_TIMEOUT`). Unset: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub ws_write_timeout_seconds: Option<i32>,
+    /// Seconds between WebSocket pings (`WS_PING_INTERVAL`). Unset: 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub ws_ping_interval_seconds: Option<i32>,
+    /// Seconds a WebSocket client may send nothing (not even a pong) before it is closed with
+    /// 4009 (`WS_PING_TIMEOUT`); must be more than the ping interval. Unset: 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub ws_ping_timeout_seconds: Option<i32>,
+    /// Seconds a connection may take to send a complete request head; also closes silent and
+    /// idle keep-alive connections (`HTTP_HEADER_TIMEOUT`). Unset: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub http_header_timeout_seconds: Option<i32>,
+    /// Seconds a client may take to send a whole request body; a slower `POST` is answered 408
+    /// (`HTTP_BODY_TIMEOUT`). Unset: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub http_body_timeout_seconds: Option<i32>,
     /// Pod settings.
     #[serde(flatten)]
     pub pod: PodSettings,
     /// The `{name}-chat-server` Service.
     #[serde(default)]
     pub service: ServiceSettings,
+}
+
+/// The default `WS_PING_INTERVAL` of the chat-server binary, in seconds.
+pub const DEFAULT_WS_PING_INTERVAL_SECONDS: i32 = 30;
+/// The default `WS_PING_TIMEOUT` of the chat-server binary, in seconds.
+pub const DEFAULT_WS_PING_TIMEOUT_SECONDS: i32 = 60;
+
+impl ChatServerSpec {
+    /// The connection settings a user may give either here or, as before these fields existed,
+    /// as a variable in `env` (never both): `(variable, field under spec.chatServer, value)`.
+    pub fn connection_settings(&self) -> [(&'static str, &'static str, Option<i32>); 6] {
+        [
+            ("WS_QUEUE", "wsQueue", self.ws_queue),
+            (
+                "WS_WRITE_TIMEOUT",
+                "wsWriteTimeoutSeconds",
+                self.ws_write_timeout_seconds,
+            ),
+            (
+                "WS_PING_INTERVAL",
+                "wsPingIntervalSeconds",
+                self.ws_ping_interval_seconds,
+            ),
+            (
+                "WS_PING_TIMEOUT",
+                "wsPingTimeoutSeconds",
+                self.ws_ping_timeout_seconds,
+            ),
+            (
+                "HTTP_HEADER_TIMEOUT",
+                "httpHeaderTimeoutSeconds",
+                self.http_header_timeout_seconds,
+            ),
+            (
+                "HTTP_BODY_TIMEOUT",
+                "httpBodyTimeoutSeconds",
+                self.http_body_timeout_seconds,
+            ),
+        ]
+    }
 }
 
 impl ChatClusterSpec {

@@ -111,11 +111,11 @@ fn init_logging() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    // RUST_LOG_FORMAT; the old name LOG_FORMAT is accepted for one release, with a warning.
-    let new = std::env::var("RUST_LOG_FORMAT").ok();
-    let old = std::env::var("LOG_FORMAT").ok();
-    let deprecated = new.is_none() && old.is_some();
-    if new.or(old).is_some_and(|f| f == "json") {
+    let (json, deprecated) = log_format(
+        std::env::var("RUST_LOG_FORMAT").ok().as_deref(),
+        std::env::var("LOG_FORMAT").ok().as_deref(),
+    );
+    if json {
         builder
             .json()
             .flatten_event(true)
@@ -128,6 +128,18 @@ fn init_logging() {
         tracing::warn!(
             "LOG_FORMAT is deprecated and will be removed in the next release; set RUST_LOG_FORMAT instead"
         );
+    }
+}
+
+/// The tracing output format from `RUST_LOG_FORMAT` and its deprecated former name `LOG_FORMAT`
+/// (accepted for one release; the new name wins when both are set): `(json, deprecated name
+/// used)`. `json` in any case selects JSON lines, as for the data-plane binaries
+/// (`chat_server::telemetry::format_choice`); anything else is human-readable text.
+fn log_format(new: Option<&str>, old: Option<&str>) -> (bool, bool) {
+    match (new, old) {
+        (Some(v), _) => (v.eq_ignore_ascii_case("json"), false),
+        (None, Some(v)) => (v.eq_ignore_ascii_case("json"), true),
+        (None, None) => (false, false),
     }
 }
 
@@ -285,4 +297,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = stop_http.send(());
     let _ = http.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_format;
+
+    #[test]
+    fn log_format_matches_the_data_plane_rule() {
+        // (RUST_LOG_FORMAT, LOG_FORMAT) -> (json, deprecated name used)
+        let cases = [
+            (None, None, (false, false)),
+            (Some("json"), None, (true, false)),
+            (Some("JSON"), None, (true, false)),
+            (Some("text"), None, (false, false)),
+            (None, Some("json"), (true, true)),
+            (None, Some("Json"), (true, true)),
+            (Some("text"), Some("json"), (false, false)),
+            (Some("json"), Some("text"), (true, false)),
+        ];
+        for (new, old, want) in cases {
+            assert_eq!(log_format(new, old), want, "{new:?} {old:?}");
+        }
+    }
 }

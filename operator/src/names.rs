@@ -25,6 +25,11 @@ pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 /// Label key naming the manager.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Annotation on every child: a hash of the object as the operator last applied it. A child whose
+/// live object holds the current hash (and every built field) is not patched; a spec change that
+/// only drops a field (an annotation, a node selector entry) changes the hash, so the apply goes
+/// out and server-side apply removes what the operator's field manager no longer sets.
+pub const ANNOTATION_APPLIED_HASH: &str = "chat-cluster.io/applied-hash";
 
 /// Key of the Redis password in the broker Secret.
 pub const PASSWORD_KEY: &str = "password";
@@ -64,6 +69,7 @@ pub const CHAT_SERVER_ENV: &[&str] = &[
     "AUTH_HMAC_KEY_FILE",
     "AUTH_AUDIENCE",
     "AUTH_ISSUER",
+    "AUTH_NAME_CLAIM",
     "ALLOWED_ORIGINS",
     "INTERNAL_TOKEN_FILE",
     "MEMORY_WINDOW_BYTES",

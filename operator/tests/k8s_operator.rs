@@ -19,7 +19,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
 async fn owned_by<K>(client: &Client, ns: &str, name: &str, uid: &str) -> bool
 where
@@ -122,11 +122,43 @@ async fn children_with_owner_references_follow_spec_edits_scale_and_deletion() {
         },
     )
     .await;
+
     wait_for("observedGeneration", Duration::from_secs(10), || async {
         let c = api.get("demo").await.ok()?;
         (c.status?.observed_generation == Some(generation)).then_some(())
     })
     .await;
+
+    // A field the spec drops goes from the child too (the applied-hash stamp sends the apply;
+    // server-side apply removes what the operator's field manager no longer sets).
+    let template_annotation = |d: Deployment| {
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("example.com/team")
+            .cloned()
+    };
+    for (value, want) in [(json!("chat"), Some("chat")), (Value::Null, None)] {
+        api.patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"chatServer": {"podAnnotations": {"example.com/team": value}}}}),
+            ),
+        )
+        .await
+        .expect("edit podAnnotations");
+        wait_for(
+            &format!("pod annotation on the Deployment's template: {want:?}"),
+            Duration::from_secs(10),
+            || async {
+                let d = deployments.get("demo-chat-server").await.ok()?;
+                (template_annotation(d).as_deref() == want).then_some(())
+            },
+        )
+        .await;
+    }
     assert_eq!(
         secrets
             .get("demo-broker")

@@ -3,9 +3,14 @@
 //!
 //! [`apply`] takes [`Children`] apart without `..`, so a new child that is built but not applied
 //! is a compile error; every child goes through the one generic [`Applier::always`] /
-//! [`Applier::optional`], which remember the names kept per kind. A child whose live object
-//! already contains every field we would apply is not patched at all, so a steady cluster sees
-//! no write requests (a no-op apply would not change the object, but it still is a PATCH).
+//! [`Applier::optional`], which remember the names kept per kind. Each child is first stamped
+//! with the hash of what is applied ([`stamp`], annotation
+//! [`ANNOTATION_APPLIED_HASH`](crate::names::ANNOTATION_APPLIED_HASH)); a child whose live object
+//! already contains every stamped field is not patched at all, so a steady cluster sees no write
+//! requests (a no-op apply would not change the object, but it still is a PATCH). The stamp makes
+//! a spec change that only removes a field visible: the subset check alone would find the old
+//! live object still "containing" the smaller desired one and never send the apply that lets
+//! server-side apply delete the dropped field.
 //! Pruning then lists each kind in [`PRUNED_KINDS`] by the instance and managed-by labels and
 //! deletes what carries our controller owner reference but was not kept (today only a PDB can go,
 //! when a component drops below two replicas).
@@ -20,11 +25,13 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::children::{ChildKind, Children, Desired, Existing, Live};
 use super::validate::Validated;
-use crate::names::managed_selector;
+use crate::names::{ANNOTATION_APPLIED_HASH, managed_selector};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "chat-cluster-operator";
@@ -290,6 +297,7 @@ impl<'a> Applier<'a> {
     ) -> Result<K, ApplyError> {
         let kind = K::KIND;
         let name = desired.name_any();
+        let desired = stamp(desired);
         if let Some(live) = existing.as_ref() {
             let want = serde_json::to_value(&desired)
                 .map_err(|source| ApplyError::Serialize { kind, source })?;
@@ -362,6 +370,32 @@ impl<'a> Applier<'a> {
         }
         Ok(())
     }
+}
+
+/// The first 16 hex digits of the SHA-256 of `value`'s JSON (k8s-openapi serializes fields in a
+/// fixed order and maps sorted, so equal objects hash equal).
+pub fn json_hash<T: Serialize>(value: &T) -> String {
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `desired` with the annotation [`ANNOTATION_APPLIED_HASH`] set to the [`json_hash`] of
+/// `desired` as built (without that annotation).
+pub fn stamp<K: ChildKind>(mut desired: K) -> K {
+    if let Some(annotations) = desired.meta_mut().annotations.as_mut() {
+        annotations.remove(ANNOTATION_APPLIED_HASH);
+    }
+    let hash = json_hash(&desired);
+    desired
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ANNOTATION_APPLIED_HASH.to_owned(), hash);
+    desired
 }
 
 /// Whether `have` already holds every field of `want`: objects by key, arrays element by
@@ -458,6 +492,47 @@ mod tests {
             source: serde_json::from_str::<Value>("{").expect_err("bad json"),
         };
         assert!(!serialize.namespace_terminating());
+    }
+
+    /// Dropping a field from the built object changes the stamp, so the old live object no longer
+    /// contains the new desired one and the apply goes out; an unchanged object keeps its stamp.
+    #[test]
+    fn a_dropped_field_changes_the_stamp_and_forces_the_apply() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let built = |annotations: &[(&str, &str)]| {
+            let mut d = Deployment::default();
+            d.metadata.name = Some("demo-chat-server".into());
+            d.metadata.annotations = (!annotations.is_empty()).then(|| {
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            });
+            d
+        };
+        let value = |d: &Deployment| serde_json::to_value(d).unwrap();
+        let before = stamp(built(&[("team", "chat")]));
+        let after = stamp(built(&[]));
+        // (case, live, desired, skipped)
+        let cases = [
+            (
+                "unchanged",
+                &before,
+                stamp(built(&[("team", "chat")])),
+                true,
+            ),
+            ("annotation dropped", &before, after.clone(), false),
+            ("annotation added back", &after, before.clone(), false),
+            ("stamping twice", &before, stamp(before.clone()), true),
+        ];
+        for (case, live, desired, skipped) in cases {
+            assert_eq!(contains(&value(live), &value(&desired)), skipped, "{case}");
+        }
+        // Without the stamp the subset check would have skipped the drop.
+        assert!(contains(
+            &value(&built(&[("team", "chat")])),
+            &value(&built(&[]))
+        ));
     }
 
     #[test]

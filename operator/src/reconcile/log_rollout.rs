@@ -41,9 +41,9 @@ use kube::api::DeleteParams;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use super::apply::json_hash;
 use super::gate::{condition_true, started_at};
 use super::validate::Validated;
 use crate::crd::ChatCluster;
@@ -464,15 +464,9 @@ pub enum LogRolloutError {
     },
 }
 
-/// Hash of a pod template: the first 16 hex digits of the SHA-256 of its JSON (k8s-openapi
-/// serializes fields in a fixed order and maps sorted, so equal templates hash equal).
+/// Hash of a pod template ([`json_hash`]).
 pub fn template_hash(template: &PodTemplateSpec) -> String {
-    let json = serde_json::to_vec(template).unwrap_or_default();
-    Sha256::digest(&json)
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    json_hash(template)
 }
 
 fn annotation<'a>(set: &'a StatefulSet, key: &str) -> Option<&'a str> {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{ChatCluster, ChatClusterSpec};
+use crate::crd::{
+    ChatCluster, ChatClusterSpec, DEFAULT_WS_PING_INTERVAL_SECONDS, DEFAULT_WS_PING_TIMEOUT_SECONDS,
+};
 use k8s_openapi::api::core::v1::EnvVar;
 
 use crate::crd::settings::{CHAT_SERVER_MEMORY_LIMIT, MAX_WINDOW_PERCENT_OF_LIMIT};
@@ -63,6 +65,27 @@ pub enum ValidateError {
         /// The variable.
         name: String,
     },
+    /// A connection setting given both as a spec field and as a variable in `env`.
+    #[error("{field}: {name} is also set by spec.chatServer.{spec_field}; keep one of the two")]
+    EnvAndField {
+        /// The env entry, e.g. `spec.chatServer.env[0].name`.
+        field: String,
+        /// The variable.
+        name: String,
+        /// The field under `spec.chatServer`.
+        spec_field: &'static str,
+    },
+    /// The WebSocket ping timeout is not longer than the ping interval (the binary would refuse
+    /// to start).
+    #[error(
+        "spec.chatServer.wsPingTimeoutSeconds ({timeout}) must be more than wsPingIntervalSeconds ({interval}); unset fields count as their defaults (60 and 30)"
+    )]
+    PingTimeout {
+        /// The timeout in effect, in seconds.
+        timeout: i32,
+        /// The interval in effect, in seconds.
+        interval: i32,
+    },
     /// `spec.chatServer.memoryWindowBytes` leaves too little of the memory limit.
     #[error(
         "spec.chatServer.memoryWindowBytes: {window} bytes is more than {MAX_WINDOW_PERCENT_OF_LIMIT} % of the chat-server memory limit ({limit} bytes); raise spec.chatServer.resources.limits.memory or lower the window"
@@ -100,6 +123,7 @@ pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
     )?;
     check_env("spec.broker.env", &spec.broker.pod.env, BROKER_ENV)?;
     check_window(spec)?;
+    check_connection_settings(spec)?;
     Ok(Validated {
         name,
         namespace,
@@ -150,6 +174,42 @@ fn check_window(spec: &ChatClusterSpec) -> Result<(), ValidateError> {
         }
         _ => Ok(()),
     }
+}
+
+/// Refuses a connection setting given both as a `spec.chatServer` field and in
+/// `spec.chatServer.env`, and a ping timeout not above the ping interval when either is a spec
+/// field (the other counting as its default unless it is in `env`, which the binary checks).
+fn check_connection_settings(spec: &ChatClusterSpec) -> Result<(), ValidateError> {
+    let settings = spec.chat_server.connection_settings();
+    for (i, var) in spec.chat_server.pod.env.iter().enumerate() {
+        if let Some((name, spec_field, _)) = settings
+            .iter()
+            .find(|(name, _, value)| value.is_some() && *name == var.name)
+        {
+            return Err(ValidateError::EnvAndField {
+                field: format!("spec.chatServer.env[{i}].name"),
+                name: (*name).to_owned(),
+                spec_field,
+            });
+        }
+    }
+    let server = &spec.chat_server;
+    let in_env = |name: &str| server.pod.env.iter().any(|v| v.name == name);
+    if (server.ws_ping_timeout_seconds.is_some() || server.ws_ping_interval_seconds.is_some())
+        && !in_env("WS_PING_INTERVAL")
+        && !in_env("WS_PING_TIMEOUT")
+    {
+        let timeout = server
+            .ws_ping_timeout_seconds
+            .unwrap_or(DEFAULT_WS_PING_TIMEOUT_SECONDS);
+        let interval = server
+            .ws_ping_interval_seconds
+            .unwrap_or(DEFAULT_WS_PING_INTERVAL_SECONDS);
+        if timeout <= interval {
+            return Err(ValidateError::PingTimeout { timeout, interval });
+        }
+    }
+    Ok(())
 }
 
 /// Parses an unsigned Go duration (`1h30m`, `90s`, `1.5m`, `250ms`).
@@ -301,6 +361,61 @@ mod tests {
                 Box::new(move |s| {
                     s.chat_server.memory_window_bytes = Some(450 << 20);
                     s.chat_server.pod.resources = limit("2Gi");
+                }),
+                None,
+            ),
+            (
+                "a connection setting as a spec field",
+                Box::new(move |s| {
+                    s.chat_server.ws_queue = Some(128);
+                    s.chat_server.pod.env = vec![env("TZ")];
+                }),
+                None,
+            ),
+            (
+                "a connection setting in env (as before the fields existed)",
+                Box::new(move |s| {
+                    s.chat_server.pod.env = vec![env("WS_QUEUE"), env("WS_PING_TIMEOUT")]
+                }),
+                None,
+            ),
+            (
+                "a connection setting both as a field and in env",
+                Box::new(move |s| {
+                    s.chat_server.http_body_timeout_seconds = Some(5);
+                    s.chat_server.pod.env = vec![env("TZ"), env("HTTP_BODY_TIMEOUT")];
+                }),
+                Some(
+                    "spec.chatServer.env[1].name: HTTP_BODY_TIMEOUT is also set by spec.chatServer.httpBodyTimeoutSeconds; keep one of the two",
+                ),
+            ),
+            (
+                "ping timeout above the interval",
+                Box::new(|s| {
+                    s.chat_server.ws_ping_interval_seconds = Some(10);
+                    s.chat_server.ws_ping_timeout_seconds = Some(25);
+                }),
+                None,
+            ),
+            (
+                "ping interval raised to the default timeout",
+                Box::new(|s| s.chat_server.ws_ping_interval_seconds = Some(60)),
+                Some(
+                    "spec.chatServer.wsPingTimeoutSeconds (60) must be more than wsPingIntervalSeconds (60); unset fields count as their defaults (60 and 30)",
+                ),
+            ),
+            (
+                "ping timeout lowered below the default interval",
+                Box::new(|s| s.chat_server.ws_ping_timeout_seconds = Some(20)),
+                Some(
+                    "spec.chatServer.wsPingTimeoutSeconds (20) must be more than wsPingIntervalSeconds (30); unset fields count as their defaults (60 and 30)",
+                ),
+            ),
+            (
+                "ping interval as a field, timeout in env: the binary checks",
+                Box::new(move |s| {
+                    s.chat_server.ws_ping_interval_seconds = Some(90);
+                    s.chat_server.pod.env = vec![env("WS_PING_TIMEOUT")];
                 }),
                 None,
             ),

@@ -73,7 +73,7 @@ const AUTH_VOLUME: &str = "auth-key";
 const AUTH_DIR: &str = "/etc/chat-auth";
 
 /// The authentication settings of `spec.auth` as environment variables (`CHAT_AUTH`,
-/// `AUTH_HMAC_KEY_FILE`, `AUTH_AUDIENCE`, `AUTH_ISSUER`, `ALLOWED_ORIGINS`; docs/configuration.md)
+/// `AUTH_HMAC_KEY_FILE`, `AUTH_AUDIENCE`, `AUTH_ISSUER`, `AUTH_NAME_CLAIM`, `ALLOWED_ORIGINS`; docs/configuration.md)
 /// and, in token mode, the key Secret's volume and mount: `spec.auth.secretName` or `{name}-auth`.
 fn auth(parent: &Parent<'_>) -> (Vec<EnvVar>, Option<(Volume, VolumeMount)>) {
     let auth = &parent.cluster.spec.auth;
@@ -91,6 +91,11 @@ fn auth(parent: &Parent<'_>) -> (Vec<EnvVar>, Option<(Volume, VolumeMount)>) {
                 .map(|a| env("AUTH_AUDIENCE", a.as_str())),
         );
         vars.extend(auth.issuer.as_ref().map(|i| env("AUTH_ISSUER", i.as_str())));
+        vars.extend(
+            auth.name_claim
+                .as_ref()
+                .map(|c| env("AUTH_NAME_CLAIM", c.as_str())),
+        );
         volume = Some((
             secret_volume(AUTH_VOLUME, secret, HMAC_KEY_KEY),
             read_only_mount(AUTH_VOLUME, AUTH_DIR),
@@ -122,8 +127,6 @@ fn chat_server(parent: &Parent<'_>) -> Container {
         env("MAX_MESSAGE_BYTES", spec.max_message_bytes.to_string()),
         env("RUST_LOG_FORMAT", "json"),
         env("SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS),
-        // The data plane refuses to start without a chosen auth mode; anonymous until the
-        // ChatCluster's token auth is wired (issue 11, operator side).
     ];
     let limits = &spec.chat_server;
     for (name, value) in [
@@ -141,6 +144,11 @@ fn chat_server(parent: &Parent<'_>) -> Container {
         ),
         ("MAX_CHANNELS", limits.max_channels),
     ] {
+        if let Some(value) = value {
+            env_vars.push(env(name, value.to_string()));
+        }
+    }
+    for (name, _, value) in limits.connection_settings() {
         if let Some(value) = value {
             env_vars.push(env(name, value.to_string()));
         }

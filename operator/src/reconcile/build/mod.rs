@@ -501,6 +501,7 @@ mod tests {
                 AuthSpec {
                     secret_name: Some("my-jwt-key".into()),
                     audience: Some("chat".into()),
+                    name_claim: Some("name".into()),
                     allowed_origins: vec!["https://a.example".into(), "https://b.example".into()],
                     ..AuthSpec::default()
                 },
@@ -537,6 +538,16 @@ mod tests {
             assert_eq!(env["CHAT_AUTH"], mode, "{case}");
             assert_eq!(env["AUTH_HMAC_KEY_FILE"], key_file, "{case}");
             assert_eq!(env["AUTH_AUDIENCE"], audience, "{case}");
+            // Set, in this table, exactly where the audience is.
+            assert_eq!(
+                env["AUTH_NAME_CLAIM"],
+                if audience.is_null() {
+                    Value::Null
+                } else {
+                    json!("name")
+                },
+                "{case}"
+            );
             assert_eq!(env["ALLOWED_ORIGINS"], origins, "{case}");
             assert_eq!(
                 env["INTERNAL_TOKEN_FILE"], "/etc/chat-internal/token",
@@ -834,6 +845,12 @@ mod tests {
         cluster.spec.chat_server.ws_send_burst = Some(10);
         cluster.spec.chat_server.post_burst_per_address = Some(10);
         cluster.spec.chat_server.max_channels = Some(1000);
+        cluster.spec.chat_server.ws_queue = Some(128);
+        cluster.spec.chat_server.ws_write_timeout_seconds = Some(5);
+        cluster.spec.chat_server.ws_ping_interval_seconds = Some(20);
+        cluster.spec.chat_server.ws_ping_timeout_seconds = Some(45);
+        cluster.spec.chat_server.http_header_timeout_seconds = Some(15);
+        cluster.spec.chat_server.http_body_timeout_seconds = Some(15);
         let c = children_of(&cluster);
         for (spec, reserved) in [
             (
@@ -856,12 +873,28 @@ mod tests {
             let mut names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
             names.sort_unstable();
             // Set only when the spec asks (spec.auth), so absent from this default build.
-            let conditional = ["ALLOWED_ORIGINS", "AUTH_AUDIENCE", "AUTH_ISSUER"];
+            let conditional = [
+                "ALLOWED_ORIGINS",
+                "AUTH_AUDIENCE",
+                "AUTH_ISSUER",
+                "AUTH_NAME_CLAIM",
+            ];
             let mut want: Vec<&str> = reserved
                 .iter()
                 .copied()
                 .filter(|n| !conditional.contains(n))
                 .collect();
+            // Set only from their spec fields, and otherwise free for the user's env
+            // (validation refuses both at once).
+            if reserved == crate::names::CHAT_SERVER_ENV {
+                want.extend(
+                    cluster
+                        .spec
+                        .chat_server
+                        .connection_settings()
+                        .map(|(name, _, _)| name),
+                );
+            }
             want.sort_unstable();
             assert_eq!(names, want);
         }
