@@ -108,13 +108,14 @@ leftover_processes() {
 }
 
 # leftover_network — (check_clean) adds to `left` the bridge, veths, CNI network namespaces, routes
-# of our ranges and iptables chains of ours, kube-proxy's or CNI's.
+# of our ranges, iptables chains of ours, kube-proxy's, kube-router's or CNI's, and kube-router's ipsets.
 leftover_network() {
   local p tool table
   ip link show "$BRIDGE" >/dev/null 2>&1 && left+=("interface $BRIDGE")
   while read -r p; do left+=("interface $p"); done < <(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1)
   while read -r p; do left+=("network namespace $p"); done < <(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}')
   while read -r p; do left+=("route $p"); done < <(ip -4 route show 2>/dev/null | grep -E "(${POD_CIDR%/*}|${SERVICE_CIDR%/*})/" || true)
+  while read -r p; do left+=("ipset $p"); done < <(our_ipsets)
   for tool in iptables ip6tables; do
     command -v "$tool" >/dev/null || continue
     for table in filter nat mangle raw; do

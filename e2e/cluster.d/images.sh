@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # e2e/cluster.d/images.sh — what `up` builds before it starts anything (all cached): the Kubernetes
-# binaries (e2e/k8s/build), CoreDNS (e2e/coredns/build) and the node's images (e2e/images/build:
+# binaries (e2e/k8s/build), CoreDNS (e2e/coredns/build), kube-router (e2e/kube-router/build) and
+# the node's images (e2e/images/build:
 # pause, redis and, unless --no-app-images, chat-server and operator), and the import of those images
 # into the node's containerd. Sourced by e2e/cluster.
 
@@ -12,6 +13,7 @@ build_all() {
     "$E2E_DIR/k8s/build" || e2e_die "building the Kubernetes binaries failed"
     t_k8s=$((SECONDS - t0))
     "$E2E_DIR/coredns/build" >/dev/null || e2e_die "building coredns failed"
+    "$E2E_DIR/kube-router/build" >/dev/null || e2e_die "building kube-router failed"
     t_dns=$((SECONDS - t0 - t_k8s))
     local only=(pause redis chat-server operator)
     ((APP_IMAGES)) || only=(pause redis)
@@ -24,7 +26,7 @@ build_all() {
   # shellcheck disable=SC2034 # read by cmd_up (e2e/cluster)
   BUILD_SECONDS=$((SECONDS - t0))
   # shellcheck disable=SC2034 # read by cmd_up (e2e/cluster)
-  BUILD_TIMES="k8s ${t_k8s}s, coredns ${t_dns}s, images ${t_img}s"
+  BUILD_TIMES="k8s ${t_k8s}s, coredns+kube-router ${t_dns}s, images ${t_img}s"
 }
 
 # import_images — the built images into the node's containerd (k8s.io namespace).

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # e2e/cluster.d/network.sh — the node's network and its safety rules (full mode): sysctls (saved and
 # restored), the bridge with the node address, the service-range route and the blackholes, the
-# CHAT-CLUSTER-* iptables chains and their jumps kept first in front of kube-proxy's, kube-proxy itself
+# CHAT-CLUSTER-* iptables chains (mangle) and their jumps kept first, kube-proxy itself
 # (templates/kube-proxy.yaml), and `check-network`, which verifies all of it. Sourced by e2e/cluster.
 
 # Interfaces that carry the default route(s): the machine's real uplink(s).
@@ -68,24 +68,25 @@ iptables_egress_chain() {
   iptables -t mangle -A "$CHAIN_EGRESS" -d "$SERVICE_CIDR" -j DROP
 }
 
-# iptables_uplink_chains — filter CHAT-CLUSTER-FORWARD and CHAT-CLUSTER-INPUT: per uplink, no pod
+# iptables_uplink_chains — mangle CHAT-CLUSTER-FORWARD and CHAT-CLUSTER-INPUT: per uplink, no pod
 # traffic to or from it, no forwarding between uplinks, and the node address and service range
-# unreachable from it.
+# unreachable from it. In mangle, so they come before every filter chain (kube-proxy's ACCEPTs,
+# kube-router's NetworkPolicy chains) and accept nothing on filter's behalf: pod-to-pod traffic over
+# the bridge goes on to filter, where kube-router enforces the NetworkPolicies.
 iptables_uplink_chains() {
-  iptables -t filter -N "$CHAIN_FORWARD" 2>/dev/null || iptables -t filter -F "$CHAIN_FORWARD"
-  iptables -t filter -N "$CHAIN_INPUT" 2>/dev/null || iptables -t filter -F "$CHAIN_INPUT"
+  iptables -t mangle -N "$CHAIN_FORWARD" 2>/dev/null || iptables -t mangle -F "$CHAIN_FORWARD"
+  iptables -t mangle -N "$CHAIN_INPUT" 2>/dev/null || iptables -t mangle -F "$CHAIN_INPUT"
   local up
   while read -r up; do
     [[ -n "$up" ]] || continue
-    iptables -t filter -A "$CHAIN_FORWARD" -s "$POD_CIDR" -o "$up" -j DROP
-    iptables -t filter -A "$CHAIN_FORWARD" -d "$POD_CIDR" -i "$up" -j DROP
+    iptables -t mangle -A "$CHAIN_FORWARD" -s "$POD_CIDR" -o "$up" -j DROP
+    iptables -t mangle -A "$CHAIN_FORWARD" -d "$POD_CIDR" -i "$up" -j DROP
     # ip_forward=1 must not make this machine a router between outside hosts.
-    iptables -t filter -A "$CHAIN_FORWARD" -i "$up" -o "$up" -j DROP
+    iptables -t mangle -A "$CHAIN_FORWARD" -i "$up" -o "$up" -j DROP
     # The node address (apiserver, kubelet, DNS) is for this machine and its pods only.
-    iptables -t filter -A "$CHAIN_INPUT" -d "$POD_CIDR" -i "$up" -j DROP
-    iptables -t filter -A "$CHAIN_INPUT" -d "$SERVICE_CIDR" -i "$up" -j DROP
+    iptables -t mangle -A "$CHAIN_INPUT" -d "$POD_CIDR" -i "$up" -j DROP
+    iptables -t mangle -A "$CHAIN_INPUT" -d "$SERVICE_CIDR" -i "$up" -j DROP
   done < <(uplinks)
-  iptables -t filter -A "$CHAIN_FORWARD" -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
 }
 
 # Our jumps first in their built-in chains. kube-proxy prepends its jumps (and the kubelet's
@@ -104,11 +105,11 @@ iptables_jumps_first() {
     done
     sleep 1
     if our_jumps_first; then
-      e2e_log "network: our jumps first in mangle POSTROUTING, filter FORWARD and INPUT (attempt $try)"
+      e2e_log "network: our jumps first in mangle POSTROUTING, FORWARD and INPUT (attempt $try)"
       return 0
     fi
   done
-  e2e_log "network: something keeps inserting rules in front of ours: $(iptables -t filter -S FORWARD | head -n 3 | tr '\n' ';')"
+  e2e_log "network: something keeps inserting rules in front of ours: $(iptables -t mangle -S FORWARD | head -n 3 | tr '\n' ';')"
   return 1
 }
 
@@ -179,10 +180,10 @@ check_iptables() {
   done
   while read -r up; do
     [[ -n "$up" ]] || continue
-    iptables -t filter -C "$CHAIN_FORWARD" -s "$POD_CIDR" -o "$up" -j DROP 2>/dev/null || fail "filter $CHAIN_FORWARD: -s $POD_CIDR -o $up -j DROP"
-    iptables -t filter -C "$CHAIN_FORWARD" -d "$POD_CIDR" -i "$up" -j DROP 2>/dev/null || fail "filter $CHAIN_FORWARD: -d $POD_CIDR -i $up -j DROP"
-    iptables -t filter -C "$CHAIN_FORWARD" -i "$up" -o "$up" -j DROP 2>/dev/null || fail "filter $CHAIN_FORWARD: -i $up -o $up -j DROP"
-    iptables -t filter -C "$CHAIN_INPUT" -d "$POD_CIDR" -i "$up" -j DROP 2>/dev/null || fail "filter $CHAIN_INPUT: -d $POD_CIDR -i $up -j DROP"
+    iptables -t mangle -C "$CHAIN_FORWARD" -s "$POD_CIDR" -o "$up" -j DROP 2>/dev/null || fail "mangle $CHAIN_FORWARD: -s $POD_CIDR -o $up -j DROP"
+    iptables -t mangle -C "$CHAIN_FORWARD" -d "$POD_CIDR" -i "$up" -j DROP 2>/dev/null || fail "mangle $CHAIN_FORWARD: -d $POD_CIDR -i $up -j DROP"
+    iptables -t mangle -C "$CHAIN_FORWARD" -i "$up" -o "$up" -j DROP 2>/dev/null || fail "mangle $CHAIN_FORWARD: -i $up -o $up -j DROP"
+    iptables -t mangle -C "$CHAIN_INPUT" -d "$POD_CIDR" -i "$up" -j DROP 2>/dev/null || fail "mangle $CHAIN_INPUT: -d $POD_CIDR -i $up -j DROP"
   done < <(uplinks)
   return 0
 }
@@ -218,8 +219,9 @@ kube_proxy_cleanup() {
 }
 
 # network_down — (cleanup_node, after the pods' namespaces are gone) removes the veths left on the
-# bridge, the bridge, our routes, every CHAT-CLUSTER-*, KUBE-* and CNI-* iptables chain (IPv4 and
-# IPv6, all tables) with the jumps to them, and restores the sysctls.
+# bridge, the bridge, our routes, every CHAT-CLUSTER-*, KUBE-* (kube-proxy's, kube-router's) and
+# CNI-* iptables chain (IPv4 and IPv6, all tables) with the jumps to them, kube-router's ipsets
+# (policy.sh), and restores the sysctls.
 network_down() {
   local link
   for link in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
@@ -236,6 +238,7 @@ network_down() {
       iptables_remove_chains "$tool" "$table" "CHAT-CLUSTER-[A-Z-]+|KUBE-[A-Z0-9-]+|CNI-[A-Za-z0-9_-]+"
     done
   done
+  ipsets_remove
   restore_sysctls
 }
 

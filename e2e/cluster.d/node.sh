@@ -18,12 +18,12 @@ node_preflight() {
 # node_preflight_tools — the node's programs, CNI plugins, a cgroup filesystem and br_netfilter.
 node_preflight_tools() {
   local c missing=()
-  for c in containerd containerd-shim-runc-v2 runc ctr iptables iptables-save ip python3 gcc dig; do
+  for c in containerd containerd-shim-runc-v2 runc ctr iptables iptables-save ip ipset python3 gcc dig; do
     command -v "$c" >/dev/null || missing+=("$c")
   done
   [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback && -x /usr/lib/cni/portmap ]] || missing+=("CNI plugins in /usr/lib/cni")
   command -v conntrack >/dev/null || missing+=(conntrack)
-  ((${#missing[@]} == 0)) || e2e_die "missing: ${missing[*]} (apt-get install containerd runc containernetworking-plugins iptables conntrack iproute2 python3 gcc libc6-dev redis-server redis-tools dnsutils)"
+  ((${#missing[@]} == 0)) || e2e_die "missing: ${missing[*]} (apt-get install containerd runc containernetworking-plugins iptables ipset conntrack iproute2 python3 gcc libc6-dev redis-server redis-tools dnsutils)"
   [[ -d /sys/fs/cgroup/memory || -f /sys/fs/cgroup/cgroup.controllers ]] || e2e_die "no cgroup filesystem at /sys/fs/cgroup"
   [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] || modprobe br_netfilter 2>/dev/null ||
     e2e_die "br_netfilter is not available (/proc/sys/net/bridge missing)"
@@ -63,6 +63,7 @@ start_node() {
   wait_for kubelet "node $NODE_NAME Ready" "$READY_TIMEOUT" node_ready
   iptables_jumps_first || e2e_die "could not put the network safety jumps first"
   apply_addons
+  start_kube_router
   start_coredns
   wait_for coredns "cluster DNS answers kubernetes.default.svc.cluster.local" 60 dns_answers
   check_network || e2e_die "network safety check failed after setup"
@@ -171,9 +172,11 @@ start_hostpath_permissions() {
 }
 
 # apply_addons — the cluster objects the node's host processes need: the default StorageClass
-# (templates/storage-class.yaml) and CoreDNS's RBAC, `kube-dns` Service and the EndpointSlice that
-# points it at the host process (templates/dns-objects.yaml).
+# (templates/storage-class.yaml), CoreDNS's RBAC, `kube-dns` Service and the EndpointSlice that
+# points it at the host process (templates/dns-objects.yaml), and kube-router's RBAC
+# (templates/kube-router-rbac.yaml).
 apply_addons() {
-  { render_template storage-class.yaml; echo ---; render_template dns-objects.yaml; } |
+  { render_template storage-class.yaml; echo ---; render_template dns-objects.yaml; echo ---
+    render_template kube-router-rbac.yaml; } |
     kubectl_ apply -f - >/dev/null || e2e_die "applying the cluster add-ons failed"
 }

@@ -57,6 +57,7 @@ gen_pki() {
     pki_cert ca kubelet-serving "/CN=system:node:$NODE_NAME" serverAuth "IP:$NODE_IP,DNS:$NODE_NAME"
     pki_cert ca kube-proxy "/CN=system:kube-proxy" clientAuth
     pki_cert ca coredns "/CN=system:coredns" clientAuth
+    pki_cert ca kube-router "/CN=system:kube-router" clientAuth
   fi
   pki_cert front-proxy-ca front-proxy-client "/CN=front-proxy-client" clientAuth
   pki_key sa

@@ -47,10 +47,13 @@ NODE_OWNER_FILE=/run/chat-cluster.owner    # which state dir owns the node-level
 # The system Python (a pyenv shim would hide the interpreter from the pid check).
 PYTHON="$(if [[ -x /usr/bin/python3 ]]; then echo /usr/bin/python3; else command -v python3 || echo python3; fi)"
 CHAIN_EGRESS=CHAT-CLUSTER-EGRESS           # mangle POSTROUTING
-CHAIN_FORWARD=CHAT-CLUSTER-FORWARD         # filter FORWARD
-CHAIN_INPUT=CHAT-CLUSTER-INPUT             # filter INPUT
-# "TABLE CHAIN TARGET": the jumps to our chains, each to be the first rule of its built-in chain.
-OUR_JUMPS=("mangle POSTROUTING $CHAIN_EGRESS" "filter FORWARD $CHAIN_FORWARD" "filter INPUT $CHAIN_INPUT")
+CHAIN_FORWARD=CHAT-CLUSTER-FORWARD         # mangle FORWARD
+CHAIN_INPUT=CHAT-CLUSTER-INPUT             # mangle INPUT
+# "TABLE CHAIN TARGET": the jumps to our chains, each to be the first rule of its built-in chain. All in
+# mangle, which runs before filter and which neither kube-proxy nor kube-router writes to: kube-router
+# moves its own jumps to the top of filter INPUT/FORWARD/OUTPUT on every sync.
+OUR_JUMPS=("mangle POSTROUTING $CHAIN_EGRESS" "mangle FORWARD $CHAIN_FORWARD" "mangle INPUT $CHAIN_INPUT")
+KUBE_ROUTER_HEALTH_PORT=20244              # kube-router /healthz (127.0.0.1 and the node address)
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 OUR_SYSCTLS=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables)
 
@@ -64,7 +67,7 @@ NODE_IP="$(cidr_host "$NODE_CIDR" 1)"
 DNS_SERVICE_IP="$(cidr_host "${E2E_SERVICE_CIDR:-10.96.0.0/16}" 10)"
 
 CONTROL_PLANE=(etcd kube-apiserver kube-controller-manager)
-FULL=(etcd kube-apiserver hostpath-permissions kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns)
+FULL=(etcd kube-apiserver hostpath-permissions kube-controller-manager kube-scheduler containerd kubelet kube-proxy kube-router coredns)
 # Start order of every component this script may run; `down` stops in reverse.
 ALL_COMPONENTS=("${FULL[@]}")
 

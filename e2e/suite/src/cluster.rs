@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chat_cluster_operator::crd::{
-    AuthMode, ChatCluster, ChatClusterSpec, ImagePullPolicy, Phase, StorageSpec,
+    ChatCluster, ChatClusterSpec, ImagePullPolicy, Phase, StorageSpec,
 };
 use chat_cluster_operator::names::{INTERNAL_TOKEN_KEY, Names};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -17,15 +17,15 @@ use tokio::task::JoinHandle;
 
 use crate::harness::{Harness, wait_for};
 use crate::now_ms;
-use crate::proxy::{CHAT_PORT, LOG_PORT, Target};
+use crate::proxy::{CHAT_PORT, Credentials, LOG_PORT, Target};
 
 /// The three components, as in the `app.kubernetes.io/component` label: the operator's own
 /// definition, so the suite and the operator cannot disagree on label values.
 pub use chat_cluster_operator::names::Component;
 
 /// The spec the scenarios start from: the images under test, small volumes, 3 chat-servers,
-/// 2 log replicas, maxLag 0, `auth.mode: none` (the suite's writers and readers send no client
-/// tokens yet, as e2e/local-sample). Fields the suite does not care about keep the CRD's
+/// 2 log replicas, maxLag 0, token auth (the default: [`crate::scenario::Scenario`] mints a
+/// client token from the ChatCluster's Secret, as a user would). Fields the suite does not care about keep the CRD's
 /// defaults, so a new defaulted spec field does not break the suite.
 pub fn test_spec(harness: &Harness) -> ChatClusterSpec {
     let storage = StorageSpec {
@@ -45,7 +45,6 @@ pub fn test_spec(harness: &Harness) -> ChatClusterSpec {
     spec.replication_log.storage = storage;
     spec.rollout.max_lag = 0;
     spec.rollout.catch_up_timeout = "3m".to_owned();
-    spec.auth.mode = AuthMode::None;
     spec
 }
 
@@ -139,7 +138,7 @@ impl TestCluster {
             .data
             .and_then(|mut d| d.remove(INTERNAL_TOKEN_KEY))
             .with_context(|| format!("Secret {secret_name} has no key {INTERNAL_TOKEN_KEY}"))?;
-        String::from_utf8(bytes.0)
+        String::from_utf8(chat_cluster_operator::token::key_bytes(&bytes.0).to_vec())
             .with_context(|| format!("Secret {secret_name}: {INTERNAL_TOKEN_KEY} is not UTF-8"))
     }
 
@@ -163,6 +162,33 @@ impl TestCluster {
             self.name,
             component.label()
         )
+    }
+
+    /// Credentials for this ChatCluster in token mode, as a user would get them: a client token
+    /// for user `e2e` granting `channels` (read and publish) for two hours, minted with the
+    /// operator's `token` code from the ChatCluster's auth Secret (the key chat-server checks),
+    /// and the data plane's internal token from `{name}-internal`.
+    pub async fn credentials(&self, channels: &[&str]) -> Result<Credentials> {
+        use chat_cluster_operator::token;
+
+        let (key, auth) =
+            token::cluster_key(self.harness.client.clone(), &self.namespace, &self.name).await?;
+        let grant = token::Grant {
+            user: "e2e".to_owned(),
+            name: None,
+            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+            subscribe: Vec::new(),
+            publish: Vec::new(),
+            ttl: Duration::from_secs(2 * 3600),
+            audience: auth.audience,
+            issuer: auth.issuer,
+        };
+        let client_token = token::mint(&grant, &key, token::unix_now())?;
+        let internal = self.internal_token().await?;
+        Ok(Credentials {
+            token: client_token,
+            internal,
+        })
     }
 
     /// The chat-server Service.

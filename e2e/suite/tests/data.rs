@@ -1,7 +1,8 @@
 //! Data scenarios: 5,000 messages from concurrent clients through the chat-server Service end up
 //! on every chat-server pod and log replica, dense and in the same order; then `kubectl scale`
 //! 3 → 5 under a light load, where the new pods become ready only after catching up and then
-//! hold everything too.
+//! hold everything too. First, the ChatCluster (token auth, the default) refuses requests and
+//! WebSockets without a token, and every request of the suite carries one.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ const CHANNEL: &str = "e2e";
 #[ignore = "needs a Kubernetes cluster: run by e2e/run-suite"]
 async fn five_thousand_messages_then_scale_to_five() {
     let s = Scenario::start("data", |_| {}).await.unwrap();
+    // Token auth (the ChatCluster default): nothing without a token, everything below with one.
+    s.check_access(CHANNEL).await.unwrap();
 
     let t = Instant::now();
     let report = s

@@ -2,7 +2,9 @@
 //! no accepted message lost, no chat-server pod ready before its own `/status` shows it caught
 //! up, never fewer ready chat-servers than `spec.replicas`, and the replication log rolled one pod
 //! at a time, each ready only once caught up. Then a chat-server that cannot catch up (the log
-//! made unreachable) leaves the rollout stopped and the ChatCluster Degraded with the reason.
+//! made unreachable) leaves the rollout stopped and the ChatCluster Degraded with the reason. And a
+//! broken replication-log image halts the log rollout with the last replica still serving, until
+//! `rollout.autoRollback` restores the last good revision.
 
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use chat_cluster_e2e::monitor::{MonitorSpec, PodMonitor};
 use chat_cluster_e2e::now_ms;
 use chat_cluster_e2e::proxy::{CHAT_PORT, LOG_PORT, Target};
 use chat_cluster_e2e::scenario::Scenario;
-use chat_cluster_operator::crd::{CAUGHT_UP_CONDITION, Phase};
+use chat_cluster_operator::crd::{CAUGHT_UP_CONDITION, ChatCluster, Phase};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
@@ -308,5 +310,142 @@ async fn chat_server_that_cannot_catch_up_stops_the_rollout() {
         eprintln!("  {} {} {} {}", r.at_ms, r.phase, r.ready, r.conditions);
     }
     s.check_histories(CHANNEL, &report.accepted).await.unwrap();
+    s.finish().await.unwrap();
+}
+
+/// Whether the pod's Ready condition is True.
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The Degraded condition as `(status, reason, message)`.
+fn degraded_condition(cc: &ChatCluster) -> Option<(String, String, String)> {
+    cc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// A replication-log image that is not on the node (pull policy `Never`: `ErrImageNeverPull`, no
+/// registry asked): the operator replaces only the highest log replica; after `catchUpTimeout` the
+/// log rollout halts with `demo-log-0` untouched and serving, and writes and history go on. With
+/// `rollout.autoRollback` the log StatefulSet returns to its last good revision, the broken pod is
+/// replaced and both replicas are Ready on the good image, while the spec keeps the broken one.
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: run by e2e/run-suite"]
+async fn broken_log_image_halts_the_log_rollout_and_auto_rollback_restores_it() {
+    let s = Scenario::start("logroll", |spec| {
+        spec.rollout.catch_up_timeout = "45s".to_owned()
+    })
+    .await
+    .unwrap();
+    let good = s.harness.images.chat_server.clone();
+    let broken = format!("{good}-no-such-tag");
+    let mut accepted = Vec::new();
+    let before = s
+        .load(CHANNEL, 4, Pace::Count(100), "before")
+        .finish()
+        .await
+        .unwrap();
+    assert_eq!(before.accepted.len(), 100, "{}", before.summary());
+    accepted.extend(before.accepted);
+    let cluster = &s.cluster;
+    let log_pod = |name: &'static str| async move {
+        cluster
+            .pods(Component::ReplicationLog)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name_any() == name)
+    };
+    let log0 = log_pod("demo-log-0").await.expect("demo-log-0");
+
+    s.cluster
+        .patch_spec(
+            serde_json::json!({"replicationLog": {"image": broken, "imagePullPolicy": "Never"}}),
+        )
+        .await
+        .unwrap();
+    let message = wait_for(
+        "Degraded naming the halted log rollout",
+        Duration::from_secs(300),
+        || async {
+            let cc = s.cluster.get().await?;
+            Ok(
+                degraded_condition(&cc).and_then(|(status, reason, message)| {
+                    (status == "True"
+                        && (reason == "LogRolloutStalled"
+                            || message.contains("; LogRolloutStalled: ")))
+                    .then_some(format!("{reason}: {message}"))
+                }),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("Degraded: {message}");
+    assert!(message.contains("demo-log-1"), "{message}");
+    // Halted at the highest replica: demo-log-0 is the same pod, on the good image, Ready.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let p0 = log_pod("demo-log-0").await.expect("demo-log-0");
+    assert_eq!(
+        p0.uid(),
+        log0.uid(),
+        "demo-log-0 was replaced by a broken rollout"
+    );
+    assert_eq!(image_of(&p0), good);
+    assert!(is_ready(&p0), "demo-log-0 not ready");
+    let p1 = log_pod("demo-log-1").await.expect("demo-log-1");
+    assert_eq!(image_of(&p1), broken);
+    assert!(!is_ready(&p1));
+    // The log keeps serving: writes go on and every holder has the whole history.
+    let during = s
+        .load(CHANNEL, 4, Pace::Count(100), "during")
+        .finish()
+        .await
+        .unwrap();
+    assert_eq!(during.accepted.len(), 100, "{}", during.summary());
+    accepted.extend(during.accepted);
+
+    s.cluster
+        .patch_spec(serde_json::json!({"rollout": {"autoRollback": true}}))
+        .await
+        .unwrap();
+    wait_for(
+        "rolled back: both log replicas Ready on the good image",
+        Duration::from_secs(300),
+        || async {
+            let pods = s.cluster.pods(Component::ReplicationLog).await?;
+            let cc = s.cluster.get().await?;
+            let rolled_back = degraded_condition(&cc)
+                .is_some_and(|(st, reason, _)| st == "True" && reason == "RolledBack");
+            Ok((rolled_back
+                && pods.len() == 2
+                && pods.iter().all(|p| image_of(p) == good && is_ready(p)))
+            .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let cc = s.cluster.get().await.unwrap();
+    assert_eq!(
+        cc.spec.replication_log.image.as_deref(),
+        Some(broken.as_str()),
+        "the spec stays as written"
+    );
+    eprintln!("after the rollback: {:?}", degraded_condition(&cc));
+    let after = s
+        .load(CHANNEL, 4, Pace::Count(100), "after")
+        .finish()
+        .await
+        .unwrap();
+    assert_eq!(after.accepted.len(), 100, "{}", after.summary());
+    accepted.extend(after.accepted);
+    s.check_histories(CHANNEL, &accepted).await.unwrap();
     s.finish().await.unwrap();
 }
