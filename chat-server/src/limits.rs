@@ -8,9 +8,11 @@
 //!   (`--ws-send-rate`, `--ws-send-burst`); a frame without a token is answered with an `error`
 //!   frame naming `retry_after_ms`, and a client that goes on sending a whole burst of refused
 //!   frames in a row is closed with 1008 (policy violation, RFC 6455 §7.4.1).
-//! - Per client address: `POST` writes take a token from the address's bucket
-//!   (`--post-rate-per-address`, `--post-burst-per-address`); without one the answer is `429`
-//!   with `Retry-After` (RFC 6585 §4). IPv6 addresses are keyed by their /64 prefix (one host
+//! - Per client address: every write, a `POST` or a WebSocket `send` frame, takes a token from
+//!   the address's bucket (`--post-rate-per-address`, `--post-burst-per-address`), so opening
+//!   more connections does not multiply what one client may write. Without a token a `POST` is
+//!   answered `429` with `Retry-After` (RFC 6585 §4) and a `send` frame as above (its refusals
+//!   count toward the same 1008 close). IPv6 addresses are keyed by their /64 prefix (one host
 //!   usually owns a /64). The buckets are bounded: at most `--rate-limit-addresses` are kept;
 //!   past that, full buckets are dropped (`retain_recent`), and addresses that still find no room
 //!   share one overflow bucket.
@@ -53,13 +55,13 @@ pub struct NodeLimitConfig {
     /// on sending this many refused frames in a row is closed with 1008.
     #[arg(long, env = "WS_SEND_BURST", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_send_burst: u32,
-    /// `POST` writes per second one client address (IPv6: one /64) may keep up (0, the default:
-    /// no limit). Off by default because behind a Service load balancer, an ingress or any proxy
+    /// Writes per second one client address (IPv6: one /64) may keep up, `POST`s and WebSocket
+    /// `send` frames together, over all its connections (0, the default: no limit). Off by default because behind a Service load balancer, an ingress or any proxy
     /// that hides client addresses every client shares one address, and one bucket would then
     /// throttle the whole node; set it where nodes see real client addresses.
     #[arg(long, env = "POST_RATE_PER_ADDRESS", default_value_t = 0)]
     pub post_rate_per_address: u32,
-    /// `POST` writes one client address may send at once above its rate.
+    /// Writes (`POST`s and `send` frames) one client address may send at once above its rate.
     #[arg(long, env = "POST_BURST_PER_ADDRESS", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..))]
     pub post_burst_per_address: u32,
     /// Client addresses whose buckets a node keeps at most (about 100 bytes each); addresses
@@ -93,8 +95,9 @@ pub struct LimitLabel {
 /// Metrics of the limits, registered into a binary's registry with [`LimitMetrics::register`].
 #[derive(Debug, Clone, Default)]
 pub struct LimitMetrics {
-    /// Requests or frames refused, by limit: `post_per_address`, `ws_send`, `snapshots`,
-    /// `page_reads`.
+    /// Requests or frames refused, by limit: `post_per_address` (a `POST`), `ws_send` (a
+    /// connection's bucket), `ws_send_per_address` (a `send` frame refused by its address's
+    /// bucket), `snapshots`, `page_reads`.
     pub refused: Family<LimitLabel, Counter>,
     /// WebSocket connections closed with 1008 for going on sending over their rate.
     pub ws_rate_closes: Counter,
@@ -149,28 +152,51 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Which bucket refused a WebSocket `send` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// The connection's own bucket (`--ws-send-rate`).
+    Connection,
+    /// The client address's bucket, shared with its `POST`s and other connections
+    /// (`--post-rate-per-address`).
+    Address,
+}
+
+impl RefusedBy {
+    /// The flag that sets the refusing rate, for error texts.
+    pub fn flag(self) -> &'static str {
+        match self {
+            RefusedBy::Connection => "--ws-send-rate",
+            RefusedBy::Address => "--post-rate-per-address",
+        }
+    }
+}
+
 /// What happens to a WebSocket `send` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendVerdict {
     /// Within the rate: answer it.
     Admit,
-    /// Over the rate: answer with an error frame; the client may send again after this.
-    Refuse { retry_after: Duration },
-    /// Over the rate `burst` times in a row: close with 1008.
+    /// Over a rate: answer with an error frame; the client may send again after `retry_after`.
+    Refuse {
+        retry_after: Duration,
+        by: RefusedBy,
+    },
+    /// Over a rate `burst` times in a row: close with 1008.
     Close,
 }
 
-/// The verdict on a frame: `admitted` by the bucket or not (with the wait), after
-/// `refused_in_row` refusals in a row, for a bucket of `burst`.
+/// The verdict on a frame: `admitted` by both buckets or refused by one (with the wait), after
+/// `refused_in_row` refusals in a row, for a connection bucket of `burst`.
 pub fn send_verdict(
-    admitted: Result<(), Duration>,
+    admitted: Result<(), (Duration, RefusedBy)>,
     refused_in_row: u32,
     burst: u32,
 ) -> SendVerdict {
     match admitted {
         Ok(()) => SendVerdict::Admit,
         Err(_) if refused_in_row.saturating_add(1) >= burst => SendVerdict::Close,
-        Err(retry_after) => SendVerdict::Refuse { retry_after },
+        Err((retry_after, by)) => SendVerdict::Refuse { retry_after, by },
     }
 }
 
@@ -228,57 +254,76 @@ impl RateLimits {
         &self.0.metrics
     }
 
-    /// Takes a token for a write from `ip`; `Err(wait)` when its bucket is empty.
+    /// Takes a token for a `POST` from `ip`; `Err(wait)` when its bucket is empty.
     pub fn check_address(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.take_address(ip, "post_per_address")
+    }
+
+    /// Takes a token from the bucket of `ip` (counting a refusal under `limit`).
+    fn take_address(&self, ip: IpAddr, limit: &'static str) -> Result<(), Duration> {
         let Some(limiter) = &self.0.addresses else {
             return Ok(());
         };
         let r = limiter.check(address_key(ip));
         self.0.metrics.addresses.set(limiter.keyed.len() as i64);
         if r.is_err() {
-            self.0.metrics.refuse("post_per_address");
+            self.0.metrics.refuse(limit);
         }
         r
     }
 
-    /// The bucket of a new WebSocket connection.
-    pub fn connection(&self) -> ConnectionLimiter {
+    /// The buckets of a new WebSocket connection from `peer`: its own, and the address's (none
+    /// when the address is unknown, as in tests that serve without [`ConnectInfo`]).
+    pub fn connection(&self, peer: Option<IpAddr>) -> ConnectionLimiter {
         ConnectionLimiter {
             limiter: self.0.ws.map(RateLimiter::direct),
+            address: peer.filter(|_| self.0.addresses.is_some()),
+            limits: self.clone(),
             burst: self.0.ws_burst,
             refused_in_row: 0,
-            metrics: self.0.metrics.clone(),
         }
     }
 }
 
-/// One WebSocket connection's bucket of `send` frames.
+/// One WebSocket connection's buckets of `send` frames.
 pub struct ConnectionLimiter {
     limiter: Option<DefaultDirectRateLimiter>,
+    /// The client address whose shared bucket each frame also takes a token from.
+    address: Option<IpAddr>,
+    limits: RateLimits,
     burst: u32,
     refused_in_row: u32,
-    metrics: LimitMetrics,
 }
 
 impl ConnectionLimiter {
-    /// Takes a token for a `send` frame (see [`send_verdict`]).
+    /// Takes a token for a `send` frame from the connection's bucket, then from its address's
+    /// (see [`send_verdict`]). A frame the address refuses has spent its connection token: the
+    /// connection's rate is then not the binding one.
     pub fn check(&mut self) -> SendVerdict {
-        let Some(limiter) = &self.limiter else {
-            return SendVerdict::Admit;
+        let metrics = &self.limits.0.metrics;
+        let own = match &self.limiter {
+            None => Ok(()),
+            Some(l) => l
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(l.clock().now()))
+                .map_err(|wait| {
+                    metrics.refuse("ws_send");
+                    (wait, RefusedBy::Connection)
+                }),
         };
-        let admitted = limiter
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()));
+        let admitted = own.and_then(|()| match self.address {
+            None => Ok(()),
+            Some(ip) => self
+                .limits
+                .take_address(ip, "ws_send_per_address")
+                .map_err(|wait| (wait, RefusedBy::Address)),
+        });
         let verdict = send_verdict(admitted, self.refused_in_row, self.burst);
         match verdict {
             SendVerdict::Admit => self.refused_in_row = 0,
-            SendVerdict::Refuse { .. } => {
-                self.refused_in_row += 1;
-                self.metrics.refuse("ws_send");
-            }
+            SendVerdict::Refuse { .. } => self.refused_in_row += 1,
             SendVerdict::Close => {
-                self.metrics.refuse("ws_send");
-                self.metrics.ws_rate_closes.inc();
+                metrics.ws_rate_closes.inc();
             }
         }
         verdict
@@ -488,10 +533,27 @@ mod tests {
         let table = [
             (Ok(()), 0, 4, SendVerdict::Admit),
             (Ok(()), 3, 4, SendVerdict::Admit),
-            (Err(wait), 0, 4, SendVerdict::Refuse { retry_after: wait }),
-            (Err(wait), 2, 4, SendVerdict::Refuse { retry_after: wait }),
-            (Err(wait), 3, 4, SendVerdict::Close),
-            (Err(wait), 0, 1, SendVerdict::Close),
+            (
+                Err((wait, RefusedBy::Connection)),
+                0,
+                4,
+                SendVerdict::Refuse {
+                    retry_after: wait,
+                    by: RefusedBy::Connection,
+                },
+            ),
+            (
+                Err((wait, RefusedBy::Address)),
+                2,
+                4,
+                SendVerdict::Refuse {
+                    retry_after: wait,
+                    by: RefusedBy::Address,
+                },
+            ),
+            (Err((wait, RefusedBy::Connection)), 3, 4, SendVerdict::Close),
+            (Err((wait, RefusedBy::Address)), 3, 4, SendVerdict::Close),
+            (Err((wait, RefusedBy::Address)), 0, 1, SendVerdict::Close),
         ];
         for (admitted, row, burst, want) in table {
             assert_eq!(
@@ -515,7 +577,7 @@ mod tests {
             rate_limit_addresses: 10,
         };
         let limits = RateLimits::new(&config, LimitMetrics::default());
-        let mut c = limits.connection();
+        let mut c = limits.connection(Some("192.0.2.1".parse().unwrap()));
         let verdicts: Vec<SendVerdict> = (0..6).map(|_| c.check()).collect();
         assert!(
             verdicts[..3].iter().all(|v| *v == SendVerdict::Admit),
@@ -531,6 +593,55 @@ mod tests {
         );
         assert_eq!(verdicts[5], SendVerdict::Close);
         assert!(limits.check_address("192.0.2.1".parse().unwrap()).is_ok());
+    }
+
+    /// Connections from one address share its bucket with its `POST`s: a second connection
+    /// does not double what the address may write, and another address is not affected.
+    #[test]
+    fn connections_of_one_address_share_its_bucket() {
+        let config = NodeLimitConfig {
+            http_body_timeout: Duration::from_secs(1),
+            ws_send_rate: 1000,
+            ws_send_burst: 1000,
+            post_rate_per_address: 1,
+            post_burst_per_address: 4,
+            rate_limit_addresses: 10,
+        };
+        let metrics = LimitMetrics::default();
+        let limits = RateLimits::new(&config, metrics.clone());
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let mut a = limits.connection(Some(ip));
+        let mut b = limits.connection(Some(ip));
+        assert_eq!(a.check(), SendVerdict::Admit);
+        assert_eq!(b.check(), SendVerdict::Admit);
+        assert!(limits.check_address(ip).is_ok());
+        assert_eq!(b.check(), SendVerdict::Admit);
+        // The address's burst of 4 is spent, over two connections and a POST.
+        for c in [&mut a, &mut b] {
+            assert!(
+                matches!(
+                    c.check(),
+                    SendVerdict::Refuse {
+                        by: RefusedBy::Address,
+                        ..
+                    }
+                ),
+                "a connection of a spent address is refused"
+            );
+        }
+        assert!(limits.check_address(ip).is_err());
+        let mut other = limits.connection(Some("192.0.2.10".parse().unwrap()));
+        assert_eq!(other.check(), SendVerdict::Admit);
+        let refused = metrics
+            .refused
+            .get_or_create(&LimitLabel {
+                limit: "ws_send_per_address",
+            })
+            .get();
+        assert_eq!(refused, 2);
+        // Without a known address only the connection's own bucket applies.
+        let mut unknown = limits.connection(None);
+        assert_eq!(unknown.check(), SendVerdict::Admit);
     }
 
     /// The per-address map never holds more than its bound; addresses past it share a bucket.

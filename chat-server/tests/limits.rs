@@ -7,6 +7,7 @@
 //!   stalls is answered 408 and nothing is stored;
 //! - rate limits: `POST` per client address (429 + Retry-After) and WebSocket `send` frames per
 //!   connection (error frames, then 1008), with every accepted write kept and no refused one;
+//!   the `send` frames of all of an address's connections share its bucket with its `POST`s;
 //! - a replica streams at most `--max-snapshots` snapshots (503 + Retry-After past that) and
 //!   answers pages of at most 1 MiB, through which a node still reads the whole history;
 //! - a broker out of memory (`maxmemory`, `noeviction`) shows in `/status` of nodes and
@@ -448,7 +449,10 @@ async fn rate_limits_refuse_with_429_and_error_frames_and_keep_what_was_accepted
     );
 
     // WebSocket: 5 sends acknowledged, then error frames naming retry_after_ms, and after a
-    // whole burst of refused frames in a row, 1008.
+    // whole burst of refused frames in a row, 1008. The sends also take tokens from this
+    // address's bucket, which the POSTs above spent: wait until it is full again (10 at 2/s),
+    // so that only the connection's own bucket refuses here.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     let mut ws = connect(&url, "channel=wsrl&live=false").await;
     let mut acks = Vec::new();
     let mut last_ack = 0;
@@ -505,6 +509,92 @@ async fn rate_limits_refuse_with_429_and_error_frames_and_keep_what_was_accepted
         .collect();
     assert_eq!(stored, acks);
     assert!(metric(&url, "chat_server_websocket_rate_limit_closes_total").await >= 1.0);
+    drop(c);
+}
+
+/// One client address shares one write bucket over all its WebSocket connections and its
+/// `POST`s: three connections, each far under its own rate, together get the address's burst
+/// and no more; the refused frames name `--post-rate-per-address`; a `POST` from the same
+/// address is then refused too; every acknowledged write is stored and nothing refused is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_of_one_address_share_its_write_bucket() {
+    let c = Cluster::start_with(
+        1,
+        1,
+        &[
+            "--post-rate-per-address",
+            "1",
+            "--post-burst-per-address",
+            "6",
+            "--ws-send-rate",
+            "1000",
+            "--ws-send-burst",
+            "1000",
+        ],
+    )
+    .await;
+    let url = c.nodes[0].url.clone();
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(connect(&url, "channel=shared&live=false").await);
+    }
+    let mut acks = Vec::new();
+    let mut last_ack = 0;
+    let mut refused = 0;
+    for round in 0..4 {
+        for (n, ws) in conns.iter_mut().enumerate() {
+            let id = format!("c{n}-{round}");
+            let frame = json!({"type": "send", "text": id, "id": id});
+            ws.send(Frame::Text(frame.to_string().into()))
+                .await
+                .expect("send");
+            let v = next(ws).await.expect("an answer, not a close");
+            match v["type"].as_str() {
+                Some("ack") => {
+                    last_ack = last_ack.max(v["position"].as_u64().unwrap_or(0));
+                    acks.push(id);
+                }
+                Some("error") => {
+                    refused += 1;
+                    let e = v["error"].as_str().unwrap_or_default();
+                    assert!(e.contains("--post-rate-per-address"), "{v}");
+                    assert!(
+                        v["retry_after_ms"].as_u64().is_some_and(|ms| ms >= 1),
+                        "{v}"
+                    );
+                }
+                _ => panic!("unexpected {v}"),
+            }
+        }
+    }
+    // 12 sends in well under a second at 1/s with a burst of 6: 6, or 7 with one refill.
+    assert!((6..=7).contains(&acks.len()), "{acks:?}");
+    assert_eq!(acks.len() + refused, 12);
+    let (code, body) = post(&url, "shared", json!({"text": "p", "id": "p"})).await;
+    assert_eq!(code, 429, "the address's POSTs share the bucket: {body}");
+    support::wait_position(
+        std::slice::from_ref(&url),
+        "position",
+        last_ack,
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut stored: Vec<String> = read_all(&url, "shared")
+        .await
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    stored.sort();
+    acks.sort();
+    assert_eq!(stored, acks);
+    assert!(
+        metric(
+            &url,
+            "chat_server_rate_limited_total{limit=\"ws_send_per_address\"}"
+        )
+        .await
+            >= 5.0
+    );
     drop(c);
 }
 

@@ -229,7 +229,8 @@ pub struct ChatServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000))]
     pub ws_send_rate: Option<i32>,
-    /// `POST` writes per second one client address may keep up (`POST_RATE_PER_ADDRESS`); 0
+    /// Writes per second one client address may keep up, its `POST`s and the WebSocket `send`
+    /// frames of all its connections together (`POST_RATE_PER_ADDRESS`); 0
     /// turns the limit off. Unset: off (behind a load balancer every client shares one address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000))]
@@ -240,7 +241,7 @@ pub struct ChatServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub ws_send_burst: Option<i32>,
-    /// `POST` writes one client address may send at once above its rate
+    /// Writes (`POST`s and `send` frames) one client address may send at once above its rate
     /// (`POST_BURST_PER_ADDRESS`). Unset: 4000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]

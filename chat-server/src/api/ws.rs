@@ -17,10 +17,11 @@
 //!   `send` frames (and for a `live=false` connection); when the token expires the connection
 //!   is closed with [`CLOSE_TOKEN_EXPIRED`] and the position to resume from.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Extension, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::stream::{SplitSink, SplitStream};
@@ -36,7 +37,7 @@ use super::{read_page, write};
 use crate::auth::{Access, Identity, WS_PROTOCOL};
 use crate::broker::WriteOutcome;
 use crate::http::{ApiError, form_pairs};
-use crate::limits::SendVerdict;
+use crate::limits::{RefusedBy, SendVerdict};
 use crate::message::validate_channel;
 use crate::node::Node;
 use crate::node::store::{LiveEnd, ws_frame};
@@ -134,6 +135,7 @@ pub(super) async fn upgrade(
     Extension(sessions): Extension<Sessions>,
     Extension(access): Extension<Access>,
     RawQuery(query): RawQuery,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
@@ -187,15 +189,21 @@ pub(super) async fn upgrade(
         .max_write_buffer_size(limit + WRITE_BUFFER_SLACK)
         .on_upgrade(move |socket| {
             let span = info_span!("ws", channel = %channel, after, live);
-            let client = Client { who, channel };
+            let client = Client {
+                who,
+                channel,
+                peer: peer.map(|Extension(ConnectInfo(addr))| addr.ip()),
+            };
             tracker.track_future(session(node, stop, socket, client, after, live).instrument(span))
         }))
 }
 
-/// Who a session serves, on which channel.
+/// Who a session serves, on which channel, and from which address (for the per-address
+/// write bucket; unknown when the router is served without [`ConnectInfo`]).
 struct Client {
     who: Identity,
     channel: String,
+    peer: Option<IpAddr>,
 }
 
 impl Client {
@@ -383,7 +391,7 @@ async fn session(
         sink,
         write_timeout: timing.write,
         last: after,
-        sends: node.settings().rate_limits.connection(),
+        sends: node.settings().rate_limits.connection(client.peer),
     };
     let end = if live {
         serve(&node, &stop, &mut out, &mut stream, &client, timing).await
@@ -490,11 +498,11 @@ async fn answer(
     let reply = match frame {
         Incoming::Text(text) => match out.sends.check() {
             SendVerdict::Admit => handle_client_frame(node, client, text.as_str()).await,
-            SendVerdict::Refuse { retry_after } => rate_limited_frame(&text, retry_after),
+            SendVerdict::Refuse { retry_after, by } => rate_limited_frame(&text, retry_after, by),
             SendVerdict::Close => {
                 return Err(End::Close(Ending::new(
                     CLOSE_POLICY,
-                    "rate limit: a whole burst of send frames over --ws-send-rate",
+                    "rate limit: a whole burst of send frames refused in a row",
                 )));
             }
         },
@@ -816,14 +824,21 @@ fn ack(id: &str, position: u64) -> String {
 
 /// The answer to a `send` frame over the connection's rate: an `error` frame with the frame's
 /// id (when it has one) and `retry_after_ms`; nothing was stored.
-fn rate_limited_frame(text: &str, retry_after: Duration) -> String {
+fn rate_limited_frame(text: &str, retry_after: Duration, by: RefusedBy) -> String {
     let id = serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned));
+    let what = match by {
+        RefusedBy::Connection => "this connection",
+        RefusedBy::Address => "this client address, over all its connections and POSTs",
+    };
     serde_json::json!({
         "type": "error",
         "id": id,
-        "error": "rate limit: too many send frames (--ws-send-rate); nothing was stored",
+        "error": format!(
+            "rate limit: too many writes from {what} ({}); nothing was stored",
+            by.flag()
+        ),
         "retry_after_ms": retry_after.as_millis().max(1) as u64,
     })
     .to_string()
