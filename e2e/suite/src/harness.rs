@@ -109,6 +109,27 @@ impl Harness {
             .output()
             .await
             .with_context(|| format!("running {}", self.kubectl.display()))?;
+        Self::kubectl_result(args, out)
+    }
+
+    /// [`Harness::kubectl`] limited to `limit`: `Ok(None)` when kubectl had not finished by
+    /// then (it is killed; a command it exec'd in a pod may run on until it ends by itself).
+    pub async fn kubectl_within(&self, args: &[&str], limit: Duration) -> Result<Option<String>> {
+        let run = tokio::process::Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(limit, run).await {
+            Err(_elapsed) => Ok(None),
+            Ok(out) => {
+                let out = out.with_context(|| format!("running {}", self.kubectl.display()))?;
+                Self::kubectl_result(args, out).map(Some)
+            }
+        }
+    }
+
+    fn kubectl_result(args: &[&str], out: std::process::Output) -> Result<String> {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!(

@@ -68,10 +68,15 @@ async fn probe_pod(h: &Harness, ns: &str, name: &str, labels: &BTreeMap<String, 
     .expect("probe pod running");
 }
 
+/// How long one probe may take. `redis-cli` 7.0 (the image's) has no connect timeout, so a
+/// dropped SYN would hang it; a refused one fails at once.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
+
 /// One attempt: `redis-cli -h host -p port ping` exec'd in `pod`. `redis-cli` prints
 /// `Could not connect to Redis at …` when the connection fails (kube-router REJECTs: connection
-/// refused; a drop times out); a Redis `NOAUTH`/`WRONGPASS`/`AUTH failed` answer, `PONG` or a
-/// protocol error from an HTTP server means it connected. `None` when the exec itself failed.
+/// refused), and an attempt still hanging after [`ATTEMPT_LIMIT`] counts as a dropped connection;
+/// a Redis `NOAUTH`/`WRONGPASS`/`AUTH failed` answer, `PONG` or a protocol error from an HTTP
+/// server means it connected. `None` when the exec itself failed.
 async fn attempt(h: &Harness, ns: &str, pod: &str, host: &str, port: u16) -> Option<Reach> {
     let port = port.to_string();
     let args = [
@@ -85,15 +90,17 @@ async fn attempt(h: &Harness, ns: &str, pod: &str, host: &str, port: u16) -> Opt
         host,
         "-p",
         &port,
-        "-t",
-        "3",
         "--no-auth-warning",
         "-a",
         "not-the-password",
         "ping",
     ];
-    let text = match h.kubectl(&args).await {
-        Ok(out) => out,
+    let text = match h.kubectl_within(&args, ATTEMPT_LIMIT).await {
+        Ok(Some(out)) => out,
+        Ok(None) => {
+            eprintln!("probe {pod} -> {host}:{port}: no answer in {ATTEMPT_LIMIT:?}");
+            return Some(Reach::Blocked);
+        }
         Err(e) => format!("{e:#}"),
     };
     if text.contains("Could not connect") {
@@ -117,8 +124,10 @@ async fn attempt(h: &Harness, ns: &str, pod: &str, host: &str, port: u16) -> Opt
 
 /// Whether `pod` reaches `host:port`, allowing the policy controller 30 s to catch up with the
 /// pod: the first connected attempt decides; a blocked one is tried again, so `Blocked` means
-/// every attempt over those 30 s was refused.
-async fn reach(h: &Harness, ns: &str, pod: &str, host: &str, port: u16) -> Reach {
+/// every attempt over those 30 s that gave a verdict was refused. `None` when no attempt gave
+/// a verdict (the probe itself is broken, which must fail the test rather than pass for
+/// `Blocked`).
+async fn reach(h: &Harness, ns: &str, pod: &str, host: &str, port: u16) -> Option<Reach> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut last = None;
     while std::time::Instant::now() < deadline {
@@ -131,9 +140,8 @@ async fn reach(h: &Harness, ns: &str, pod: &str, host: &str, port: u16) -> Reach
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let got = last.unwrap_or(Reach::Blocked);
-    eprintln!("probe {pod} -> {host}:{port}: {got:?}");
-    got
+    eprintln!("probe {pod} -> {host}:{port}: {last:?}");
+    last
 }
 
 #[tokio::test]
@@ -187,7 +195,7 @@ async fn only_the_clusters_own_pods_reach_redis_and_the_log() {
     let mut wrong = Vec::new();
     for (pod, host, port, want) in cases {
         let got = reach(&h, &ns.name, pod, host, port).await;
-        if got != want {
+        if got.as_ref() != Some(&want) {
             wrong.push(format!("{pod} -> {host}:{port}: {got:?}, want {want:?}"));
         }
     }
