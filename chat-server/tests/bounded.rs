@@ -4,6 +4,7 @@
 
 mod support;
 
+use chat_wire::redis_acl::RedisRole;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -409,7 +410,7 @@ async fn the_default_window_follows_the_cgroup_memory_limit() {
     args.extend([
         format!("127.0.0.1:{port}"),
         "--redis-url".into(),
-        c.redis.url(),
+        c.redis.url_as(RedisRole::ChatServer),
         "--log-url".into(),
         c.log_list(),
     ]);

@@ -15,6 +15,7 @@
 
 mod support;
 
+use chat_wire::redis_acl::RedisRole;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -90,7 +91,7 @@ async fn spawn_replica(c: &Cluster, name: &str, extra: &[&str]) -> Proc {
         "--listen".to_owned(),
         format!("127.0.0.1:{port}"),
         "--redis-url".into(),
-        c.redis.url(),
+        c.redis.url_as(RedisRole::ReplicationLog),
         "--data-dir".into(),
         data.display().to_string(),
         "--replica-id".into(),

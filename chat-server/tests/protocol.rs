@@ -12,6 +12,7 @@
 
 mod support;
 
+use chat_wire::redis_acl::RedisRole;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -276,7 +277,9 @@ async fn a_broker_loss_never_hands_a_position_out_twice() {
 async fn a_node_cut_off_from_the_broker_stops_counting_itself_ready() {
     let mut cluster = Cluster::start(1, 1).await;
     let proxy = support::proxy::Proxy::start(cluster.redis.port()).await;
-    let b = cluster.add_node_via(&proxy.url()).await;
+    let b = cluster
+        .add_node_via(&proxy.url(RedisRole::ChatServer))
+        .await;
     let (a, b) = (cluster.nodes[0].url.clone(), cluster.nodes[b].url.clone());
     for i in 0..5 {
         post_ok(&a, "c", &format!("before {i}")).await;
@@ -345,7 +348,9 @@ async fn post_retrying(url: &str, channel: &str, text: &str, timeout: Duration) 
 async fn a_broker_restored_from_an_older_copy_never_hands_a_position_out_twice() {
     // Node a reaches Redis directly; the replica and node b through the proxy.
     let (mut cluster, proxy) = Cluster::start_cut_off(1, 1, &[]).await;
-    let b = cluster.add_node_via(&proxy.url()).await;
+    let b = cluster
+        .add_node_via(&proxy.url(RedisRole::ChatServer))
+        .await;
     let (a, b) = (cluster.nodes[0].url.clone(), cluster.nodes[b].url.clone());
     for i in 0..5 {
         post_ok(&a, "c", &format!("kept {i}")).await;

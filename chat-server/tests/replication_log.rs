@@ -3,6 +3,7 @@
 
 mod support;
 
+use chat_wire::redis_acl::RedisRole;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,7 @@ impl Fixture {
             "--listen",
             &format!("127.0.0.1:{}", self.ports[index]),
             "--redis-url",
-            &self.redis.url(),
+            &self.redis.url_as(RedisRole::ReplicationLog),
             "--data-dir",
             &data.display().to_string(),
             "--replica-id",
@@ -426,6 +427,8 @@ async fn empty_replica_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
         "{}",
         b.proc.log_text()
     );
+    // Registering, publishing, granting and trimming: all within the replication-log user.
+    fx.redis.assert_no_acl_denial();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,7 +637,12 @@ async fn trimming_keeps_the_stream_bounded_and_waits_for_a_stopped_replica() {
     assert!(broker.stream_len().await.unwrap() >= 2000);
     // Forgetting it (an explicit, logged action) lets trimming go on.
     let out = std::process::Command::new(LOG_BIN)
-        .args(["forget-replica", "log-b", "--redis-url", &fx.redis.url()])
+        .args([
+            "forget-replica",
+            "log-b",
+            "--redis-url",
+            &fx.redis.url_as(RedisRole::ReplicationLog),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

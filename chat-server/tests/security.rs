@@ -10,15 +10,21 @@
 //! - the Origin check: a cross-site `text/plain` POST and WebSocket get 403;
 //! - replicas with an internal token refuse `/snapshot` and pages without it, show `/status`
 //!   details only with it, and nodes and peers still bootstrap through it;
-//! - no credential from a Redis or peer URL reaches any log line.
+//! - no credential from a Redis or peer URL reaches any log line;
+//! - the broker's ACL users (`chat_wire::redis_acl`): nothing runs unauthenticated or as
+//!   `default`, and neither data-plane role can flush, reconfigure, debug or list Redis, touch a
+//!   key outside `chat:*`, or run the other role's commands (every other test in this directory
+//!   runs its nodes and replicas as those users, so their rules are shown to be enough).
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use chat_wire::redis_acl::RedisRole;
 use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
+use support::redis::RedisServer;
 use support::{Cluster, LOG_BIN, NODE_BIN, Proc, free_port, http};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -703,4 +709,79 @@ async fn no_credential_reaches_a_log_line() {
         !all.contains("hunter2"),
         "a credential reached a log line:\n{all}"
     );
+}
+
+/// The error Redis answers `cmd` with on a connection opened with `url` (None: it succeeded).
+fn redis_error(url: &str, cmd: &[&str]) -> Option<String> {
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connection");
+    let mut command = redis::cmd(cmd[0]);
+    for arg in &cmd[1..] {
+        command.arg(*arg);
+    }
+    command
+        .query::<redis::Value>(&mut conn)
+        .err()
+        .map(|e| e.to_string())
+}
+
+#[test]
+fn redis_users_are_confined_to_their_role() {
+    let redis = RedisServer::start();
+    let anonymous = format!("redis://127.0.0.1:{}", redis.port());
+    let refused = redis_error(&anonymous, &["GET", "chat:seq"]).expect("anonymous GET refused");
+    assert!(refused.contains("NOAUTH"), "{refused}");
+    let as_default = format!("redis://default:anything@127.0.0.1:{}", redis.port());
+    let opened = redis::Client::open(as_default.as_str()).and_then(|c| c.get_connection());
+    assert!(opened.is_err(), "logged in as default");
+
+    for role in RedisRole::ALL {
+        let url = redis.url_as(role);
+        for cmd in [
+            &["FLUSHALL"][..],
+            &["FLUSHDB"],
+            &["CONFIG", "GET", "*"],
+            &["DEBUG", "SLEEP", "0"],
+            &["KEYS", "*"],
+            &["SCAN", "0"],
+            &["SHUTDOWN", "NOSAVE"],
+            &["ACL", "LIST"],
+            &["MONITOR"],
+            &["CLIENT", "LIST"],
+            &["REPLICAOF", "NO", "ONE"],
+            &["SET", "other:key", "1"],
+            &["GET", "other:key"],
+            &["PUBLISH", "chat", "x"],
+        ] {
+            let error = redis_error(&url, cmd);
+            // DEBUG is refused before the ACL check unless `enable-debug-command` allows it.
+            assert!(
+                error.as_deref().is_some_and(
+                    |e| e.contains("no permissions") || e.contains("DEBUG command not allowed")
+                ),
+                "{role:?} {cmd:?}: {error:?}"
+            );
+        }
+        assert_eq!(redis_error(&url, &["GET", "chat:seq"]), None, "{role:?}");
+        assert_eq!(redis_error(&url, &["PING"]), None, "{role:?}");
+    }
+    let chat_server = redis.url_as(RedisRole::ChatServer);
+    let replication_log = redis.url_as(RedisRole::ReplicationLog);
+    for (url, cmd) in [
+        (&chat_server, &["XTRIM", "chat:stream", "MINID", "5"][..]),
+        (&chat_server, &["HDEL", "chat:replicas", "log-0"]),
+        (&replication_log, &["XADD", "chat:stream", "*", "t", "x"]),
+        (&replication_log, &["INCR", "chat:seq"]),
+    ] {
+        let error = redis_error(url, cmd);
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("no permissions")),
+            "{cmd:?}: {error:?}"
+        );
+    }
+    // The admin can (people, the readiness probe).
+    assert_eq!(redis_error(&redis.url(), &["CONFIG", "GET", "port"]), None);
 }

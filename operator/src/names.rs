@@ -1,17 +1,20 @@
 //! The names every part of the operator shares: child object names, the `app.kubernetes.io/*`
-//! labels and selectors, the data plane's ports and the Redis password key, and the longest
+//! labels and selectors, the data plane's ports and the Redis password keys, and the longest
 //! ChatCluster name the derived names allow.
 //!
 //! A leaf module: it imports nothing from the crate, so the CRD, the reconcile steps and the
 //! controller can all depend on it without depending on each other. The names are part of the
 //! contract other components rely on (`CONTRACT.md`): broker `{name}-broker` (StatefulSet, Service,
-//! Secret with key `password`), replication log `{name}-log` (StatefulSet, client Service, PDB) and
+//! Secret with keys `password` (the `admin` ACL user), `chat-server-password` and
+//! `replication-log-password`), replication log `{name}-log` (StatefulSet, client Service, PDB) and
 //! `{name}-log-headless`, chat-server `{name}-chat-server` (Deployment, Service, PDB), the
 //! NetworkPolicies `{name}-broker`, `{name}-log` and `{name}-chat-server`, the HS256
 //! key Secret `{name}-auth` (key `hmac-key`) and the internal token Secret `{name}-internal` (key
 //! `token`).
 
 use std::collections::BTreeMap;
+
+use chat_wire::redis_acl::RedisRole;
 
 /// Value of `app.kubernetes.io/name` on every child.
 pub const APP_NAME: &str = "chat-cluster";
@@ -31,8 +34,26 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// out and server-side apply removes what the operator's field manager no longer sets.
 pub const ANNOTATION_APPLIED_HASH: &str = "chat-cluster.io/applied-hash";
 
-/// Key of the Redis password in the broker Secret.
+/// Key of the Redis `admin` user's password in the broker Secret (every command; for people and
+/// the broker's readiness probe, never given to a data-plane pod).
 pub const PASSWORD_KEY: &str = "password";
+
+/// Key of `role`'s Redis password in the broker Secret: `chat-server-password`,
+/// `replication-log-password` (ACL users of `chat_wire::redis_acl`).
+pub const fn role_password_key(role: RedisRole) -> &'static str {
+    match role {
+        RedisRole::ChatServer => "chat-server-password",
+        RedisRole::ReplicationLog => "replication-log-password",
+    }
+}
+
+/// The broker container's variable holding `role`'s password (expanded into its `--user` rule).
+pub const fn broker_role_password_env(role: RedisRole) -> &'static str {
+    match role {
+        RedisRole::ChatServer => "CHAT_SERVER_REDIS_PASSWORD",
+        RedisRole::ReplicationLog => "REPLICATION_LOG_REDIS_PASSWORD",
+    }
+}
 /// Key of the HS256 key in the auth Secret (`{name}-auth` or `spec.auth.secretName`).
 pub const HMAC_KEY_KEY: &str = "hmac-key";
 /// Key of the data plane's internal token in the `{name}-internal` Secret.
@@ -92,7 +113,12 @@ pub const LOG_ENV: &[&str] = &[
     "INTERNAL_TOKEN_FILE",
 ];
 /// Environment variables the operator sets in the broker container.
-pub const BROKER_ENV: &[&str] = &["REDIS_PASSWORD", "REDISCLI_AUTH"];
+pub const BROKER_ENV: &[&str] = &[
+    "REDIS_PASSWORD",
+    "REDISCLI_AUTH",
+    "CHAT_SERVER_REDIS_PASSWORD",
+    "REPLICATION_LOG_REDIS_PASSWORD",
+];
 
 /// The three components of a chat cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -79,16 +79,22 @@ async fn children_with_owner_references_follow_spec_edits_scale_and_deletion() {
     .await;
     eprintln!("all children present after {:?}", started.elapsed());
 
-    // The Redis password is generated once and kept.
+    // The Redis passwords (admin and one per data-plane ACL user) are generated once and kept.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let password = secrets
+    let data = secrets
         .get("demo-broker")
         .await
         .expect("secret")
         .data
-        .expect("data")["password"]
-        .clone();
-    assert_eq!(password.0.len(), 32);
+        .expect("data");
+    for key in [
+        "password",
+        "chat-server-password",
+        "replication-log-password",
+    ] {
+        assert_eq!(data.get(key).map(|v| v.0.len()), Some(32), "{key}");
+    }
+    let password = data["password"].clone();
 
     // A spec edit reaches the children and observedGeneration.
     let edited = api

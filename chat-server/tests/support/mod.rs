@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_server::message::Message;
+use chat_wire::redis_acl::RedisRole;
 use serde_json::Value;
 
 pub use self::redis::RedisServer;
@@ -230,7 +231,7 @@ impl Cluster {
             dir,
             node_args: with_auth(node_args),
             log_args: log_args.iter().map(|s| s.to_string()).collect(),
-            log_redis_url: proxy.as_ref().map(|p| p.url()),
+            log_redis_url: proxy.as_ref().map(|p| p.url(RedisRole::ReplicationLog)),
         };
         for i in 0..replicas {
             let p = c.spawn_log(i);
@@ -267,7 +268,7 @@ impl Cluster {
             "--redis-url".into(),
             self.log_redis_url
                 .clone()
-                .unwrap_or_else(|| self.redis.url()),
+                .unwrap_or_else(|| self.redis.url_as(RedisRole::ReplicationLog)),
             "--data-dir".into(),
             data.display().to_string(),
             "--replica-id".into(),
@@ -291,7 +292,7 @@ impl Cluster {
 
     /// Starts one more node and waits until it is ready. Returns its index.
     pub async fn add_node(&mut self) -> usize {
-        let url = self.redis.url();
+        let url = self.redis.url_as(RedisRole::ChatServer);
         self.add_node_via(&url).await
     }
 

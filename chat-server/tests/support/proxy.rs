@@ -36,8 +36,9 @@ impl Proxy {
         Proxy { port, paused, task }
     }
 
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    /// The URL `role` connects through the proxy with (its ACL user).
+    pub fn url(&self, role: chat_wire::redis_acl::RedisRole) -> String {
+        super::redis::role_url(self.port, role)
     }
 
     /// Stops forwarding in both directions (connections stay open).

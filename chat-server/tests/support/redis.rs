@@ -1,4 +1,8 @@
-//! A real `redis-server` per test: free port, temp dir, AOF on, killed on drop. Can be restarted
+//! A real `redis-server` per test: free port, temp dir, AOF on, killed on drop, with the ACL users
+//! the operator gives the broker (`chat_wire::redis_acl`: `default` off, `admin`, one user per
+//! data-plane role), so every test that runs a node or a replica proves its role's rules suffice.
+//! [`RedisServer::url`] is the admin's (for the test's own assertions and fault injection);
+//! [`RedisServer::url_as`] a role's. Can be restarted
 //! on the same data, killed, wiped (restarted empty) to simulate broker loss, restarted from an
 //! older copy of its data files, or paused and resumed (SIGSTOP/SIGCONT) to simulate a stalled
 //! broker.
@@ -7,7 +11,26 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chat_wire::redis_acl::{ADMIN_USER, RedisRole, server_args};
+
 use super::free_port;
+
+/// The test broker's admin password.
+const ADMIN_PASSWORD: &str = "admin-password";
+
+/// The test broker's password for `role`.
+fn password(role: RedisRole) -> String {
+    format!("{}-password", role.username())
+}
+
+/// `redis://user:password@127.0.0.1:port` for `role` (a node's or replica's `--redis-url`).
+pub fn role_url(port: u16, role: RedisRole) -> String {
+    format!(
+        "redis://{}:{}@127.0.0.1:{port}",
+        role.username(),
+        password(role)
+    )
+}
 
 pub struct RedisServer {
     port: u16,
@@ -28,8 +51,17 @@ impl RedisServer {
         server
     }
 
+    /// The admin's URL (every command): for the test's assertions and fault injection.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!(
+            "redis://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{}",
+            self.port
+        )
+    }
+
+    /// The URL `role` connects with (its ACL user).
+    pub fn url_as(&self, role: RedisRole) -> String {
+        role_url(self.port, role)
     }
 
     pub fn port(&self) -> u16 {
@@ -53,6 +85,7 @@ impl RedisServer {
                 "--save",
                 "",
             ])
+            .args(server_args(ADMIN_PASSWORD, password))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -134,6 +167,19 @@ impl RedisServer {
         self.kill();
         clear_dir(self.dir.path());
         self.spawn();
+    }
+
+    /// Panics with Redis's `ACL LOG` when a command or key was refused to any user since the
+    /// server started.
+    pub fn assert_no_acl_denial(&self) {
+        let log: redis::Value = redis::cmd("ACL")
+            .arg("LOG")
+            .query(&mut self.conn())
+            .expect("ACL LOG");
+        assert!(
+            matches!(&log, redis::Value::Array(entries) if entries.is_empty()),
+            "Redis refused commands to an ACL user: {log:?}"
+        );
     }
 
     /// A synchronous connection for assertions.

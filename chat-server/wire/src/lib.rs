@@ -14,8 +14,12 @@
 //! - [`NodeStatus`], [`NodePhase`]: chat-server (`chat-server/src/node`, served by `api`).
 //! - [`ReplicaStatus`], [`ReplicaPhase`]: replication-log (`chat-server/src/log`, served by
 //!   `log::api`).
+//! - [`redis_acl`]: the broker's Redis ACL users, the user each role connects as and the
+//!   commands it may run (the operator starts Redis with them; the data plane's tests too).
 //!
 //! Depends on serde only (no HTTP, Redis or Kubernetes crates), so every reader can use it.
+
+pub mod redis_acl;
 
 use std::fmt;
 

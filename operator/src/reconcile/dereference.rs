@@ -23,16 +23,17 @@ use super::validate::Validated;
 use crate::crd::AuthMode;
 use crate::names::{
     CHAT_PORT, Component, DATA_VOLUME, HMAC_KEY_KEY, INTERNAL_TOKEN_KEY, LABEL_INSTANCE, LOG_PORT,
-    Names, PASSWORD_KEY, selector_string,
+    Names, PASSWORD_KEY, role_password_key, selector_string,
 };
 use crate::probe;
+use chat_wire::redis_acl::RedisRole;
 use chat_wire::{NodeStatus, ReplicaStatus};
 
 /// Facts from the cluster the pure build step depends on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Facts {
-    /// The Redis password: the existing Secret's, or a new random one.
-    pub password: String,
+    /// The Redis passwords: each the existing Secret's, or a new random one.
+    pub passwords: BrokerPasswords,
     /// Claim size the existing broker StatefulSet was created with (claim templates are immutable).
     pub broker_claim_size: Option<String>,
     /// Claim size the existing log StatefulSet was created with.
@@ -42,6 +43,27 @@ pub struct Facts {
     pub auth_key: Option<String>,
     /// The data plane's internal token: the existing `{name}-internal` Secret's, or a new one.
     pub internal_token: String,
+}
+
+/// The broker Secret's passwords, one per Redis ACL user (`chat_wire::redis_acl`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrokerPasswords {
+    /// The `admin` user's (key `password`).
+    pub admin: String,
+    /// The chat-server user's (key `chat-server-password`).
+    pub chat_server: String,
+    /// The replication-log user's (key `replication-log-password`).
+    pub replication_log: String,
+}
+
+impl BrokerPasswords {
+    /// The password of `role`'s user.
+    pub fn of(&self, role: RedisRole) -> &str {
+        match role {
+            RedisRole::ChatServer => &self.chat_server,
+            RedisRole::ReplicationLog => &self.replication_log,
+        }
+    }
 }
 
 /// What exists now: the children, the pods, and the `/status` of the pods that answered.
@@ -289,7 +311,19 @@ pub fn facts(cluster: &Validated, observed: &Observed) -> Facts {
         secret_value(secret, key).unwrap_or_else(|| random_alphanumeric(length))
     };
     Facts {
-        password: kept_or_new(children.broker_secret.as_ref(), PASSWORD_KEY, 32),
+        passwords: BrokerPasswords {
+            admin: kept_or_new(children.broker_secret.as_ref(), PASSWORD_KEY, 32),
+            chat_server: kept_or_new(
+                children.broker_secret.as_ref(),
+                role_password_key(RedisRole::ChatServer),
+                32,
+            ),
+            replication_log: kept_or_new(
+                children.broker_secret.as_ref(),
+                role_password_key(RedisRole::ReplicationLog),
+                32,
+            ),
+        },
         broker_claim_size: claim_size(children.broker.as_ref()),
         log_claim_size: claim_size(children.log.as_ref()),
         // 64 alphanumerics: 381 bits, above the 256 bits RFC 7518 §3.2 asks of an HS256 key.
@@ -384,7 +418,11 @@ mod tests {
         let token_mode = validate(&ChatCluster::test()).expect("valid");
         // Nothing exists: a new key (64) and token (32).
         let f = facts(&token_mode, &observed(None, None));
-        assert_eq!(f.password, "kept-password");
+        assert_eq!(f.passwords.admin, "kept-password");
+        // A Secret from before the ACL users gets their passwords added, the admin's kept.
+        assert_eq!(f.passwords.chat_server.len(), 32);
+        assert_eq!(f.passwords.replication_log.len(), 32);
+        assert_ne!(f.passwords.chat_server, f.passwords.replication_log);
         assert_eq!(f.auth_key.as_ref().map(String::len), Some(64));
         assert_eq!(f.internal_token.len(), 32);
         // They exist: kept byte for byte, on every reconcile.

@@ -518,7 +518,7 @@ pub async fn patch_if_changed(
 mod tests {
     use super::*;
     use crate::reconcile::build::build;
-    use crate::reconcile::dereference::Facts;
+    use crate::reconcile::dereference::{BrokerPasswords, Facts};
     use crate::reconcile::validate::validate;
 
     fn set(replicas: i32, ready: i32) -> StatefulSet {
@@ -593,7 +593,11 @@ mod tests {
     ) -> ChatClusterStatus {
         let cluster = validate(&ChatCluster::test().with_replicas(replicas)).expect("valid");
         let facts = Facts {
-            password: "p".into(),
+            passwords: BrokerPasswords {
+                admin: "p".into(),
+                chat_server: "p-cs".into(),
+                replication_log: "p-rl".into(),
+            },
             broker_claim_size: None,
             log_claim_size: None,
             auth_key: Some("k".into()),

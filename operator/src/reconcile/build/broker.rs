@@ -1,6 +1,8 @@
 //! The broker StatefulSet `{name}-broker`: one Redis pod with the append-only file on a
 //! persistent volume, fsynced as `spec.broker.appendFsync` says, RDB snapshots off, `maxmemory`
-//! at 75 % of its memory limit with `noeviction`, ready only once Redis has loaded its data.
+//! at 75 % of its memory limit with `noeviction`, ready only once Redis has loaded its data, and
+//! the ACL users of `chat_wire::redis_acl` (`default` off, `admin`, one user per data-plane role,
+//! passwords from the broker Secret).
 //!
 //! Everything here reads `spec.broker` only (never the data-plane `image`/`imagePullPolicy`), so
 //! the broker's pod template changes — and the broker restarts — only when its own settings do.
@@ -8,13 +10,17 @@
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::Container;
 
+use chat_wire::redis_acl::{ADMIN_USER, RedisRole, server_args};
+
 use super::Parent;
 use super::pod::{
     container_port, container_security_context, data_claim_template, exec_probe, hardened_pod,
-    mount, password_env, resources, secret_password_env, strings, tcp_probe,
+    mount, resources, secret_password_env, strings, tcp_probe,
 };
 use crate::crd::settings::BROKER_MEMORY_LIMIT;
-use crate::names::{Component, DATA_VOLUME, REDIS_PORT};
+use crate::names::{
+    Component, DATA_VOLUME, PASSWORD_KEY, REDIS_PORT, broker_role_password_env, role_password_key,
+};
 
 /// The broker StatefulSet. `claim_size` is the size the existing StatefulSet was created with
 /// (claim templates are immutable); None uses `spec.broker.storage.size`.
@@ -58,8 +64,9 @@ pub fn maxmemory(limit_bytes: u128) -> u128 {
     limit_bytes / 4 * 3
 }
 
-/// The `redis-server` container: password from the Secret, AOF in `/data`, `maxmemory` from the
-/// memory limit (none without a limit), `noeviction` always.
+/// The `redis-server` container: ACL users with passwords from the Secret (each expanded by the
+/// kubelet from a variable, never written into the pod spec), AOF in `/data`, `maxmemory` from
+/// the memory limit (none without a limit), `noeviction` always.
 fn redis(parent: &Parent<'_>) -> Container {
     let broker = &parent.cluster.spec.broker;
     let port = REDIS_PORT.to_string();
@@ -73,8 +80,6 @@ fn redis(parent: &Parent<'_>) -> Container {
         "/data",
         "--port",
         &port,
-        "--requirepass",
-        "$(REDIS_PASSWORD)",
         "--save",
         "",
         "--maxmemory-policy",
@@ -86,23 +91,34 @@ fn redis(parent: &Parent<'_>) -> Container {
     if let Some(limit) = limit {
         args.extend(["--maxmemory".to_owned(), maxmemory(limit).to_string()]);
     }
+    args.extend(server_args("$(REDIS_PASSWORD)", |role| {
+        format!("$({})", broker_role_password_env(role))
+    }));
+    let mut env = vec![
+        secret_password_env("REDIS_PASSWORD", &parent.names, PASSWORD_KEY),
+        // redis-cli reads the password from REDISCLI_AUTH (the readiness probe, as `admin`).
+        secret_password_env("REDISCLI_AUTH", &parent.names, PASSWORD_KEY),
+    ];
+    env.extend(RedisRole::ALL.into_iter().map(|role| {
+        secret_password_env(
+            broker_role_password_env(role),
+            &parent.names,
+            role_password_key(role),
+        )
+    }));
     Container {
         name: "redis-server".into(),
         image: Some(broker.image.clone()),
         image_pull_policy: Some(broker.image_pull_policy.as_str().into()),
         command: strings(["redis-server"]),
         args: Some(args),
-        env: Some(vec![
-            password_env(&parent.names),
-            // redis-cli reads the password from REDISCLI_AUTH (the readiness probe).
-            secret_password_env("REDISCLI_AUTH", &parent.names),
-        ]),
+        env: Some(env),
         ports: Some(vec![container_port("redis", REDIS_PORT)]),
         // Ready only on PONG: while Redis loads its AOF it answers `-LOADING`, and `redis-cli -e`
         // exits non-zero on an error reply (the image needs no shell). Liveness stays a TCP
         // check, so a long load is never killed as dead.
         readiness_probe: Some(exec_probe(
-            strings(["redis-cli", "-e", "-p", &port, "ping"]),
+            strings(["redis-cli", "--user", ADMIN_USER, "-e", "-p", &port, "ping"]),
             5,
         )),
         liveness_probe: Some(tcp_probe("redis", 10, Some(6))),

@@ -1,6 +1,7 @@
 //! The chat-server Deployment `{name}-chat-server`: `spec.replicas` pods rolled one surge pod at a
 //! time, each behind the readiness gate `chat-cluster.io/caught-up` the gate step passes.
 
+use chat_wire::redis_acl::RedisRole;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -114,8 +115,8 @@ fn chat_server(parent: &Parent<'_>) -> Container {
     let (readiness, liveness) = http_probes();
     let mut env_vars = vec![
         env("CHAT_LISTEN", format!("0.0.0.0:{CHAT_PORT}")),
-        password_env(names),
-        redis_url_env(names),
+        password_env(names, RedisRole::ChatServer),
+        redis_url_env(names, RedisRole::ChatServer),
         env(
             "REPLICATION_LOG_URL",
             format!(

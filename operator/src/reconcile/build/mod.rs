@@ -34,7 +34,7 @@ pub fn build(cluster: &Validated, facts: &Facts) -> Children<Desired> {
     let names = &parent.names;
     let policies = cluster.spec.network_policy.enabled;
     Children {
-        broker_secret: secret::broker(&parent, &facts.password),
+        broker_secret: secret::broker(&parent, &facts.passwords),
         broker_service: service::broker(&parent),
         broker: broker::stateful_set(&parent, facts.broker_claim_size.as_deref()),
         log_headless_service: service::log_headless(&parent),
@@ -149,6 +149,7 @@ mod tests {
     use crate::names::{
         LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, PASSWORD_KEY,
     };
+    use crate::reconcile::dereference::BrokerPasswords;
     use crate::reconcile::validate::validate;
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::{Container, PodSpec};
@@ -157,7 +158,11 @@ mod tests {
 
     fn facts() -> Facts {
         Facts {
-            password: "s3cret".into(),
+            passwords: BrokerPasswords {
+                admin: "s3cret".into(),
+                chat_server: "s3cret-cs".into(),
+                replication_log: "s3cret-rl".into(),
+            },
             broker_claim_size: None,
             log_claim_size: None,
             auth_key: Some("an-hs256-key-of-at-least-32-bytes-for-tests".into()),
@@ -372,6 +377,70 @@ mod tests {
         assert_eq!(fsync_arg(&relaxed), "everysec");
     }
 
+    /// Redis runs with the ACL users (`default` off; every password from a variable the kubelet
+    /// expands, none in the spec), and each data-plane pod connects as its own role with its
+    /// role's password: no chat-server or replication-log pod can read the admin password.
+    #[test]
+    fn each_role_connects_as_its_own_redis_user() {
+        let c = children_of(&ChatCluster::test());
+        let broker = c.broker.spec.and_then(|s| s.template.spec).expect("pod");
+        let args = broker.containers[0].args.clone().unwrap_or_default();
+        let at = args
+            .windows(3)
+            .position(|w| w == ["--user", "default", "off"]);
+        assert!(at.is_some(), "{args:?}");
+        assert!(!args.iter().any(|a| a == "--requirepass"));
+        for (user, password) in [
+            ("admin", ">$(REDIS_PASSWORD)"),
+            ("chat-server", ">$(CHAT_SERVER_REDIS_PASSWORD)"),
+            ("replication-log", ">$(REPLICATION_LOG_REDIS_PASSWORD)"),
+        ] {
+            assert!(
+                args.windows(4)
+                    .any(|w| w == ["--user", user, "on", password]),
+                "{user}: {args:?}"
+            );
+        }
+        let secret = json!(c.broker_secret);
+        for key in [
+            PASSWORD_KEY,
+            "chat-server-password",
+            "replication-log-password",
+        ] {
+            assert!(secret["data"][key].is_string(), "{key}: {secret}");
+        }
+        for (spec, user, key) in [
+            (
+                c.chat_server.spec.and_then(|s| s.template.spec),
+                "chat-server",
+                "chat-server-password",
+            ),
+            (
+                c.log.spec.and_then(|s| s.template.spec),
+                "replication-log",
+                "replication-log-password",
+            ),
+        ] {
+            let env = json!(spec.expect("spec").containers[0].env);
+            let env = env.as_array().expect("env");
+            let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
+            assert_eq!(
+                var("REDIS_PASSWORD").expect("REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["key"],
+                key
+            );
+            let url = var("REDIS_URL").expect("REDIS_URL")["value"].clone();
+            assert_eq!(
+                url,
+                format!("redis://{user}:$(REDIS_PASSWORD)@demo-broker:6379"),
+            );
+            assert!(
+                !env.iter()
+                    .any(|e| e["valueFrom"]["secretKeyRef"]["key"] == PASSWORD_KEY),
+                "{user} pod reads the admin password"
+            );
+        }
+    }
+
     #[test]
     fn redis_password_env_precedes_redis_url() {
         let c = children_of(&ChatCluster::test());
@@ -396,9 +465,13 @@ mod tests {
                 .position(|n| *n == "REDIS_URL")
                 .expect("url env");
             assert!(password < url, "{names:?}");
-            assert_eq!(
-                env[url].value.as_deref(),
-                Some("redis://:$(REDIS_PASSWORD)@demo-broker:6379")
+            assert!(
+                env[url]
+                    .value
+                    .as_deref()
+                    .is_some_and(|u| u.contains(":$(REDIS_PASSWORD)@demo-broker:6379")),
+                "{:?}",
+                env[url].value
             );
         }
     }
@@ -609,7 +682,11 @@ mod tests {
     fn existing_claim_sizes_are_kept_and_the_password_is_data() {
         let v = validate(&ChatCluster::test().with_storage("9Gi", None)).expect("valid");
         let f = Facts {
-            password: "kept".into(),
+            passwords: BrokerPasswords {
+                admin: "kept".into(),
+                chat_server: "kept-cs".into(),
+                replication_log: "kept-rl".into(),
+            },
             broker_claim_size: Some("1Gi".into()),
             log_claim_size: None,
             auth_key: None,
@@ -794,7 +871,7 @@ mod tests {
         let probe = json!(container.readiness_probe);
         assert_eq!(
             probe["exec"]["command"],
-            json!(["redis-cli", "-e", "-p", "6379", "ping"])
+            json!(["redis-cli", "--user", "admin", "-e", "-p", "6379", "ping"])
         );
         let env = json!(container.env);
         assert!(

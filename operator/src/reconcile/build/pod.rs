@@ -4,6 +4,7 @@
 //! component's `PodSettings` (resources, scheduling, extra env) over the pod it builds, with the
 //! defaults for what is unset (the component's resources, a soft spread over nodes).
 
+use chat_wire::redis_acl::RedisRole;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -19,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::PodSettings;
-use crate::names::{DATA_VOLUME, INTERNAL_TOKEN_KEY, Names, PASSWORD_KEY, REDIS_PORT};
+use crate::names::{DATA_VOLUME, INTERNAL_TOKEN_KEY, Names, REDIS_PORT, role_password_key};
 
 /// UID/GID every data-plane container runs as.
 pub const RUN_AS: i64 = 65532;
@@ -183,19 +184,20 @@ pub fn field_env(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
-/// `REDIS_PASSWORD` from the broker Secret.
-pub fn password_env(names: &Names) -> EnvVar {
-    secret_password_env("REDIS_PASSWORD", names)
+/// `REDIS_PASSWORD` of a data-plane container: `role`'s password from the broker Secret.
+pub fn password_env(names: &Names, role: RedisRole) -> EnvVar {
+    secret_password_env("REDIS_PASSWORD", names, role_password_key(role))
 }
 
-/// The variable `name` holding the broker password from the broker Secret.
-pub fn secret_password_env(name: &str, names: &Names) -> EnvVar {
+/// The variable `name` holding the broker Secret's `key` (`password` for the admin user, or
+/// [`role_password_key`]).
+pub fn secret_password_env(name: &str, names: &Names, key: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: names.broker.clone(),
-                key: PASSWORD_KEY.into(),
+                key: key.into(),
                 ..SecretKeySelector::default()
             }),
             ..EnvVarSource::default()
@@ -204,12 +206,17 @@ pub fn secret_password_env(name: &str, names: &Names) -> EnvVar {
     }
 }
 
-/// `REDIS_URL`; must come after [`password_env`] in the env list so `$(REDIS_PASSWORD)` expands
-/// (Kubernetes expands only variables defined earlier in the list).
-pub fn redis_url_env(names: &Names) -> EnvVar {
+/// `REDIS_URL` of `role`: its ACL user and `$(REDIS_PASSWORD)`. Must come after
+/// [`password_env`] in the env list so `$(REDIS_PASSWORD)` expands (Kubernetes expands only
+/// variables defined earlier in the list).
+pub fn redis_url_env(names: &Names, role: RedisRole) -> EnvVar {
     env(
         "REDIS_URL",
-        format!("redis://:$(REDIS_PASSWORD)@{}:{REDIS_PORT}", names.broker),
+        format!(
+            "redis://{}:$(REDIS_PASSWORD)@{}:{REDIS_PORT}",
+            role.username(),
+            names.broker
+        ),
     )
 }
 

@@ -1,6 +1,7 @@
 //! The replication-log StatefulSet `{name}-log`: `spec.replicationLog.replicas` replicas, each
 //! with its segment files on its own volume and the URLs of all its peers.
 
+use chat_wire::redis_acl::RedisRole;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::Container;
 
@@ -83,8 +84,8 @@ fn replication_log(parent: &Parent<'_>) -> Container {
         command: strings(["replication-log"]),
         env: Some(vec![
             env("LOG_LISTEN", format!("0.0.0.0:{LOG_PORT}")),
-            password_env(&parent.names),
-            redis_url_env(&parent.names),
+            password_env(&parent.names, RedisRole::ReplicationLog),
+            redis_url_env(&parent.names, RedisRole::ReplicationLog),
             env("LOG_DATA_DIR", "/data"),
             field_env("REPLICA_ID", "metadata.name"),
             env("LOG_PEER_URLS", peer_urls(parent)),

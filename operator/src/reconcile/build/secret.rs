@@ -1,5 +1,6 @@
 //! The Secrets the operator generates, each once and kept: the broker Secret `{name}-broker` (the
-//! Redis password under `password`), the auth Secret `{name}-auth` (the HS256 key under
+//! Redis `admin` user's password under `password`, the data-plane users' under
+//! `chat-server-password` and `replication-log-password`), the auth Secret `{name}-auth` (the HS256 key under
 //! `hmac-key`, only when `spec.auth.secretName` is unset in token mode) and the internal Secret
 //! `{name}-internal` (the data plane's shared internal token under `token`).
 
@@ -8,18 +9,22 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
-use super::Parent;
-use crate::names::{Component, HMAC_KEY_KEY, INTERNAL_TOKEN_KEY, PASSWORD_KEY};
+use chat_wire::redis_acl::RedisRole;
 
-/// The broker Secret holding `password`.
-pub fn broker(parent: &Parent<'_>, password: &str) -> Secret {
-    opaque(
-        parent,
-        &parent.names.broker,
-        Component::Broker,
-        PASSWORD_KEY,
-        password,
-    )
+use super::Parent;
+use crate::names::{Component, HMAC_KEY_KEY, INTERNAL_TOKEN_KEY, PASSWORD_KEY, role_password_key};
+use crate::reconcile::dereference::BrokerPasswords;
+
+/// The broker Secret holding `password` (admin), `chat-server-password` and
+/// `replication-log-password`.
+pub fn broker(parent: &Parent<'_>, passwords: &BrokerPasswords) -> Secret {
+    let mut data = vec![(PASSWORD_KEY, passwords.admin.as_str())];
+    data.extend(
+        RedisRole::ALL
+            .into_iter()
+            .map(|role| (role_password_key(role), passwords.of(role))),
+    );
+    opaque(parent, &parent.names.broker, Component::Broker, &data)
 }
 
 /// The `{name}-auth` Secret holding the HS256 key under `hmac-key`.
@@ -28,8 +33,7 @@ pub fn auth(parent: &Parent<'_>, key: &str) -> Secret {
         parent,
         &parent.names.auth,
         Component::ChatServer,
-        HMAC_KEY_KEY,
-        key,
+        &[(HMAC_KEY_KEY, key)],
     )
 }
 
@@ -40,21 +44,22 @@ pub fn internal(parent: &Parent<'_>, token: &str) -> Secret {
         parent,
         &names.internal,
         Component::ChatServer,
-        INTERNAL_TOKEN_KEY,
-        token,
+        &[(INTERNAL_TOKEN_KEY, token)],
     )
 }
 
-/// An Opaque Secret with one key. It carries `data`, never `stringData`: the API server stores
-/// only `data`, and applying the same bytes again must be a no-op.
-fn opaque(parent: &Parent<'_>, name: &str, component: Component, key: &str, value: &str) -> Secret {
+/// An Opaque Secret with the `(key, value)` pairs of `data`. It carries `data`, never
+/// `stringData`: the API server stores only `data`, and applying the same bytes again must be a
+/// no-op.
+fn opaque(parent: &Parent<'_>, name: &str, component: Component, data: &[(&str, &str)]) -> Secret {
     Secret {
         metadata: parent.metadata(name, component),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            key.to_owned(),
-            ByteString(value.as_bytes().to_vec()),
-        )])),
+        data: Some(
+            data.iter()
+                .map(|(key, value)| ((*key).to_owned(), ByteString(value.as_bytes().to_vec())))
+                .collect::<BTreeMap<_, _>>(),
+        ),
         ..Secret::default()
     }
 }
