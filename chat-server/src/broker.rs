@@ -49,6 +49,12 @@
 //! Every write carries a deadline ([`WRITE_DEADLINE`] after the node started it, node clock); the
 //! write script refuses once Redis's own `TIME` is past it, so a write stuck in a stalled Redis
 //! cannot apply long after its client was answered.
+//!
+//! # Reaching the broker
+//! A [`BrokerEndpoint`]: a `redis://` URL, or a `rediss://` URL for TLS (rustls; the broker's
+//! certificate must name the URL's host) with an optional PEM CA bundle to verify it against
+//! (`--redis-ca-file`; without one, the system's roots). The URL's userinfo names the ACL user of
+//! the component (`chat_wire::redis_acl`).
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +62,98 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 
 use crate::message::{Message, NewMessage, now_millis};
+use crate::telemetry::redact_url;
+
+/// Where the broker is and how to trust it: a `redis://` or `rediss://` URL and, for `rediss://`,
+/// the PEM CA bundle that signs the broker's certificate (None: the system's roots). `Debug`
+/// shows the URL with its password redacted.
+#[derive(Clone)]
+pub struct BrokerEndpoint {
+    url: String,
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl BrokerEndpoint {
+    /// `url` with the system's roots for `rediss://`.
+    pub fn new(url: impl Into<String>) -> BrokerEndpoint {
+        BrokerEndpoint {
+            url: url.into(),
+            ca_pem: None,
+        }
+    }
+
+    /// `url` verified against the PEM CA bundle in `ca_file` when given (`--redis-ca-file`).
+    /// Read once, at start-up. Errors: the file cannot be read, it holds no PEM certificate, or
+    /// a CA file is given for a plain `redis://` URL (it would silently protect nothing).
+    pub fn from_flags(
+        url: impl Into<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<BrokerEndpoint, String> {
+        let url = url.into();
+        let Some(path) = ca_file else {
+            return Ok(BrokerEndpoint::new(url));
+        };
+        if !url.starts_with("rediss://") {
+            return Err(format!(
+                "--redis-ca-file {} is set but the Redis URL {} is not rediss:// (TLS)",
+                path.display(),
+                redact_url(&url)
+            ));
+        }
+        let pem =
+            std::fs::read(path).map_err(|e| format!("--redis-ca-file {}: {e}", path.display()))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!(
+                "--redis-ca-file {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        Ok(BrokerEndpoint {
+            url,
+            ca_pem: Some(pem),
+        })
+    }
+
+    /// The URL (with its credentials: never log it, see [`redact_url`]).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The client for this endpoint; with a CA bundle, TLS verifies against it alone.
+    fn client(&self) -> Result<Client, RedisError> {
+        match &self.ca_pem {
+            None => Client::open(self.url.as_str()),
+            Some(pem) => Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for BrokerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerEndpoint")
+            .field("url", &redact_url(&self.url))
+            .field("ca", &self.ca_pem.as_ref().map(|_| "PEM bundle"))
+            .finish()
+    }
+}
+
+impl From<&str> for BrokerEndpoint {
+    fn from(url: &str) -> BrokerEndpoint {
+        BrokerEndpoint::new(url)
+    }
+}
+
+impl From<&String> for BrokerEndpoint {
+    fn from(url: &String) -> BrokerEndpoint {
+        BrokerEndpoint::new(url.as_str())
+    }
+}
 
 /// How long a client-supplied idempotency key is remembered. The contract asks for at least 10
 /// minutes.
@@ -630,9 +728,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects once; fails if Redis cannot be reached now (callers retry with backoff).
-    pub async fn connect(url: &str) -> Result<Broker, BrokerError> {
-        let client = Client::open(url)?;
+    /// Connects once to `endpoint` (a [`BrokerEndpoint`], or a URL); fails if Redis cannot be
+    /// reached now (callers retry with backoff), or TLS fails.
+    pub async fn connect(endpoint: impl Into<BrokerEndpoint>) -> Result<Broker, BrokerError> {
+        let client = endpoint.into().client()?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(WRITE_WAIT))
@@ -1217,6 +1316,45 @@ fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_flags_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pem = dir.path().join("ca.crt");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let missing = dir.path().join("missing");
+        let tls = "rediss://u:secret@broker:6379";
+        let plain = "redis://u:secret@broker:6379";
+        // (url, ca file, Ok or the error's distinctive words)
+        let cases: [(&str, Option<&std::path::Path>, Result<bool, &str>); 5] = [
+            (plain, None, Ok(false)),
+            (tls, None, Ok(false)),
+            (tls, Some(&pem), Ok(true)),
+            (plain, Some(&pem), Err("is not rediss://")),
+            (tls, Some(&junk), Err("no PEM certificate")),
+        ];
+        for (url, ca, want) in cases {
+            let got = BrokerEndpoint::from_flags(url, ca);
+            match (got, want) {
+                (Ok(e), Ok(has_ca)) => assert_eq!(e.ca_pem.is_some(), has_ca, "{url} {ca:?}"),
+                (Err(e), Err(words)) => {
+                    assert!(e.contains(words), "{e}");
+                    assert!(!e.contains("secret"), "password in {e}");
+                }
+                (got, want) => panic!("{url} {ca:?}: {got:?}, want {want:?}"),
+            }
+        }
+        let e = BrokerEndpoint::from_flags(tls, Some(&missing)).expect_err("missing file");
+        assert!(e.contains("missing"), "{e}");
+        let shown = format!("{:?}", BrokerEndpoint::new(tls));
+        assert!(!shown.contains("secret"), "{shown}");
+    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

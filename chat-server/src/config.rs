@@ -1,6 +1,7 @@
 //! Command-line flags and environment variables of the data-plane binaries (documented in docs/configuration.md).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -15,9 +16,13 @@ pub struct NodeConfig {
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// The Redis broker.
+    /// The Redis broker: `redis://[user:password@]host:port`, or `rediss://…` for TLS.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// PEM CA bundle that signs the broker's TLS certificate, for a `rediss://` URL (default: the
+    /// system's roots). Refused with a plain `redis://` URL.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Replication-log replicas, comma-separated; the first that answers is used.
     #[arg(
         long = "log-url",

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::auth::{Access, Authenticator};
+use crate::broker::BrokerEndpoint;
 use crate::config::{NodeConfig, host_name};
 use crate::limits::{LimitMetrics, RateLimits, limit_posts};
 use crate::log_client::LogClient;
@@ -17,10 +18,12 @@ use crate::node::{Node, NodeSettings, follower};
 use crate::serve::serve;
 
 /// Serves a node on `listener` until `shutdown` is cancelled, admitting clients by `access`
-/// (built from `config.auth` by [`crate::auth::AuthFlags::access`]).
+/// (built from `config.auth` by [`crate::auth::AuthFlags::access`]) and reaching the broker at
+/// `broker` (built from `--redis-url` and `--redis-ca-file` by [`BrokerEndpoint::from_flags`]).
 pub async fn run(
     config: NodeConfig,
     access: Access,
+    broker: BrokerEndpoint,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -78,11 +81,7 @@ pub async fn run(
         });
     }
     let shutdown = stop;
-    let follower = tokio::spawn(follower::run(
-        node.clone(),
-        config.redis_url.clone(),
-        shutdown.clone(),
-    ));
+    let follower = tokio::spawn(follower::run(node.clone(), broker, shutdown.clone()));
     info!(
         listen = %listener.local_addr()?,
         node_id = %node.settings().node_id,

@@ -11,6 +11,9 @@
 //! - replicas with an internal token refuse `/snapshot` and pages without it, show `/status`
 //!   details only with it, and nodes and peers still bootstrap through it;
 //! - no credential from a Redis or peer URL reaches any log line;
+//! - the broker over TLS (`rediss://`, `--redis-ca-file`): nodes and replicas write, follow and
+//!   persist through it; a node that does not trust the broker's CA never connects, and a CA
+//!   file with a plain `redis://` URL is refused at start;
 //! - the broker's ACL users (`chat_wire::redis_acl`): nothing runs unauthenticated or as
 //!   `default`, and neither data-plane role can flush, reconfigure, debug or list Redis, touch a
 //!   key outside `chat:*`, or run the other role's commands (every other test in this directory
@@ -25,6 +28,7 @@ use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use support::redis::RedisServer;
+use support::tls::TlsFiles;
 use support::{Cluster, LOG_BIN, NODE_BIN, Proc, free_port, http};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -784,4 +788,76 @@ fn redis_users_are_confined_to_their_role() {
     }
     // The admin can (people, the readiness probe).
     assert_eq!(redis_error(&redis.url(), &["CONFIG", "GET", "port"]), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_over_tls_is_trusted_only_through_its_ca() {
+    let c = Cluster::start_tls(2, 1).await;
+    let nodes: Vec<String> = c.nodes.iter().map(|p| p.url.clone()).collect();
+    let (code, body) = support::post(&nodes[0], "tls", json!({"text": "over tls"})).await;
+    assert_eq!(code, 201, "{body}");
+    let position = body["position"].as_u64().expect("position");
+    support::wait_position(&nodes, "position", position, Duration::from_secs(20)).await;
+    let logs = [c.logs[0].url.clone()];
+    support::wait_position(&logs, "persisted", position, Duration::from_secs(20)).await;
+    let read = support::read_all(&nodes[1], "tls").await;
+    assert_eq!(
+        read.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["over tls"]
+    );
+
+    // A node that trusts another CA never gets a connection (and says why).
+    let stranger = TlsFiles::generate();
+    let port = free_port();
+    let url = c.redis.url_as(RedisRole::ChatServer);
+    let mut wrong = Proc::spawn(
+        "node-wrong-ca",
+        NODE_BIN,
+        [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &url,
+            "--redis-ca-file",
+            &stranger.ca().display().to_string(),
+            "--log-url",
+            &c.log_list(),
+            "--auth",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec(),
+        port,
+        c.dir.path(),
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status = support::status(&wrong.url).await;
+    assert_ne!(status["phase"], "live", "{status}");
+    let log = wrong.log_text();
+    assert!(
+        log.contains("cannot reach the broker") && log.to_lowercase().contains("certificate"),
+        "{log}"
+    );
+    wrong.kill9();
+
+    // A CA file is refused with a plain redis:// URL: it would protect nothing.
+    let out = std::process::Command::new(NODE_BIN)
+        .args(["--listen", "127.0.0.1:0", "--auth", "none"])
+        .args(["--redis-url", "redis://127.0.0.1:6379"])
+        .args(["--redis-ca-file", &stranger.ca().display().to_string()])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not rediss://"), "{stderr}");
+    let out = std::process::Command::new(LOG_BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--redis-url", "redis://127.0.0.1:6379"])
+        .args(["--redis-ca-file", &stranger.ca().display().to_string()])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not rediss://"), "{stderr}");
+    c.redis.assert_no_acl_denial();
 }

@@ -401,6 +401,25 @@ pub struct BrokerSpec {
     /// The `{name}-broker` Service.
     #[serde(default)]
     pub service: ServiceSettings,
+    /// TLS on the broker's port. Unset: plain TCP (the NetworkPolicies and ACL passwords still
+    /// apply). Set: Redis accepts only TLS on 6379, and chat-server and replication-log pods
+    /// connect with `rediss://` and verify its certificate against the Secret's `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BrokerTls>,
+}
+
+/// TLS for the broker (Redis `--tls-port`), from a Secret the user provides (for example one
+/// cert-manager writes for a `Certificate`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerTls {
+    /// A Secret in the ChatCluster's namespace with `tls.crt` (the broker's certificate, its DNS
+    /// names including `{name}-broker`, the host the data plane dials), `tls.key` (its private
+    /// key, mounted only into the broker pod) and `ca.crt` (the CA that signs it, mounted into
+    /// the data-plane pods). Clients are not asked for certificates: they authenticate with their
+    /// ACL user's password.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 /// Redis `appendfsync` policy of the broker.
@@ -628,6 +647,7 @@ impl Default for BrokerSpec {
             append_fsync: AppendFsync::default(),
             pod: PodSettings::default(),
             service: ServiceSettings::default(),
+            tls: None,
         }
     }
 }

@@ -54,6 +54,14 @@ pub const fn broker_role_password_env(role: RedisRole) -> &'static str {
         RedisRole::ReplicationLog => "REPLICATION_LOG_REDIS_PASSWORD",
     }
 }
+/// Keys of the broker TLS Secret (`spec.broker.tls.secretName`; the `kubernetes.io/tls` keys
+/// and cert-manager's `ca.crt`).
+pub const TLS_CERT_KEY: &str = "tls.crt";
+/// The broker's private key in the TLS Secret (mounted only into the broker pod).
+pub const TLS_KEY_KEY: &str = "tls.key";
+/// The CA certificate in the TLS Secret.
+pub const TLS_CA_KEY: &str = "ca.crt";
+
 /// Key of the HS256 key in the auth Secret (`{name}-auth` or `spec.auth.secretName`).
 pub const HMAC_KEY_KEY: &str = "hmac-key";
 /// Key of the data plane's internal token in the `{name}-internal` Secret.
@@ -81,6 +89,7 @@ pub const CHAT_SERVER_ENV: &[&str] = &[
     "CHAT_LISTEN",
     "REDIS_PASSWORD",
     "REDIS_URL",
+    "REDIS_CA_FILE",
     "REPLICATION_LOG_URL",
     "NODE_ID",
     "MAX_MESSAGE_BYTES",
@@ -106,6 +115,7 @@ pub const LOG_ENV: &[&str] = &[
     "LOG_LISTEN",
     "REDIS_PASSWORD",
     "REDIS_URL",
+    "REDIS_CA_FILE",
     "LOG_DATA_DIR",
     "REPLICA_ID",
     "LOG_PEER_URLS",

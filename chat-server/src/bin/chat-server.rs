@@ -23,6 +23,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let broker = match chat_server::broker::BrokerEndpoint::from_flags(
+        config.redis_url.clone(),
+        config.redis_ca_file.as_deref(),
+    ) {
+        Ok(broker) => broker,
+        Err(reason) => {
+            eprintln!("chat-server: {reason}");
+            return ExitCode::from(2);
+        }
+    };
     chat_server::telemetry::init_logging();
     let listener = match chat_server::serve::bind(config.listen) {
         Ok(l) => l,
@@ -32,7 +42,7 @@ async fn main() -> ExitCode {
         }
     };
     let shutdown = chat_server::shutdown::on_signal();
-    match chat_server::server::run(config, access, listener, shutdown).await {
+    match chat_server::server::run(config, access, broker, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat-server: {e}");

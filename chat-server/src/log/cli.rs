@@ -17,7 +17,7 @@ use super::store::{
 };
 use super::{Replica, ReplicaSettings, api};
 use crate::auth::InternalToken;
-use crate::broker::BrokerError;
+use crate::broker::{BrokerEndpoint, BrokerError};
 use crate::config::host_name;
 use crate::telemetry::redact_url;
 
@@ -45,6 +45,10 @@ pub enum LogCommand {
         /// The Redis broker.
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
+        /// PEM CA bundle that signs the broker's TLS certificate, for a `rediss://` URL (default: the
+        /// system's roots). Refused with a plain `redis://` URL.
+        #[arg(long, env = "REDIS_CA_FILE")]
+        redis_ca_file: Option<PathBuf>,
     },
 }
 
@@ -54,9 +58,13 @@ pub struct LogConfig {
     /// Address to serve HTTP on.
     #[arg(long, env = "LOG_LISTEN", default_value = "0.0.0.0:8090")]
     pub listen: SocketAddr,
-    /// The Redis broker.
+    /// The Redis broker: `redis://[user:password@]host:port`, or `rediss://…` for TLS.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// PEM CA bundle that signs the broker's TLS certificate, for a `rediss://` URL (default: the
+    /// system's roots). Refused with a plain `redis://` URL.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Directory of the log's segment files.
     #[arg(long, env = "LOG_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -133,8 +141,14 @@ pub fn parse_or_exit() -> LogCli {
 /// Runs what the command line asks for.
 pub async fn main(cli: LogCli, shutdown: CancellationToken) -> Result<(), RunError> {
     match cli.command {
-        Some(LogCommand::ForgetReplica { id, redis_url }) => {
-            follower::forget_replica(&redis_url, &id).await?;
+        Some(LogCommand::ForgetReplica {
+            id,
+            redis_url,
+            redis_ca_file,
+        }) => {
+            let broker = BrokerEndpoint::from_flags(redis_url, redis_ca_file.as_deref())
+                .map_err(RunError::Config)?;
+            follower::forget_replica(&broker, &id).await?;
             Ok(())
         }
         None => run(cli.config, shutdown).await,
@@ -177,6 +191,9 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         config.internal_token.as_deref(),
     )
     .map_err(RunError::Config)?;
+    let broker =
+        BrokerEndpoint::from_flags(config.redis_url.clone(), config.redis_ca_file.as_deref())
+            .map_err(RunError::Config)?;
     if internal_token.is_none() {
         warn!(
             "no internal token (--internal-token-file / INTERNAL_TOKEN): channel pages, \
@@ -225,11 +242,7 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         .metrics()
         .open_seconds
         .set(report.took.as_secs_f64());
-    let follower = tokio::spawn(follower::run(
-        replica.clone(),
-        config.redis_url.clone(),
-        shutdown.clone(),
-    ));
+    let follower = tokio::spawn(follower::run(replica.clone(), broker, shutdown.clone()));
     info!(
         listen = %config.listen,
         replica_id = %replica.settings().replica_id,

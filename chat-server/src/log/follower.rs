@@ -15,7 +15,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::store::{LogStore, StoreError};
 use super::{Phase, Replica, ReplicaStatus};
-use crate::broker::{AnchorOutcome, Broker, BrokerError, InstanceCheck, StreamReader};
+use crate::broker::{
+    AnchorOutcome, Broker, BrokerEndpoint, BrokerError, InstanceCheck, StreamReader,
+};
 use crate::log_client::{LogClient, LogClientError};
 use crate::message::Message;
 use crate::protocol::{
@@ -179,7 +181,7 @@ fn write_marker(data_dir: &Path, path: &Path, epoch: &str) -> Result<(), StoreEr
 }
 
 /// Runs the follower until shutdown (or until the log is found diverged).
-pub async fn run(replica: Replica, redis_url: String, shutdown: CancellationToken) {
+pub async fn run(replica: Replica, broker: BrokerEndpoint, shutdown: CancellationToken) {
     let span = info_span!("follower", replica_id = %replica.settings().replica_id);
     async move {
         tokio::spawn(watch_contact(replica.clone(), shutdown.clone()));
@@ -192,11 +194,11 @@ pub async fn run(replica: Replica, redis_url: String, shutdown: CancellationToke
         replica.set_phase(Phase::Starting);
         let mut backoff = Backoff::new();
         loop {
-            let broker = match Broker::connect(&redis_url).await {
+            let broker = match Broker::connect(broker.clone()).await {
                 Ok(b) => b,
                 Err(e) => {
                     replica.metrics().broker_errors.inc();
-                    warn!(error = %e, redis_url = %redact_url(&redis_url), "cannot reach the broker; retrying with backoff");
+                    warn!(error = %e, redis_url = %redact_url(broker.url()), "cannot reach the broker; retrying with backoff");
                     if backoff.wait(&shutdown).await.is_err() {
                         return;
                     }
@@ -866,8 +868,11 @@ async fn trim(replica: &Replica, broker: &Broker) -> Result<(), FollowError> {
 }
 
 /// `replication-log forget-replica <ID>`: removes a replica from the set that holds trimming back.
-pub async fn forget_replica(redis_url: &str, replica_id: &str) -> Result<bool, BrokerError> {
-    let broker = Broker::connect(redis_url).await?;
+pub async fn forget_replica(
+    endpoint: &BrokerEndpoint,
+    replica_id: &str,
+) -> Result<bool, BrokerError> {
+    let broker = Broker::connect(endpoint.clone()).await?;
     let before = broker.replicas().await?;
     let position = before
         .iter()

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, Cancelled};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::broker::{Broker, BrokerError, StreamReader};
+use crate::broker::{Broker, BrokerEndpoint, BrokerError, StreamReader};
 use crate::log_client::LogClientError;
 use crate::message::Message;
 use crate::node::{Node, Phase};
@@ -63,8 +63,8 @@ impl From<Cancelled> for FollowError {
 }
 
 /// Runs the node's follower until shutdown.
-pub async fn run(node: Node, redis_url: String, shutdown: CancellationToken) {
-    let broker = match connect(&redis_url, &shutdown).await {
+pub async fn run(node: Node, endpoint: BrokerEndpoint, shutdown: CancellationToken) {
+    let broker = match connect(&endpoint, &shutdown).await {
         Some(b) => b,
         None => return,
     };
@@ -89,13 +89,13 @@ pub async fn run(node: Node, redis_url: String, shutdown: CancellationToken) {
     }
 }
 
-async fn connect(url: &str, shutdown: &CancellationToken) -> Option<Broker> {
+async fn connect(endpoint: &BrokerEndpoint, shutdown: &CancellationToken) -> Option<Broker> {
     let mut backoff = Backoff::new();
     loop {
-        match Broker::connect(url).await {
+        match Broker::connect(endpoint.clone()).await {
             Ok(b) => return Some(b),
             Err(e) => {
-                warn!(error = %e, redis_url = %crate::telemetry::redact_url(url), "cannot reach the broker; retrying");
+                warn!(error = %e, redis_url = %crate::telemetry::redact_url(endpoint.url()), "cannot reach the broker; retrying");
                 if backoff.wait(shutdown).await.is_err() {
                     return None;
                 }

@@ -5,6 +5,7 @@
 
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,7 +182,18 @@ impl Cluster {
     /// As [`Cluster::start`], with extra flags for every node.
     /// Nodes run `--auth none` unless `node_args` name an `--auth` mode or a token key.
     pub async fn start_with(nodes: usize, replicas: usize, node_args: &[&str]) -> Cluster {
-        Cluster::start_inner(nodes, replicas, node_args, &[], false)
+        Cluster::start_inner(RedisServer::start(), nodes, replicas, node_args, &[], false)
+            .await
+            .0
+    }
+
+    /// As [`Cluster::start`] with the broker reachable only over TLS: every node and replica
+    /// connects with `rediss://` and `--redis-ca-file` (the CA that signed Redis's certificate).
+    pub async fn start_tls(nodes: usize, replicas: usize) -> Cluster {
+        let redis = RedisServer::start_tls();
+        let ca = redis.ca_file().expect("TLS broker").display().to_string();
+        let ca_args = ["--redis-ca-file", ca.as_str()];
+        Cluster::start_inner(redis, nodes, replicas, &ca_args, &ca_args, false)
             .await
             .0
     }
@@ -193,9 +205,16 @@ impl Cluster {
         node_args: &[&str],
         log_args: &[&str],
     ) -> Cluster {
-        Cluster::start_inner(nodes, replicas, node_args, log_args, false)
-            .await
-            .0
+        Cluster::start_inner(
+            RedisServer::start(),
+            nodes,
+            replicas,
+            node_args,
+            log_args,
+            false,
+        )
+        .await
+        .0
     }
 
     /// As [`Cluster::start_with`], with every replica reaching Redis through a [`proxy::Proxy`]
@@ -205,11 +224,13 @@ impl Cluster {
         replicas: usize,
         node_args: &[&str],
     ) -> (Cluster, proxy::Proxy) {
-        let (c, p) = Cluster::start_inner(nodes, replicas, node_args, &[], true).await;
+        let (c, p) =
+            Cluster::start_inner(RedisServer::start(), nodes, replicas, node_args, &[], true).await;
         (c, p.expect("proxy"))
     }
 
     async fn start_inner(
+        redis: RedisServer,
         nodes: usize,
         replicas: usize,
         node_args: &[&str],
@@ -217,7 +238,6 @@ impl Cluster {
         proxied: bool,
     ) -> (Cluster, Option<proxy::Proxy>) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let redis = RedisServer::start();
         let proxy = if proxied {
             Some(proxy::Proxy::start(redis.port()).await)
         } else {

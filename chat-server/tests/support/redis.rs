@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use chat_wire::redis_acl::{ADMIN_USER, RedisRole, server_args};
 
 use super::free_port;
+use super::tls::TlsFiles;
 
 /// The test broker's admin password.
 const ADMIN_PASSWORD: &str = "admin-password";
@@ -36,32 +37,78 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Set: the server listens only with TLS (`--tls-port`), clients need `rediss://` and the CA.
+    tls: Option<TlsFiles>,
 }
 
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None)
+    }
+
+    /// Starts a server that accepts only TLS connections, with a certificate for `127.0.0.1`
+    /// signed by a new CA ([`RedisServer::ca_file`]); clients are not asked for certificates
+    /// (they authenticate as ACL users, as with the operator's `spec.broker.tls`).
+    pub fn start_tls() -> RedisServer {
+        RedisServer::start_with(Some(TlsFiles::generate()))
+    }
+
+    fn start_with(tls: Option<TlsFiles>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         let mut server = RedisServer {
             port: free_port(),
             dir,
             child: None,
+            tls,
         };
         server.spawn();
         server
     }
 
+    /// The CA file that signs a TLS server's certificate (`--redis-ca-file`).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(TlsFiles::ca)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        }
+    }
+
     /// The admin's URL (every command): for the test's assertions and fault injection.
     pub fn url(&self) -> String {
         format!(
-            "redis://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{}",
+            "{}://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{}",
+            self.scheme(),
             self.port
         )
     }
 
     /// The URL `role` connects with (its ACL user).
     pub fn url_as(&self, role: RedisRole) -> String {
-        role_url(self.port, role)
+        let url = role_url(self.port, role);
+        match self.tls {
+            Some(_) => url.replacen("redis://", "rediss://", 1),
+            None => url,
+        }
+    }
+
+    /// A client with the admin's URL (and the CA for TLS).
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match self.ca_file() {
+            None => redis::Client::open(self.url()),
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca).expect("read ca.crt")),
+                },
+            ),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -73,8 +120,33 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let listen: Vec<String> = match &self.tls {
+            None => vec!["--port".into(), port],
+            Some(tls) => [
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-auth-clients",
+                "no",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain(
+                [
+                    ("--tls-cert-file", tls.cert()),
+                    ("--tls-key-file", tls.key()),
+                    ("--tls-ca-cert-file", tls.ca()),
+                ]
+                .into_iter()
+                .flat_map(|(flag, path)| [flag.to_owned(), path.display().to_string()]),
+            )
+            .collect(),
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(&listen)
             .arg("--dir")
             .arg(self.dir.path())
             .args([
@@ -93,7 +165,7 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(client) = redis::Client::open(self.url())
+            if let Ok(client) = self.client()
                 && let Ok(mut conn) = client.get_connection()
                 && redis::cmd("PING").query::<String>(&mut conn).is_ok()
             {
@@ -184,7 +256,7 @@ impl RedisServer {
 
     /// A synchronous connection for assertions.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        self.client()
             .and_then(|c| c.get_connection())
             .expect("redis connection")
     }

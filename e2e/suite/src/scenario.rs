@@ -40,6 +40,16 @@ impl Scenario {
     /// Sets up a Running ChatCluster from [`test_spec`] changed by `edit`; an error when no
     /// cluster is configured.
     pub async fn start(prefix: &str, edit: impl FnOnce(&mut ChatClusterSpec)) -> Result<Scenario> {
+        Scenario::start_in(prefix, async |_, _| Ok(()), edit).await
+    }
+
+    /// As [`Scenario::start`], running `prepare(harness, namespace)` in the new namespace before
+    /// the ChatCluster is created (for objects it refers to, such as a TLS Secret).
+    pub async fn start_in(
+        prefix: &str,
+        prepare: impl AsyncFnOnce(&Harness, &str) -> Result<()>,
+        edit: impl FnOnce(&mut ChatClusterSpec),
+    ) -> Result<Scenario> {
         let harness = Harness::from_env().await?;
         let started = Instant::now();
         harness
@@ -47,6 +57,9 @@ impl Scenario {
             .await
             .context("installing the operator")?;
         let namespace = harness.namespace(prefix).await?;
+        prepare(&harness, &namespace.name)
+            .await
+            .context("preparing the namespace")?;
         let mut spec = test_spec(&harness);
         edit(&mut spec);
         let ready = format!("{0}/{0}", spec.replicas);

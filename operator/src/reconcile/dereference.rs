@@ -29,8 +29,9 @@ use crate::probe;
 use chat_wire::redis_acl::RedisRole;
 use chat_wire::{NodeStatus, ReplicaStatus};
 
-/// Facts from the cluster the pure build step depends on.
-#[derive(Clone, Debug, PartialEq)]
+/// Facts from the cluster the pure build step depends on. Its `Debug` leaves out every secret
+/// (passwords, key, token), so a `?facts` in a log line cannot leak one.
+#[derive(Clone, PartialEq)]
 pub struct Facts {
     /// The Redis passwords: each the existing Secret's, or a new random one.
     pub passwords: BrokerPasswords,
@@ -45,8 +46,21 @@ pub struct Facts {
     pub internal_token: String,
 }
 
-/// The broker Secret's passwords, one per Redis ACL user (`chat_wire::redis_acl`).
-#[derive(Clone, Debug, PartialEq)]
+impl std::fmt::Debug for Facts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Facts")
+            .field("passwords", &"***")
+            .field("broker_claim_size", &self.broker_claim_size)
+            .field("log_claim_size", &self.log_claim_size)
+            .field("auth_key", &self.auth_key.as_ref().map(|_| "***"))
+            .field("internal_token", &"***")
+            .finish()
+    }
+}
+
+/// The broker Secret's passwords, one per Redis ACL user (`chat_wire::redis_acl`). No `Debug`
+/// (see [`Facts`]).
+#[derive(Clone, PartialEq)]
 pub struct BrokerPasswords {
     /// The `admin` user's (key `password`).
     pub admin: String,
@@ -419,6 +433,11 @@ mod tests {
         // Nothing exists: a new key (64) and token (32).
         let f = facts(&token_mode, &observed(None, None));
         assert_eq!(f.passwords.admin, "kept-password");
+        let shown = format!("{f:?}");
+        assert!(
+            !shown.contains("kept-password") && !shown.contains(&f.internal_token),
+            "{shown}"
+        );
         // A Secret from before the ACL users gets their passwords added, the admin's kept.
         assert_eq!(f.passwords.chat_server.len(), 32);
         assert_eq!(f.passwords.replication_log.len(), 32);

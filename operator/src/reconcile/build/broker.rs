@@ -14,12 +14,14 @@ use chat_wire::redis_acl::{ADMIN_USER, RedisRole, server_args};
 
 use super::Parent;
 use super::pod::{
-    container_port, container_security_context, data_claim_template, exec_probe, hardened_pod,
-    mount, resources, secret_password_env, strings, tcp_probe,
+    BROKER_TLS_DIR, BROKER_TLS_VOLUME, container_port, container_security_context,
+    data_claim_template, exec_probe, hardened_pod, mount, read_only_mount, resources,
+    secret_password_env, secret_volume_keys, strings, tcp_probe,
 };
 use crate::crd::settings::BROKER_MEMORY_LIMIT;
 use crate::names::{
-    Component, DATA_VOLUME, PASSWORD_KEY, REDIS_PORT, broker_role_password_env, role_password_key,
+    Component, DATA_VOLUME, PASSWORD_KEY, REDIS_PORT, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY,
+    broker_role_password_env, role_password_key,
 };
 
 /// The broker StatefulSet. `claim_size` is the size the existing StatefulSet was created with
@@ -44,7 +46,7 @@ pub fn stateful_set(parent: &Parent<'_>, claim_size: Option<&str>) -> StatefulSe
                 Component::Broker,
                 &parent.cluster.spec.broker.pod,
                 resources(BROKER_MEMORY_LIMIT),
-                hardened_pod(redis(parent)),
+                broker_pod(parent),
             ),
             volume_claim_templates: Some(vec![data_claim_template(
                 size,
@@ -54,6 +56,61 @@ pub fn stateful_set(parent: &Parent<'_>, claim_size: Option<&str>) -> StatefulSe
         }),
         ..StatefulSet::default()
     }
+}
+
+/// The broker's pod: the Redis container and, with `spec.broker.tls`, the TLS Secret's
+/// certificate, key and CA as a volume.
+fn broker_pod(parent: &Parent<'_>) -> k8s_openapi::api::core::v1::PodSpec {
+    let mut pod = hardened_pod(redis(parent));
+    if let Some(tls) = &parent.cluster.spec.broker.tls {
+        pod.volumes = Some(vec![secret_volume_keys(
+            BROKER_TLS_VOLUME,
+            &tls.secret_name,
+            &[TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY],
+        )]);
+    }
+    pod
+}
+
+/// Where Redis listens: `--port 6379`, or with TLS `--port 0 --tls-port 6379` and the
+/// certificate, key and CA from the mounted Secret, clients not asked for certificates
+/// (`--tls-auth-clients no`: they authenticate as ACL users).
+fn listen_args(tls: bool, port: &str) -> Vec<String> {
+    if !tls {
+        return strings(["--port", port]).unwrap_or_default();
+    }
+    let file = |key: &str| format!("{BROKER_TLS_DIR}/{key}");
+    [
+        "--port".to_owned(),
+        "0".to_owned(),
+        "--tls-port".to_owned(),
+        port.to_owned(),
+        "--tls-cert-file".to_owned(),
+        file(TLS_CERT_KEY),
+        "--tls-key-file".to_owned(),
+        file(TLS_KEY_KEY),
+        "--tls-ca-cert-file".to_owned(),
+        file(TLS_CA_KEY),
+        "--tls-auth-clients".to_owned(),
+        "no".to_owned(),
+    ]
+    .to_vec()
+}
+
+/// The readiness probe: `redis-cli` as `admin` (password from `REDISCLI_AUTH`), over TLS with the
+/// Secret's CA when the broker has TLS. Ready only on PONG: while Redis loads its AOF it answers
+/// `-LOADING`, and `redis-cli -e` exits non-zero on an error reply (the image needs no shell).
+fn probe_command(tls: bool, port: &str) -> Option<Vec<String>> {
+    let mut command = vec!["redis-cli".to_owned()];
+    if tls {
+        command.extend([
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            format!("{BROKER_TLS_DIR}/{TLS_CA_KEY}"),
+        ]);
+    }
+    command.extend(strings(["--user", ADMIN_USER, "-e", "-p", port, "ping"]).unwrap_or_default());
+    Some(command)
 }
 
 /// Redis' `maxmemory` for a container memory limit of `limit_bytes`: 75 % of it. The other 25 %
@@ -78,8 +135,6 @@ fn redis(parent: &Parent<'_>) -> Container {
         broker.append_fsync.as_str(),
         "--dir",
         "/data",
-        "--port",
-        &port,
         "--save",
         "",
         "--maxmemory-policy",
@@ -91,6 +146,7 @@ fn redis(parent: &Parent<'_>) -> Container {
     if let Some(limit) = limit {
         args.extend(["--maxmemory".to_owned(), maxmemory(limit).to_string()]);
     }
+    args.extend(listen_args(broker.tls.is_some(), &port));
     args.extend(server_args("$(REDIS_PASSWORD)", |role| {
         format!("$({})", broker_role_password_env(role))
     }));
@@ -106,6 +162,10 @@ fn redis(parent: &Parent<'_>) -> Container {
             role_password_key(role),
         )
     }));
+    let mut mounts = vec![mount(DATA_VOLUME, "/data")];
+    if broker.tls.is_some() {
+        mounts.push(read_only_mount(BROKER_TLS_VOLUME, BROKER_TLS_DIR));
+    }
     Container {
         name: "redis-server".into(),
         image: Some(broker.image.clone()),
@@ -114,16 +174,11 @@ fn redis(parent: &Parent<'_>) -> Container {
         args: Some(args),
         env: Some(env),
         ports: Some(vec![container_port("redis", REDIS_PORT)]),
-        // Ready only on PONG: while Redis loads its AOF it answers `-LOADING`, and `redis-cli -e`
-        // exits non-zero on an error reply (the image needs no shell). Liveness stays a TCP
-        // check, so a long load is never killed as dead.
-        readiness_probe: Some(exec_probe(
-            strings(["redis-cli", "--user", ADMIN_USER, "-e", "-p", &port, "ping"]),
-            5,
-        )),
+        // Liveness stays a TCP check, so a long AOF load is never killed as dead.
+        readiness_probe: Some(exec_probe(probe_command(broker.tls.is_some(), &port), 5)),
         liveness_probe: Some(tcp_probe("redis", 10, Some(6))),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![mount(DATA_VOLUME, "/data")]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     }
 }

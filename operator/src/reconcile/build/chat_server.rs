@@ -10,9 +10,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Parent;
 use super::pod::{
-    container_port, container_security_context, env, field_env, hardened_pod, http_probes,
-    internal_token, password_env, read_only_mount, redis_url_env, resources, secret_volume,
-    strings, tmp_mount, tmp_volume,
+    broker_ca, container_port, container_security_context, env, field_env, hardened_pod,
+    http_probes, internal_token, password_env, read_only_mount, redis_url_env, resources,
+    secret_volume, strings, tmp_mount, tmp_volume,
 };
 use crate::crd::settings::CHAT_SERVER_MEMORY_LIMIT;
 use crate::crd::{AuthMode, CAUGHT_UP_CONDITION};
@@ -38,6 +38,11 @@ pub fn deployment(parent: &Parent<'_>) -> Deployment {
     if let Some((volume, mount)) = auth_volume {
         mounts.push(mount);
         volumes.push(volume);
+    }
+    if let Some((volume, mount, var)) = broker_ca(parent.cluster.spec.broker.tls.as_ref()) {
+        mounts.push(mount);
+        volumes.push(volume);
+        container.env.get_or_insert_default().push(var);
     }
     let mut pod = hardened_pod(container);
     pod.readiness_gates = Some(vec![PodReadinessGate {
@@ -112,11 +117,12 @@ fn auth(parent: &Parent<'_>) -> (Vec<EnvVar>, Option<(Volume, VolumeMount)>) {
 fn chat_server(parent: &Parent<'_>) -> Container {
     let spec = &parent.cluster.spec;
     let names = &parent.names;
+    let tls = parent.cluster.spec.broker.tls.is_some();
     let (readiness, liveness) = http_probes();
     let mut env_vars = vec![
         env("CHAT_LISTEN", format!("0.0.0.0:{CHAT_PORT}")),
         password_env(names, RedisRole::ChatServer),
-        redis_url_env(names, RedisRole::ChatServer),
+        redis_url_env(names, RedisRole::ChatServer, tls),
         env(
             "REPLICATION_LOG_URL",
             format!(

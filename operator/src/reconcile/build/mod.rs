@@ -441,6 +441,89 @@ mod tests {
         }
     }
 
+    /// `spec.broker.tls`: Redis listens only with TLS on 6379 (certificate, key and CA from the
+    /// Secret, mounted only into the broker), the probe speaks TLS, and the data-plane pods get
+    /// `ca.crt` alone, `REDIS_CA_FILE` and a `rediss://` URL.
+    #[test]
+    fn broker_tls_reaches_redis_the_probe_and_the_data_plane() {
+        let mut cluster = ChatCluster::test();
+        cluster.spec.broker.tls = Some(crate::crd::BrokerTls {
+            secret_name: "certs".into(),
+        });
+        let c = children_of(&cluster);
+        let broker = c.broker.spec.and_then(|s| s.template.spec).expect("pod");
+        let redis = &broker.containers[0];
+        let args = redis.args.clone().unwrap_or_default();
+        let dir = "/etc/chat-cluster/redis-tls";
+        for pair in [
+            ["--port", "0"],
+            ["--tls-port", "6379"],
+            ["--tls-cert-file", &format!("{dir}/tls.crt")],
+            ["--tls-key-file", &format!("{dir}/tls.key")],
+            ["--tls-ca-cert-file", &format!("{dir}/ca.crt")],
+            ["--tls-auth-clients", "no"],
+        ] {
+            assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+        }
+        assert!(!args.windows(2).any(|w| w == ["--port", "6379"]));
+        let probe = json!(redis.readiness_probe)["exec"]["command"].clone();
+        assert_eq!(
+            probe,
+            json!([
+                "redis-cli",
+                "--tls",
+                "--cacert",
+                format!("{dir}/ca.crt"),
+                "--user",
+                "admin",
+                "-e",
+                "-p",
+                "6379",
+                "ping"
+            ])
+        );
+        let volumes = json!(broker.volumes);
+        assert_eq!(volumes[0]["secret"]["secretName"], "certs");
+        assert_eq!(
+            volumes[0]["secret"]["items"].as_array().map(Vec::len),
+            Some(3)
+        );
+        for spec in [
+            c.chat_server.spec.and_then(|s| s.template.spec),
+            c.log.spec.and_then(|s| s.template.spec),
+        ] {
+            let pod = spec.expect("pod");
+            let container = json!(pod.containers[0]);
+            let env = container["env"].as_array().cloned().unwrap_or_default();
+            let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
+            assert_eq!(
+                var("REDIS_CA_FILE").expect("REDIS_CA_FILE")["value"],
+                format!("{dir}/ca.crt")
+            );
+            let url = var("REDIS_URL").expect("REDIS_URL")["value"].clone();
+            assert!(
+                url.as_str().is_some_and(|u| u.starts_with("rediss://")),
+                "{url}"
+            );
+            let volumes = json!(pod.volumes);
+            let tls = volumes
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["name"] == "redis-tls"))
+                .cloned()
+                .expect("redis-tls volume");
+            // The CA only: the broker's private key never reaches a data-plane pod.
+            assert_eq!(
+                tls["secret"]["items"],
+                json!([{"key": "ca.crt", "path": "ca.crt"}])
+            );
+        }
+        // Without TLS: none of it.
+        let plain = children_of(&ChatCluster::test());
+        let chat = json!(plain.chat_server);
+        assert!(!chat.to_string().contains("REDIS_CA_FILE"));
+        assert!(!json!(plain.broker).to_string().contains("--tls-port"));
+    }
+
     #[test]
     fn redis_password_env_precedes_redis_url() {
         let c = children_of(&ChatCluster::test());
@@ -949,12 +1032,14 @@ mod tests {
                 .unwrap_or_default();
             let mut names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
             names.sort_unstable();
-            // Set only when the spec asks (spec.auth), so absent from this default build.
+            // Set only when the spec asks (spec.auth, spec.broker.tls), so absent from this
+            // default build.
             let conditional = [
                 "ALLOWED_ORIGINS",
                 "AUTH_AUDIENCE",
                 "AUTH_ISSUER",
                 "AUTH_NAME_CLAIM",
+                "REDIS_CA_FILE",
             ];
             let mut want: Vec<&str> = reserved
                 .iter()

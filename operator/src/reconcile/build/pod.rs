@@ -19,8 +19,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::crd::PodSettings;
-use crate::names::{DATA_VOLUME, INTERNAL_TOKEN_KEY, Names, REDIS_PORT, role_password_key};
+use crate::crd::{BrokerTls, PodSettings};
+use crate::names::{
+    DATA_VOLUME, INTERNAL_TOKEN_KEY, Names, REDIS_PORT, TLS_CA_KEY, role_password_key,
+};
 
 /// UID/GID every data-plane container runs as.
 pub const RUN_AS: i64 = 65532;
@@ -206,18 +208,37 @@ pub fn secret_password_env(name: &str, names: &Names, key: &str) -> EnvVar {
     }
 }
 
-/// `REDIS_URL` of `role`: its ACL user and `$(REDIS_PASSWORD)`. Must come after
-/// [`password_env`] in the env list so `$(REDIS_PASSWORD)` expands (Kubernetes expands only
-/// variables defined earlier in the list).
-pub fn redis_url_env(names: &Names, role: RedisRole) -> EnvVar {
+/// `REDIS_URL` of `role`: its ACL user and `$(REDIS_PASSWORD)`, `rediss://` with
+/// `spec.broker.tls`. Must come after [`password_env`] in the env list so `$(REDIS_PASSWORD)`
+/// expands (Kubernetes expands only variables defined earlier in the list).
+pub fn redis_url_env(names: &Names, role: RedisRole, tls: bool) -> EnvVar {
+    let scheme = if tls { "rediss" } else { "redis" };
     env(
         "REDIS_URL",
         format!(
-            "redis://{}:$(REDIS_PASSWORD)@{}:{REDIS_PORT}",
+            "{scheme}://{}:$(REDIS_PASSWORD)@{}:{REDIS_PORT}",
             role.username(),
             names.broker
         ),
     )
+}
+
+/// Where the broker TLS Secret is mounted: all three files in the broker pod, `ca.crt` alone in
+/// the data-plane pods.
+pub const BROKER_TLS_DIR: &str = "/etc/chat-cluster/redis-tls";
+/// The volume of [`BROKER_TLS_DIR`].
+pub const BROKER_TLS_VOLUME: &str = "redis-tls";
+
+/// For a chat-server or replication-log container under `spec.broker.tls`: the volume holding
+/// only `ca.crt` of the TLS Secret (never the broker's key), its read-only mount and
+/// `REDIS_CA_FILE`. None without TLS.
+pub fn broker_ca(tls: Option<&BrokerTls>) -> Option<(Volume, VolumeMount, EnvVar)> {
+    let tls = tls?;
+    Some((
+        secret_volume(BROKER_TLS_VOLUME, &tls.secret_name, TLS_CA_KEY),
+        read_only_mount(BROKER_TLS_VOLUME, BROKER_TLS_DIR),
+        env("REDIS_CA_FILE", format!("{BROKER_TLS_DIR}/{TLS_CA_KEY}")),
+    ))
 }
 
 /// Name of the volume holding the internal token.
@@ -228,15 +249,24 @@ const INTERNAL_DIR: &str = "/etc/chat-internal";
 /// A volume of the single `key` of Secret `secret`, readable by the data-plane user only
 /// (mode 0400; the pod's fsGroup owns it).
 pub fn secret_volume(volume: &str, secret: &str, key: &str) -> Volume {
+    secret_volume_keys(volume, secret, &[key])
+}
+
+/// As [`secret_volume`], with the files `keys` (each at its own name).
+pub fn secret_volume_keys(volume: &str, secret: &str, keys: &[&str]) -> Volume {
     Volume {
         name: volume.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.into()),
-            items: Some(vec![KeyToPath {
-                key: key.into(),
-                path: key.into(),
-                ..KeyToPath::default()
-            }]),
+            items: Some(
+                keys.iter()
+                    .map(|key| KeyToPath {
+                        key: (*key).into(),
+                        path: (*key).into(),
+                        ..KeyToPath::default()
+                    })
+                    .collect(),
+            ),
             default_mode: Some(0o440),
             ..SecretVolumeSource::default()
         }),

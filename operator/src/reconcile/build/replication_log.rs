@@ -7,9 +7,9 @@ use k8s_openapi::api::core::v1::Container;
 
 use super::Parent;
 use super::pod::{
-    container_port, container_security_context, data_claim_template, env, field_env, hardened_pod,
-    http_probes, internal_token, mount, password_env, redis_url_env, resources, strings, tmp_mount,
-    tmp_volume,
+    broker_ca, container_port, container_security_context, data_claim_template, env, field_env,
+    hardened_pod, http_probes, internal_token, mount, password_env, redis_url_env, resources,
+    strings, tmp_mount, tmp_volume,
 };
 use crate::crd::settings::LOG_MEMORY_LIMIT;
 use crate::names::{Component, DATA_VOLUME, LOG_PORT};
@@ -27,8 +27,14 @@ pub fn stateful_set(parent: &Parent<'_>, claim_size: Option<&str>) -> StatefulSe
         .volume_mounts
         .get_or_insert_default()
         .push(internal_mount);
+    let mut volumes = vec![tmp_volume(), internal_volume];
+    if let Some((volume, mount, var)) = broker_ca(parent.cluster.spec.broker.tls.as_ref()) {
+        container.volume_mounts.get_or_insert_default().push(mount);
+        container.env.get_or_insert_default().push(var);
+        volumes.push(volume);
+    }
     let mut pod = hardened_pod(container);
-    pod.volumes = Some(vec![tmp_volume(), internal_volume]);
+    pod.volumes = Some(volumes);
     StatefulSet {
         metadata: parent.metadata(name, Component::ReplicationLog),
         spec: Some(StatefulSetSpec {
@@ -85,7 +91,11 @@ fn replication_log(parent: &Parent<'_>) -> Container {
         env: Some(vec![
             env("LOG_LISTEN", format!("0.0.0.0:{LOG_PORT}")),
             password_env(&parent.names, RedisRole::ReplicationLog),
-            redis_url_env(&parent.names, RedisRole::ReplicationLog),
+            redis_url_env(
+                &parent.names,
+                RedisRole::ReplicationLog,
+                parent.cluster.spec.broker.tls.is_some(),
+            ),
             env("LOG_DATA_DIR", "/data"),
             field_env("REPLICA_ID", "metadata.name"),
             env("LOG_PEER_URLS", peer_urls(parent)),
