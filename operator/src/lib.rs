@@ -5,19 +5,27 @@
 //!
 //! # Layout
 //!
-//! - [`names`]: child names, labels, selectors, ports, the password key — a leaf module the CRD,
+//! - [`names`]: child names, labels, selectors, ports, the Secret keys — a leaf module the CRD,
 //!   the reconcile steps and the controller share.
 //! - [`crd`]: the `ChatCluster` resource, its schema (defaults, bounds, CEL rules) and the CRD;
 //!   `crd::settings` holds the per-component pod and Service settings and the claim retention,
 //!   `crd::network_policy` the `spec.networkPolicy` block.
 //! - [`quantity`]: Kubernetes quantities read as bytes (pure; a leaf).
-//! - [`reconcile`]: the pipeline validate → dereference → build → apply → gate → status.
+//! - [`reconcile`]: the pipeline validate → dereference → ownership → build → log_rollout →
+//!   apply → gate → status.
 //!   - `reconcile::children`: [`reconcile::children::Children`], the one list of child kinds,
 //!     at each stage (existing, desired, live).
+//!   - `reconcile::validate`: what the schema cannot check (pure).
 //!   - `reconcile::dereference`: every read — children, pods, the data plane's `/status`.
+//!   - `reconcile::health`: pod-level causes (image pull, crash loop, unschedulable, pending
+//!     claim) read from pod status (pure), for the conditions.
+//!   - `reconcile::ownership`: never adopt — a child name held by an object this ChatCluster
+//!     does not control stops the reconcile with `NameConflict` (pure).
 //!   - `reconcile::build`: the pure builder, one module per child kind (`secret`, `service`,
 //!     `broker`, `replication_log`, `chat_server`, `pdb`, `network_policy`; `pod` for shared
 //!     container settings).
+//!   - `reconcile::log_rollout`: the replication-log StatefulSet's partition, one caught-up
+//!     replica at a time, halt or roll back (pure decision).
 //!   - `reconcile::apply`: server-side apply and pruning through one generic applier.
 //!   - `reconcile::gate`, `reconcile::status`: pure decisions with thin patch shells.
 //! - [`probe`]: reading the data plane's `/status` documents (defined in the `chat-wire` crate,

@@ -70,12 +70,36 @@ fn module_of(src: &Path, file: &Path) -> Option<Module> {
     Some(module)
 }
 
-/// The part of a file that is not its `#[cfg(test)]` tail.
-fn production_part(text: &str) -> &str {
-    text.find("\n#[cfg(test)]").map_or(text, |i| &text[..i])
+/// `text` without its `#[cfg(test)]` items: after each such attribute, the next item is left out
+/// — a one-line `mod x;` (or any item ending in `;`), or a block up to its balanced closing
+/// brace — and the scan goes on after it, so production code after a test item is still read.
+fn production_part(text: &str) -> String {
+    let mut out = String::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "#[cfg(test)]" {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let mut depth = 0i64;
+        let mut opened = false;
+        for item in lines.by_ref() {
+            if item.trim_start().starts_with("#[") && !opened {
+                continue;
+            }
+            depth += item.matches('{').count() as i64 - item.matches('}').count() as i64;
+            opened |= item.contains('{');
+            if (opened && depth <= 0) || (!opened && item.trim_end().ends_with(';')) {
+                break;
+            }
+        }
+    }
+    out
 }
 
-/// The top-level `use` items of `text`, each as one string without `use`, visibility and `;`.
+/// The `use` items of `text` (top-level and indented, e.g. inside a function), each as one
+/// string without `use`, visibility and `;`.
 fn use_items(text: &str) -> Vec<String> {
     let mut items = Vec::new();
     let mut current: Option<String> = None;
@@ -84,7 +108,7 @@ fn use_items(text: &str) -> Vec<String> {
             item.push_str(line.trim());
         } else if let Some(rest) = ["use ", "pub use ", "pub(crate) use "]
             .iter()
-            .find_map(|p| line.strip_prefix(p))
+            .find_map(|p| line.trim_start().strip_prefix(p))
         {
             current = Some(rest.trim().to_owned());
         } else {
@@ -211,11 +235,11 @@ fn graph(src: &Path) -> BTreeMap<Module, BTreeSet<Module>> {
     let mut edges: BTreeMap<Module, BTreeSet<Module>> = BTreeMap::new();
     for (module, text) in &sources {
         let text = production_part(text);
-        let items = use_items(text);
+        let items = use_items(&text);
         let paths = items
             .iter()
             .flat_map(|item| expand(item))
-            .chain(qualified_paths(text));
+            .chain(qualified_paths(&text));
         let targets = edges.entry(module.clone()).or_default();
         for path in paths {
             if let Some(target) = resolve(&path, module, &modules)
@@ -341,7 +365,10 @@ fn the_checker_finds_a_planted_cycle() {
         std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
         std::fs::write(file, text).expect("write");
     };
-    write("lib.rs", "pub mod a;\npub mod b;\npub mod c;\n");
+    write(
+        "lib.rs",
+        "pub mod a;\npub mod b;\npub mod c;\npub mod d;\npub mod e;\n",
+    );
     write(
         "a/mod.rs",
         "pub mod inner;\nuse inner::X;\nuse crate::{b::Y, c};\n",
@@ -352,10 +379,22 @@ fn the_checker_finds_a_planted_cycle() {
         "c.rs",
         "\n#[cfg(test)]\nmod tests {\n    use crate::a::Z;\n}\n",
     );
+    // Production code after a one-line test module, and an import inside a function body.
+    write(
+        "d.rs",
+        "#[cfg(test)]\nmod sim;\npub fn h() {\n    use crate::e::W;\n}\n",
+    );
+    write("e.rs", "pub use crate::d::h;\n");
     let edges = graph(src);
     let found = cycles(&edges);
     let module = |p: &str| p.split("::").map(str::to_owned).collect::<Module>();
-    assert_eq!(found, vec![vec![module("crate::a"), module("crate::b")]]);
+    assert_eq!(
+        found,
+        vec![
+            vec![module("crate::a"), module("crate::b")],
+            vec![module("crate::d"), module("crate::e")]
+        ]
+    );
     assert!(edges[&module("crate::c")].is_empty(), "test imports count");
     assert!(
         edges[&module("crate::a::inner")].is_empty(),

@@ -8,6 +8,7 @@
 //! most pods in flight (missing or never ready yet), and pods that were ready while their own
 //! `/status` still said they had not caught up.
 
+use chat_wire::{NodeStatus, ReplicaStatus};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -409,17 +410,24 @@ async fn sample_pods(
     }
 }
 
-/// A sample from a chat-server or log `/status` document.
+/// A sample from a chat-server or log `/status` document, decoded with the data plane's own
+/// types (`chat-wire`): a document that is neither (an unknown phase, a missing counter) is
+/// `None`, counted as a failed sample, never read as a default.
 pub fn parse_status(status: &serde_json::Value, at_ms: i64) -> Option<Sample> {
+    if let Ok(node) = serde_json::from_value::<NodeStatus>(status.clone()) {
+        return Some(Sample {
+            at_ms,
+            phase: node.phase.as_str().to_owned(),
+            position: node.position,
+            lag: node.lag,
+        });
+    }
+    let replica = serde_json::from_value::<ReplicaStatus>(status.clone()).ok()?;
     Some(Sample {
         at_ms,
-        phase: status.get("phase")?.as_str()?.to_owned(),
-        position: status
-            .get("position")
-            .or_else(|| status.get("persisted"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0),
-        lag: status.get("lag").and_then(|v| v.as_u64()).unwrap_or(0),
+        phase: replica.phase.as_str().to_owned(),
+        position: replica.persisted,
+        lag: replica.lag,
     })
 }
 
@@ -519,7 +527,7 @@ mod tests {
 
     #[test]
     fn parses_both_status_documents() {
-        let chat = serde_json::json!({"node_id": "n", "phase": "live", "position": 7, "head": 9, "lag": 2});
+        let chat = serde_json::json!({"node_id": "n", "phase": "live", "position": 7, "head": 9, "lag": 2, "messages": 7, "channels": 1});
         assert_eq!(
             parse_status(&chat, 5),
             Some(Sample {
@@ -529,8 +537,15 @@ mod tests {
                 lag: 2
             })
         );
-        let log = serde_json::json!({"replica_id": "r", "phase": "catching_up", "persisted": 3, "head": 4, "lag": 1});
+        let log = serde_json::json!({"replica_id": "r", "phase": "catching_up", "persisted": 3, "head": 4, "lag": 1, "messages": 3});
         assert_eq!(parse_status(&log, 6).unwrap().position, 3);
         assert_eq!(parse_status(&serde_json::json!({}), 0), None);
+        // An unknown phase or a missing counter is not a sample (never a default).
+        let mut unknown = chat.clone();
+        unknown["phase"] = "resting".into();
+        assert_eq!(parse_status(&unknown, 0), None);
+        let mut partial = log.clone();
+        partial.as_object_mut().map(|o| o.remove("persisted"));
+        assert_eq!(parse_status(&partial, 0), None);
     }
 }

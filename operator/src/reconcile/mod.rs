@@ -3,7 +3,8 @@
 //!
 //! 1. [`validate`] (pure): identity and what the schema cannot check.
 //! 2. [`dereference`] (all the reads): the existing children, the pods, the data plane's `/status`
-//!    documents; keep or create the Redis password.
+//!    documents; keep or create the Redis passwords. [`health`] reads pod-level causes
+//!    (image pull, crash loop, unschedulable, pending claim) from the pods it read (pure).
 //! 3. [`ownership`] (pure): a child name taken by an object this ChatCluster does not control
 //!    stops the reconcile here with `Degraded`/`NameConflict`; nothing is adopted.
 //! 4. [`build`] (pure): every child object, typed, one module per kind.
