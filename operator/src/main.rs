@@ -38,7 +38,7 @@ enum Command {
     Token(TokenArgs),
 }
 
-/// `chat-cluster-operator token` (docs/security.md, "Tokens for users").
+/// `chat-cluster-operator token` (docs/chatcluster.md, "Tokens for users"; docs/security.md).
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("key").required(true).args(["key_file", "chatcluster"])))]
 struct TokenArgs {
