@@ -19,6 +19,8 @@
 //!   - `reconcile::dereference`: every read — children, pods, the data plane's `/status`.
 //!   - `reconcile::health`: pod-level causes (image pull, crash loop, unschedulable, pending
 //!     claim) read from pod status (pure), for the conditions.
+//!   - `reconcile::storage`: claims kept from an earlier ChatCluster of the same name, for the
+//!     `ReusedClaims` condition (pure).
 //!   - `reconcile::ownership`: never adopt — a child name held by an object this ChatCluster
 //!     does not control stops the reconcile with `NameConflict` (pure).
 //!   - `reconcile::build`: the pure builder, one module per child kind (`secret`, `service`,

@@ -19,6 +19,7 @@ use rand::distr::Alphanumeric;
 use super::children::{ChildKind, Children, Existing};
 use super::gate;
 use super::health::{self, PodProblem};
+use super::storage;
 use super::validate::Validated;
 use crate::crd::AuthMode;
 use crate::names::{
@@ -97,6 +98,8 @@ pub struct Observed {
     pub chat_statuses: BTreeMap<String, NodeStatus>,
     /// `/status` of every running replication-log replica that answered, by pod name.
     pub log_statuses: BTreeMap<String, ReplicaStatus>,
+    /// Claims kept from an earlier ChatCluster of the same name ([`storage::retained_claims`]).
+    pub retained_claims: Vec<String>,
 }
 
 /// Errors reading the cluster.
@@ -130,6 +133,7 @@ pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, D
         .cloned()
         .collect();
     let problems = health::problems(&all_pods, &claims);
+    let retained_claims = storage::retained_claims(cluster.created, &claims);
     // The pods were started with the existing internal token (none yet: nothing to send).
     let token = secret_value(children.internal_secret.as_ref(), INTERNAL_TOKEN_KEY);
     let token = token.as_deref();
@@ -144,6 +148,7 @@ pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, D
         problems,
         chat_statuses,
         log_statuses,
+        retained_claims,
     })
 }
 
@@ -424,6 +429,7 @@ mod tests {
             problems: vec![],
             chat_statuses: BTreeMap::new(),
             log_statuses: BTreeMap::new(),
+            retained_claims: vec![],
         }
     }
 

@@ -4,7 +4,8 @@
 //! 1. [`validate`] (pure): identity and what the schema cannot check.
 //! 2. [`dereference`] (all the reads): the existing children, the pods, the data plane's `/status`
 //!    documents; keep or create the Redis passwords. [`health`] reads pod-level causes
-//!    (image pull, crash loop, unschedulable, pending claim) from the pods it read (pure).
+//!    (image pull, crash loop, unschedulable, pending claim) from the pods it read, and
+//!    [`storage`] the claims kept from an earlier ChatCluster of the same name (both pure).
 //! 3. [`ownership`] (pure): a child name taken by an object this ChatCluster does not control
 //!    stops the reconcile here with `Degraded`/`NameConflict`; nothing is adopted.
 //! 4. [`build`] (pure): every child object, typed, one module per kind.
@@ -28,6 +29,7 @@ pub mod health;
 pub mod log_rollout;
 pub mod ownership;
 pub mod status;
+pub mod storage;
 pub mod validate;
 
 use std::sync::Arc;
@@ -227,6 +229,7 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         gate: &gated,
         log_rollout: &log_rollout,
         problems: &observed.problems,
+        retained_claims: &observed.retained_claims,
         now: Timestamp::now(),
     });
     write_status(ctx, &cluster, &next, &observed.problems).await?;
@@ -317,7 +320,9 @@ async fn publish_changes(ctx: &Context, cluster: &ChatCluster, changes: &[apply:
 /// Patches the status when it changed; whenever the Degraded condition becomes True or changes
 /// its reason or message while True ([`status::degraded_change`]), records one warning Event
 /// with that reason and message, related to the stuck pod it names (if any), so each cause is
-/// its own Event and a repeat of the same one is counted by the recorder's series.
+/// its own Event and a repeat of the same one is counted by the recorder's series. When the
+/// `ReusedClaims` condition becomes True ([`status::reused_claims_change`]), one Normal Event
+/// `RetainedClaims` names the claims.
 async fn write_status(
     ctx: &Context,
     cluster: &ChatCluster,
@@ -339,6 +344,16 @@ async fn write_status(
             note: Some(degraded.message.clone()),
             action: "Observe".into(),
             secondary: related,
+        };
+        publish_event(ctx, cluster, &event).await;
+    }
+    if let Some(reused) = status::reused_claims_change(cluster.status.as_ref(), next) {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reused.reason.clone(),
+            note: Some(reused.message.clone()),
+            action: "Observe".into(),
+            secondary: None,
         };
         publish_event(ctx, cluster, &event).await;
     }

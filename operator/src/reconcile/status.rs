@@ -27,6 +27,9 @@ pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: something needs a human.
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: the StatefulSets run on claims kept from an earlier ChatCluster of the same
+/// name (`spec.storage.claimRetention: Retain`), so the old history and broker data came back.
+pub const REUSED_CLAIMS: &str = "ReusedClaims";
 
 /// Errors of the status step.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,8 @@ pub struct Inputs<'a> {
     pub log_rollout: &'a log_rollout::Outcome,
     /// Child pods that are not progressing (from the dereference step), first one first.
     pub problems: &'a [PodProblem],
+    /// Claims kept from an earlier ChatCluster of the same name (from the dereference step).
+    pub retained_claims: &'a [String],
     /// The time, for new transitions.
     pub now: Timestamp,
 }
@@ -405,6 +410,8 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
             now,
         ),
     ];
+    let mut next = next;
+    next.push(reused_claims(inputs.retained_claims, v, generation, now));
     let previous_conditions = inputs.previous.map_or(&[][..], |p| p.conditions.as_slice());
     let (head, persisted) = positions(inputs.logs, inputs.previous);
 
@@ -422,6 +429,61 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
         persisted,
         conditions: merge_conditions(previous_conditions, next),
     }
+}
+
+/// The `ReusedClaims` condition: True (reason `RetainedClaims`) naming the claims kept from an
+/// earlier ChatCluster of the same name, False (`NewClaims`) when none predates this one.
+fn reused_claims(
+    retained: &[String],
+    cluster: &Validated,
+    generation: i64,
+    now: Timestamp,
+) -> Condition {
+    if retained.is_empty() {
+        return condition(
+            REUSED_CLAIMS,
+            false,
+            "NewClaims",
+            "no PersistentVolumeClaim predates this ChatCluster".to_owned(),
+            generation,
+            now,
+        );
+    }
+    condition(
+        REUSED_CLAIMS,
+        true,
+        "RetainedClaims",
+        format!(
+            "{} kept from an earlier ChatCluster named {} (created before this one): the broker \
+             and the replication log run on their data, so the earlier history is back. For an \
+             empty cluster, delete this ChatCluster, then these claims, then create it again \
+             (docs/operations.md, Storage)",
+            retained.join(", "),
+            cluster.name
+        ),
+        generation,
+        now,
+    )
+}
+
+/// The `ReusedClaims` condition of `next` when it just became True (or its message changed
+/// while True): worth one Event. None otherwise.
+pub fn reused_claims_change<'a>(
+    previous: Option<&ChatClusterStatus>,
+    next: &'a ChatClusterStatus,
+) -> Option<&'a Condition> {
+    let true_in = |s: &'a ChatClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == REUSED_CLAIMS && c.status == "True")
+    };
+    let now = true_in(next)?;
+    let before = previous.and_then(|p| {
+        p.conditions
+            .iter()
+            .find(|c| c.type_ == REUSED_CLAIMS && c.status == "True")
+    });
+    (before.map(|b| &b.message) != Some(&now.message)).then_some(now)
 }
 
 /// The Degraded condition of `next` when it is worth an Event: True, and either it was not True
@@ -520,6 +582,55 @@ mod tests {
     use crate::reconcile::build::build;
     use crate::reconcile::dereference::{BrokerPasswords, Facts};
     use crate::reconcile::validate::validate;
+
+    /// `ReusedClaims` names the kept claims, and an Event is due only when it turns True or its
+    /// list changes while True.
+    #[test]
+    fn reused_claims_condition_and_its_event() {
+        let cluster = validate(&ChatCluster::test()).expect("valid");
+        let now = Timestamp::now();
+        let status_with = |retained: &[String]| ChatClusterStatus {
+            conditions: vec![reused_claims(retained, &cluster, 1, now)],
+            ..ChatClusterStatus::default()
+        };
+        let none = status_with(&[]);
+        let two = vec![
+            "data-demo-broker-0".to_owned(),
+            "data-demo-log-0".to_owned(),
+        ];
+        let kept = status_with(&two);
+        let c = &kept.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str()),
+            (REUSED_CLAIMS, "True")
+        );
+        assert_eq!(c.reason, "RetainedClaims");
+        assert!(
+            c.message.starts_with(
+                "data-demo-broker-0, data-demo-log-0 kept from an earlier ChatCluster named demo"
+            ),
+            "{}",
+            c.message
+        );
+        assert_eq!(none.conditions[0].status, "False");
+        assert_eq!(none.conditions[0].reason, "NewClaims");
+        let more = status_with(&["data-demo-broker-0".to_owned()]);
+        // (previous, next, event due)
+        for (previous, next, due) in [
+            (None, &kept, true),
+            (Some(&none), &kept, true),
+            (Some(&kept), &kept, false),
+            (Some(&kept), &more, true),
+            (Some(&kept), &none, false),
+            (None, &none, false),
+        ] {
+            assert_eq!(
+                reused_claims_change(previous, next).is_some(),
+                due,
+                "{previous:?} -> {next:?}"
+            );
+        }
+    }
 
     fn set(replicas: i32, ready: i32) -> StatefulSet {
         serde_json::from_value(json!({
@@ -629,6 +740,7 @@ mod tests {
             gate,
             log_rollout,
             problems,
+            retained_claims: &[],
             now: Timestamp::now(),
         })
     }

@@ -30,6 +30,8 @@ pub struct Validated {
     pub spec: ChatClusterSpec,
     /// `spec.rollout.catchUpTimeout`, parsed.
     pub catch_up_timeout: Duration,
+    /// metadata.creationTimestamp (None for an object not read from the API server).
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// Why a ChatCluster cannot be reconciled; each becomes the Degraded condition's message.
@@ -131,6 +133,7 @@ pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
         owner_ref,
         spec: cluster.spec.clone(),
         catch_up_timeout,
+        created: cluster.creation_timestamp().map(|t| t.0),
     })
 }
 
