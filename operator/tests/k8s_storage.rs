@@ -2,7 +2,9 @@
 //! ChatCluster of the same name (`claimRetention: Retain`, the default) says so. A claim
 //! `data-keep-broker-0` that predates the ChatCluster `keep` makes its `ReusedClaims` condition
 //! True (reason `RetainedClaims`, naming the claim) and records one `RetainedClaims` Event; a
-//! ChatCluster with no such claim reports `ReusedClaims=False` (`NewClaims`).
+//! ChatCluster with no such claim reports `ReusedClaims=False` (`NewClaims`). A storage size far
+//! above any disk (`900Pi`) is applied as written but raises `StorageSizeWarning=True`
+//! (`AboveBound`, naming the field) and one Warning Event.
 
 mod common;
 
@@ -16,17 +18,39 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 
-/// The `ReusedClaims` condition of `name` once the operator has written one.
-async fn reused_claims(clusters: &Api<ChatCluster>, name: &str) -> Condition {
+/// The condition `type_` of `name` once the operator has written one.
+async fn condition(clusters: &Api<ChatCluster>, name: &str, type_: &str) -> Condition {
     wait_for(
-        &format!("{name} has a ReusedClaims condition"),
+        &format!("{name} has a {type_} condition"),
         Duration::from_secs(30),
         || async {
             let status = clusters.get(name).await.ok()?.status?;
-            status
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "ReusedClaims")
+            status.conditions.into_iter().find(|c| c.type_ == type_)
+        },
+    )
+    .await
+}
+
+/// The Events of `ns` with `reason`, as `regarding-name note` lines, once one names `needle`.
+async fn events(kc: &std::path::Path, ns: &str, reason: &str, needle: &str) -> String {
+    wait_for(
+        &format!("a {reason} Event"),
+        Duration::from_secs(20),
+        || async {
+            let (ok, out, _) = kubectl(
+                kc,
+                &[
+                    "get",
+                    "events.events.k8s.io",
+                    "-n",
+                    ns,
+                    "--field-selector",
+                    &format!("reason={reason}"),
+                    "-o",
+                    "jsonpath={range .items[*]}{.regarding.name} {.note}{\"\\n\"}{end}",
+                ],
+            );
+            (ok && out.contains(needle)).then_some(out)
         },
     )
     .await
@@ -73,43 +97,50 @@ async fn a_chatcluster_over_retained_claims_says_so() {
             .expect("chatcluster");
     }
 
-    let condition = reused_claims(&clusters, "keep").await;
-    assert_eq!(condition.status, "True", "{condition:?}");
-    assert_eq!(condition.reason, "RetainedClaims");
+    clusters
+        .create(
+            &PostParams::default(),
+            &cluster(
+                "huge",
+                &ns.name,
+                json!({"replicas": 1, "broker": {"storage": {"size": "900Pi"}}}),
+            ),
+        )
+        .await
+        .expect("a 900Pi ChatCluster is accepted");
+
+    let kept = condition(&clusters, "keep", "ReusedClaims").await;
+    assert_eq!(kept.status, "True", "{kept:?}");
+    assert_eq!(kept.reason, "RetainedClaims");
     assert!(
-        condition
-            .message
+        kept.message
             .starts_with("data-keep-broker-0 kept from an earlier ChatCluster named keep"),
         "{}",
-        condition.message
+        kept.message
     );
-    let fresh = reused_claims(&clusters, "fresh").await;
+    let fresh = condition(&clusters, "fresh", "ReusedClaims").await;
     assert_eq!(
         (fresh.status.as_str(), fresh.reason.as_str()),
         ("False", "NewClaims")
     );
+    let found = events(&kc, &ns.name, "RetainedClaims", "data-keep-broker-0").await;
+    assert_eq!(found.lines().count(), 1, "one Event: {found}");
+    assert!(found.starts_with("keep "), "{found}");
 
-    let events = wait_for(
-        "a RetainedClaims Event",
-        Duration::from_secs(20),
-        || async {
-            let (ok, out, _) = kubectl(
-                &kc,
-                &[
-                    "get",
-                    "events.events.k8s.io",
-                    "-n",
-                    &ns.name,
-                    "--field-selector",
-                    "reason=RetainedClaims",
-                    "-o",
-                    "jsonpath={range .items[*]}{.regarding.name} {.note}{\"\\n\"}{end}",
-                ],
-            );
-            (ok && out.contains("data-keep-broker-0")).then_some(out)
-        },
-    )
-    .await;
-    assert_eq!(events.lines().count(), 1, "one Event: {events}");
-    assert!(events.starts_with("keep "), "{events}");
+    let huge = condition(&clusters, "huge", "StorageSizeWarning").await;
+    assert_eq!(
+        (huge.status.as_str(), huge.reason.as_str()),
+        ("True", "AboveBound")
+    );
+    assert!(
+        huge.message
+            .starts_with("spec.broker.storage.size 900Pi above 64Ti"),
+        "{}",
+        huge.message
+    );
+    let normal = condition(&clusters, "fresh", "StorageSizeWarning").await;
+    assert_eq!(normal.status, "False", "{normal:?}");
+    let found = events(&kc, &ns.name, "AboveBound", "900Pi").await;
+    assert_eq!(found.lines().count(), 1, "one Event: {found}");
+    assert!(found.starts_with("huge "), "{found}");
 }

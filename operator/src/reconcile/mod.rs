@@ -321,8 +321,9 @@ async fn publish_changes(ctx: &Context, cluster: &ChatCluster, changes: &[apply:
 /// its reason or message while True ([`status::degraded_change`]), records one warning Event
 /// with that reason and message, related to the stuck pod it names (if any), so each cause is
 /// its own Event and a repeat of the same one is counted by the recorder's series. When the
-/// `ReusedClaims` condition becomes True ([`status::reused_claims_change`]), one Normal Event
-/// `RetainedClaims` names the claims.
+/// `ReusedClaims` condition becomes True ([`status::turned_true`]), one Normal Event
+/// `RetainedClaims` names the claims; when `StorageSizeWarning` does, one Warning Event
+/// `AboveBound` names the sizes.
 async fn write_status(
     ctx: &Context,
     cluster: &ChatCluster,
@@ -347,15 +348,20 @@ async fn write_status(
         };
         publish_event(ctx, cluster, &event).await;
     }
-    if let Some(reused) = status::reused_claims_change(cluster.status.as_ref(), next) {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: reused.reason.clone(),
-            note: Some(reused.message.clone()),
-            action: "Observe".into(),
-            secondary: None,
-        };
-        publish_event(ctx, cluster, &event).await;
+    for (type_, event_type) in [
+        (status::REUSED_CLAIMS, EventType::Normal),
+        (status::STORAGE_SIZE_WARNING, EventType::Warning),
+    ] {
+        if let Some(turned) = status::turned_true(type_, cluster.status.as_ref(), next) {
+            let event = Event {
+                type_: event_type,
+                reason: turned.reason.clone(),
+                note: Some(turned.message.clone()),
+                action: "Observe".into(),
+                secondary: None,
+            };
+            publish_event(ctx, cluster, &event).await;
+        }
     }
     Ok(())
 }

@@ -16,8 +16,9 @@ use super::children::{Children, Live};
 use super::gate::GateSummary;
 use super::health::{self, PodProblem};
 use super::log_rollout;
+use super::storage;
 use super::validate::Validated;
-use crate::crd::{ChatCluster, ChatClusterStatus, Phase};
+use crate::crd::{ChatCluster, ChatClusterSpec, ChatClusterStatus, Phase};
 use crate::names::{Component, selector_string};
 use chat_wire::ReplicaStatus;
 
@@ -30,6 +31,9 @@ pub const DEGRADED: &str = "Degraded";
 /// Condition type: the StatefulSets run on claims kept from an earlier ChatCluster of the same
 /// name (`spec.storage.claimRetention: Retain`), so the old history and broker data came back.
 pub const REUSED_CLAIMS: &str = "ReusedClaims";
+/// Condition type: a storage size is above [`storage::CLAIM_SIZE_WARNING`] (almost always a
+/// typo such as `900Pi`); the spec is applied all the same.
+pub const STORAGE_SIZE_WARNING: &str = "StorageSizeWarning";
 
 /// Errors of the status step.
 #[derive(Debug, thiserror::Error)]
@@ -412,6 +416,7 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     ];
     let mut next = next;
     next.push(reused_claims(inputs.retained_claims, v, generation, now));
+    next.push(storage_size_warning(&v.spec, generation, now));
     let previous_conditions = inputs.previous.map_or(&[][..], |p| p.conditions.as_slice());
     let (head, persisted) = positions(inputs.logs, inputs.previous);
 
@@ -466,24 +471,70 @@ fn reused_claims(
     )
 }
 
-/// The `ReusedClaims` condition of `next` when it just became True (or its message changed
+/// The `StorageSizeWarning` condition: True (reason `AboveBound`) naming each size above
+/// [`storage::CLAIM_SIZE_WARNING`], False (`WithinBound`) otherwise.
+fn storage_size_warning(spec: &ChatClusterSpec, generation: i64, now: Timestamp) -> Condition {
+    let oversized = storage::oversized_claims(spec);
+    if oversized.is_empty() {
+        return condition(
+            STORAGE_SIZE_WARNING,
+            false,
+            "WithinBound",
+            format!(
+                "every storage size is at most {}",
+                storage::CLAIM_SIZE_WARNING
+            ),
+            generation,
+            now,
+        );
+    }
+    let sizes: Vec<String> = oversized
+        .iter()
+        .map(|(field, size)| format!("{field} {size}"))
+        .collect();
+    condition(
+        STORAGE_SIZE_WARNING,
+        true,
+        "AboveBound",
+        format!(
+            "{} above {} per claim, larger than any single disk the common clouds offer: check \
+             for a typo (Pi for Gi); the claims are requested as written and may stay Pending",
+            sizes.join(", "),
+            storage::CLAIM_SIZE_WARNING
+        ),
+        generation,
+        now,
+    )
+}
+
+/// The condition of type `type_` in `next` when it just became True (or its message changed
 /// while True): worth one Event. None otherwise.
-pub fn reused_claims_change<'a>(
+pub fn turned_true<'a>(
+    type_: &str,
     previous: Option<&ChatClusterStatus>,
     next: &'a ChatClusterStatus,
 ) -> Option<&'a Condition> {
     let true_in = |s: &'a ChatClusterStatus| {
         s.conditions
             .iter()
-            .find(|c| c.type_ == REUSED_CLAIMS && c.status == "True")
+            .find(|c| c.type_ == type_ && c.status == "True")
     };
     let now = true_in(next)?;
     let before = previous.and_then(|p| {
         p.conditions
             .iter()
-            .find(|c| c.type_ == REUSED_CLAIMS && c.status == "True")
+            .find(|c| c.type_ == type_ && c.status == "True")
     });
     (before.map(|b| &b.message) != Some(&now.message)).then_some(now)
+}
+
+/// The `ReusedClaims` condition of `next` when it just became True (or its message changed
+/// while True): worth one Event. None otherwise.
+pub fn reused_claims_change<'a>(
+    previous: Option<&ChatClusterStatus>,
+    next: &'a ChatClusterStatus,
+) -> Option<&'a Condition> {
+    turned_true(REUSED_CLAIMS, previous, next)
 }
 
 /// The Degraded condition of `next` when it is worth an Event: True, and either it was not True

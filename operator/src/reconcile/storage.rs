@@ -1,3 +1,6 @@
+//! Storage facts the status reports: claims kept from an earlier ChatCluster of the same name,
+//! and claim sizes above a sane bound.
+//!
 //! Claims kept from an earlier ChatCluster of the same name. With `spec.storage.claimRetention`
 //! `Retain` (the default) deleting a ChatCluster keeps the broker's and the replication log's
 //! PersistentVolumeClaims; a ChatCluster created later with the same name in the same namespace
@@ -7,6 +10,32 @@
 //! and the status step reports them in the `ReusedClaims` condition and an Event.
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+
+use crate::crd::ChatClusterSpec;
+use crate::quantity::to_units;
+
+/// The claim size above which the status warns: 64 TiB, the largest single disk the common
+/// clouds offer (GCE Persistent Disk; EBS volumes stop at 16 TiB, Azure managed disks at 32 TiB).
+/// A larger request is almost always a typo (`900Pi` for `900Gi`) that leaves the claim `Pending`
+/// or books a bill; the spec is still applied (a provider may offer more).
+pub const CLAIM_SIZE_WARNING: &str = "64Ti";
+
+/// The storage sizes of `spec` above [`CLAIM_SIZE_WARNING`], as `(field, size)` in spec order.
+pub fn oversized_claims(spec: &ChatClusterSpec) -> Vec<(&'static str, String)> {
+    let bound = to_units(CLAIM_SIZE_WARNING).unwrap_or(u128::MAX);
+    [
+        ("spec.broker.storage.size", &spec.broker.storage.size),
+        (
+            "spec.replicationLog.storage.size",
+            &spec.replication_log.storage.size,
+        ),
+    ]
+    .into_iter()
+    // A size that does not parse (or overflows u128) is above every disk too.
+    .filter(|(_, size)| to_units(size).is_none_or(|bytes| bytes > bound))
+    .map(|(field, size)| (field, size.clone()))
+    .collect()
+}
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -43,6 +72,37 @@ mod tests {
                 ..ObjectMeta::default()
             },
             ..PersistentVolumeClaim::default()
+        }
+    }
+
+    #[test]
+    fn oversized_claims_table() {
+        // (broker size, log size, fields warned about)
+        let cases = [
+            ("1Gi", "1Gi", vec![]),
+            ("64Ti", "65536Gi", vec![]),
+            ("900Pi", "10Gi", vec!["spec.broker.storage.size"]),
+            ("10Gi", "1Ei", vec!["spec.replicationLog.storage.size"]),
+            (
+                "71T",
+                "64.5Ti",
+                vec![
+                    "spec.broker.storage.size",
+                    "spec.replicationLog.storage.size",
+                ],
+            ),
+            // 70 T (decimal) is 63.7 TiB: within the bound.
+            ("70T", "1Gi", vec![]),
+        ];
+        for (broker, log, want) in cases {
+            let mut spec = crate::crd::ChatCluster::test().spec;
+            spec.broker.storage.size = broker.into();
+            spec.replication_log.storage.size = log.into();
+            let got: Vec<&str> = oversized_claims(&spec)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect();
+            assert_eq!(got, want, "{broker} {log}");
         }
     }
 
