@@ -12,6 +12,8 @@
 //   - with Redis stopped a send shows 503 broker unavailable; once Redis is back, Enter again
 //     stores the message exactly once (the retry reuses the message id);
 // and saves screenshots under target/ui/ (conversation.png, error.png).
+// Last, the data plane is restarted with `--auth token`: the page refuses to go live without a
+// token, takes a pasted one and posts as its user.
 // `e2e/processes down` runs at the end, also on failure. Run it with e2e/ui/run.
 
 import { after, before, describe, it } from 'node:test';
@@ -372,6 +374,41 @@ describe('chat page in headless Chromium', { concurrency: 1, timeout: 45 * 60_00
     assert.equal(a.filter((m) => m.text === text).length, 1, 'stored and shown once');
     assert.deepEqual(a, b);
     assertOrderedOnce(a, 'after the broker came back');
+  });
+
+  it('with --auth token: refused without a token, then posts as the token\'s user', async () => {
+    // The same data plane, restarted in token mode (one node is enough).
+    processesDown();
+    const up = spawnSync(processes, ['up', '--nodes', '1', '--auth', 'token'], {
+      cwd: root, encoding: 'utf8', timeout: 10 * 60_000, stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    assert.equal(up.status, 0, 'e2e/processes up --auth token failed');
+    const node = (up.stdout.match(/^node-0\s+(http:\/\/\S+)$/m) || [])[1];
+    assert.ok(node, `expected node-0's URL in:\n${up.stdout}`);
+    const ch = `tok.${tag}`;
+    const page = await context.newPage();
+    page.on('pageerror', (e) => pageErrors.push(`${node}: ${e.message}`));
+    await page.goto(`${node}/#${ch}`);
+    // No token: the page says so (the history answers 401) and is not live.
+    await page.waitForFunction(
+      () => /Not signed in: .*Paste an access token above/.test(document.querySelector('#banner').textContent)
+        && document.querySelector('#conn').dataset.state !== 'live',
+      null, { timeout: WAIT },
+    );
+    const minted = spawnSync(processes, ['token', 'ann', 'tok.*', '600'], { cwd: root, encoding: 'utf8' });
+    assert.equal(minted.status, 0, `e2e/processes token failed: ${minted.stderr}`);
+    await page.fill('#token', minted.stdout.trim());
+    await page.press('#token', 'Enter');
+    await waitLive(page);
+    // The name field is ignored under token auth: the author is the token's subject.
+    await sendFromPage(page, 'mallory', 'signed in by token');
+    await waitForCount(page, 1);
+    const got = await shown(page);
+    assert.deepEqual(got.map((m) => [m.author, m.text]), [['ann', 'signed in by token']]);
+    // The token stays in this tab only (sessionStorage), never in the address.
+    assert.ok(!page.url().includes(minted.stdout.trim().slice(0, 20)), page.url());
+    await page.screenshot({ path: path.join(artifacts, 'token.png') });
+    await page.close();
   });
 
   it('raised no script error in any page', () => {

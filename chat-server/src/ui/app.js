@@ -516,7 +516,9 @@
         break;
       } catch (e) {
         if (gen !== generation) return;
-        showBanner(`Could not load the history of #${name}: ${e.message}. Retrying…`);
+        showBanner(e.status === 401 || e.status === 403
+          ? explain(e.status, e.message)
+          : `Could not load the history of #${name}: ${e.message}. Retrying…`);
         setConn('reconnecting', 'history unavailable; retrying');
         await sleep(Math.min(BACKOFF_MAX, BACKOFF_MIN * 2 ** tries));
       }
