@@ -98,27 +98,41 @@ fn production_part(text: &str) -> String {
     out
 }
 
+/// `line` without its visibility (`pub`, `pub(crate)`, `pub(super)`, `pub(in path)`).
+fn without_visibility(line: &str) -> &str {
+    let line = line.trim_start();
+    if let Some(rest) = line.strip_prefix("pub(") {
+        return rest.find(')').map_or(line, |i| rest[i + 1..].trim_start());
+    }
+    line.strip_prefix("pub ").map_or(line, str::trim_start)
+}
+
 /// The `use` items of `text` (top-level and indented, e.g. inside a function), each as one
-/// string without `use`, visibility and `;`.
-fn use_items(text: &str) -> Vec<String> {
+/// string without `use`, visibility and `;`, with whether it is a re-export (`pub…`).
+fn use_items_with_visibility(text: &str) -> Vec<(String, bool)> {
     let mut items = Vec::new();
-    let mut current: Option<String> = None;
+    let mut current: Option<(String, bool)> = None;
     for line in text.lines() {
-        if let Some(item) = current.as_mut() {
+        if let Some((item, _)) = current.as_mut() {
             item.push_str(line.trim());
-        } else if let Some(rest) = ["use ", "pub use ", "pub(crate) use "]
-            .iter()
-            .find_map(|p| line.trim_start().strip_prefix(p))
-        {
-            current = Some(rest.trim().to_owned());
+        } else if let Some(rest) = without_visibility(line).strip_prefix("use ") {
+            current = Some((rest.trim().to_owned(), line.trim_start().starts_with("pub")));
         } else {
             continue;
         }
-        if let Some(item) = current.take_if(|i| i.ends_with(';')) {
-            items.push(item.trim_end_matches(';').to_owned());
+        if let Some((item, public)) = current.take_if(|(i, _)| i.ends_with(';')) {
+            items.push((item.trim_end_matches(';').to_owned(), public));
         }
     }
     items
+}
+
+/// The `use` items of `text`, as [`use_items_with_visibility`] without the visibility.
+fn use_items(text: &str) -> Vec<String> {
+    use_items_with_visibility(text)
+        .into_iter()
+        .map(|(item, _)| item)
+        .collect()
 }
 
 /// Expands `a::{b, c::{d, e}}` into `a::b`, `a::c::d`, `a::c::e`.
@@ -152,8 +166,8 @@ fn expand(tree: &str) -> Vec<String> {
         .collect()
 }
 
-/// `crate::…` paths used anywhere in the code of `text` (qualified calls and types, not only
-/// `use` items); comments are skipped.
+/// `crate::…`, `super::…` and `self::…` paths used anywhere in the code of `text` (qualified
+/// calls and types, not only `use` items); comments are skipped.
 fn qualified_paths(text: &str) -> Vec<String> {
     let code: String = text
         .lines()
@@ -161,12 +175,21 @@ fn qualified_paths(text: &str) -> Vec<String> {
         .collect::<Vec<_>>()
         .join("\n");
     let mut out = Vec::new();
-    let mut rest = code.as_str();
-    while let Some(i) = rest.find("crate::") {
+    for root in ["crate::", "super::", "self::"] {
+        out.extend(paths_from(&code, root));
+    }
+    out
+}
+
+/// The paths in `code` that start with `root` (not inside a longer path or identifier).
+fn paths_from(code: &str, root: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(i) = rest.find(root) {
         let preceded_by_ident = rest[..i]
             .chars()
             .last()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
         let tail = &rest[i..];
         let end = tail
             .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
@@ -179,8 +202,13 @@ fn qualified_paths(text: &str) -> Vec<String> {
     out
 }
 
-/// The deepest known module `path` (as written in `from`) names.
-fn resolve(path: &str, from: &Module, modules: &BTreeSet<Module>) -> Option<Module> {
+/// The deepest known module `path` (as written in `from`) names, and the segment after it (an
+/// item of that module, if any).
+fn resolve_item(
+    path: &str,
+    from: &Module,
+    modules: &BTreeSet<Module>,
+) -> Option<(Module, Option<String>)> {
     let mut segments = path.split("::").map(str::trim).filter(|s| !s.is_empty());
     let first = segments.next()?;
     let mut module: Module = match first {
@@ -208,10 +236,62 @@ fn resolve(path: &str, from: &Module, modules: &BTreeSet<Module>) -> Option<Modu
                 if modules.contains(&deeper) {
                     module = deeper;
                 } else {
-                    break;
+                    return Some((module, Some(name.to_owned())));
                 }
             }
         }
+    }
+    Some((module, None))
+}
+
+/// The deepest known module `path` (as written in `from`) names.
+fn resolve(path: &str, from: &Module, modules: &BTreeSet<Module>) -> Option<Module> {
+    resolve_item(path, from, modules).map(|(module, _)| module)
+}
+
+/// For each module, the names it re-exports (`pub use …::Name`, any visibility) and the module
+/// each comes from.
+type ReExports = BTreeMap<Module, BTreeMap<String, Module>>;
+
+fn re_exports(sources: &[(Module, String)], modules: &BTreeSet<Module>) -> ReExports {
+    let mut out = ReExports::new();
+    for (module, text) in sources {
+        for (item, public) in use_items_with_visibility(&production_part(text)) {
+            if !public {
+                continue;
+            }
+            for path in expand(&item) {
+                let name = path.rsplit("::").next().unwrap_or(&path).trim().to_owned();
+                if let Some(from) = resolve(&path, module, modules)
+                    && &from != module
+                {
+                    out.entry(module.clone()).or_default().insert(name, from);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where `path` (as written in `from`) really leads: the module it names, or, when that module
+/// only re-exports the item, the module the item comes from (followed a few hops).
+fn target(
+    path: &str,
+    from: &Module,
+    modules: &BTreeSet<Module>,
+    re_exports: &ReExports,
+) -> Option<Module> {
+    let (mut module, mut item) = resolve_item(path, from, modules)?;
+    for _ in 0..4 {
+        // The item by its name, else a glob re-export (`pub use x::*`) of the module; the
+        // same name is then looked up in the next module (a re-export of a re-export).
+        let Some(next) = item.as_ref().and_then(|name| {
+            let names = re_exports.get(&module)?;
+            names.get(name).or_else(|| names.get("*"))
+        }) else {
+            break;
+        };
+        module = next.clone();
     }
     Some(module)
 }
@@ -232,6 +312,7 @@ fn graph(src: &Path) -> BTreeMap<Module, BTreeSet<Module>> {
         })
         .collect();
     let modules: BTreeSet<Module> = sources.iter().map(|(m, _)| m.clone()).collect();
+    let re_exports = re_exports(&sources, &modules);
     let mut edges: BTreeMap<Module, BTreeSet<Module>> = BTreeMap::new();
     for (module, text) in &sources {
         let text = production_part(text);
@@ -242,7 +323,7 @@ fn graph(src: &Path) -> BTreeMap<Module, BTreeSet<Module>> {
             .chain(qualified_paths(&text));
         let targets = edges.entry(module.clone()).or_default();
         for path in paths {
-            if let Some(target) = resolve(&path, module, &modules)
+            if let Some(target) = target(&path, module, &modules, &re_exports)
                 && !nested(&target, module)
             {
                 targets.insert(target);
@@ -367,7 +448,7 @@ fn the_checker_finds_a_planted_cycle() {
     };
     write(
         "lib.rs",
-        "pub mod a;\npub mod b;\npub mod c;\npub mod d;\npub mod e;\n",
+        "pub mod a;\npub mod b;\npub mod c;\npub mod d;\npub mod e;\npub mod f;\npub mod g;\npub mod h;\n",
     );
     write(
         "a/mod.rs",
@@ -385,14 +466,31 @@ fn the_checker_finds_a_planted_cycle() {
         "#[cfg(test)]\nmod sim;\npub fn h() {\n    use crate::e::W;\n}\n",
     );
     write("e.rs", "pub use crate::d::h;\n");
+    // A cycle through the parent's re-export: f::x uses `super::Y`, which is f::y's.
+    write("f/mod.rs", "pub mod x;\npub mod y;\npub use self::y::Y;\n");
+    write("f/x.rs", "use super::Y;\n");
+    write("f/y.rs", "use super::x::X;\n");
+    // Through inline `super::` paths in function bodies.
+    write("g/mod.rs", "pub mod p;\npub mod q;\n");
+    write("g/p.rs", "pub fn a() {\n    super::q::b()\n}\n");
+    write("g/q.rs", "pub fn b() {\n    super::p::a()\n}\n");
+    // Through restricted re-exports.
+    write("h/mod.rs", "pub mod r;\npub mod s;\n");
+    write("h/r.rs", "pub(super) use super::s::S;\n");
+    write("h/s.rs", "pub(in crate::h) use super::r::R;\n");
     let edges = graph(src);
     let found = cycles(&edges);
     let module = |p: &str| p.split("::").map(str::to_owned).collect::<Module>();
+    let mut found = found;
+    found.sort();
     assert_eq!(
         found,
         vec![
             vec![module("crate::a"), module("crate::b")],
-            vec![module("crate::d"), module("crate::e")]
+            vec![module("crate::d"), module("crate::e")],
+            vec![module("crate::f::x"), module("crate::f::y")],
+            vec![module("crate::g::p"), module("crate::g::q")],
+            vec![module("crate::h::r"), module("crate::h::s")],
         ]
     );
     assert!(edges[&module("crate::c")].is_empty(), "test imports count");
