@@ -281,7 +281,7 @@ fn target(
     modules: &BTreeSet<Module>,
     re_exports: &ReExports,
 ) -> Option<Module> {
-    let (mut module, mut item) = resolve_item(path, from, modules)?;
+    let (mut module, item) = resolve_item(path, from, modules)?;
     for _ in 0..4 {
         // The item by its name, else a glob re-export (`pub use x::*`) of the module; the
         // same name is then looked up in the next module (a re-export of a re-export).
