@@ -8,7 +8,7 @@
 //! most pods in flight (missing or never ready yet), and pods that were ready while their own
 //! `/status` still said they had not caught up.
 
-use chat_wire::{NodeStatus, ReplicaStatus};
+use chat_wire::{NodePhase, NodeStatus, ReplicaPhase, ReplicaStatus};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,13 +39,54 @@ pub struct MonitorSpec {
     pub gate: Option<String>,
 }
 
+/// The `phase` of a `/status` answer: a chat-server node's or a log replica's, as `chat-wire`
+/// defines them (a misspelt phase in a test does not compile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplePhase {
+    /// A chat-server node's phase.
+    Node(NodePhase),
+    /// A replication-log replica's phase.
+    Replica(ReplicaPhase),
+}
+
+impl SamplePhase {
+    /// Whether the document says its process is live (caught up).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            SamplePhase::Node(NodePhase::Live) | SamplePhase::Replica(ReplicaPhase::Live)
+        )
+    }
+}
+
+impl std::fmt::Display for SamplePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SamplePhase::Node(p) => f.write_str(p.as_str()),
+            SamplePhase::Replica(p) => f.write_str(p.as_str()),
+        }
+    }
+}
+
+/// A chat-server node that has not caught up yet.
+pub const NODE_NOT_CAUGHT_UP: [SamplePhase; 2] = [
+    SamplePhase::Node(NodePhase::Bootstrapping),
+    SamplePhase::Node(NodePhase::CatchingUp),
+];
+
+/// A log replica that has not started following yet.
+pub const REPLICA_NOT_STARTED: [SamplePhase; 2] = [
+    SamplePhase::Replica(ReplicaPhase::Starting),
+    SamplePhase::Replica(ReplicaPhase::Bootstrapping),
+];
+
 /// One `/status` answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sample {
     /// Local time the request was sent.
     pub at_ms: i64,
     /// `phase`.
-    pub phase: String,
+    pub phase: SamplePhase,
     /// `position` (chat-server) or `persisted` (log replica).
     pub position: u64,
     /// `lag`.
@@ -95,9 +136,9 @@ impl PodRecord {
         self.samples.iter().rev().find(|s| s.at_ms <= t)
     }
 
-    /// The first sample whose phase is `phase`.
-    pub fn first_sample_in(&self, phase: &str) -> Option<&Sample> {
-        self.samples.iter().find(|s| s.phase == phase)
+    /// The first sample that says live.
+    pub fn first_live_sample(&self) -> Option<&Sample> {
+        self.samples.iter().find(|s| s.phase.is_live())
     }
 }
 
@@ -211,7 +252,11 @@ impl Timeline {
 
     /// Pods that were Ready (or had the gate True) while a `/status` sample taken at least
     /// `slack_ms` later still showed one of `not_caught_up` phases.
-    pub fn ready_before_caught_up(&self, not_caught_up: &[&str], slack_ms: i64) -> Vec<String> {
+    pub fn ready_before_caught_up(
+        &self,
+        not_caught_up: &[SamplePhase],
+        slack_ms: i64,
+    ) -> Vec<String> {
         let mut violations = Vec::new();
         for record in self.pods.values() {
             let marks = [
@@ -220,9 +265,10 @@ impl Timeline {
             ];
             for (what, at) in marks {
                 let Some(at) = at else { continue };
-                let bad = record.samples.iter().find(|s| {
-                    s.at_ms >= at + slack_ms && not_caught_up.contains(&s.phase.as_str())
-                });
+                let bad = record
+                    .samples
+                    .iter()
+                    .find(|s| s.at_ms >= at + slack_ms && not_caught_up.contains(&s.phase));
                 if let Some(s) = bad {
                     violations.push(format!(
                         "{}: {what} at {at} but /status at {} said {} (position {}, lag {})",
@@ -270,7 +316,7 @@ impl Timeline {
                 p.name,
                 p.image,
                 rel(Some(p.first_seen_ms)),
-                rel(p.first_sample_in("live").map(|s| s.at_ms)),
+                rel(p.first_live_sample().map(|s| s.at_ms)),
                 rel(p.first_gate_ms()),
                 rel(p.first_ready_ms()),
                 rel(p.gone_ms),
@@ -417,7 +463,7 @@ pub fn parse_status(status: &serde_json::Value, at_ms: i64) -> Option<Sample> {
     if let Ok(node) = serde_json::from_value::<NodeStatus>(status.clone()) {
         return Some(Sample {
             at_ms,
-            phase: node.phase.as_str().to_owned(),
+            phase: SamplePhase::Node(node.phase),
             position: node.position,
             lag: node.lag,
         });
@@ -425,7 +471,7 @@ pub fn parse_status(status: &serde_json::Value, at_ms: i64) -> Option<Sample> {
     let replica = serde_json::from_value::<ReplicaStatus>(status.clone()).ok()?;
     Some(Sample {
         at_ms,
-        phase: replica.phase.as_str().to_owned(),
+        phase: SamplePhase::Replica(replica.phase),
         position: replica.persisted,
         lag: replica.lag,
     })
@@ -452,10 +498,10 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn sample(at_ms: i64, phase: &str, lag: u64) -> Sample {
+    fn sample(at_ms: i64, phase: NodePhase, lag: u64) -> Sample {
         Sample {
             at_ms,
-            phase: phase.into(),
+            phase: SamplePhase::Node(phase),
             position: 100 - lag,
             lag,
         }
@@ -506,20 +552,20 @@ mod tests {
         t.observe(&pod("p", "u1", true, true, false), false, Some(GATE), 1000);
         let record = t.pods.get_mut("u1").unwrap();
         record.samples = vec![
-            sample(500, "catching_up", 40),
-            sample(900, "live", 0),
-            sample(1600, "live", 1),
+            sample(500, NodePhase::CatchingUp, 40),
+            sample(900, NodePhase::Live, 0),
+            sample(1600, NodePhase::Live, 1),
         ];
         assert!(
-            t.ready_before_caught_up(&["bootstrapping", "catching_up"], 500)
+            t.ready_before_caught_up(&NODE_NOT_CAUGHT_UP, 500)
                 .is_empty()
         );
         t.pods
             .get_mut("u1")
             .unwrap()
             .samples
-            .push(sample(2000, "catching_up", 7));
-        let v = t.ready_before_caught_up(&["bootstrapping", "catching_up"], 500);
+            .push(sample(2000, NodePhase::CatchingUp, 7));
+        let v = t.ready_before_caught_up(&NODE_NOT_CAUGHT_UP, 500);
         assert_eq!(v.len(), 2, "{v:?}");
         let report = t.report(0);
         assert!(report.contains("live/100/0"), "{report}");
@@ -532,7 +578,7 @@ mod tests {
             parse_status(&chat, 5),
             Some(Sample {
                 at_ms: 5,
-                phase: "live".into(),
+                phase: SamplePhase::Node(NodePhase::Live),
                 position: 7,
                 lag: 2
             })

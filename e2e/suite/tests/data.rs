@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chat_cluster_e2e::cluster::Component;
 use chat_cluster_e2e::load::Pace;
-use chat_cluster_e2e::monitor::{MonitorSpec, PodMonitor};
+use chat_cluster_e2e::monitor::{MonitorSpec, NODE_NOT_CAUGHT_UP, PodMonitor};
 use chat_cluster_e2e::now_ms;
 use chat_cluster_e2e::proxy::CHAT_PORT;
 use chat_cluster_e2e::scenario::Scenario;
@@ -85,7 +85,7 @@ async fn five_thousand_messages_then_scale_to_five() {
             pod.name
         );
     }
-    let violations = timeline.ready_before_caught_up(&["bootstrapping", "catching_up"], 1000);
+    let violations = timeline.ready_before_caught_up(&NODE_NOT_CAUGHT_UP, 1000);
     assert!(
         violations.is_empty(),
         "ready before caught up: {violations:?}"

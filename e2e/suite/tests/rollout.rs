@@ -11,7 +11,7 @@ use std::time::Duration;
 use chat_cluster_e2e::cluster::Component;
 use chat_cluster_e2e::harness::wait_for;
 use chat_cluster_e2e::load::Pace;
-use chat_cluster_e2e::monitor::{MonitorSpec, PodMonitor};
+use chat_cluster_e2e::monitor::{MonitorSpec, NODE_NOT_CAUGHT_UP, PodMonitor, REPLICA_NOT_STARTED};
 use chat_cluster_e2e::now_ms;
 use chat_cluster_e2e::proxy::{CHAT_PORT, LOG_PORT, Target};
 use chat_cluster_e2e::scenario::Scenario;
@@ -115,7 +115,7 @@ async fn rolling_update_under_load() {
     if new_chat.len() < 3 {
         failures.push(format!("only {} new chat-server pods seen", new_chat.len()));
     }
-    let early = chat.ready_before_caught_up(&["bootstrapping", "catching_up"], 1000);
+    let early = chat.ready_before_caught_up(&NODE_NOT_CAUGHT_UP, 1000);
     if !early.is_empty() {
         failures.push(format!("chat-server ready before caught up: {early:?}"));
     }
@@ -128,7 +128,7 @@ async fn rolling_update_under_load() {
     if new_log.len() < 2 {
         failures.push(format!("only {} new log pods seen", new_log.len()));
     }
-    let early_log = log.ready_before_caught_up(&["starting", "bootstrapping"], 1000);
+    let early_log = log.ready_before_caught_up(&REPLICA_NOT_STARTED, 1000);
     if !early_log.is_empty() {
         failures.push(format!("log replica ready before caught up: {early_log:?}"));
     }
