@@ -19,7 +19,7 @@ use serde_json::Value;
 pub use self::redis::RedisServer;
 
 /// A port that was free a moment ago (shared with the other harnesses).
-pub use chat_test_support::free_port;
+pub use chat_test_support::{free_port, tail};
 
 /// A child process of the test, killed on drop; its output goes to a log file kept for failures.
 pub struct Proc {
@@ -352,11 +352,6 @@ pub fn with_auth(args: &[&str]) -> Vec<String> {
         out.extend(["--auth".to_owned(), "none".to_owned()]);
     }
     out
-}
-
-fn tail(s: &str, lines: usize) -> String {
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
 }
 
 pub fn http() -> reqwest::Client {

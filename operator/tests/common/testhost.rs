@@ -221,11 +221,7 @@ impl Drop for DumpOnPanic<'_> {
     }
 }
 
-/// The last `lines` lines of `text`.
-pub fn tail(text: &str, lines: usize) -> String {
-    let v: Vec<&str> = text.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
+pub use chat_test_support::tail;
 
 /// A minimal HTTP/1.0 request to `addr` (a test-host address): status code and body.
 pub async fn http(

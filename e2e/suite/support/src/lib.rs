@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`free_port`]: a loopback port that was free a moment ago.
+//! - [`tail`]: the last lines of a process log, for a failing test's message.
 //! - [`poll`]: wait until a check yields a value, or time out naming what was awaited (and the
 //!   check's last error).
 //! - [`kubectl_path`], [`kubectl`]: the kubectl the e2e cluster scripts built, or the PATH's.
@@ -52,6 +53,12 @@ pub enum SupportError {
         #[source]
         source: kube::Error,
     },
+}
+
+/// The last `lines` lines of `text` (all of it when shorter), joined with `\n`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A loopback port that was free a moment ago (bound to `127.0.0.1:0`, then released).
