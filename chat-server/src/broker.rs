@@ -90,6 +90,10 @@ impl BrokerEndpoint {
         ca_file: Option<&std::path::Path>,
     ) -> Result<BrokerEndpoint, String> {
         let url = url.into();
+        // Parsed (not connected) now: a URL that cannot work is a bad flag, not an outage to
+        // retry forever.
+        redis::Client::open(url.as_str())
+            .map_err(|e| format!("--redis-url {}: {e}", redact_url(&url)))?;
         let Some(path) = ca_file else {
             return Ok(BrokerEndpoint::new(url));
         };
@@ -1332,8 +1336,10 @@ mod tests {
         let tls = "rediss://u:secret@broker:6379";
         let plain = "redis://u:secret@broker:6379";
         // (url, ca file, Ok or the error's distinctive words)
-        let cases: [(&str, Option<&std::path::Path>, Result<bool, &str>); 5] = [
+        let cases: [(&str, Option<&std::path::Path>, Result<bool, &str>); 7] = [
             (plain, None, Ok(false)),
+            ("redis://u:secret@broker:notaport", None, Err("--redis-url")),
+            ("http://u:secret@broker:6379", None, Err("--redis-url")),
             (tls, None, Ok(false)),
             (tls, Some(&pem), Ok(true)),
             (plain, Some(&pem), Err("is not rediss://")),

@@ -52,7 +52,7 @@ pub fn init_logging() {
 
 /// `url` with its credentials replaced by `***`: the password of the userinfo (`user:***@`, or
 /// `***@` when the userinfo has no `:`), and the values of query parameters whose name holds
-/// `password`, `secret` or `token`. Text that is not a URL is returned as it is.
+/// `pass` (`password`, and `pass` of `redis+unix://…?pass=`), `secret` or `token`. Text that is not a URL is returned as it is.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
@@ -80,7 +80,7 @@ pub fn redact_url(url: &str) -> String {
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
                     Some((k, _))
-                        if ["password", "secret", "token"]
+                        if ["pass", "secret", "token"]
                             .iter()
                             .any(|s| k.to_ascii_lowercase().contains(s)) =>
                     {
@@ -166,6 +166,10 @@ mod tests {
                 "http://h/p?password=***&a=b#f",
             ),
             ("http://h/?access_token=abc", "http://h/?access_token=***"),
+            (
+                "redis+unix:///run/redis.sock?db=0&user=u&pass=s3cret",
+                "redis+unix:///run/redis.sock?db=0&user=u&pass=***",
+            ),
             ("http://h/p@q", "http://h/p@q"),
             ("not a url", "not a url"),
             ("", ""),

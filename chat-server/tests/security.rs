@@ -775,8 +775,22 @@ fn redis_users_are_confined_to_their_role() {
     for (url, cmd) in [
         (&chat_server, &["XTRIM", "chat:stream", "MINID", "5"][..]),
         (&chat_server, &["HDEL", "chat:replicas", "log-0"]),
+        // Writes only on the keys its scripts write: not the stream's existence, the sequence,
+        // the registry or a key's lifetime.
+        (&chat_server, &["DEL", "chat:stream"]),
+        (&chat_server, &["SET", "chat:seq", "1"]),
+        (&chat_server, &["HSET", "chat:replicas", "log-0", "0"]),
+        (&chat_server, &["EXPIRE", "chat:stream", "100"]),
+        (&chat_server, &["CLIENT", "TRACKING", "on", "BCAST"]),
+        (&chat_server, &["SELECT", "1"]),
         (&replication_log, &["XADD", "chat:stream", "*", "t", "x"]),
         (&replication_log, &["INCR", "chat:seq"]),
+        (&replication_log, &["DEL", "chat:stream"]),
+        (
+            &replication_log,
+            &["HSET", "chat:idem:general:a3:ann:k", "p", "6"],
+        ),
+        (&replication_log, &["SET", "chat:fence:x", "1"]),
     ] {
         let error = redis_error(url, cmd);
         assert!(

@@ -23,17 +23,26 @@
 //!   and its registry keys (`chat:replicas`).
 //!
 //! Neither role can run `FLUSHALL`, `FLUSHDB`, `CONFIG`, `DEBUG`, `SHUTDOWN`, `KEYS`, `ACL`,
-//! `MODULE`, `REPLICAOF` or any other command outside its list, nor touch a key outside `chat:*`
-//! or any Pub/Sub channel.
+//! `MODULE`, `REPLICAOF`, `SELECT`, `CLIENT TRACKING` or any other command outside its list, nor
+//! touch a key outside `chat:*` or any Pub/Sub channel; each write command is granted only on the
+//! keys the role's scripts write (Redis 7 selectors, `(+command ~key)`), so a chat-server cannot
+//! delete the stream or set the sequence, and a replica cannot append or forge a dedupe record.
+//! What the rules cannot stop: a role that loads its own Lua may loop in it, and Redis then
+//! answers `BUSY` to everyone until `admin` runs `SCRIPT KILL`; its password is a data-plane
+//! secret like the others.
 
 /// The user with every permission (`~* &* +@all`).
 pub const ADMIN_USER: &str = "admin";
 
-/// The rules every data-plane role starts from: only keys under `chat:`, no Pub/Sub channel, no
-/// command but the connection ones that are not `@dangerous` (`AUTH`, `HELLO`, `PING`,
-/// `CLIENT SETNAME`/`SETINFO`, `SELECT`, …), then the commands the broker client sends outside its
-/// scripts: `INFO server` and `SCRIPT EXISTS` (the instance check), `SCRIPT LOAD`, `EVALSHA` and
-/// `EVAL` (every script), `GET`/`MGET` (broker state), `XREAD`/`XRANGE`/`XLEN` (stream reads).
+/// The rules every data-plane role starts from: keys under `chat:` (the keys its scripts declare
+/// and its reads name), no Pub/Sub channel, no command but the connection ones that are not
+/// `@dangerous` (`AUTH`, `HELLO`, `PING`, `CLIENT SETNAME`/`SETINFO`, …) less `CLIENT TRACKING`
+/// and `CLIENT CACHING` (invalidation messages would name keys outside `chat:`) and `SELECT`
+/// (other databases), then the commands the broker client sends outside its scripts and the
+/// reads its scripts make: `INFO server` and `SCRIPT EXISTS` (the instance check), `SCRIPT LOAD`,
+/// `EVALSHA` and `EVAL` (every script), `TIME`, `GET`/`MGET`/`EXISTS`/`HMGET` (state, dedupe
+/// records), `XREAD`/`XRANGE`/`XLEN` (stream reads). Writes are granted per key by each role's
+/// selectors below, so a role can write only the keys its scripts write.
 const COMMON: &[&str] = &[
     "resetkeys",
     "~chat:*",
@@ -41,6 +50,9 @@ const COMMON: &[&str] = &[
     "-@all",
     "+@connection",
     "-@dangerous",
+    "-client|tracking",
+    "-client|caching",
+    "-select",
     "+info",
     "+script|exists",
     "+script|load",
@@ -50,22 +62,36 @@ const COMMON: &[&str] = &[
     "+get",
     "+mget",
     "+exists",
+    "+hmget",
     "+xread",
     "+xrange",
     "+xlen",
 ];
 
-/// The chat-server's extra commands: the write script (`HMGET`, `INCR`, `XADD`, `HSET`,
-/// `EXPIRE`), the idempotency resolve script (`SET`) and the epoch retire script (`DEL`, `SET`).
+/// The chat-server's writes, each a Redis 7 selector (command and key together): the write
+/// script appends to `chat:stream` (`XADD`), takes the next position (`INCR chat:seq`) and
+/// records the dedupe record `chat:idem:*` (`HSET`, `EXPIRE`); the resolve script fences a lost
+/// write (`SET chat:fence:*`); the retire script retires the epoch (`DEL chat:epoch`,
+/// `SET chat:retired`). Nothing else: not `DEL chat:stream`, not `SET chat:seq`, not the
+/// replicas' registry.
 const CHAT_SERVER: &[&str] = &[
-    "+hmget", "+incr", "+xadd", "+hset", "+expire", "+set", "+del",
+    "(+xadd ~chat:stream)",
+    "(+incr ~chat:seq)",
+    "(+hset +expire ~chat:idem:*)",
+    "(+set ~chat:fence:* ~chat:retired)",
+    "(+del ~chat:epoch)",
 ];
 
-/// The replication log's extra commands: the anchor script (`XDEL`, `SET`, `DEL`), the grant
-/// and retire scripts (`SET`, `DEL`), the registry `chat:replicas` (`HSET`, `HGETALL`, `HDEL`)
-/// and trimming the stream (`XTRIM`).
+/// The replication log's reads of its registry (`HGETALL chat:replicas`) and its writes, each a
+/// selector: trimming and the anchor script's clean-up of the stream (`XTRIM`, `XDEL` on
+/// `chat:stream`), its registry (`HSET`, `HDEL` on `chat:replicas`), the anchor, grant and retire
+/// scripts' state keys (`SET`, `DEL`). Not `DEL chat:stream`, not `XADD`, not a dedupe record.
 const REPLICATION_LOG: &[&str] = &[
-    "+xdel", "+xtrim", "+set", "+del", "+hset", "+hgetall", "+hdel",
+    "+hgetall",
+    "(+xdel +xtrim ~chat:stream)",
+    "(+hset +hdel ~chat:replicas)",
+    "(+set ~chat:epoch ~chat:seq ~chat:anchor ~chat:base ~chat:limit ~chat:instance ~chat:retired ~chat:previous)",
+    "(+del ~chat:epoch ~chat:retired ~chat:previous)",
 ];
 
 /// A data-plane component that connects to the broker with its own ACL user.
@@ -176,16 +202,26 @@ mod tests {
             ] {
                 assert!(!rules.contains(&denied), "{role:?} grants {denied}");
             }
-            // Only single commands are added after the categories are narrowed.
+            // After the categories are narrowed: single commands taken away or added, and
+            // selectors that pair write commands with their keys.
             let after = rules.iter().position(|r| *r == "-@dangerous").unwrap_or(0);
-            assert!(
-                rules[after + 1..]
-                    .iter()
-                    .all(|r| r.starts_with('+') && !r.contains('@'))
-            );
+            for rule in &rules[after + 1..] {
+                let single =
+                    (rule.starts_with('+') || rule.starts_with('-')) && !rule.contains('@');
+                let selector = rule.starts_with("(+") && rule.ends_with(')') && !rule.contains('@');
+                assert!(single || selector, "{role:?}: {rule}");
+                if selector {
+                    assert!(rule.contains(" ~chat:"), "{role:?}: {rule} names no key");
+                    assert!(
+                        !rule.contains("~chat:*"),
+                        "{role:?}: {rule} writes every key"
+                    );
+                }
+            }
         }
-        assert!(RedisRole::ReplicationLog.rules().contains(&"+xtrim"));
-        assert!(!RedisRole::ChatServer.rules().contains(&"+xtrim"));
-        assert!(!RedisRole::ReplicationLog.rules().contains(&"+xadd"));
+        let has = |role: RedisRole, word: &str| role.rules().iter().any(|r| r.contains(word));
+        assert!(has(RedisRole::ReplicationLog, "+xtrim"));
+        assert!(!has(RedisRole::ChatServer, "+xtrim"));
+        assert!(!has(RedisRole::ReplicationLog, "+xadd"));
     }
 }
