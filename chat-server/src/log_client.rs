@@ -67,9 +67,13 @@ impl LogClient {
             .map(|u| u.trim().trim_end_matches('/').to_owned())
             .filter(|u| !u.is_empty())
             .collect();
+        // No redirects: the internal token goes only to the replicas named here; a redirect
+        // (from a compromised or misconfigured peer) would carry it to any host, since only
+        // `Authorization` is stripped across hosts. A 3xx is an error like any other non-2xx.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         LogClient {
@@ -336,5 +340,44 @@ impl Snapshot {
             url: self.source.clone(),
             reason: reason.to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A replica URL that answers `302` to another host: the client does not follow it, so the
+    /// internal token never reaches that host.
+    #[tokio::test]
+    async fn the_internal_token_does_not_follow_redirects() {
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let elsewhere_port = elsewhere.local_addr().expect("addr").port();
+        let redirector = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let redirector_url = format!(
+            "http://127.0.0.1:{}",
+            redirector.local_addr().expect("addr").port()
+        );
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = redirector.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: http://localhost:{elsewhere_port}/status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        let token =
+            InternalToken::from_bytes(b"internal-token-0123456789abcdef".to_vec()).expect("token");
+        let client = LogClient::new([redirector_url.clone()]).with_internal_token(Some(token));
+        assert!(client.status_of(&redirector_url).await.is_err());
+        let reached = tokio::time::timeout(Duration::from_millis(500), elsewhere.accept()).await;
+        assert!(reached.is_err(), "the redirect was followed");
     }
 }
