@@ -223,8 +223,26 @@ pub enum AuthError {
     Origin(String),
 }
 
+/// Longest `error_description` sent, in characters (the JSON body keeps the whole reason).
+const MAX_DESCRIPTION: usize = 200;
+
+/// `text` as an RFC 6750 §3 `error_description` value: only printable ASCII other than `"` and
+/// `\` (`%x20-21 / %x23-5B / %x5D-7E`; others become `'` or `?`), at most [`MAX_DESCRIPTION`]
+/// characters (a reason can quote a client-supplied claim of any size).
 fn quoted(text: &str) -> String {
-    text.replace(['"', '\\'], "'")
+    let mut out: String = text
+        .chars()
+        .take(MAX_DESCRIPTION)
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect();
+    if text.chars().count() > MAX_DESCRIPTION {
+        out.push_str("...");
+    }
+    out
 }
 
 impl From<AuthError> for ApiError {
@@ -354,6 +372,21 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn error_description_is_rfc_6750_ascii() {
+        // (reason, description)
+        let long = "x".repeat(300);
+        let cases = [
+            ("plain words", "plain words".to_owned()),
+            ("a \"quoted\" \\ path", "a 'quoted' ' path".to_owned()),
+            ("caf\u{e9}\r\ninjected: 1", "caf???injected: 1".to_owned()),
+            (long.as_str(), format!("{}...", "x".repeat(MAX_DESCRIPTION))),
+        ];
+        for (reason, want) in cases {
+            assert_eq!(quoted(reason), want, "{reason:?}");
+        }
+    }
 
     /// Headers → the bearer token found, or the refusal.
     #[test]
