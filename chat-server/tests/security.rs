@@ -544,6 +544,55 @@ async fn cross_site_posts_and_websockets_are_refused() {
         "only the three allowed posts are stored: {texts:?}"
     );
 
+    // CORS for the listed origin only: its preflight is answered and its answers are readable;
+    // another origin's preflight gets no CORS headers (its page cannot call the API).
+    let preflight = |origin: &str| {
+        http()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{url}/channels/general/messages"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let listed = preflight("https://app.example").await.expect("preflight");
+    assert!(listed.status().is_success(), "{}", listed.status());
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+    };
+    assert_eq!(
+        header(&listed, "access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    let allowed = header(&listed, "access-control-allow-headers").unwrap_or_default();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    let other = preflight("http://evil.example").await.expect("preflight");
+    assert_eq!(header(&other, "access-control-allow-origin"), None);
+    let answered = http()
+        .post(format!("{url}/channels/general/messages"))
+        .header("origin", "https://app.example")
+        .header("content-type", "application/json")
+        .body(r#"{"text":"from the app"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answered.status(), 201);
+    assert_eq!(
+        header(&answered, "access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+
     let (t, _dir, _) = token_cluster(1).await;
     let ann = token("ann", json!({"channels": ["general"]}), 600);
     let req = http()

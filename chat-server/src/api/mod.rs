@@ -23,9 +23,33 @@ use crate::message::{Message, NewMessage, now_millis};
 use crate::node::Node;
 use crate::node::store::{LocalPage, within_bytes};
 
+/// CORS (Fetch standard) for the origins `--allowed-origins` lists: a page on one of them may
+/// call the HTTP API from the browser with its token — preflights for `GET`/`POST` with
+/// `Authorization`, `Content-Type` and `X-Chat-Token` are answered, and responses carry
+/// `Access-Control-Allow-Origin` for that origin (never `*` with credentials: tokens travel in
+/// headers, no cookie is used). Other origins get no CORS headers, so their pages cannot read
+/// answers; their state-changing requests are refused by the Origin check as before.
+pub fn cors(access: &Access) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method, header};
+    let origins = access.origins.clone();
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::predicate(
+            move |origin, _| origin.to_str().is_ok_and(|o| origins.lists(o)),
+        ))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static(crate::auth::TOKEN_HEADER),
+        ])
+        .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
 /// Builds the router of a node; its WebSocket sessions are tracked in `sessions`, clients are
 /// admitted by `access`.
 pub fn router(node: Node, sessions: Sessions, access: Access) -> Router {
+    let cors = cors(&access);
     Router::new()
         .route("/channels", get(messages::list_channels))
         .route(
@@ -49,6 +73,7 @@ pub fn router(node: Node, sessions: Sessions, access: Access) -> Router {
         )
         .layer(axum::Extension(sessions))
         .layer(axum::Extension(access))
+        .layer(cors)
         .with_state(node)
 }
 

@@ -34,6 +34,15 @@ impl OriginPolicy {
         Ok(policy)
     }
 
+    /// Whether `origin` is listed in `--allowed-origins` (or `*` is): a page there may call this
+    /// node cross-origin, so its CORS preflights are answered ([`crate::api::cors`]). The node's
+    /// own origin needs no CORS and is not listed here.
+    pub fn lists(&self, origin: &str) -> bool {
+        self.any
+            || normalize(origin)
+                .is_some_and(|(serialized, _, _)| self.allowed.contains(&serialized))
+    }
+
     /// Decides a request with these `Origin` and `Host` headers: `Ok` to serve it, else why not.
     pub fn check(&self, origin: Option<&str>, host: Option<&str>) -> Result<(), String> {
         let Some(origin) = origin else {
