@@ -869,6 +869,21 @@ async fn the_broker_over_tls_is_trusted_only_through_its_ca() {
         ["over tls"]
     );
 
+    // OpenSSL's client (the broker's readiness probe, `redis-cli --tls`) accepts the chain too.
+    let ca = c.redis.ca_file().expect("TLS broker");
+    let probe = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(&ca)
+        .args(["-u", &c.redis.url(), "--no-auth-warning", "-e", "ping"])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(
+        String::from_utf8_lossy(&probe.stdout).trim(),
+        "PONG",
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
     // A node that trusts another CA never gets a connection (and says why).
     let stranger = TlsFiles::generate();
     let port = free_port();

@@ -16,7 +16,9 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+};
 
 const CHANNEL: &str = "tls";
 const SECRET: &str = "demo-broker-tls";
@@ -24,8 +26,15 @@ const SECRET: &str = "demo-broker-tls";
 /// Creates `demo-broker-tls` in `ns`: a CA, and a server certificate it signs for the names the
 /// data plane (`demo-broker`, its Service's full names) and the probe (`127.0.0.1`) dial.
 async fn create_tls_secret(h: &Harness, ns: &str) -> Result<()> {
+    // Distinct subject names: rcgen's default subject is the same for every certificate, and
+    // OpenSSL (the readiness probe's redis-cli) takes a leaf whose subject equals its issuer for
+    // a self-signed certificate and refuses it.
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name = DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "chat-cluster e2e CA");
     let ca_key = KeyPair::generate()?;
     let ca = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
@@ -36,7 +45,12 @@ async fn create_tls_secret(h: &Harness, ns: &str) -> Result<()> {
         format!("demo-broker.{ns}.svc.cluster.local"),
         "127.0.0.1".to_owned(),
     ];
-    let cert = CertificateParams::new(names)?.signed_by(&key, &issuer)?;
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "demo-broker");
+    let cert = params.signed_by(&key, &issuer)?;
     let data = BTreeMap::from([
         ("tls.crt".to_owned(), ByteString(cert.pem().into_bytes())),
         (
