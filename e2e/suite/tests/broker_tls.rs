@@ -20,7 +20,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
 };
 
-const CHANNEL: &str = "tls";
+const CHANNEL: &str = "e2e.tls";
 const SECRET: &str = "demo-broker-tls";
 
 /// Creates `demo-broker-tls` in `ns`: a CA, and a server certificate it signs for the names the
