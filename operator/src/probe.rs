@@ -42,6 +42,23 @@ pub enum ProbeError {
     },
 }
 
+impl ProbeError {
+    /// The API server's words when it refused the probe for lack of `pods/proxy` permission
+    /// (403 naming `pods/proxy`): the operator's RBAC does not reach this namespace, which no
+    /// retry fixes. None for every other failure (the pod not answering yet, a timeout).
+    pub fn forbidden(&self) -> Option<&str> {
+        match self {
+            ProbeError::Get {
+                source: kube::Error::Api(status),
+                ..
+            } if status.code == 403 && status.message.contains("pods/proxy") => {
+                Some(status.message.as_str())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The proxy path of `pod`'s `/status` on `port`.
 pub fn status_path(namespace: &str, pod: &str, port: u16) -> String {
     format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/status")
@@ -75,5 +92,36 @@ pub async fn status<T: DeserializeOwned>(
         Err(_) => Err(ProbeError::Timeout {
             pod: pod.to_owned(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, message: &str) -> ProbeError {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": code, "message": message, "reason": "Forbidden",
+        }))
+        .expect("status");
+        ProbeError::Get {
+            pod: "p".into(),
+            source: kube::Error::Api(Box::new(status)),
+        }
+    }
+
+    #[test]
+    fn forbidden_is_only_the_rbac_refusal_of_the_pod_proxy() {
+        let rbac = "pods \"p\" is forbidden: User \"system:serviceaccount:x:op\" cannot get resource \"pods/proxy\" in API group \"\" in the namespace \"ns\"";
+        // (error, refused for RBAC)
+        let cases = [
+            (api_error(403, rbac), true),
+            (api_error(403, "the pod answered 403"), false),
+            (api_error(503, "no endpoints available"), false),
+            (ProbeError::Timeout { pod: "p".into() }, false),
+        ];
+        for (error, want) in cases {
+            assert_eq!(error.forbidden().is_some(), want, "{error}");
+        }
     }
 }

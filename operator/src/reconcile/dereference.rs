@@ -137,10 +137,15 @@ pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, D
     // The pods were started with the existing internal token (none yet: nothing to send).
     let token = secret_value(children.internal_secret.as_ref(), INTERNAL_TOKEN_KEY);
     let token = token.as_deref();
-    let (chat_statuses, log_statuses) = tokio::join!(
+    let ((chat_statuses, chat_forbidden), (log_statuses, log_forbidden)) = tokio::join!(
         chat_statuses(client, &cluster.namespace, &chat_pods, token),
         log_statuses(client, &cluster.namespace, &log_pods, token),
     );
+    // A probe the API server refuses for lack of RBAC is a problem like a stuck pod: named in
+    // Degraded rather than leaving the cluster Pending without a word.
+    let mut problems = problems;
+    problems.extend(chat_forbidden.into_iter().chain(log_forbidden));
+    health::sort(&mut problems);
     Ok(Observed {
         children,
         chat_pods,
@@ -278,27 +283,48 @@ fn probeable(pod: &Pod) -> bool {
         .is_some_and(|s| s.pod_ip.is_some() && s.phase.as_deref() == Some("Running"))
 }
 
+/// What the probes of some pods found: the documents that were read, by pod name, and a
+/// [`health::probe_forbidden`] problem for each pod the API server would not let the operator
+/// probe.
+type Probed<T> = (BTreeMap<String, T>, Vec<PodProblem>);
+
+/// Splits probe results into documents and RBAC refusals (other failures are "not yet").
+fn probed<T>(results: Vec<(&Pod, Result<T, probe::ProbeError>)>, what: &str) -> Probed<T> {
+    let mut documents = BTreeMap::new();
+    let mut forbidden = Vec::new();
+    for (pod, result) in results {
+        match result {
+            Ok(status) => {
+                documents.insert(pod.name_any(), status);
+            }
+            Err(e) => {
+                if let Some(message) = e.forbidden() {
+                    forbidden.push(health::probe_forbidden(pod, message));
+                }
+                tracing::debug!(pod = pod.name_any(), error = %e, "{what} status not readable");
+            }
+        }
+    }
+    (documents, forbidden)
+}
+
 /// `/status` of each chat-server pod the gate still has to decide on, by pod name.
 async fn chat_statuses(
     client: &Client,
     namespace: &str,
     pods: &[Pod],
     token: Option<&str>,
-) -> BTreeMap<String, NodeStatus> {
+) -> Probed<NodeStatus> {
     let probes = pods
         .iter()
         .filter(|pod| gate::awaits_decision(pod) && probeable(pod))
         .map(|pod| async move {
             let name = pod.name_any();
-            match probe::status::<NodeStatus>(client, namespace, &name, CHAT_PORT, token).await {
-                Ok(status) => Some((name, status)),
-                Err(e) => {
-                    tracing::debug!(pod = name, error = %e, "chat-server status not readable yet");
-                    None
-                }
-            }
+            let result =
+                probe::status::<NodeStatus>(client, namespace, &name, CHAT_PORT, token).await;
+            (pod, result)
         });
-    join_all(probes).await.into_iter().flatten().collect()
+    probed(join_all(probes).await, "chat-server")
 }
 
 /// `/status` of every running replication-log replica that answers, by pod name.
@@ -307,19 +333,17 @@ async fn log_statuses(
     namespace: &str,
     pods: &[Pod],
     token: Option<&str>,
-) -> BTreeMap<String, ReplicaStatus> {
+) -> Probed<ReplicaStatus> {
     let probes = pods
         .iter()
         .filter(|pod| probeable(pod))
         .map(|pod| async move {
             let name = pod.name_any();
-            probe::status::<ReplicaStatus>(client, namespace, &name, LOG_PORT, token)
-                .await
-                .inspect_err(|e| tracing::debug!(error = %e, "replication-log status not readable"))
-                .ok()
-                .map(|status| (name, status))
+            let result =
+                probe::status::<ReplicaStatus>(client, namespace, &name, LOG_PORT, token).await;
+            (pod, result)
         });
-    join_all(probes).await.into_iter().flatten().collect()
+    probed(join_all(probes).await, "replication-log")
 }
 
 /// Derives the build facts from what exists; a new password, key or token only when no Secret

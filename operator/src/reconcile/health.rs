@@ -199,17 +199,42 @@ pub fn pod_problem(pod: &Pod, claims: &[PersistentVolumeClaim]) -> Option<PodPro
     })
 }
 
-/// The problems of `pods`, in component order (broker, replication-log, chat-server) then by
-/// pod name, so the first one — the one the Degraded condition's reason names — is stable.
-pub fn problems(pods: &[Pod], claims: &[PersistentVolumeClaim]) -> Vec<PodProblem> {
+/// `pod` whose `/status` the operator may not read: the API server refused the pod-proxy probe
+/// (`api_message`, 403 naming `pods/proxy`), so the readiness gate and the positions can never
+/// be decided and the ChatCluster would sit `Pending` with no reason. Reason
+/// `StatusProbeForbidden`; the message says how to grant it.
+pub fn probe_forbidden(pod: &Pod, api_message: &str) -> PodProblem {
+    let namespace = pod.namespace().unwrap_or_default();
+    PodProblem {
+        component: component_of(pod),
+        pod: pod.name_any(),
+        reason: "StatusProbeForbidden".into(),
+        message: format!(
+            "the operator may not read the pod's /status through the API server in namespace \
+             {namespace}: bind ClusterRole chat-cluster-operator-data-plane to its ServiceAccount \
+             there (Helm value rbac.dataPlaneNamespaces, or watchNamespaces; docs/install.md, \
+             Permissions): {api_message}"
+        ),
+        reference: pod.object_ref(&()),
+    }
+}
+
+/// Sorts `problems` as [`problems`] returns them.
+pub fn sort(problems: &mut [PodProblem]) {
     let rank = |p: &PodProblem| match p.component {
         Some("broker") => 0,
         Some("replication-log") => 1,
         Some("chat-server") => 2,
         _ => 3,
     };
+    problems.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.pod.cmp(&b.pod)));
+}
+
+/// The problems of `pods`, in component order (broker, replication-log, chat-server) then by
+/// pod name, so the first one — the one the Degraded condition's reason names — is stable.
+pub fn problems(pods: &[Pod], claims: &[PersistentVolumeClaim]) -> Vec<PodProblem> {
     let mut found: Vec<PodProblem> = pods.iter().filter_map(|p| pod_problem(p, claims)).collect();
-    found.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.pod.cmp(&b.pod)));
+    sort(&mut found);
     found
 }
 
