@@ -105,9 +105,15 @@ struct RunArgs {
     watch_namespaces: String,
 }
 
+/// The log filter without `RUST_LOG`. `kube_client::client::builder` is off: it logs every
+/// non-2xx answer at ERROR (each pod-proxy probe of a pod not yet serving, each 404 of a child
+/// looked up before it exists), which the operator handles and reports itself — dozens of lines
+/// a second from a healthy operator otherwise.
+const DEFAULT_LOG_FILTER: &str = "info,kube_runtime=warn,kube_client::client::builder=off";
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
