@@ -318,10 +318,10 @@ async fn publish_changes(ctx: &Context, cluster: &ChatCluster, changes: &[apply:
 }
 
 /// Patches the status when it changed; whenever the Degraded condition becomes True or changes
-/// its reason or message while True ([`status::degraded_change`]), records one warning Event
+/// its reason or message while True ([`status::turned_true`]), records one warning Event
 /// with that reason and message, related to the stuck pod it names (if any), so each cause is
 /// its own Event and a repeat of the same one is counted by the recorder's series. When the
-/// `ReusedClaims` condition becomes True ([`status::turned_true`]), one Normal Event
+/// `ReusedClaims` condition becomes True (the same rule), one Normal Event
 /// `RetainedClaims` names the claims; when `StorageSizeWarning` does, one Warning Event
 /// `AboveBound` names the sizes.
 async fn write_status(
@@ -334,7 +334,7 @@ async fn write_status(
         return Ok(());
     }
     ctx.metrics.status_written();
-    if let Some(degraded) = status::degraded_change(cluster.status.as_ref(), next) {
+    if let Some(degraded) = status::turned_true(status::DEGRADED, cluster.status.as_ref(), next) {
         let related = problems
             .first()
             .filter(|p| p.reason == degraded.reason)

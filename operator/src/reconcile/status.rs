@@ -507,8 +507,9 @@ fn storage_size_warning(spec: &ChatClusterSpec, generation: i64, now: Timestamp)
     )
 }
 
-/// The condition of type `type_` in `next` when it just became True (or its message changed
-/// while True): worth one Event. None otherwise.
+/// The condition of type `type_` in `next` when it is worth an Event: True, and either it was
+/// not True before or its reason or message changed. A condition that stays True with the same
+/// words records nothing more (Degraded, ReusedClaims, StorageSizeWarning).
 pub fn turned_true<'a>(
     type_: &str,
     previous: Option<&ChatClusterStatus>,
@@ -525,35 +526,6 @@ pub fn turned_true<'a>(
             .iter()
             .find(|c| c.type_ == type_ && c.status == "True")
     });
-    (before.map(|b| &b.message) != Some(&now.message)).then_some(now)
-}
-
-/// The `ReusedClaims` condition of `next` when it just became True (or its message changed
-/// while True): worth one Event. None otherwise.
-pub fn reused_claims_change<'a>(
-    previous: Option<&ChatClusterStatus>,
-    next: &'a ChatClusterStatus,
-) -> Option<&'a Condition> {
-    turned_true(REUSED_CLAIMS, previous, next)
-}
-
-/// The Degraded condition of `next` when it is worth an Event: True, and either it was not True
-/// before or its reason or message changed. A steady Degraded cluster records nothing more.
-pub fn degraded_change<'a>(
-    previous: Option<&ChatClusterStatus>,
-    next: &'a ChatClusterStatus,
-) -> Option<&'a Condition> {
-    let find = |s: &ChatClusterStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == DEGRADED && c.status == "True")
-            .cloned()
-    };
-    let now = next
-        .conditions
-        .iter()
-        .find(|c| c.type_ == DEGRADED && c.status == "True")?;
-    let before = previous.and_then(find);
     let same = before.is_some_and(|b| b.reason == now.reason && b.message == now.message);
     (!same).then_some(now)
 }
@@ -676,7 +648,7 @@ mod tests {
             (None, &none, false),
         ] {
             assert_eq!(
-                reused_claims_change(previous, next).is_some(),
+                turned_true(REUSED_CLAIMS, previous, next).is_some(),
                 due,
                 "{previous:?} -> {next:?}"
             );
@@ -1060,7 +1032,7 @@ mod tests {
             ("recovers", Some(&crash), &ok, None),
         ];
         for (case, previous, next, want) in cases {
-            let got = degraded_change(previous, next).map(|c| c.reason.as_str());
+            let got = turned_true(DEGRADED, previous, next).map(|c| c.reason.as_str());
             assert_eq!(got, want, "{case}");
         }
     }
