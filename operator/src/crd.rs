@@ -498,7 +498,8 @@ pub struct RolloutSpec {
     pub auto_rollback: bool,
 }
 
-/// A persistent volume request. The size may grow but never shrink; the class is immutable.
+/// A persistent volume request. The size may grow (the operator then expands the bound claims whose
+/// StorageClass allows it) but never shrink; the class is immutable.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [

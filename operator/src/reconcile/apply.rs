@@ -11,6 +11,8 @@
 //! a spec change that only removes a field visible: the subset check alone would find the old
 //! live object still "containing" the smaller desired one and never send the apply that lets
 //! server-side apply delete the dropped field.
+//! [`expand_claims`] carries out the storage step's [`Resize::Expand`] decisions (a merge patch of
+//! each claim's `spec.resources.requests.storage`).
 //! Pruning then lists each kind in [`PRUNED_KINDS`] by the instance and managed-by labels and
 //! deletes what carries our controller owner reference but was not kept (today only a PDB can go,
 //! when a component drops below two replicas).
@@ -18,8 +20,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::Resource as _;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -30,6 +32,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::children::{ChildKind, Children, Desired, Existing, Live};
+use super::storage::Resize;
 use super::validate::Validated;
 use crate::names::{ANNOTATION_APPLIED_HASH, managed_selector};
 
@@ -414,6 +417,47 @@ pub fn contains(have: &Value, want: &Value) -> bool {
         }
         (have, want) => have == want,
     }
+}
+
+/// Carries out `plan` in `namespace`: each [`Resize::Expand`] patches the claim's
+/// `spec.resources.requests.storage` (a merge patch; the StatefulSet's claim template stays as it
+/// was created, it is immutable). Returns the plan as it turned out: an expansion the API server
+/// refused (for example the `PersistentVolumeClaimResize` admission plugin when the class does not
+/// allow expansion, or a namespaced install's missing `patch` on claims) becomes
+/// [`Resize::Blocked`] with the API server's message; [`Resize::Blocked`] entries pass through.
+pub async fn expand_claims(client: &Client, namespace: &str, plan: Vec<Resize>) -> Vec<Resize> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let mut done = Vec::with_capacity(plan.len());
+    for resize in plan {
+        let Resize::Expand { claim, from, to } = resize else {
+            done.push(resize);
+            continue;
+        };
+        let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": to}}}});
+        match api
+            .patch(&claim, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(claim, from, to, "expansion requested");
+                done.push(Resize::Expand { claim, from, to });
+            }
+            Err(e) => {
+                let why = match &e {
+                    kube::Error::Api(status) => status.message.clone(),
+                    other => other.to_string(),
+                };
+                tracing::warn!(claim, error = %e, "claim expansion refused");
+                done.push(Resize::Blocked {
+                    reason: format!(
+                        "claim {claim} stays at {from}: expanding it to {to} was refused: {why}"
+                    ),
+                    claim,
+                });
+            }
+        }
+    }
+    done
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! comparison), every child pod and claim (their health, [`health::problems`], names stuck pods
 //! in the status), the chat-server and replication-log pods, and the data plane's `/status`
 //! documents (the gate decides on the chat-servers', the status reports the log replicas'
-//! positions). Generates the Redis password the first time. All the reconcile's reads of the
+//! positions), and the StorageClasses the claims name ([`storage::resize_plan`] decides which
+//! claims to expand). Generates the Redis password the first time. All the reconcile's reads of the
 //! cluster and the data plane happen here, so gate and status decide on data, without I/O.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use rand::Rng;
@@ -100,6 +102,9 @@ pub struct Observed {
     pub log_statuses: BTreeMap<String, ReplicaStatus>,
     /// Claims kept from an earlier ChatCluster of the same name ([`storage::retained_claims`]).
     pub retained_claims: Vec<String>,
+    /// Claims to expand, or that cannot grow, for the spec's storage sizes
+    /// ([`storage::resize_plan`]).
+    pub resize: Vec<storage::Resize>,
 }
 
 /// Errors reading the cluster.
@@ -134,6 +139,18 @@ pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, D
         .collect();
     let problems = health::problems(&all_pods, &claims);
     let retained_claims = storage::retained_claims(cluster.created, &claims);
+    // Without class facts every undersized bound claim comes out as an expansion: only those
+    // claims' classes are worth a read.
+    let undersized: Vec<PersistentVolumeClaim> = {
+        let unknown = storage::resize_plan(&cluster.spec, &claims, &BTreeMap::new());
+        claims
+            .iter()
+            .filter(|c| unknown.iter().any(|r| r.claim() == c.name_any()))
+            .cloned()
+            .collect()
+    };
+    let classes = storage_classes(client, &undersized).await;
+    let resize = storage::resize_plan(&cluster.spec, &undersized, &classes);
     // The pods were started with the existing internal token (none yet: nothing to send).
     let token = secret_value(children.internal_secret.as_ref(), INTERNAL_TOKEN_KEY);
     let token = token.as_deref();
@@ -154,7 +171,40 @@ pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, D
         chat_statuses,
         log_statuses,
         retained_claims,
+        resize,
     })
+}
+
+/// What the StorageClasses named by `claims` allow, by name; a class the operator may not read
+/// (namespaced install, no cluster-scoped grant) or that failed to answer is
+/// [`storage::ClassFacts::Unknown`].
+async fn storage_classes(
+    client: &Client,
+    claims: &[PersistentVolumeClaim],
+) -> BTreeMap<String, storage::ClassFacts> {
+    let names: std::collections::BTreeSet<&str> = claims
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.storage_class_name.as_deref())
+        .filter(|c| !c.is_empty())
+        .collect();
+    let api: Api<StorageClass> = Api::all(client.clone());
+    let read = names.into_iter().map(|name| {
+        let api = api.clone();
+        async move {
+            let facts = match api.get_opt(name).await {
+                Ok(Some(class)) => storage::ClassFacts::Read {
+                    allows_expansion: class.allow_volume_expansion == Some(true),
+                },
+                Ok(None) => storage::ClassFacts::Missing,
+                Err(e) => {
+                    tracing::debug!(class = name, error = %e, "StorageClass not readable");
+                    storage::ClassFacts::Unknown
+                }
+            };
+            (name.to_owned(), facts)
+        }
+    });
+    join_all(read).await.into_iter().collect()
 }
 
 /// GETs every child by its name (a struct literal: a new child must be read here).
@@ -454,6 +504,7 @@ mod tests {
             chat_statuses: BTreeMap::new(),
             log_statuses: BTreeMap::new(),
             retained_claims: vec![],
+            resize: vec![],
         }
     }
 

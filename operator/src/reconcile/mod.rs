@@ -200,6 +200,8 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         Err(e) => return Err(e.into()),
     };
     publish_changes(ctx, &cluster, &applied.changes).await;
+    let resize = apply::expand_claims(&ctx.client, &validated.namespace, observed.resize).await;
+    publish_expansions(ctx, &cluster, &resize).await;
     log_rollout::execute(
         &ctx.client,
         &ctx.recorder,
@@ -230,6 +232,7 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         log_rollout: &log_rollout,
         problems: &observed.problems,
         retained_claims: &observed.retained_claims,
+        resize: &resize,
         now: Timestamp::now(),
     });
     write_status(ctx, &cluster, &next, &observed.problems).await?;
@@ -317,13 +320,36 @@ async fn publish_changes(ctx: &Context, cluster: &ChatCluster, changes: &[apply:
     }
 }
 
+/// One Normal Event `ExpandingClaim` per claim whose expansion was requested in this reconcile
+/// (the next reconcile finds the claim at its new request and plans nothing more for it).
+async fn publish_expansions(ctx: &Context, cluster: &ChatCluster, resize: &[storage::Resize]) {
+    for r in resize {
+        if let storage::Resize::Expand { claim, from, to } = r {
+            let note = format!(
+                "claim {claim}: requested {to} (was {from}); the volume grows once its \
+                 provisioner and the kubelet have resized it (kubectl describe pvc {claim})"
+            );
+            publish(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "ExpandingClaim",
+                "Expand",
+                note,
+            )
+            .await;
+        }
+    }
+}
+
 /// Patches the status when it changed; whenever the Degraded condition becomes True or changes
 /// its reason or message while True ([`status::turned_true`]), records one warning Event
 /// with that reason and message, related to the stuck pod it names (if any), so each cause is
 /// its own Event and a repeat of the same one is counted by the recorder's series. When the
 /// `ReusedClaims` condition becomes True (the same rule), one Normal Event
 /// `RetainedClaims` names the claims; when `StorageSizeWarning` does, one Warning Event
-/// `AboveBound` names the sizes.
+/// `AboveBound` names the sizes; when `StorageExpansionBlocked` does, one Warning Event
+/// `ExpansionBlocked` names the claims and why.
 async fn write_status(
     ctx: &Context,
     cluster: &ChatCluster,
@@ -351,6 +377,7 @@ async fn write_status(
     for (type_, event_type) in [
         (status::REUSED_CLAIMS, EventType::Normal),
         (status::STORAGE_SIZE_WARNING, EventType::Warning),
+        (status::STORAGE_EXPANSION_BLOCKED, EventType::Warning),
     ] {
         if let Some(turned) = status::turned_true(type_, cluster.status.as_ref(), next) {
             let event = Event {

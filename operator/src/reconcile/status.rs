@@ -34,6 +34,10 @@ pub const REUSED_CLAIMS: &str = "ReusedClaims";
 /// Condition type: a storage size is above [`storage::CLAIM_SIZE_WARNING`] (almost always a
 /// typo such as `900Pi`); the spec is applied all the same.
 pub const STORAGE_SIZE_WARNING: &str = "StorageSizeWarning";
+/// Condition type: `storage.size` grew but some existing claim cannot follow (its StorageClass
+/// does not allow expansion, there is none, or the API server refused the request); the claims
+/// that could grow were expanded.
+pub const STORAGE_EXPANSION_BLOCKED: &str = "StorageExpansionBlocked";
 
 /// Errors of the status step.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,8 @@ pub struct Inputs<'a> {
     pub problems: &'a [PodProblem],
     /// Claims kept from an earlier ChatCluster of the same name (from the dereference step).
     pub retained_claims: &'a [String],
+    /// The claim expansions of this reconcile as the apply step carried them out.
+    pub resize: &'a [storage::Resize],
     /// The time, for new transitions.
     pub now: Timestamp,
 }
@@ -417,6 +423,7 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     let mut next = next;
     next.push(reused_claims(inputs.retained_claims, v, generation, now));
     next.push(storage_size_warning(&v.spec, generation, now));
+    next.push(storage_expansion_blocked(inputs.resize, generation, now));
     let previous_conditions = inputs.previous.map_or(&[][..], |p| p.conditions.as_slice());
     let (head, persisted) = positions(inputs.logs, inputs.previous);
 
@@ -501,6 +508,45 @@ fn storage_size_warning(spec: &ChatClusterSpec, generation: i64, now: Timestamp)
              for a typo (Pi for Gi); the claims are requested as written and may stay Pending",
             sizes.join(", "),
             storage::CLAIM_SIZE_WARNING
+        ),
+        generation,
+        now,
+    )
+}
+
+/// The `StorageExpansionBlocked` condition: True (reason `ExpansionBlocked`) with each claim that
+/// cannot grow to its component's `storage.size` and why, False (`NothingBlocked`) otherwise.
+fn storage_expansion_blocked(
+    resize: &[storage::Resize],
+    generation: i64,
+    now: Timestamp,
+) -> Condition {
+    let blocked: Vec<&str> = resize
+        .iter()
+        .filter_map(|r| match r {
+            storage::Resize::Blocked { reason, .. } => Some(reason.as_str()),
+            storage::Resize::Expand { .. } => None,
+        })
+        .collect();
+    if blocked.is_empty() {
+        return condition(
+            STORAGE_EXPANSION_BLOCKED,
+            false,
+            "NothingBlocked",
+            "every claim requests its component's storage.size, or is being expanded to it"
+                .to_owned(),
+            generation,
+            now,
+        );
+    }
+    condition(
+        STORAGE_EXPANSION_BLOCKED,
+        true,
+        "ExpansionBlocked",
+        format!(
+            "{}. The spec is kept; grow these volumes by hand or move them to a class that \
+             allows expansion (docs/operations.md, Storage)",
+            blocked.join("; ")
         ),
         generation,
         now,
@@ -764,6 +810,7 @@ mod tests {
             log_rollout,
             problems,
             retained_claims: &[],
+            resize: &[],
             now: Timestamp::now(),
         })
     }

@@ -1,5 +1,6 @@
-//! Storage facts the status reports: claims kept from an earlier ChatCluster of the same name,
-//! and claim sizes above a sane bound.
+//! Storage decisions, all pure: claims kept from an earlier ChatCluster of the same name, claim
+//! sizes above a sane bound, and which existing claims to expand when `storage.size` grows
+//! ([`resize_plan`]; the apply step patches them, the status step reports what cannot grow).
 //!
 //! Claims kept from an earlier ChatCluster of the same name. With `spec.storage.claimRetention`
 //! `Retain` (the default) deleting a ChatCluster keeps the broker's and the replication log's
@@ -9,9 +10,12 @@
 //! (pure, table-tested) which of the claims the dereference step listed predate the ChatCluster,
 //! and the status step reports them in the `ReusedClaims` condition and an Event.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
 use crate::crd::ChatClusterSpec;
+use crate::names::{Component, LABEL_COMPONENT};
 use crate::quantity::to_units;
 
 /// The claim size above which the status warns: 64 TiB, the largest single disk the common
@@ -38,6 +42,149 @@ pub fn oversized_claims(spec: &ChatClusterSpec) -> Vec<(&'static str, String)> {
 }
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+
+/// What is known of a StorageClass a claim names, as the dereference step read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassFacts {
+    /// Read: its `allowVolumeExpansion` (unset counts as false, as in the API server's
+    /// `PersistentVolumeClaimResize` admission plugin).
+    Read {
+        /// `allowVolumeExpansion: true`.
+        allows_expansion: bool,
+    },
+    /// The API server answered 404: no such class.
+    Missing,
+    /// Not readable (the operator installed in namespaced mode has no cluster-scoped grant): the
+    /// expansion is requested and the API server's admission decides.
+    Unknown,
+}
+
+/// One claim to act on when a component's `storage.size` is above what the claim requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resize {
+    /// Patch `spec.resources.requests.storage` of `claim` from `from` to `to`.
+    Expand {
+        /// Claim name.
+        claim: String,
+        /// Its request now (a quantity).
+        from: String,
+        /// The spec's size (a quantity).
+        to: String,
+    },
+    /// The claim cannot grow; `reason` says why in words, for the `StorageExpansionBlocked`
+    /// condition.
+    Blocked {
+        /// Claim name.
+        claim: String,
+        /// Why, naming the class or the state that prevents it.
+        reason: String,
+    },
+}
+
+/// Which of `claims` (the broker's and the replication log's, told apart by their
+/// `app.kubernetes.io/component` label) to expand to the size `spec` asks for, in claim-name
+/// order. A claim is left alone when it already requests at least that size, when it is being
+/// deleted, or when it is not `Bound` yet (only a bound claim's request may change; it is
+/// expanded on a later reconcile). A claim is [`Resize::Blocked`] when it names no StorageClass
+/// (a statically provisioned volume), its class does not exist, or its class does not set
+/// `allowVolumeExpansion: true`; otherwise (class allows it, or is [`ClassFacts::Unknown`]) it
+/// is [`Resize::Expand`]ed. New replicas' claims are created at the size the StatefulSet was
+/// created with (its claim template is immutable) and are expanded the same way once bound.
+pub fn resize_plan(
+    spec: &ChatClusterSpec,
+    claims: &[PersistentVolumeClaim],
+    classes: &BTreeMap<String, ClassFacts>,
+) -> Vec<Resize> {
+    let mut plan: Vec<Resize> = claims
+        .iter()
+        .filter_map(|claim| resize(spec, claim, classes))
+        .collect();
+    plan.sort_by(|a, b| a.claim().cmp(b.claim()));
+    plan
+}
+
+impl Resize {
+    /// The claim this decision is about.
+    pub fn claim(&self) -> &str {
+        match self {
+            Resize::Expand { claim, .. } | Resize::Blocked { claim, .. } => claim,
+        }
+    }
+}
+
+/// The storage size `spec` asks for the component labelled `label`, if it has storage.
+fn wanted_size<'a>(spec: &'a ChatClusterSpec, label: &str) -> Option<&'a str> {
+    if label == Component::Broker.label() {
+        Some(&spec.broker.storage.size)
+    } else if label == Component::ReplicationLog.label() {
+        Some(&spec.replication_log.storage.size)
+    } else {
+        None
+    }
+}
+
+fn resize(
+    spec: &ChatClusterSpec,
+    claim: &PersistentVolumeClaim,
+    classes: &BTreeMap<String, ClassFacts>,
+) -> Option<Resize> {
+    if claim.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let to = wanted_size(spec, claim.labels().get(LABEL_COMPONENT)?)?;
+    let claim_spec = claim.spec.as_ref()?;
+    let from = claim_spec
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")?;
+    if to_units(&from.0)? >= to_units(to)? {
+        return None;
+    }
+    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    if !bound {
+        return None;
+    }
+    let name = claim.name_any();
+    let blocked = |reason: String| {
+        Some(Resize::Blocked {
+            claim: name.clone(),
+            reason,
+        })
+    };
+    let class = claim_spec
+        .storage_class_name
+        .as_deref()
+        .filter(|c| !c.is_empty());
+    let Some(class) = class else {
+        return blocked(format!(
+            "claim {name} names no StorageClass (a statically provisioned volume): expand its \
+             PersistentVolume by hand"
+        ));
+    };
+    match classes.get(class).copied().unwrap_or(ClassFacts::Unknown) {
+        ClassFacts::Read {
+            allows_expansion: false,
+        } => blocked(format!(
+            "claim {name} stays at {}: its StorageClass {class} does not set \
+             allowVolumeExpansion: true",
+            from.0
+        )),
+        ClassFacts::Missing => blocked(format!(
+            "claim {name} stays at {}: its StorageClass {class} does not exist",
+            from.0
+        )),
+        ClassFacts::Read {
+            allows_expansion: true,
+        }
+        | ClassFacts::Unknown => Some(Resize::Expand {
+            claim: name,
+            from: from.0.clone(),
+            to: to.to_owned(),
+        }),
+    }
+}
 
 /// The names (sorted) of the `claims` created before `created`, the ChatCluster's
 /// `metadata.creationTimestamp`: they were kept from an earlier ChatCluster of the same name
@@ -149,5 +296,180 @@ mod tests {
             let claims: Vec<_> = claims.into_iter().map(|(n, t)| claim(n, t)).collect();
             assert_eq!(retained_claims(created, &claims), want, "{claims:?}");
         }
+    }
+
+    /// A claim of `component` requesting `size`, in `phase`, of `class`.
+    fn sized(
+        name: &str,
+        component: &str,
+        size: &str,
+        phase: &str,
+        class: Option<&str>,
+    ) -> PersistentVolumeClaim {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {LABEL_COMPONENT: component}},
+            "spec": {"resources": {"requests": {"storage": size}}, "storageClassName": class},
+            "status": {"phase": phase},
+        }))
+        .expect("claim")
+    }
+
+    #[test]
+    fn resize_plan_table() {
+        let classes = BTreeMap::from([
+            (
+                "grows".to_owned(),
+                ClassFacts::Read {
+                    allows_expansion: true,
+                },
+            ),
+            (
+                "fixed".to_owned(),
+                ClassFacts::Read {
+                    allows_expansion: false,
+                },
+            ),
+            ("gone".to_owned(), ClassFacts::Missing),
+        ]);
+        let expand = |claim: &str, from: &str, to: &str| Resize::Expand {
+            claim: claim.into(),
+            from: from.into(),
+            to: to.into(),
+        };
+        let blocked = |claim: &str, because: &str| (claim.to_owned(), because.to_owned());
+        // (broker size, log size, claims, expansions, blocked claims with a phrase of the reason)
+        type Case = (
+            &'static str,
+            &'static str,
+            Vec<PersistentVolumeClaim>,
+            Vec<Resize>,
+            Vec<(String, String)>,
+        );
+        let log = "replication-log";
+        let cases: Vec<Case> = vec![
+            // Same size, or the claim already larger (grown by hand): nothing.
+            (
+                "1Gi",
+                "1Gi",
+                vec![sized("data-d-log-0", log, "1Gi", "Bound", Some("grows"))],
+                vec![],
+                vec![],
+            ),
+            (
+                "1Gi",
+                "1Gi",
+                vec![sized("data-d-log-0", log, "2Gi", "Bound", Some("grows"))],
+                vec![],
+                vec![],
+            ),
+            // 1024Mi is 1Gi: equal quantities in other units are not a change.
+            (
+                "1Gi",
+                "1024Mi",
+                vec![sized("data-d-log-0", log, "1Gi", "Bound", Some("grows"))],
+                vec![],
+                vec![],
+            ),
+            // Grown: each component's claims follow its own size, in name order.
+            (
+                "3Gi",
+                "2Gi",
+                vec![
+                    sized("data-d-log-1", log, "1Gi", "Bound", Some("grows")),
+                    sized("data-d-broker-0", "broker", "1Gi", "Bound", Some("grows")),
+                    sized("data-d-log-0", log, "1Gi", "Bound", Some("grows")),
+                ],
+                vec![
+                    expand("data-d-broker-0", "1Gi", "3Gi"),
+                    expand("data-d-log-0", "1Gi", "2Gi"),
+                    expand("data-d-log-1", "1Gi", "2Gi"),
+                ],
+                vec![],
+            ),
+            // Not bound yet: its request cannot change; a later reconcile expands it.
+            (
+                "1Gi",
+                "2Gi",
+                vec![sized("data-d-log-0", log, "1Gi", "Pending", Some("grows"))],
+                vec![],
+                vec![],
+            ),
+            // The class forbids it, is gone, or there is none.
+            (
+                "1Gi",
+                "2Gi",
+                vec![
+                    sized("data-d-log-0", log, "1Gi", "Bound", Some("fixed")),
+                    sized("data-d-log-1", log, "1Gi", "Bound", Some("gone")),
+                    sized("data-d-log-2", log, "1Gi", "Bound", None),
+                    sized("data-d-log-3", log, "1Gi", "Bound", Some("")),
+                ],
+                vec![],
+                vec![
+                    blocked(
+                        "data-d-log-0",
+                        "StorageClass fixed does not set allowVolumeExpansion",
+                    ),
+                    blocked("data-d-log-1", "StorageClass gone does not exist"),
+                    blocked("data-d-log-2", "names no StorageClass"),
+                    blocked("data-d-log-3", "names no StorageClass"),
+                ],
+            ),
+            // A class the operator may not read: ask, the API server's admission decides.
+            (
+                "1Gi",
+                "2Gi",
+                vec![sized(
+                    "data-d-log-0",
+                    log,
+                    "1Gi",
+                    "Bound",
+                    Some("unreadable"),
+                )],
+                vec![expand("data-d-log-0", "1Gi", "2Gi")],
+                vec![],
+            ),
+            // Claims of no known component (a chat-server has none) are not touched.
+            (
+                "1Gi",
+                "2Gi",
+                vec![sized("other", "chat-server", "1Gi", "Bound", Some("grows"))],
+                vec![],
+                vec![],
+            ),
+        ];
+        for (broker, log_size, claims, want_expand, want_blocked) in cases {
+            let mut spec = crate::crd::ChatCluster::test().spec;
+            spec.broker.storage.size = broker.into();
+            spec.replication_log.storage.size = log_size.into();
+            let plan = resize_plan(&spec, &claims, &classes);
+            let expanded: Vec<Resize> = plan
+                .iter()
+                .filter(|r| matches!(r, Resize::Expand { .. }))
+                .cloned()
+                .collect();
+            assert_eq!(expanded, want_expand, "{broker} {log_size}");
+            let got_blocked: Vec<(String, String)> = plan
+                .iter()
+                .filter_map(|r| match r {
+                    Resize::Blocked { claim, reason } => Some((claim.clone(), reason.clone())),
+                    Resize::Expand { .. } => None,
+                })
+                .collect();
+            assert_eq!(got_blocked.len(), want_blocked.len(), "{got_blocked:?}");
+            for ((claim, reason), (want_claim, phrase)) in got_blocked.iter().zip(&want_blocked) {
+                assert_eq!(claim, want_claim);
+                assert!(reason.contains(phrase.as_str()), "{reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_claim_being_deleted_is_not_resized() {
+        let mut claim = sized("data-d-log-0", "replication-log", "1Gi", "Bound", Some("x"));
+        claim.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let mut spec = crate::crd::ChatCluster::test().spec;
+        spec.replication_log.storage.size = "2Gi".into();
+        assert_eq!(resize_plan(&spec, &[claim], &BTreeMap::new()), vec![]);
     }
 }

@@ -39,6 +39,9 @@ RBAC rules, in three parts (docs/install.md, "Permissions"):
   cco.rules.dataPlane  what reaches into the data-plane pods: pods delete (a stuck log pod during a
                        log rollout or rollback), pods/proxy get (each pod's /status during a
                        rollout), pods/status patch (the caught-up readiness gate)
+  cco.rules.cluster    cluster mode only (cluster-scoped): storageclasses get (whether a class
+                       allows expanding a claim when storage.size grows; without it the operator
+                       asks and the API server's admission decides)
   cco.rules.watchSecrets  list/watch Secrets: namespaced mode only, where the operator watches the
                        Secrets it labelled (app.kubernetes.io/managed-by=chat-cluster-operator)
 */}}
@@ -69,7 +72,7 @@ RBAC rules, in three parts (docs/install.md, "Permissions"):
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["list"]
+  verbs: ["list", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
@@ -88,6 +91,12 @@ RBAC rules, in three parts (docs/install.md, "Permissions"):
 - apiGroups: [""]
   resources: ["pods/status"]
   verbs: ["patch"]
+{{- end -}}
+
+{{- define "cco.rules.cluster" -}}
+- apiGroups: ["storage.k8s.io"]
+  resources: ["storageclasses"]
+  verbs: ["get"]
 {{- end -}}
 
 {{- define "cco.rules.watchSecrets" -}}
