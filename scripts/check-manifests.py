@@ -2,10 +2,12 @@
 """scripts/check-manifests.py: structural checks of rendered operator manifests (scripts/lint-manifests
 runs it on each `helm template` render of the chart and on `kubectl kustomize manifests/`).
 
-Usage: check-manifests.py --crd CRD.yaml [--mode cluster|namespaced] [--expect-servicemonitor yes|no]
+Usage: check-manifests.py --crd CRD.yaml --policy POLICY.yaml [--mode cluster|namespaced] [--expect-servicemonitor yes|no]
                           [--same-rules-as OTHER.yaml] RENDERED.yaml
 Checks (each failure is one line naming the object; exit 1 when any fails):
   - the rendered CustomResourceDefinition equals CRD.yaml (what `chat-cluster-operator crd` prints),
+    and the ValidatingAdmissionPolicy and its binding equal POLICY.yaml (what
+    `chat-cluster-operator admission-policy` prints),
     apart from the labels and annotations the chart adds;
   - least privilege (issue 11): no rule with a wildcard; no ClusterRole bound by a
     ClusterRoleBinding grants list or watch of Secrets, pods/proxy, pods/status or pod delete (those
@@ -63,6 +65,7 @@ def name(d):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--crd", required=True)
+    ap.add_argument("--policy", required=True, help="crds/chatcluster-policy.yaml")
     ap.add_argument("--mode", choices=["cluster", "namespaced"], default="cluster")
     ap.add_argument("--watch", default="", help="comma-separated watched namespaces (namespaced mode)")
     ap.add_argument("--expect-servicemonitor", choices=["yes", "no"], default="no")
@@ -88,6 +91,23 @@ def main():
                 " crds/chatcluster.yaml by symbolic link; regenerate it with"
                 " `cargo run -p chat-cluster-operator -- crd > crds/chatcluster.yaml`"
             )
+
+    want_policy = {(d["kind"], d["metadata"]["name"]): d for d in load(a.policy)}
+    got_policy = {}
+    for d in docs:
+        if d["kind"] in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+            got = dict(d)
+            meta = dict(got["metadata"])
+            meta.pop("labels", None)
+            meta.pop("annotations", None)
+            got["metadata"] = meta
+            got_policy[(d["kind"], meta["name"])] = got
+    if len(want_policy) != 2 or got_policy != want_policy:
+        problems.append(
+            f"{a.rendered}: the admission policy and its binding differ from {a.policy}"
+            " (`chat-cluster-operator admission-policy`), or are missing; regenerate it with"
+            " `cargo run -p chat-cluster-operator -- admission-policy > crds/chatcluster-policy.yaml`"
+        )
 
     for d in docs:
         if d["kind"] not in ("Role", "ClusterRole"):

@@ -4,9 +4,7 @@
 //! Everything the API server can check on its own lives here, so invalid specs are rejected at
 //! admission with a message naming the field; `reconcile::validate` only checks what it cannot.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, ValidationRule,
-};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use kube::core::crd::CustomResourceExt;
@@ -15,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::MAX_NAME_LEN;
 
+pub mod admission;
 pub mod network_policy;
 pub mod settings;
 pub use network_policy::NetworkPolicySpec;
@@ -26,11 +25,6 @@ pub use settings::{
 pub const GROUP: &str = "chat-cluster.io";
 /// Pod condition type (readiness gate) the operator sets once a chat-server pod has caught up.
 pub const CAUGHT_UP_CONDITION: &str = "chat-cluster.io/caught-up";
-
-/// Kubernetes quantity syntax (the API machinery's own pattern for `resource.Quantity`).
-const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
-/// Go duration syntax as accepted by `time.ParseDuration` (and CEL's `duration()`), unsigned.
-const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
 /// Desired state of one chat cluster: a Redis broker, a replicated log and N chat-server nodes.
 // The printcolumn() entries repeat `type_ = "string"`, which this lint mistakes for duplicates.
@@ -104,7 +98,7 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 pub struct ChatClusterSpec {
     /// Number of chat-server pods (scale subresource).
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(max = 1000))]
     pub replicas: i32,
     /// Image holding both data-plane binaries (`chat-server`, `replication-log`): the default
     /// of `chatServer.image` and `replicationLog.image`.
@@ -482,10 +476,9 @@ pub struct RolloutSpec {
     /// A pod that has not caught up this long after it started marks the cluster Degraded and
     /// halts the rollout (Go duration, e.g. `5m`, `90s`).
     #[serde(default = "default_catch_up_timeout")]
-    #[schemars(length(min = 2, max = 32), regex(pattern = DURATION_PATTERN))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "duration(self) >= duration('1s')", "message": "catchUpTimeout must be at least 1s"}
-    ]))]
+    // Syntax and the 1s minimum: the admission policy (crd::admission), not a regex or CEL rule
+    // in the schema, whose API-server messages are noise.
+    #[schemars(length(min = 2, max = 32))]
     pub catch_up_timeout: String,
     /// When a replication-log rollout halts (a replica not ready and caught up within
     /// `catchUpTimeout`), restore the log StatefulSet's last good revision and replace the
@@ -499,28 +492,15 @@ pub struct RolloutSpec {
 }
 
 /// A persistent volume request. The size may grow (the operator then expands the bound claims whose
-/// StorageClass allows it) but never shrink; the class is immutable.
+/// StorageClass allows it) but never shrink; the class is immutable (both enforced by the
+/// admission policy, [`admission`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
-        "message": "storageClassName is immutable",
-        "fieldPath": ".storageClassName",
-        "reason": "FieldValueForbidden"
-    }
-]))]
 pub struct StorageSpec {
     /// Requested size, a Kubernetes quantity such as `1Gi`.
     #[serde(default = "default_storage_size")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = QUANTITY_PATTERN))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))", "message": "size must be a positive quantity such as 1Gi"},
-        {
-            "rule": "!isQuantity(self) || !isQuantity(oldSelf) || quantity(self).compareTo(quantity(oldSelf)) >= 0",
-            "message": "size may not shrink"
-        }
-    ]))]
+    // Quantity syntax, > 0, never shrinking: the admission policy (crd::admission).
+    #[schemars(length(min = 1, max = 64))]
     pub size: String,
     /// Storage class; the cluster default when unset. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -682,18 +662,9 @@ impl Default for StorageSpec {
     }
 }
 
-/// Why the CustomResourceDefinition could not be generated. Generation never drops a rule
-/// silently: a rule that cannot be attached is an error, and `chat-cluster-operator crd` fails.
+/// Why the CustomResourceDefinition or the admission policy could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum CrdError {
-    /// A version of the CRD has no `openAPIV3Schema` to carry the object-level rules.
-    #[error("CRD version {version} has no openAPIV3Schema to attach the rule {rule:?} to")]
-    NoSchema {
-        /// The version without a schema.
-        version: String,
-        /// The first rule that could not be attached.
-        rule: String,
-    },
     /// The CRD does not render as YAML.
     #[error("rendering the CRD as YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
@@ -702,13 +673,10 @@ pub enum CrdError {
     Json(#[from] serde_json::Error),
 }
 
-/// The CustomResourceDefinition object.
-///
-/// Adds the one rule the derive cannot express: the length bound on `metadata.name`, from which
-/// every child name derives.
+/// The CustomResourceDefinition object: the schema (types, enums, ranges, lengths) and no CEL
+/// rules; the checks the schema cannot express are the admission policy's ([`admission`]).
 pub fn crd() -> Result<CustomResourceDefinition, CrdError> {
     let mut crd = ChatCluster::crd();
-    add_object_rules(&mut crd, &object_rules())?;
     trim_embedded_descriptions(&mut crd)?;
     Ok(crd)
 }
@@ -773,45 +741,6 @@ fn trim_embedded_descriptions(crd: &mut CustomResourceDefinition) -> Result<(), 
     Ok(())
 }
 
-/// The CEL rules on the whole object (the root of the schema of every version).
-fn object_rules() -> Vec<ValidationRule> {
-    vec![ValidationRule {
-        rule: format!("size(self.metadata.name) <= {MAX_NAME_LEN}"),
-        message: Some(format!(
-            "metadata.name may be at most {MAX_NAME_LEN} characters (child names derive from it)"
-        )),
-        ..ValidationRule::default()
-    }]
-}
-
-/// Appends `rules` to the root schema of every version of `crd`; an error when a version has no
-/// schema to hold them.
-fn add_object_rules(
-    crd: &mut CustomResourceDefinition,
-    rules: &[ValidationRule],
-) -> Result<(), CrdError> {
-    let Some(first) = rules.first() else {
-        return Ok(());
-    };
-    for version in &mut crd.spec.versions {
-        let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        else {
-            return Err(CrdError::NoSchema {
-                version: version.name.clone(),
-                rule: first.rule.clone(),
-            });
-        };
-        schema
-            .x_kubernetes_validations
-            .get_or_insert_with(Vec::new)
-            .extend_from_slice(rules);
-    }
-    Ok(())
-}
-
 /// The CRD as the YAML committed in `crds/chatcluster.yaml`.
 pub fn crd_yaml() -> Result<String, CrdError> {
     let body = serde_yaml::to_string(&crd()?)?;
@@ -820,9 +749,36 @@ pub fn crd_yaml() -> Result<String, CrdError> {
     ))
 }
 
+/// The admission policy and its binding as the YAML committed in
+/// `crds/chatcluster-policy.yaml` (two documents).
+pub fn policy_yaml() -> Result<String, CrdError> {
+    let policy = serde_yaml::to_string(&admission::policy())?;
+    let binding = serde_yaml::to_string(&admission::binding())?;
+    Ok(format!(
+        "# Generated by `chat-cluster-operator admission-policy`; do not edit. Needs Kubernetes >= 1.30.\n\
+         ---\n{policy}---\n{binding}"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `crds/chatcluster-policy.yaml` must be exactly what `chat-cluster-operator
+    /// admission-policy` prints.
+    #[test]
+    fn committed_policy_is_in_sync() {
+        let committed = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/chatcluster-policy.yaml"
+        ))
+        .expect("crds/chatcluster-policy.yaml exists");
+        assert!(
+            committed == policy_yaml().expect("policy renders"),
+            "crds/chatcluster-policy.yaml is stale; run `cargo run -p chat-cluster-operator -- \
+             admission-policy > crds/chatcluster-policy.yaml`"
+        );
+    }
 
     /// `crds/chatcluster.yaml` must be exactly what `chat-cluster-operator crd` prints.
     /// Regenerate with `cargo run -p chat-cluster-operator -- crd > crds/chatcluster.yaml`.
@@ -888,18 +844,19 @@ mod tests {
             "-o wide columns have priority 1"
         );
         let schema = &v["schema"]["openAPIV3Schema"];
-        assert!(
-            schema["x-kubernetes-validations"][0]["rule"]
-                .as_str()
-                .is_some_and(|r| r.contains("metadata.name"))
-        );
+        // No CEL rules and no regexes: their API-server messages are noise (crd::admission).
+        let text = schema.to_string();
+        assert!(!text.contains("x-kubernetes-validations"), "{text}");
+        assert!(!text.contains("\"pattern\""), "{text}");
         let spec = &schema["properties"]["spec"]["properties"];
-        assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(0.0));
+        // Negative replicas are refused by the scale subresource's own check; a schema minimum
+        // would say it a second time.
+        assert_eq!(spec["replicas"]["minimum"].as_f64(), None);
+        assert_eq!(spec["replicas"]["maximum"].as_f64(), Some(1000.0));
         assert_eq!(
             spec["replicationLog"]["properties"]["replicas"]["minimum"].as_f64(),
             Some(1.0)
         );
-        assert!(spec["rollout"]["properties"]["catchUpTimeout"]["pattern"].is_string());
         assert_eq!(
             crd["spec"]["names"]["shortNames"],
             serde_json::json!(["cc", "chat"])
@@ -920,50 +877,6 @@ mod tests {
         assert!(chat["affinity"]["description"].is_string());
         assert!(chat["affinity"]["properties"]["nodeAffinity"]["description"].is_null());
         assert!(chat["memoryWindowBytes"]["description"].is_string());
-    }
-
-    /// A rule that cannot be attached fails generation instead of going missing.
-    #[test]
-    fn a_rule_without_a_schema_to_hold_it_is_an_error() {
-        let mut crd = ChatCluster::crd();
-        for version in &mut crd.spec.versions {
-            version.schema = None;
-        }
-        let err = add_object_rules(&mut crd, &object_rules()).expect_err("no schema");
-        assert!(
-            matches!(&err, CrdError::NoSchema { version, rule }
-                if version == "v1alpha1" && rule.contains("metadata.name")),
-            "{err}"
-        );
-        assert!(err.to_string().contains("v1alpha1"), "{err}");
-    }
-
-    /// Rules are appended to whatever the root already holds, never replace it.
-    #[test]
-    fn object_rules_are_appended_to_existing_ones() {
-        let mut crd = ChatCluster::crd();
-        let existing = ValidationRule {
-            rule: "true".into(),
-            ..ValidationRule::default()
-        };
-        add_object_rules(&mut crd, std::slice::from_ref(&existing)).expect("first");
-        add_object_rules(&mut crd, &object_rules()).expect("second");
-        let rules: Vec<&str> = crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-            .and_then(|s| s.x_kubernetes_validations.as_ref())
-            .expect("rules")
-            .iter()
-            .map(|r| r.rule.as_str())
-            .collect();
-        assert_eq!(
-            rules,
-            [
-                "true",
-                &format!("size(self.metadata.name) <= {MAX_NAME_LEN}")
-            ]
-        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ enum Command {
     Run(RunArgs),
     /// Print the ChatCluster CustomResourceDefinition as YAML.
     Crd,
+    /// Print the ChatCluster ValidatingAdmissionPolicy and its binding as YAML (installed with the
+    /// CRD: quantities, durations, the name length and the storage transition rules).
+    AdmissionPolicy,
     /// Print a client token (an HS256 JWT) for a ChatCluster in token mode: its `sub` is the
     /// user, its grants the channel patterns given. Only the token goes to stdout.
     Token(TokenArgs),
@@ -162,6 +165,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Crd) => {
             print!("{}", crd::crd_yaml().context("rendering the CRD")?);
+            Ok(())
+        }
+        Some(Command::AdmissionPolicy) => {
+            print!(
+                "{}",
+                crd::policy_yaml().context("rendering the admission policy")?
+            );
             Ok(())
         }
         Some(Command::Token(args)) => {

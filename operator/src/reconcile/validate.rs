@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::EnvVar;
 
 use crate::crd::settings::{CHAT_SERVER_MEMORY_LIMIT, MAX_WINDOW_PERCENT_OF_LIMIT};
 use crate::names::{BROKER_ENV, CHAT_SERVER_ENV, LOG_ENV, MAX_NAME_LEN};
+use crate::quantity::to_units;
 
 /// A ChatCluster that every later step can rely on.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +50,21 @@ pub enum ValidateError {
     /// `spec.rollout.catchUpTimeout` does not parse.
     #[error("spec.rollout.catchUpTimeout: {0}")]
     CatchUpTimeout(String),
+    /// `spec.rollout.catchUpTimeout` is below one second.
+    #[error("spec.rollout.catchUpTimeout must be at least 1s (it is {0})")]
+    CatchUpTimeoutTooShort(String),
+    /// A storage size or a resource value that is not a (positive, for storage) quantity. The
+    /// admission policy refuses these at the API server; this check covers clusters where the
+    /// policy is not installed.
+    #[error("{field}: {value:?} is not {what}")]
+    Quantity {
+        /// The field, e.g. `spec.broker.storage.size` or `spec.chatServer.resources.limits.memory`.
+        field: String,
+        /// The value as written.
+        value: String,
+        /// What it should be, in words.
+        what: &'static str,
+    },
     /// A component's `env` names a variable the operator sets.
     #[error(
         "{field}: {name} is set by the operator and cannot be overridden (docs/configuration.md)"
@@ -112,7 +128,13 @@ pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
         .ok_or(ValidateError::MissingUid)?;
     let catch_up_timeout = parse_duration(&cluster.spec.rollout.catch_up_timeout)
         .map_err(ValidateError::CatchUpTimeout)?;
+    if catch_up_timeout < Duration::from_secs(1) {
+        return Err(ValidateError::CatchUpTimeoutTooShort(
+            cluster.spec.rollout.catch_up_timeout.clone(),
+        ));
+    }
     let spec = &cluster.spec;
+    check_quantities(spec)?;
     check_env(
         "spec.chatServer.env",
         &spec.chat_server.pod.env,
@@ -135,6 +157,50 @@ pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
         catch_up_timeout,
         created: cluster.creation_timestamp().map(|t| t.0),
     })
+}
+
+/// Refuses storage sizes that are not positive quantities and resource values that are not
+/// quantities (the same checks as the admission policy, `crd::admission`).
+fn check_quantities(spec: &ChatClusterSpec) -> Result<(), ValidateError> {
+    for (field, size) in [
+        ("spec.broker.storage.size", &spec.broker.storage.size),
+        (
+            "spec.replicationLog.storage.size",
+            &spec.replication_log.storage.size,
+        ),
+    ] {
+        if to_units(size).is_none_or(|bytes| bytes == 0) {
+            return Err(ValidateError::Quantity {
+                field: field.into(),
+                value: size.clone(),
+                what: "a positive quantity such as 1Gi",
+            });
+        }
+    }
+    for (component, pod) in [
+        ("chatServer", &spec.chat_server.pod),
+        ("replicationLog", &spec.replication_log.pod),
+        ("broker", &spec.broker.pod),
+    ] {
+        let Some(resources) = &pod.resources else {
+            continue;
+        };
+        for (kind, values) in [
+            ("limits", &resources.limits),
+            ("requests", &resources.requests),
+        ] {
+            for (key, value) in values.iter().flatten() {
+                if to_units(&value.0).is_none() {
+                    return Err(ValidateError::Quantity {
+                        field: format!("spec.{component}.resources.{kind}.{key}"),
+                        value: value.0.clone(),
+                        what: "a quantity such as 500m or 1Gi",
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an `env` list (at `field`) that names a variable of `reserved` or one name twice.
@@ -292,6 +358,62 @@ mod tests {
             validate(&bad_timeout),
             Err(ValidateError::CatchUpTimeout(_))
         ));
+        let short = ChatCluster::test().with_catch_up_timeout("500ms");
+        assert_eq!(
+            validate(&short).map(|_| ()).map_err(|e| e.to_string()),
+            Err("spec.rollout.catchUpTimeout must be at least 1s (it is 500ms)".to_owned())
+        );
+    }
+
+    /// The quantity checks the admission policy makes, repeated for clusters without it.
+    #[test]
+    fn quantities_are_checked_like_the_admission_policy() {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        // (broker size, log size, chat-server memory limit, error)
+        let cases = [
+            ("1Gi", "1Gi", "512Mi", None),
+            ("1500M", "0.5Gi", "1G", None),
+            (
+                "lots",
+                "1Gi",
+                "512Mi",
+                Some("spec.broker.storage.size: \"lots\" is not a positive quantity such as 1Gi"),
+            ),
+            (
+                "1Gi",
+                "0",
+                "512Mi",
+                Some(
+                    "spec.replicationLog.storage.size: \"0\" is not a positive quantity such as 1Gi",
+                ),
+            ),
+            (
+                "1Gi",
+                "1Gi",
+                "x",
+                Some(
+                    "spec.chatServer.resources.limits.memory: \"x\" is not a quantity such as \
+                     500m or 1Gi",
+                ),
+            ),
+        ];
+        for (broker, log, memory, want) in cases {
+            let mut c = ChatCluster::test();
+            c.spec.broker.storage.size = broker.into();
+            c.spec.replication_log.storage.size = log.into();
+            c.spec.chat_server.pod.resources = Some(ResourceRequirements {
+                limits: Some([("memory".to_owned(), Quantity(memory.into()))].into()),
+                ..ResourceRequirements::default()
+            });
+            let got = validate(&c).map(|_| ()).map_err(|e| e.to_string());
+            match want {
+                None => assert_eq!(got, Ok(()), "{broker} {log} {memory}"),
+                Some(message) => {
+                    assert_eq!(got, Err(message.to_owned()), "{broker} {log} {memory}")
+                }
+            }
+        }
     }
 
     /// Each invalid setting the schema cannot see gives one message naming the field.

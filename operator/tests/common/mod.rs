@@ -99,6 +99,50 @@ pub async fn install_crd(client: &Client) {
     .await;
     // Discovery catches up a moment after Established.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    install_admission_policy(client).await;
+}
+
+/// Applies the ChatCluster admission policy and its binding (`crds/chatcluster-policy.yaml`, as
+/// `chat-cluster-operator admission-policy` renders them) and waits until the API server
+/// enforces it: a server-side dry run of a ChatCluster with `catchUpTimeout: 0s` is refused by it.
+pub async fn install_admission_policy(client: &Client) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let params = PatchParams::apply("chat-cluster-tests").force();
+    let policy = crd::admission::policy();
+    Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .patch(crd::admission::POLICY_NAME, &params, &Patch::Apply(policy))
+        .await
+        .expect("admission policy applies");
+    let binding = crd::admission::binding();
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .patch(crd::admission::POLICY_NAME, &params, &Patch::Apply(binding))
+        .await
+        .expect("admission policy binding applies");
+    let probe = cluster(
+        "policy-probe",
+        "default",
+        serde_json::json!({"rollout": {"catchUpTimeout": "0s"}}),
+    );
+    let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), "default");
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..kube::api::PostParams::default()
+    };
+    wait_for(
+        "the admission policy in force",
+        Duration::from_secs(20),
+        || async {
+            match clusters.create(&dry_run, &probe).await {
+                Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => {
+                    Some(())
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
 }
 
 /// A namespace `{prefix}-{pid}` for one test (a leftover of that name from an earlier run is

@@ -1,0 +1,246 @@
+//! The ChatCluster's admission checks that the OpenAPI schema cannot express: quantities,
+//! durations, the name length and the transition rules (a storage size may grow but never
+//! shrink, a storage class never changes). They run as one `ValidatingAdmissionPolicy` with its
+//! binding (`admissionregistration.k8s.io/v1`, Kubernetes ≥ 1.30), not as CEL rules inside the
+//! CRD, because of how the API server words failures: a CRD rule's error reads
+//! `Invalid value: "string": …` (the schema type in place of the value), and any schema error
+//! in an object whose CRD holds rules adds `<nil>: Invalid value: null: some validation rules
+//! were not checked …`. The policy instead gathers every problem into one list and answers with
+//! one message per problem, each naming the field and the value in words:
+//!
+//! ```text
+//! The chatclusters "demo" is invalid: : ValidatingAdmissionPolicy 'chatclusters.chat-cluster.io'
+//! with binding 'chatclusters.chat-cluster.io' denied request: spec.broker.storage.size: "lots"
+//! is not a positive quantity such as 1Gi
+//! ```
+//!
+//! The API server evaluates the policy only for objects that pass the schema, so a schema error
+//! (wrong type, enum, range) is reported alone. The operator checks the same values again
+//! ([`crate::reconcile::validate`]) for clusters where the policy is not installed.
+//!
+//! CEL reference: <https://kubernetes.io/docs/reference/access-authn-authz/validating-admission-policy/>;
+//! `isQuantity`/`quantity` are Kubernetes' quantity library.
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, Validation, Variable,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{GROUP, MAX_NAME_LEN};
+
+/// Name of the policy and of its binding.
+pub const POLICY_NAME: &str = "chatclusters.chat-cluster.io";
+
+/// Go duration syntax as `time.ParseDuration` and CEL's `duration()` accept it, unsigned.
+const DURATION_RE: &str = r"^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// `has(root.a) && has(root.a.b) && …` for `path` = `["a", "b", …]`.
+fn present(root: &str, path: &[&str]) -> String {
+    (1..=path.len())
+        .map(|n| format!("has({root}.{})", path[..n].join(".")))
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+/// `root.a.b`.
+fn at(root: &str, path: &[&str]) -> String {
+    format!("{root}.{}", path.join("."))
+}
+
+/// A CEL expression yielding a list of messages: `[]` when `ok` holds, else `[message]`.
+fn check(ok: &str, message: &str) -> String {
+    format!("(({ok}) ? [] : [{message}])")
+}
+
+/// Storage size and class checks of one component (`broker`, `replicationLog`).
+fn storage_checks(component: &str) -> Vec<String> {
+    let size = [component, "storage", "size"];
+    let class = [component, "storage", "storageClassName"];
+    let field = format!("spec.{component}.storage");
+    let (new_size, old_size) = (at("object.spec", &size), at("oldObject.spec", &size));
+    let (has_size, has_old_size) = (
+        present("object.spec", &size),
+        present("oldObject.spec", &size),
+    );
+    let (new_class, old_class) = (at("object.spec", &class), at("oldObject.spec", &class));
+    let (has_class, has_old_class) = (
+        present("object.spec", &class),
+        present("oldObject.spec", &class),
+    );
+    vec![
+        check(
+            &format!(
+                "!({has_size}) || (isQuantity({new_size}) && quantity({new_size}).isGreaterThan(quantity('0')))"
+            ),
+            &format!(
+                "'{field}.size: \"' + {new_size} + '\" is not a positive quantity such as 1Gi'"
+            ),
+        ),
+        check(
+            &format!(
+                "oldObject == null || !({has_old_size}) || !({has_size}) || !isQuantity({old_size}) || \
+                 !isQuantity({new_size}) || quantity({new_size}).compareTo(quantity({old_size})) >= 0"
+            ),
+            &format!(
+                "'{field}.size may not shrink (from ' + {old_size} + ' to ' + {new_size} + '): \
+                 a volume cannot be made smaller'"
+            ),
+        ),
+        check(
+            &format!(
+                "oldObject == null || (({has_class}) == ({has_old_class}) && (!({has_class}) || \
+                 {new_class} == {old_class}))"
+            ),
+            &format!(
+                "'{field}.storageClassName is immutable (it was ' + (({has_old_class}) ? \
+                 {old_class} : 'unset') + ')'"
+            ),
+        ),
+    ]
+}
+
+/// Quantity checks of one component's `resources` (`limits`, `requests`): one message per key
+/// whose value is not a quantity.
+fn resource_checks(component: &str) -> Vec<String> {
+    ["limits", "requests"]
+        .iter()
+        .map(|kind| {
+            let path = [component, "resources", kind];
+            let map = at("object.spec", &path);
+            format!(
+                "(({present}) ? {map}.filter(k, !isQuantity(string({map}[k]))).map(k, \
+                 'spec.{component}.resources.{kind}.' + k + ': \"' + string({map}[k]) + \
+                 '\" is not a quantity such as 500m or 1Gi') : [])",
+                present = present("object.spec", &path)
+            )
+        })
+        .collect()
+}
+
+/// The CEL expression of the `problems` variable: every problem of the object, one message each.
+pub fn problems_expression() -> String {
+    let timeout = at("object.spec", &["rollout", "catchUpTimeout"]);
+    let mut checks = vec![check(
+        &format!("size(object.metadata.name) <= {MAX_NAME_LEN}"),
+        &format!(
+            "'metadata.name: \"' + object.metadata.name + '\" has ' + \
+             string(size(object.metadata.name)) + ' characters, at most {MAX_NAME_LEN} are \
+             allowed (child names derive from it)'"
+        ),
+    )];
+    checks.extend(storage_checks("broker"));
+    checks.extend(storage_checks("replicationLog"));
+    checks.push(check(
+        &format!(
+            "!({}) || ({timeout}.matches('{DURATION_RE}') && duration({timeout}) >= duration('1s'))",
+            present("object.spec", &["rollout", "catchUpTimeout"])
+        ),
+        &format!(
+            "{timeout}.matches('{DURATION_RE}') ? 'spec.rollout.catchUpTimeout must be at least \
+             1s (it is ' + {timeout} + ')' : 'spec.rollout.catchUpTimeout: \"' + {timeout} + '\" \
+             is not a duration such as 5m or 90s'"
+        ),
+    ));
+    for component in ["chatServer", "replicationLog", "broker"] {
+        checks.extend(resource_checks(component));
+    }
+    checks.join(" + ")
+}
+
+/// The `ValidatingAdmissionPolicy` for ChatClusters: on CREATE and UPDATE, every problem found by
+/// [`problems_expression`] joined with `; ` in one denial (reason `Invalid`, HTTP 422).
+/// `failurePolicy: Fail`: an expression that cannot be evaluated refuses the object rather than
+/// letting an unchecked one in.
+pub fn policy() -> ValidatingAdmissionPolicy {
+    ValidatingAdmissionPolicy {
+        metadata: ObjectMeta {
+            name: Some(POLICY_NAME.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: Some(vec![GROUP.into()]),
+                    api_versions: Some(vec!["*".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    resources: Some(vec!["chatclusters".into()]),
+                    ..NamedRuleWithOperations::default()
+                }]),
+                ..MatchResources::default()
+            }),
+            variables: Some(vec![Variable {
+                name: "problems".into(),
+                expression: problems_expression(),
+            }]),
+            validations: Some(vec![Validation {
+                expression: "size(variables.problems) == 0".into(),
+                message_expression: Some("variables.problems.join('; ')".into()),
+                reason: Some("Invalid".into()),
+                ..Validation::default()
+            }]),
+            ..ValidatingAdmissionPolicySpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The binding that puts [`policy`] in force for every namespace, denying (`validationActions:
+/// [Deny]`).
+pub fn binding() -> ValidatingAdmissionPolicyBinding {
+    ValidatingAdmissionPolicyBinding {
+        metadata: ObjectMeta {
+            name: Some(POLICY_NAME.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: Some(POLICY_NAME.into()),
+            validation_actions: Some(vec!["Deny".into()]),
+            ..ValidatingAdmissionPolicyBindingSpec::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_guarded_step_by_step() {
+        assert_eq!(
+            present("object.spec", &["a", "b"]),
+            "has(object.spec.a) && has(object.spec.a.b)"
+        );
+        assert_eq!(at("oldObject.spec", &["a", "b"]), "oldObject.spec.a.b");
+    }
+
+    /// Every check the policy makes is in the expression once, and every message names its
+    /// field (the API server runs the CEL; the cluster test checks the exact messages).
+    #[test]
+    fn the_problems_list_covers_every_rule() {
+        let e = problems_expression();
+        for needle in [
+            "size(object.metadata.name) <= 40",
+            "'spec.broker.storage.size: \"'",
+            "'spec.replicationLog.storage.size: \"'",
+            "'spec.broker.storage.size may not shrink",
+            "'spec.replicationLog.storage.storageClassName is immutable",
+            "'spec.rollout.catchUpTimeout must be at least 1s",
+            "'spec.chatServer.resources.limits.'",
+            "'spec.broker.resources.requests.'",
+        ] {
+            assert_eq!(e.matches(needle).count(), 1, "{needle} in {e}");
+        }
+        // Parentheses balance (a cheap guard against a broken template).
+        assert_eq!(e.matches('(').count(), e.matches(')').count());
+        let p = policy();
+        let spec = p.spec.expect("spec");
+        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(
+            binding().spec.and_then(|s| s.policy_name).as_deref(),
+            Some(POLICY_NAME)
+        );
+    }
+}
