@@ -250,8 +250,11 @@ end
 /// first changes nothing).
 /// Refuses (`BEHIND`) as well when the sequence is below the epoch's anchor (set back by hand:
 /// the next position would be one the epoch declared void).
+/// Refuses (`EPOCH`) in any epoch but the one the writing node follows: a write belongs to one
+/// epoch, so a lost reply can be resolved in it (see [`RESOLVE_LUA`]).
 /// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record, limit, anchor.
-/// ARGV: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms), token, holds.
+/// ARGV: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms), token, holds,
+/// the node's epoch.
 /// Replies `{1, position}` or `{0, p, s, w, author|nil, text|nil}` for an existing record.
 const WRITE_LUA: &str = concat!(
     "-- chat-cluster write script (EVALSHA only; loaded only into a validated broker instance)\n",
@@ -260,6 +263,9 @@ const WRITE_LUA: &str = concat!(
 local state = redis.call('MGET', KEYS[3], KEYS[2], KEYS[7], KEYS[8])
 if not state[1] then
   return redis.error_reply('NOEPOCH the broker has no epoch yet; waiting for the replication log to anchor it')
+end
+if state[1] ~= ARGV[10] then
+  return redis.error_reply('EPOCH the broker is in epoch ' .. state[1] .. ', not ' .. ARGV[10] .. ' that this node follows: it lost its data and was anchored again')
 end
 local prev = redis.call('HMGET', KEYS[4], 'p', 's', 'w')
 if prev[1] then
@@ -295,13 +301,20 @@ return {1, seq}
 "#
 );
 
-/// Resolves a write whose reply was lost: its dedupe record if present, else fence the write's
-/// token so it can never apply. KEYS: dedupe record, fence, stream. ARGV: fence TTL (s).
-/// Replies `{1, p, s, w, author|nil, text|nil}` or `{0}` (absent, now fenced).
+/// Resolves a write whose reply was lost: `{2}` when the broker is no longer in the epoch the
+/// write was sent in (it lost its data meanwhile: the write may have been stored and persisted
+/// by a replica before the loss, and a surviving record may name a position the new epoch
+/// declared void, so nobody can say); else its dedupe record if present, else fence the write's
+/// token so it can never apply.
+/// KEYS: dedupe record, fence, stream, epoch. ARGV: fence TTL (s), the write's epoch.
+/// Replies `{1, p, s, w, author|nil, text|nil}`, `{0}` (absent, now fenced) or `{2}`.
 const RESOLVE_LUA: &str = concat!(
     "-- chat-cluster resolve script (EVALSHA only; loaded only into a validated broker instance)\n",
     original_lua!(),
     r#"
+if redis.call('GET', KEYS[4]) ~= ARGV[2] then
+  return {2}
+end
 local prev = redis.call('HMGET', KEYS[1], 'p', 's', 'w')
 if prev[1] then
   local a, t = original(KEYS[3], prev[1])
@@ -427,6 +440,10 @@ pub enum BrokerError {
     NoLimit(String),
     #[error("the broker went back: {0}")]
     WentBack(String),
+    /// The broker is in another epoch than the one the node follows (it lost its data and was
+    /// anchored again; the node reloads within seconds): the script stored nothing.
+    #[error("the broker changed epoch: {0}")]
+    EpochChanged(String),
     /// The Redis process has not been validated since it started (a restart, a restore from an
     /// older copy, a failover): the write script is not loaded there (`NOSCRIPT`), nothing was
     /// stored. A replication-log replica validates it within seconds.
@@ -463,6 +480,7 @@ impl BrokerError {
             | BrokerError::NotValidated
             | BrokerError::NoLimit(_)
             | BrokerError::WentBack(_)
+            | BrokerError::EpochChanged(_)
             | BrokerError::Abandoned(_)
             | BrokerError::OutcomeUnknown(_) => true,
             BrokerError::Protocol(_) | BrokerError::DeadlinePassed => false,
@@ -557,6 +575,8 @@ pub(crate) enum Lookup {
     Found(Record),
     /// No record, and the write's token is now fenced: it can never apply.
     Fenced,
+    /// The broker left the write's epoch (a data loss) before it could be resolved.
+    EpochChanged,
     /// The lookup failed or timed out (the reason).
     Failed(String),
 }
@@ -596,6 +616,7 @@ pub(crate) fn decide<'a>(
             }
         }
         (Call::Refused(_), _) | (Call::Ambiguous(_), Lookup::Fenced) => Decision::NotStored,
+        (Call::Ambiguous(_), Lookup::EpochChanged) => Decision::Unknown,
         (Call::Ambiguous(_), Lookup::NotYet | Lookup::Failed(_)) => {
             if budget_left {
                 Decision::LookUp
@@ -613,6 +634,9 @@ fn classify(e: RedisError) -> Call {
         Some("NOEPOCH") => Call::Refused(BrokerError::NotAnchored),
         Some("DEADLINE") => Call::Refused(BrokerError::DeadlinePassed),
         Some("NOLIMIT") => Call::Refused(BrokerError::NoLimit(
+            e.detail().unwrap_or_default().to_owned(),
+        )),
+        Some("EPOCH") => Call::Refused(BrokerError::EpochChanged(
             e.detail().unwrap_or_default().to_owned(),
         )),
         Some("BEHIND") => Call::Refused(BrokerError::WentBack(
@@ -667,6 +691,7 @@ fn parse_resolve_reply(reply: Value) -> Result<Lookup, BrokerError> {
     match items.first().and_then(as_u64) {
         Some(1) => Ok(Lookup::Found(parse_record(&items[1..])?)),
         Some(0) => Ok(Lookup::Fenced),
+        Some(2) => Ok(Lookup::EpochChanged),
         _ => Err(proto("resolve flag")),
     }
 }
@@ -842,7 +867,10 @@ impl Broker {
     /// (its record then lives [`GENERATED_ID_TTL`]).
     ///
     /// `holds` is the last position the writing node has applied: the script refuses
-    /// ([`BrokerError::WentBack`]) when the broker's sequence is below it.
+    /// ([`BrokerError::WentBack`]) when the broker's sequence is below it. `epoch` is the broker
+    /// epoch the node follows: the script refuses ([`BrokerError::EpochChanged`]) in any other,
+    /// and a lost reply resolved after the broker left that epoch is
+    /// [`BrokerError::OutcomeUnknown`].
     ///
     /// Returns `Accepted` or `Duplicate` only when the message is stored; every error except
     /// [`BrokerError::OutcomeUnknown`] means it was not stored and never will be.
@@ -852,6 +880,7 @@ impl Broker {
         generated_id: &str,
         sent_at: i64,
         holds: u64,
+        epoch: &str,
     ) -> Result<WriteOutcome, BrokerError> {
         let (id, ttl) = match &msg.id {
             Some(id) => (id.as_str(), DEDUPE_TTL),
@@ -884,7 +913,8 @@ impl Broker {
             .arg(ttl.as_secs())
             .arg(deadline)
             .arg(&token)
-            .arg(holds);
+            .arg(holds)
+            .arg(epoch);
         let reply = tokio::time::timeout(WRITE_WAIT, invocation.query_async::<Value>(&mut conn));
         let call = match reply.await {
             Err(_) => Call::Ambiguous(format!(
@@ -943,30 +973,34 @@ impl Broker {
                         tokio::time::sleep(RESOLVE_PAUSE).await;
                     }
                     let left = resolve_until.saturating_duration_since(Instant::now());
-                    lookup = match tokio::time::timeout(left, self.look_up(&key, &fence)).await {
-                        Err(_) => Lookup::Failed(format!(
-                            "no reply to the dedupe lookup within {}s",
-                            RESOLVE_BUDGET.as_secs()
-                        )),
-                        Ok(Err(e)) => Lookup::Failed(format!("dedupe lookup: {e}")),
-                        Ok(Ok(l)) => l,
-                    };
+                    lookup =
+                        match tokio::time::timeout(left, self.look_up(&key, &fence, epoch)).await {
+                            Err(_) => Lookup::Failed(format!(
+                                "no reply to the dedupe lookup within {}s",
+                                RESOLVE_BUDGET.as_secs()
+                            )),
+                            Ok(Err(e)) => Lookup::Failed(format!("dedupe lookup: {e}")),
+                            Ok(Ok(l)) => l,
+                        };
                 }
             }
         }
     }
 
-    /// One run of the resolve script: the dedupe record, or a fence when there is none.
-    async fn look_up(&self, key: &str, fence: &str) -> Result<Lookup, BrokerError> {
+    /// One run of the resolve script: nothing to say when the broker left `epoch`, else the
+    /// dedupe record, or a fence when there is none.
+    async fn look_up(&self, key: &str, fence: &str, epoch: &str) -> Result<Lookup, BrokerError> {
         let mut conn = self.conn.clone();
         // EVALSHA only (see `write`): a process that was not validated cannot answer for a write.
         let reply: Value = redis::cmd("EVALSHA")
             .arg(self.resolve.get_hash())
-            .arg(3)
+            .arg(4)
             .arg(key)
             .arg(fence)
             .arg(STREAM)
+            .arg(EPOCH)
             .arg(FENCE_TTL.as_secs())
+            .arg(epoch)
             .query_async(&mut conn)
             .await
             .inspect_err(|e| {
@@ -1449,6 +1483,7 @@ mod tests {
             "found-other" => Lookup::Found(other.clone()),
             "found-legacy" => Lookup::Found(legacy.clone()),
             "fenced" => Lookup::Fenced,
+            "epoch-changed" => Lookup::EpochChanged,
             "failed" => Lookup::Failed("refused".into()),
             _ => unreachable!(),
         };
@@ -1493,6 +1528,9 @@ mod tests {
             ("ambiguous", "found-legacy", true, Want::Duplicate(None)),
             ("ambiguous", "fenced", true, Want::NotStored),
             ("ambiguous", "fenced", false, Want::NotStored),
+            // The broker lost the write's epoch before it was resolved: nobody can say.
+            ("ambiguous", "epoch-changed", true, Want::Unknown),
+            ("ambiguous", "epoch-changed", false, Want::Unknown),
             // Budget spent without reaching Redis: unknown.
             ("ambiguous", "not-yet", false, Want::Unknown),
             ("ambiguous", "failed", false, Want::Unknown),

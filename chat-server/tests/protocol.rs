@@ -453,3 +453,63 @@ async fn a_broker_restored_from_an_older_copy_never_hands_a_position_out_twice()
         .collect();
     assert_eq!(logged, want);
 }
+
+/// Kind (c) across a broker data loss: a write whose script ran but whose reply was lost, when
+/// the broker loses its data before the node resolves it, is answered 504 (outcome unknown),
+/// never 503 "not stored": the write may already be in the replication log, as it is here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_resolved_after_a_broker_data_loss_is_outcome_unknown() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let proxy = support::proxy::Proxy::start(cluster.redis.port()).await;
+    let b = cluster
+        .add_node_via(&proxy.url(RedisRole::ChatServer))
+        .await;
+    let (a, b) = (cluster.nodes[0].url.clone(), cluster.nodes[b].url.clone());
+    let replica = cluster.logs[0].url.clone();
+    assert_eq!(post_ok(&a, "c", "before").await, 1);
+    wait_position(
+        &[a.clone(), b.clone()],
+        "position",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    // b's request reaches Redis and runs; its reply is held back.
+    proxy.pause_replies();
+    let started = Instant::now();
+    let write = tokio::spawn({
+        let b = b.clone();
+        async move {
+            post(
+                &b,
+                "c",
+                json!({"id": "k1", "author": "ann", "text": "lost reply"}),
+            )
+            .await
+        }
+    });
+    // The write is stored at 2 and persisted by the replica (it reads Redis directly) ...
+    wait_position(&[replica.clone()], "persisted", 2, Duration::from_secs(4)).await;
+    // ... then the broker loses its data, before b's 5 s wait ends and it resolves the write.
+    let mut conn = cluster.redis.conn();
+    redis::cmd("FLUSHALL").query::<()>(&mut conn).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "too slow to stage the loss"
+    );
+    // b resolves in the broker's new state; let its answer through.
+    tokio::time::sleep(
+        Duration::from_secs(5).saturating_sub(started.elapsed()) + Duration::from_millis(500),
+    )
+    .await;
+    proxy.resume();
+    let (code, body) = write.await.unwrap();
+    assert_eq!(code, 504, "{body}");
+    assert_eq!(body["outcome"], "unknown", "{body}");
+    assert_eq!(body["id"], "k1", "{body}");
+    // It was stored: the replica holds it at 2, and the re-anchored cluster serves it.
+    let (_, _, page) = get_page(&replica, "c", 0).await;
+    assert_eq!(positions(&page), vec![1, 2], "{page}");
+    assert_eq!(page["messages"][1]["text"], "lost reply", "{page}");
+}

@@ -7,7 +7,7 @@ use chat_wire::redis_acl::RedisRole;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use chat_server::broker::Broker;
+use chat_server::broker::{Broker, BrokerError};
 use chat_server::message::{Message, NewMessage};
 use futures::StreamExt;
 use support::{LOG_BIN, Proc, RedisServer, free_port, http, snapshot, status};
@@ -100,10 +100,17 @@ async fn write_n(broker: &Broker, tag: &str, n: usize) -> Vec<u64> {
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                match broker
-                    .write(&msg, "unused", 1_764_000_000_000 + i as i64, 0)
-                    .await
-                {
+                // A write names the epoch it belongs to (none yet: not anchored, retry).
+                let epoch = broker.state().await.ok().and_then(|s| s.epoch);
+                let written = match &epoch {
+                    Some(epoch) => {
+                        broker
+                            .write(&msg, "unused", 1_764_000_000_000 + i as i64, 0, epoch)
+                            .await
+                    }
+                    None => Err(BrokerError::NotAnchored),
+                };
+                match written {
                     Ok(outcome) => return outcome.position(),
                     Err(e) => {
                         assert!(Instant::now() < deadline, "write kept failing: {e}");

@@ -158,10 +158,20 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
             WriteFate::NotStored,
         ));
     };
+    // A write belongs to the epoch its node follows (the script refuses it in any other), so
+    // a lost reply can be resolved: a node that has not read the broker's epoch cannot write.
+    let Some(epoch) = node.epoch() else {
+        return Err(ApiError::write_failed(
+            "broker unavailable: this node has not read the broker's epoch yet (starting, or \
+             reloading after the broker lost its data)",
+            id,
+            WriteFate::NotStored,
+        ));
+    };
     let started = std::time::Instant::now();
     let holds = node.read_lock().cursor();
     let outcome = broker
-        .write(&msg, &generated, now_millis(), holds)
+        .write(&msg, &generated, now_millis(), holds, &epoch)
         .await
         .map_err(|e| {
             node.note_broker_write(Some(&e.to_string()));

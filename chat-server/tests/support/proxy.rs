@@ -1,6 +1,7 @@
 //! A TCP proxy in the test process that can stop forwarding without closing anything, the way a
 //! network partition (or a `SIGSTOP`ped peer) looks to both ends: bytes stay queued, no error,
-//! no FIN. Used to cut one component off from Redis while the others still reach it.
+//! no FIN. Used to cut one component off from Redis while the others still reach it, or to hold
+//! back only Redis's replies (a request that ran whose answer is lost on the way back).
 
 use std::sync::Arc;
 
@@ -10,7 +11,10 @@ use tokio::sync::watch;
 
 pub struct Proxy {
     pub port: u16,
-    paused: Arc<watch::Sender<bool>>,
+    /// Client → server.
+    requests: Arc<watch::Sender<bool>>,
+    /// Server → client.
+    replies: Arc<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -19,9 +23,9 @@ impl Proxy {
     pub async fn start(target: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
         let port = listener.local_addr().expect("proxy addr").port();
-        let (tx, _) = watch::channel(false);
-        let paused = Arc::new(tx);
-        let accept_paused = paused.clone();
+        let requests = Arc::new(watch::channel(false).0);
+        let replies = Arc::new(watch::channel(false).0);
+        let (to_server, to_client) = (requests.clone(), replies.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
@@ -29,11 +33,16 @@ impl Proxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, accept_paused.subscribe()));
-                tokio::spawn(pipe(sr, cw, accept_paused.subscribe()));
+                tokio::spawn(pipe(cr, sw, to_server.subscribe()));
+                tokio::spawn(pipe(sr, cw, to_client.subscribe()));
             }
         });
-        Proxy { port, paused, task }
+        Proxy {
+            port,
+            requests,
+            replies,
+            task,
+        }
     }
 
     /// The URL `role` connects through the proxy with (its ACL user).
@@ -43,12 +52,19 @@ impl Proxy {
 
     /// Stops forwarding in both directions (connections stay open).
     pub fn pause(&self) {
-        self.paused.send_replace(true);
+        self.requests.send_replace(true);
+        self.replies.send_replace(true);
     }
 
-    /// Forwards again, including what queued up meanwhile.
+    /// Stops forwarding Redis's replies only: requests still reach Redis and run.
+    pub fn pause_replies(&self) {
+        self.replies.send_replace(true);
+    }
+
+    /// Forwards again in both directions, including what queued up meanwhile.
     pub fn resume(&self) {
-        self.paused.send_replace(false);
+        self.requests.send_replace(false);
+        self.replies.send_replace(false);
     }
 }
 
