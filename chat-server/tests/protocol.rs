@@ -490,7 +490,13 @@ async fn a_lost_reply_resolved_after_a_broker_data_loss_is_outcome_unknown() {
         }
     });
     // The write is stored at 2 and persisted by the replica (it reads Redis directly) ...
-    wait_position(&[replica.clone()], "persisted", 2, Duration::from_secs(4)).await;
+    wait_position(
+        std::slice::from_ref(&replica),
+        "persisted",
+        2,
+        Duration::from_secs(4),
+    )
+    .await;
     // ... then the broker loses its data, before b's 5 s wait ends and it resolves the write.
     let mut conn = cluster.redis.conn();
     redis::cmd("FLUSHALL").query::<()>(&mut conn).unwrap();
