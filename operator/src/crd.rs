@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 use crate::names::MAX_NAME_LEN;
 
 pub mod admission;
+pub mod monitoring;
 pub mod network_policy;
+pub mod pod_monitor;
 pub mod settings;
+pub use monitoring::MonitoringSpec;
 pub use network_policy::NetworkPolicySpec;
 pub use settings::{
     ClaimRetention, ClaimRetentionPolicy, PodSettings, ServiceSettings, ServiceType,
@@ -136,6 +139,10 @@ pub struct ChatClusterSpec {
     /// the cluster's own pods, the chat-server port open unless restricted.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Prometheus scraping: an optional PodMonitor for the data-plane pods (Prometheus
+    /// Operator). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
 }
 
 /// How chat-server authenticates clients (`--auth`, docs/api.md). The data plane's own parts
@@ -323,6 +330,10 @@ impl ChatServerSpec {
 }
 
 impl ChatClusterSpec {
+    /// `spec.monitoring` when it asks for a PodMonitor (`enablePodMonitor: true`).
+    pub fn pod_monitor(&self) -> Option<&MonitoringSpec> {
+        self.monitoring.as_ref().filter(|m| m.enable_pod_monitor)
+    }
     /// The chat-server image: `chatServer.image`, else `image`.
     pub fn chat_server_image(&self) -> &str {
         self.chat_server.image.as_deref().unwrap_or(&self.image)
@@ -616,6 +627,7 @@ impl Default for ChatClusterSpec {
             persistent_volume_claim_retention_policy: ClaimRetentionPolicy::default(),
             auth: AuthSpec::default(),
             network_policy: NetworkPolicySpec::default(),
+            monitoring: None,
         }
     }
 }

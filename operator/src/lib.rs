@@ -9,10 +9,12 @@
 //!   the reconcile steps and the controller share.
 //! - [`crd`]: the `ChatCluster` resource, its schema (defaults, bounds, CEL rules) and the CRD;
 //!   `crd::settings` holds the per-component pod and Service settings and the claim retention,
-//!   `crd::network_policy` the `spec.networkPolicy` block.
+//!   `crd::network_policy` the `spec.networkPolicy` block, `crd::monitoring` the `spec.monitoring`
+//!   block, and `crd::pod_monitor` the Prometheus Operator's PodMonitor (a foreign kind, typed
+//!   with only the fields the operator sets).
 //! - [`quantity`]: Kubernetes quantities read as bytes (pure; a leaf).
 //! - [`reconcile`]: the pipeline validate → dereference → ownership → build → log_rollout →
-//!   apply → gate → status.
+//!   apply → monitoring → gate → status.
 //!   - `reconcile::children`: [`reconcile::children::Children`], the one list of child kinds,
 //!     at each stage (existing, desired, live).
 //!   - `reconcile::validate`: what the schema cannot check (pure).
@@ -25,10 +27,12 @@
 //!     does not control stops the reconcile with `NameConflict` (pure).
 //!   - `reconcile::build`: the pure builder, one module per child kind (`secret`, `service`,
 //!     `broker`, `replication_log`, `chat_server`, `pdb`, `network_policy`; `pod` for shared
-//!     container settings).
+//!     container settings; `pod_monitor` for the optional PodMonitor).
 //!   - `reconcile::log_rollout`: the replication-log StatefulSet's partition, one caught-up
 //!     replica at a time, halt or roll back (pure decision).
 //!   - `reconcile::apply`: server-side apply and pruning through one generic applier.
+//!   - `reconcile::monitoring`: the optional PodMonitor, only where the API server serves it
+//!     (pure decision, then apply or delete; reported in the `PodMonitorMissing` condition).
 //!   - `reconcile::gate`, `reconcile::status`: pure decisions with thin patch shells.
 //! - [`probe`]: reading the data plane's `/status` documents (defined in the `chat-wire` crate,
 //!   shared with the data plane) through the API server's pod proxy.

@@ -152,6 +152,13 @@ async fn invalid_specs_are_rejected_with_one_message_per_problem_naming_the_fiel
             "spec.chatServer.resources.limits.memory: \"lots\" is not a quantity such as 500m \
              or 1Gi",
         ),
+        (
+            "bad-interval",
+            json!({"monitoring": {"enablePodMonitor": true, "podMonitorInterval": "1m30"}}),
+            "spec.monitoring.podMonitorInterval: \"1m30\" is not a Prometheus duration such as \
+             30s or 1m30s (whole numbers with the units y, w, d, h, m, s, ms, largest first, more \
+             than zero)",
+        ),
         // Two problems: two messages, each naming its field.
         (
             "two-problems",

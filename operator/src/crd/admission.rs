@@ -36,6 +36,11 @@ pub const POLICY_NAME: &str = "chatclusters.chat-cluster.io";
 /// Go duration syntax as `time.ParseDuration` and CEL's `duration()` accept it, unsigned.
 const DURATION_RE: &str = r"^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
+/// A Prometheus duration as the Prometheus Operator's PodMonitor schema accepts it: whole
+/// numbers, each unit at most once, largest first.
+const PROMETHEUS_DURATION_RE: &str =
+    r"^(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?$";
+
 /// `has(root.a) && has(root.a.b) && …` for `path` = `["a", "b", …]`.
 fn present(root: &str, path: &[&str]) -> String {
     (1..=path.len())
@@ -143,6 +148,18 @@ pub fn problems_expression() -> String {
              is not a duration such as 5m or 90s'"
         ),
     ));
+    let interval = at("object.spec", &["monitoring", "podMonitorInterval"]);
+    checks.push(check(
+        &format!(
+            "!({}) || ({interval}.matches('{PROMETHEUS_DURATION_RE}') && {interval}.matches('[1-9]'))",
+            present("object.spec", &["monitoring", "podMonitorInterval"])
+        ),
+        &format!(
+            "'spec.monitoring.podMonitorInterval: \"' + {interval} + '\" is not a Prometheus \
+             duration such as 30s or 1m30s (whole numbers with the units y, w, d, h, m, s, ms, \
+             largest first, more than zero)'"
+        ),
+    ));
     for component in ["chatServer", "replicationLog", "broker"] {
         checks.extend(resource_checks(component));
     }
@@ -230,6 +247,7 @@ mod tests {
             "'spec.rollout.catchUpTimeout must be at least 1s",
             "'spec.chatServer.resources.limits.'",
             "'spec.broker.resources.requests.'",
+            "'spec.monitoring.podMonitorInterval: \"'",
         ] {
             assert_eq!(e.matches(needle).count(), 1, "{needle} in {e}");
         }

@@ -14,8 +14,11 @@
 //!    the built StatefulSet by it.
 //! 6. [`apply`]: server-side apply what differs; prune what is no longer wanted; then carry out
 //!    the log rollout's pod deletion, if any.
-//! 7. [`gate`]: pass chat-server pods that have caught up (pure decision + patch).
-//! 8. [`status`]: compute (pure) and patch the status when it changed.
+//! 7. [`monitoring`]: the optional PodMonitor (`spec.monitoring.enablePodMonitor`), where the API
+//!    server serves the Prometheus Operator's kind (pure decision + apply or delete; never
+//!    fails the reconcile, reports in the `PodMonitorMissing` condition).
+//! 8. [`gate`]: pass chat-server pods that have caught up (pure decision + patch).
+//! 9. [`status`]: compute (pure) and patch the status when it changed.
 //!
 //! [`children::Children`] is the one list of child kinds the steps share. [`Error`] wraps the step
 //! errors; its [`Error::kind`] labels the error metric.
@@ -27,6 +30,7 @@ pub mod dereference;
 pub mod gate;
 pub mod health;
 pub mod log_rollout;
+pub mod monitoring;
 pub mod ownership;
 pub mod status;
 pub mod storage;
@@ -211,6 +215,13 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         &log_rollout,
     )
     .await?;
+    let monitored = monitoring::reconcile(
+        &ctx.client,
+        &validated,
+        has_condition(cluster.status.as_ref(), status::POD_MONITOR_MISSING),
+    )
+    .await;
+    publish_changes(ctx, &cluster, monitored.change.as_slice()).await;
     let logs: Vec<_> = observed.log_statuses.values().cloned().collect();
     let gated = gate::gate(
         &ctx.client,
@@ -233,10 +244,16 @@ async fn reconcile_inner(name: &str, namespace: &str, ctx: &Context) -> Result<A
         problems: &observed.problems,
         retained_claims: &observed.retained_claims,
         resize: &resize,
+        monitoring: &monitored.outcome,
         now: Timestamp::now(),
     });
     write_status(ctx, &cluster, &next, &observed.problems).await?;
     Ok(Action::requeue(requeue_after(&gated, &log_rollout, &next)))
+}
+
+/// Whether `status` has a condition of type `type_` (any status).
+fn has_condition(status: Option<&ChatClusterStatus>, type_: &str) -> bool {
+    status.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_))
 }
 
 /// GETs the ChatCluster; None when it is gone or being deleted (its children go with the garbage
@@ -349,7 +366,8 @@ async fn publish_expansions(ctx: &Context, cluster: &ChatCluster, resize: &[stor
 /// `ReusedClaims` condition becomes True (the same rule), one Normal Event
 /// `RetainedClaims` names the claims; when `StorageSizeWarning` does, one Warning Event
 /// `AboveBound` names the sizes; when `StorageExpansionBlocked` does, one Warning Event
-/// `ExpansionBlocked` names the claims and why.
+/// `ExpansionBlocked` names the claims and why; when `PodMonitorMissing` does, one Warning Event
+/// with its reason (`PrometheusOperatorAbsent`, `NameConflict`, `ApplyFailed`, `DeleteFailed`).
 async fn write_status(
     ctx: &Context,
     cluster: &ChatCluster,
@@ -378,6 +396,7 @@ async fn write_status(
         (status::REUSED_CLAIMS, EventType::Normal),
         (status::STORAGE_SIZE_WARNING, EventType::Warning),
         (status::STORAGE_EXPANSION_BLOCKED, EventType::Warning),
+        (status::POD_MONITOR_MISSING, EventType::Warning),
     ] {
         if let Some(turned) = status::turned_true(type_, cluster.status.as_ref(), next) {
             let event = Event {

@@ -16,6 +16,7 @@ use super::children::{Children, Live};
 use super::gate::GateSummary;
 use super::health::{self, PodProblem};
 use super::log_rollout;
+use super::monitoring;
 use super::storage;
 use super::validate::Validated;
 use crate::crd::{ChatCluster, ChatClusterSpec, ChatClusterStatus, Phase};
@@ -38,6 +39,12 @@ pub const STORAGE_SIZE_WARNING: &str = "StorageSizeWarning";
 /// does not allow expansion, there is none, or the API server refused the request); the claims
 /// that could grow were expanded.
 pub const STORAGE_EXPANSION_BLOCKED: &str = "StorageExpansionBlocked";
+
+/// Condition type: `spec.monitoring.enablePodMonitor` is set but the PodMonitor is not there as
+/// built (the Prometheus Operator's CRDs are absent, the name is taken, the API server refused
+/// it), or it is unset but deleting ours failed; False (`Created`) once it exists. Absent when
+/// the spec asks for no PodMonitor.
+pub const POD_MONITOR_MISSING: &str = "PodMonitorMissing";
 
 /// Errors of the status step.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +75,8 @@ pub struct Inputs<'a> {
     pub retained_claims: &'a [String],
     /// The claim expansions of this reconcile as the apply step carried them out.
     pub resize: &'a [storage::Resize],
+    /// Where the PodMonitor stands (monitoring step).
+    pub monitoring: &'a monitoring::Outcome,
     /// The time, for new transitions.
     pub now: Timestamp,
 }
@@ -424,6 +433,7 @@ pub fn compute(inputs: &Inputs<'_>) -> ChatClusterStatus {
     next.push(reused_claims(inputs.retained_claims, v, generation, now));
     next.push(storage_size_warning(&v.spec, generation, now));
     next.push(storage_expansion_blocked(inputs.resize, generation, now));
+    next.extend(pod_monitor_missing(inputs.monitoring, generation, now));
     let previous_conditions = inputs.previous.map_or(&[][..], |p| p.conditions.as_slice());
     let (head, persisted) = positions(inputs.logs, inputs.previous);
 
@@ -551,6 +561,62 @@ fn storage_expansion_blocked(
         generation,
         now,
     )
+}
+
+/// The `PodMonitorMissing` condition for the monitoring step's `outcome`: False (`Created`)
+/// naming the PodMonitor; True with `PrometheusOperatorAbsent`, `NameConflict`, `ApplyFailed` or
+/// `DeleteFailed`; None when the spec asks for no PodMonitor and none of ours is left.
+fn pod_monitor_missing(
+    outcome: &monitoring::Outcome,
+    generation: i64,
+    now: Timestamp,
+) -> Option<Condition> {
+    use monitoring::Outcome;
+    let (missing, reason, message) = match outcome {
+        Outcome::Disabled => return None,
+        Outcome::Created { name } => (
+            false,
+            "Created",
+            format!("PodMonitor {name} scrapes the chat-server and replication-log pods"),
+        ),
+        Outcome::PrometheusOperatorAbsent => (
+            true,
+            "PrometheusOperatorAbsent",
+            "spec.monitoring.enablePodMonitor is true but the API server does not serve \
+             monitoring.coreos.com/v1 PodMonitor: install the Prometheus Operator's CRDs; the \
+             PodMonitor is created within a minute after"
+                .to_owned(),
+        ),
+        Outcome::NameConflict { name, controller } => (
+            true,
+            "NameConflict",
+            format!(
+                "PodMonitor {name} exists and is not controlled by this ChatCluster ({}); it was \
+                 left alone — delete or rename it (a hand-applied docs/monitoring/podmonitor.yaml \
+                 is no longer needed)",
+                controller
+                    .as_deref()
+                    .map_or("no controller".to_owned(), |c| format!("controlled by {c}"))
+            ),
+        ),
+        Outcome::ApplyFailed { error, .. } => (true, "ApplyFailed", error.clone()),
+        Outcome::DeleteFailed { name, error } => (
+            true,
+            "DeleteFailed",
+            format!(
+                "spec.monitoring.enablePodMonitor is false but PodMonitor {name} could not be \
+                 removed ({error}); retried on the next reconcile"
+            ),
+        ),
+    };
+    Some(condition(
+        POD_MONITOR_MISSING,
+        missing,
+        reason,
+        message,
+        generation,
+        now,
+    ))
 }
 
 /// The condition of type `type_` in `next` when it is worth an Event: True, and either it was
@@ -811,6 +877,7 @@ mod tests {
             problems,
             retained_claims: &[],
             resize: &[],
+            monitoring: &monitoring::Outcome::Disabled,
             now: Timestamp::now(),
         })
     }
@@ -1190,6 +1257,110 @@ mod tests {
             reason(&s, PROGRESSING),
             ("False".into(), "RolloutHalted".into())
         );
+    }
+
+    /// Each monitoring outcome's `PodMonitorMissing` condition, and an Event only when it turns
+    /// True or changes its words while True.
+    #[test]
+    fn pod_monitor_missing_condition_and_its_event() {
+        use monitoring::Outcome;
+        let now = Timestamp::now();
+        let conflict = Outcome::NameConflict {
+            name: "demo".into(),
+            controller: None,
+        };
+        // (case, outcome, (status, reason), message fragment)
+        let table = [
+            ("disabled", Outcome::Disabled, None, ""),
+            (
+                "created",
+                Outcome::Created {
+                    name: "demo".into(),
+                },
+                Some(("False", "Created")),
+                "PodMonitor demo scrapes the chat-server and replication-log pods",
+            ),
+            (
+                "CRDs absent",
+                Outcome::PrometheusOperatorAbsent,
+                Some(("True", "PrometheusOperatorAbsent")),
+                "spec.monitoring.enablePodMonitor is true but the API server does not serve \
+                 monitoring.coreos.com/v1 PodMonitor: install the Prometheus Operator's CRDs; \
+                 the PodMonitor is created within a minute after",
+            ),
+            (
+                "foreign PodMonitor",
+                conflict.clone(),
+                Some(("True", "NameConflict")),
+                "PodMonitor demo exists and is not controlled by this ChatCluster (no controller)",
+            ),
+            (
+                "foreign PodMonitor with a controller",
+                Outcome::NameConflict {
+                    name: "demo".into(),
+                    controller: Some("ChatCluster/other".into()),
+                },
+                Some(("True", "NameConflict")),
+                "(controlled by ChatCluster/other)",
+            ),
+            (
+                "apply refused",
+                Outcome::ApplyFailed {
+                    name: "demo".into(),
+                    error: "applying PodMonitor demo: forbidden".into(),
+                },
+                Some(("True", "ApplyFailed")),
+                "applying PodMonitor demo: forbidden",
+            ),
+            (
+                "delete refused",
+                Outcome::DeleteFailed {
+                    name: "demo".into(),
+                    error: "deleting PodMonitor demo: forbidden".into(),
+                },
+                Some(("True", "DeleteFailed")),
+                "could not be removed (deleting PodMonitor demo: forbidden); retried",
+            ),
+        ];
+        for (case, outcome, want, fragment) in table {
+            let got = pod_monitor_missing(&outcome, 1, now);
+            assert_eq!(
+                got.as_ref().map(|c| (c.status.as_str(), c.reason.as_str())),
+                want,
+                "{case}"
+            );
+            if let Some(c) = got {
+                assert_eq!(c.type_, POD_MONITOR_MISSING, "{case}");
+                assert!(c.message.contains(fragment), "{case}: {}", c.message);
+            }
+        }
+        let status = |outcome: &Outcome| ChatClusterStatus {
+            conditions: pod_monitor_missing(outcome, 1, now).into_iter().collect(),
+            ..ChatClusterStatus::default()
+        };
+        let (absent, created, conflicted, off) = (
+            status(&Outcome::PrometheusOperatorAbsent),
+            status(&Outcome::Created {
+                name: "demo".into(),
+            }),
+            status(&conflict),
+            status(&Outcome::Disabled),
+        );
+        // (previous, next, event reason)
+        for (previous, next, want) in [
+            (None, &absent, Some("PrometheusOperatorAbsent")),
+            (Some(&absent), &absent, None),
+            (Some(&absent), &created, None),
+            (Some(&created), &conflicted, Some("NameConflict")),
+            (Some(&absent), &conflicted, Some("NameConflict")),
+            (Some(&conflicted), &off, None),
+        ] {
+            assert_eq!(
+                turned_true(POD_MONITOR_MISSING, previous, next).map(|c| c.reason.as_str()),
+                want,
+                "{previous:?} -> {next:?}"
+            );
+        }
     }
 
     #[test]

@@ -114,6 +114,12 @@ pub enum ValidateError {
         /// The container memory limit in bytes.
         limit: u128,
     },
+    /// `spec.monitoring.podMonitorInterval` is not a positive Prometheus duration (the
+    /// PodMonitor's own schema would refuse it, as an apply error far from the field).
+    #[error(
+        "spec.monitoring.podMonitorInterval: {0:?} is not a Prometheus duration such as 30s or 1m30s (whole numbers with the units y, w, d, h, m, s, ms, largest first, more than zero)"
+    )]
+    PodMonitorInterval(String),
 }
 
 /// Validates `cluster`.
@@ -148,6 +154,7 @@ pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
     check_env("spec.broker.env", &spec.broker.pod.env, BROKER_ENV)?;
     check_window(spec)?;
     check_connection_settings(spec)?;
+    check_monitoring(spec)?;
     Ok(Validated {
         name,
         namespace,
@@ -281,6 +288,63 @@ fn check_connection_settings(spec: &ChatClusterSpec) -> Result<(), ValidateError
     Ok(())
 }
 
+/// Refuses a `spec.monitoring.podMonitorInterval` that is not a positive Prometheus duration
+/// (checked whether or not the PodMonitor is enabled, as a schema pattern would be).
+fn check_monitoring(spec: &ChatClusterSpec) -> Result<(), ValidateError> {
+    let interval = spec
+        .monitoring
+        .as_ref()
+        .and_then(|m| m.pod_monitor_interval.as_deref());
+    match interval {
+        Some(text) if parse_prometheus_duration(text).is_none_or(|d| d.is_zero()) => {
+            Err(ValidateError::PodMonitorInterval(text.to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Parses a Prometheus duration as the Prometheus Operator's schema accepts it
+/// (`^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$`,
+/// with at least one unit): whole numbers, each unit at most once, largest first; `y` is 365 days.
+/// None when `text` is not one.
+pub fn parse_prometheus_duration(text: &str) -> Option<Duration> {
+    /// The units in the only order allowed, with their length in milliseconds.
+    const UNITS: [(&str, u64); 7] = [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ];
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut next_unit = 0;
+    let mut millis: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        let index = UNITS[next_unit..].iter().position(|(u, _)| *u == unit)? + next_unit;
+        millis = millis.checked_add(number.checked_mul(UNITS[index].1)?)?;
+        next_unit = index + 1;
+        rest = &rest[unit_len..];
+    }
+    (next_unit > 0).then(|| Duration::from_millis(millis))
+}
+
 /// Parses an unsigned Go duration (`1h30m`, `90s`, `1.5m`, `250ms`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration such as 5m or 90s");
@@ -328,6 +392,59 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         for bad in ["", "5", "m", "5 m", "-5m", "5d", "1..2s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    /// Prometheus durations as the PodMonitor schema's pattern accepts them, and the one message
+    /// for an interval that is not one.
+    #[test]
+    fn pod_monitor_intervals_are_prometheus_durations() {
+        for (text, millis) in [
+            ("30s", Some(30_000)),
+            ("1m30s", Some(90_000)),
+            ("1h", Some(3_600_000)),
+            ("2d12h", Some(216_000_000)),
+            ("1w", Some(604_800_000)),
+            ("1y", Some(31_536_000_000)),
+            ("500ms", Some(500)),
+            ("1s500ms", Some(1_500)),
+            ("0", Some(0)),
+            ("0s", Some(0)),
+            ("", None),
+            ("30", None),
+            ("s", None),
+            ("1.5s", None),
+            ("30s1m", None),
+            ("1m1m", None),
+            ("-30s", None),
+            ("30 s", None),
+            ("30sec", None),
+            ("1us", None),
+            ("99999999999999999999s", None),
+        ] {
+            assert_eq!(
+                parse_prometheus_duration(text),
+                millis.map(Duration::from_millis),
+                "{text:?}"
+            );
+        }
+        let with_interval = |interval: &str| {
+            let mut cluster = ChatCluster::test();
+            cluster.spec.monitoring = Some(crate::crd::MonitoringSpec {
+                pod_monitor_interval: Some(interval.into()),
+                ..Default::default()
+            });
+            validate(&cluster).err().map(|e| e.to_string())
+        };
+        assert_eq!(with_interval("15s"), None);
+        for bad in ["15", "1.5m", "0s"] {
+            assert_eq!(
+                with_interval(bad).as_deref(),
+                Some(format!(
+                    "spec.monitoring.podMonitorInterval: {bad:?} is not a Prometheus duration such as 30s or 1m30s (whole numbers with the units y, w, d, h, m, s, ms, largest first, more than zero)"
+                ).as_str()),
+                "{bad:?}"
+            );
         }
     }
 

@@ -35,7 +35,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 RBAC rules, in three parts (docs/install.md, "Permissions"):
   cco.rules.reconcile  what reconciling needs in every namespace it reconciles: ChatClusters,
                        their children, pods (metadata list/watch), Events; Secrets get/create/patch
-                       (a ChatCluster's broker, auth and internal Secrets) but no list or watch
+                       (a ChatCluster's broker, auth and internal Secrets) but no list or watch;
+                       PodMonitors get/create/patch/delete (spec.monitoring.enablePodMonitor)
   cco.rules.dataPlane  what reaches into the data-plane pods: pods delete (a stuck log pod during a
                        log rollout or rollback), pods/proxy get (each pod's /status during a
                        rollout), pods/status patch (the caught-up readiness gate)
@@ -79,6 +80,9 @@ RBAC rules, in three parts (docs/install.md, "Permissions"):
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end -}}
 
 {{- define "cco.rules.dataPlane" -}}

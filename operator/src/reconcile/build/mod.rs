@@ -5,6 +5,7 @@
 //!
 //! One module per child kind — [`secret`], [`service`], [`broker`] (StatefulSet),
 //! [`replication_log`] (StatefulSet), [`chat_server`] (Deployment), [`pdb`], [`network_policy`] —
+//! [`pod_monitor`] for the optional PodMonitor (not a child: `reconcile::monitoring` writes it),
 //! and [`pod`] for the
 //! container settings all three workloads share. This module holds [`Parent`], the owner's
 //! metadata every child carries. Child names, labels and ports come from [`crate::names`].
@@ -14,6 +15,7 @@ pub mod chat_server;
 pub mod network_policy;
 pub mod pdb;
 pub mod pod;
+pub mod pod_monitor;
 pub mod replication_log;
 pub mod secret;
 pub mod service;
