@@ -2,6 +2,8 @@
 //! and `chat-server` processes, with deadlines shortened by flags:
 //! - `--max-connections`: past it HTTP gets 503 + Retry-After and a WebSocket is closed with
 //!   1013; the connections already open go on, and room frees when one closes;
+//! - `--max-connections-per-address`: the same refusal for one address past its share, while
+//!   another address is served; the per-address count is forgotten when the connections close;
 //! - `--http-header-timeout`: 500 slowloris connections and 200 silent TCP connections are
 //!   closed within the timeout, on a node and on a replica; `--http-body-timeout`: a body that
 //!   stalls is answered 408 and nothing is stored;
@@ -210,6 +212,114 @@ async fn connection_limit_refuses_with_503_and_1013_and_keeps_what_is_open() {
         assert!(got.iter().any(|m| m.id == format!("w{i}")), "c{i}: {got:?}");
     }
     drop(c);
+}
+
+/// A WebSocket to `channel` whose `send` frame with `id` is acknowledged (so it is served, not
+/// refused and closed); tries up to 50 times.
+async fn served_ws(url: &str, channel: &str, id: &str) -> Ws {
+    for _ in 0..50 {
+        if let Ok((mut w, _)) =
+            tokio_tungstenite::connect_async(ws_url(url, &format!("channel={channel}"))).await
+        {
+            let send = json!({"type":"send","text":format!("hello {id}"),"id":id});
+            if w.send(Frame::Text(send.to_string().into())).await.is_ok()
+                && matches!(next(&mut w).await, Ok(v) if v["type"] == "ack")
+            {
+                return w;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no WebSocket served on {channel}");
+}
+
+/// An HTTP client whose connections come from `source` (any of 127.0.0.0/8 is local).
+fn http_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source.parse::<std::net::IpAddr>().expect("address"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// `--max-connections-per-address 3`: three WebSockets from 127.0.0.1 are served; a fourth
+/// connection from that address is refused the way the node-wide limit refuses (HTTP 503 with
+/// `Retry-After` and the flag's name, a WebSocket closed with 1013), while 127.0.0.2 is served;
+/// closing one makes room again, the refusals are counted by limit, and once the connections are
+/// closed the address is forgotten. Every acknowledged write is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_per_address_are_capped_and_other_addresses_go_on() {
+    let c = Cluster::start_with(1, 1, &["--max-connections-per-address", "3"]).await;
+    let url = c.nodes[0].url.clone();
+    // The readiness checks' pooled connections close with their clients.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(served_ws(&url, &format!("pa{i}"), &format!("pa{i}")).await);
+    }
+    let answer = raw_get(&url, "/status").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("--max-connections-per-address"), "{answer}");
+    let mut refused = connect(&url, "channel=pa0").await;
+    let (code, reason) = next(&mut refused).await.expect_err("closed");
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("--max-connections-per-address"), "{reason}");
+    // Another address is not affected.
+    let other = http_from("127.0.0.2");
+    let r = other
+        .get(format!("{url}/status"))
+        .send()
+        .await
+        .expect("status from 127.0.0.2");
+    assert_eq!(r.status(), 200);
+    // One closes: 127.0.0.1 is served again.
+    let mut first = open.remove(0);
+    first.close(None).await.expect("close");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !raw_get(&url, "/status").await.starts_with("HTTP/1.1 200") {
+        assert!(
+            Instant::now() < deadline,
+            "no room after a WebSocket closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for mut ws in open {
+        let _ = ws.close(None).await;
+    }
+    // Counted by limit; once closed, only the address asking is counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = other
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let refused = value(
+            &text,
+            "chat_server_connections_refused_total{limit=\"max_connections_per_address\"}",
+        );
+        assert!(refused >= 2.0, "refused {refused}");
+        if value(&text, "chat_server_connection_addresses ") == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "addresses still counted after their connections closed:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        let got = read_all(&url, &format!("pa{i}")).await;
+        assert!(
+            got.iter().any(|m| m.id == format!("pa{i}")),
+            "pa{i}: {got:?}"
+        );
+    }
 }
 
 /// Opens `slow` connections that send a request line and then one header line every
