@@ -13,7 +13,9 @@
 //! - a replica streams at most `--max-snapshots` snapshots (503 + Retry-After past that) and
 //!   answers pages of at most 1 MiB, through which a node still reads the whole history;
 //! - a broker out of memory (`maxmemory`, `noeviction`) shows in `/status` of nodes and
-//!   replicas, writes fail with a clear 503, and everything recovers when memory frees.
+//!   replicas, writes fail with a clear 503, and everything recovers when memory frees;
+//! - one token subject's writes with an id (each leaves a 15-minute dedupe record in the broker)
+//!   are limited by `--id-write-rate-per-author`, so one author cannot fill the broker.
 
 mod support;
 
@@ -1094,4 +1096,130 @@ async fn a_broker_filled_by_the_stream_trims_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+const HMAC_KEY: &str = "limits-hmac-key-0123456789abcdef-0123456789";
+
+/// A token for `sub` allowed to write `channels`, valid for 10 minutes.
+fn token(sub: &str, channels: &[&str]) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
+    let claims = json!({"sub": sub, "exp": get_current_timestamp() + 600, "channels": channels});
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(HMAC_KEY.as_bytes()).expect("key"),
+    )
+    .expect("encode")
+}
+
+/// Item 8's other half: every write with an id leaves a dedupe record in the broker for 15
+/// minutes, so one author sending id'd writes as fast as it can used to fill a broker with
+/// `maxmemory` (`noeviction`) and then every writer got 503 until the records expired. With
+/// `--id-write-rate-per-author 20 --id-write-burst-per-author 100`, 6,000 such writes from one
+/// token subject (16 at a time) leave at most `100 + 20 × seconds` records, the rest are answered
+/// 429 with `Retry-After`; the broker, 1 MiB above what it used (about 5,000 records), never
+/// fills, and another author still writes. Without the limit (rate 0) the same flood fills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_author_cannot_fill_the_broker_with_dedupe_records() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key = dir.path().join("hmac.key");
+    std::fs::write(&key, HMAC_KEY).expect("key");
+    let key = key.display().to_string();
+    let c = Cluster::start_with_logs(
+        1,
+        1,
+        &[
+            "--auth",
+            "token",
+            "--auth-hmac-key-file",
+            &key,
+            "--id-write-rate-per-author",
+            "20",
+            "--id-write-burst-per-author",
+            "100",
+        ],
+        &["--trim-keep", "20"],
+    )
+    .await;
+    let url = c.nodes[0].url.clone();
+    let mut redis = c.redis.conn();
+    let used = used_memory(&mut redis);
+    let maxmemory = used + (1 << 20);
+    set_maxmemory(&mut redis, maxmemory);
+    let flood = token("flood", &["flood"]);
+    let started = Instant::now();
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (url, flood) = (url.clone(), flood.clone());
+            tokio::spawn(async move {
+                let client = http();
+                let (mut accepted, mut limited) = (0u64, 0u64);
+                for i in (w..6000).step_by(16) {
+                    let r = client
+                        .post(format!("{url}/channels/flood/messages"))
+                        .bearer_auth(&flood)
+                        .json(&json!({"text": "x", "id": format!("f-{i}")}))
+                        .send()
+                        .await
+                        .expect("post");
+                    match r.status().as_u16() {
+                        201 => accepted += 1,
+                        429 => {
+                            assert!(r.headers().contains_key("retry-after"));
+                            limited += 1;
+                        }
+                        code => panic!("{code}: {}", r.text().await.unwrap_or_default()),
+                    }
+                }
+                (accepted, limited)
+            })
+        })
+        .collect();
+    let (mut accepted, mut limited) = (0, 0);
+    for w in writers {
+        let (a, l) = w.await.expect("writer");
+        accepted += a;
+        limited += l;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let records: Vec<String> = redis::cmd("KEYS")
+        .arg("chat:idem:flood:*")
+        .query(&mut redis)
+        .expect("keys");
+    let bytes: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&records[0])
+        .query(&mut redis)
+        .expect("memory usage");
+    println!(
+        "6000 id'd writes by one author in {seconds:.1} s: {accepted} accepted, {limited} \
+         refused (429); {} dedupe records of {bytes} bytes each",
+        records.len()
+    );
+    let bound = 100.0 + 20.0 * seconds + 20.0;
+    assert!(
+        (records.len() as f64) <= bound && accepted as f64 <= bound,
+        "{} records, {accepted} accepted in {seconds:.1} s",
+        records.len()
+    );
+    assert_eq!(accepted + limited, 6000);
+    assert!(used_memory(&mut redis) < maxmemory, "the broker filled up");
+    // Another author writes (with an id) as usual.
+    let calm = token("calm", &["calm"]);
+    let r = http()
+        .post(format!("{url}/channels/calm/messages"))
+        .bearer_auth(&calm)
+        .json(&json!({"text": "still here", "id": "calm-1"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 201);
+    let text = try_metrics(&url).await.expect("metrics");
+    assert_eq!(
+        value(
+            &text,
+            "chat_server_rate_limited_total{limit=\"id_writes_per_author\"}"
+        ),
+        limited as f64
+    );
 }
