@@ -16,6 +16,13 @@
 //!   usually owns a /64). The buckets are bounded: at most `--rate-limit-addresses` are kept;
 //!   past that, full buckets are dropped (`retain_recent`), and addresses that still find no room
 //!   share one overflow bucket.
+//! - Per token subject: every write that carries a client `id` takes a token from its subject's
+//!   bucket (`--id-write-rate-per-author`, `--id-write-burst-per-author`; `--auth token` only).
+//!   Such a write leaves a dedupe record in the broker for 15 minutes, so this rate bounds what
+//!   one author holds there: at most `burst + rate × 900` records per node (docs/operations.md,
+//!   "When the broker runs out of memory"). Refused like a per-address write (429 with
+//!   `Retry-After`, or an error frame with `retry_after_ms`). Anonymous authors are names the
+//!   client picks, so they are not keyed: `--post-rate-per-address` bounds those clients.
 //! - A replica serves at most `--max-snapshots` snapshots and `--max-page-reads` page reads at
 //!   once; past that the answer is `503` with `Retry-After`.
 
@@ -65,9 +72,18 @@ pub struct NodeLimitConfig {
     #[arg(long, env = "POST_BURST_PER_ADDRESS", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..))]
     pub post_burst_per_address: u32,
     /// Client addresses whose buckets a node keeps at most (about 100 bytes each); addresses
-    /// past that share one bucket of the same rate.
+    /// past that share one bucket of the same rate. Bounds the per-author buckets alike.
     #[arg(long, env = "RATE_LIMIT_ADDRESSES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate_limit_addresses: u64,
+    /// Writes with a client `id` per second one token subject may keep up on this node, `POST`s
+    /// and `send` frames together (0: no limit; `--auth token` only). Each such write holds a
+    /// dedupe record of about 200 bytes in the broker for 15 minutes, so one author holds at
+    /// most `burst + rate × 900` of them per node.
+    #[arg(long, env = "ID_WRITE_RATE_PER_AUTHOR", default_value_t = 10)]
+    pub id_write_rate_per_author: u32,
+    /// Writes with a client `id` one token subject may send at once above its rate.
+    #[arg(long, env = "ID_WRITE_BURST_PER_AUTHOR", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub id_write_burst_per_author: u32,
 }
 
 /// The read-concurrency flags of a replica (docs/configuration.md).
@@ -97,12 +113,15 @@ pub struct LimitLabel {
 pub struct LimitMetrics {
     /// Requests or frames refused, by limit: `post_per_address` (a `POST`), `ws_send` (a
     /// connection's bucket), `ws_send_per_address` (a `send` frame refused by its address's
-    /// bucket), `snapshots`, `page_reads`.
+    /// bucket), `id_writes_per_author` (a write with an id refused by its subject's bucket),
+    /// `snapshots`, `page_reads`.
     pub refused: Family<LimitLabel, Counter>,
     /// WebSocket connections closed with 1008 for going on sending over their rate.
     pub ws_rate_closes: Counter,
     /// Client addresses with a bucket kept.
     pub addresses: Gauge,
+    /// Token subjects with a bucket of id'd writes kept.
+    pub authors: Gauge,
 }
 
 impl LimitMetrics {
@@ -121,6 +140,11 @@ impl LimitMetrics {
             "rate_limit_addresses",
             "Client addresses whose rate-limit bucket is kept",
             self.addresses.clone(),
+        );
+        registry.register(
+            "rate_limit_authors",
+            "Token subjects whose bucket of writes with an id is kept",
+            self.authors.clone(),
         );
     }
 
@@ -208,7 +232,9 @@ struct RateInner {
     ws: Option<Quota>,
     ws_burst: u32,
     post_rate: u32,
-    addresses: Option<AddressLimiter>,
+    addresses: Option<KeyedBuckets<IpAddr>>,
+    id_rate: u32,
+    authors: Option<KeyedBuckets<String>>,
     metrics: LimitMetrics,
 }
 
@@ -229,12 +255,19 @@ fn quota(rate: u32, burst: u32) -> Option<Quota> {
 impl RateLimits {
     pub fn new(config: &NodeLimitConfig, metrics: LimitMetrics) -> RateLimits {
         let addresses = quota(config.post_rate_per_address, config.post_burst_per_address)
-            .map(|q| AddressLimiter::new(q, config.rate_limit_addresses));
+            .map(|q| KeyedBuckets::new(q, config.rate_limit_addresses));
+        let authors = quota(
+            config.id_write_rate_per_author,
+            config.id_write_burst_per_author,
+        )
+        .map(|q| KeyedBuckets::new(q, config.rate_limit_addresses));
         RateLimits(Arc::new(RateInner {
             ws: quota(config.ws_send_rate, config.ws_send_burst),
             ws_burst: config.ws_send_burst,
             post_rate: config.post_rate_per_address,
             addresses,
+            id_rate: config.id_write_rate_per_author,
+            authors,
             metrics,
         }))
     }
@@ -246,6 +279,8 @@ impl RateLimits {
             ws_burst: 1,
             post_rate: 0,
             addresses: None,
+            id_rate: 0,
+            authors: None,
             metrics: LimitMetrics::default(),
         }))
     }
@@ -257,6 +292,29 @@ impl RateLimits {
     /// Takes a token for a `POST` from `ip`; `Err(wait)` when its bucket is empty.
     pub fn check_address(&self, ip: IpAddr) -> Result<(), Duration> {
         self.take_address(ip, "post_per_address")
+    }
+
+    /// Takes a token for a write with a client id by the token subject `subject` (see the module
+    /// doc); `Err` is the `429` to answer (with `Retry-After`) when its bucket is empty.
+    pub fn check_id_write(&self, subject: &str) -> Result<(), ApiError> {
+        let Some(limiter) = &self.0.authors else {
+            return Ok(());
+        };
+        let r = limiter.check(subject.to_owned());
+        self.0.metrics.authors.set(limiter.keyed.len() as i64);
+        r.map_err(|wait| {
+            self.0.metrics.refuse("id_writes_per_author");
+            let seconds = retry_after_secs(wait);
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "rate limit: this author may send {} writes with an id per second \
+                     (--id-write-rate-per-author); nothing was stored, retry after {seconds}s",
+                    self.0.id_rate
+                ),
+            )
+            .with_retry_after(seconds)
+        })
     }
 
     /// Takes a token from the bucket of `ip` (counting a refusal under `limit`).
@@ -333,19 +391,19 @@ impl ConnectionLimiter {
 /// How often a full per-address map may be swept for buckets that are full again.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Per-address buckets, at most `max` kept (see the module doc).
-struct AddressLimiter {
+/// Buckets by key (client address or token subject), at most `max` kept (see the module doc).
+struct KeyedBuckets<K: std::hash::Hash + Eq + Clone> {
     quota: Quota,
-    keyed: DefaultKeyedRateLimiter<IpAddr>,
+    keyed: DefaultKeyedRateLimiter<K>,
     /// The one bucket shared by addresses that found no room.
     overflow: DefaultDirectRateLimiter,
     max: usize,
     last_sweep: Mutex<Option<Instant>>,
 }
 
-impl AddressLimiter {
-    fn new(quota: Quota, max: u64) -> AddressLimiter {
-        AddressLimiter {
+impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
+    fn new(quota: Quota, max: u64) -> KeyedBuckets<K> {
+        KeyedBuckets {
             quota,
             keyed: RateLimiter::keyed(quota),
             overflow: RateLimiter::direct(quota),
@@ -354,7 +412,7 @@ impl AddressLimiter {
         }
     }
 
-    fn check(&self, key: IpAddr) -> Result<(), Duration> {
+    fn check(&self, key: K) -> Result<(), Duration> {
         if self.keyed.len() >= self.max {
             self.sweep();
         }
@@ -575,6 +633,8 @@ mod tests {
             post_rate_per_address: 0,
             post_burst_per_address: 1,
             rate_limit_addresses: 10,
+            id_write_rate_per_author: 0,
+            id_write_burst_per_author: 1,
         };
         let limits = RateLimits::new(&config, LimitMetrics::default());
         let mut c = limits.connection(Some("192.0.2.1".parse().unwrap()));
@@ -606,6 +666,8 @@ mod tests {
             post_rate_per_address: 1,
             post_burst_per_address: 4,
             rate_limit_addresses: 10,
+            id_write_rate_per_author: 0,
+            id_write_burst_per_author: 1,
         };
         let metrics = LimitMetrics::default();
         let limits = RateLimits::new(&config, metrics.clone());
@@ -654,6 +716,8 @@ mod tests {
             post_rate_per_address: 1,
             post_burst_per_address: 2,
             rate_limit_addresses: 100,
+            id_write_rate_per_author: 0,
+            id_write_burst_per_author: 1,
         };
         let limits = RateLimits::new(&config, LimitMetrics::default());
         for i in 0..1000u32 {
@@ -669,6 +733,45 @@ mod tests {
         assert!(fresh.check_address("2001:db8::2".parse().unwrap()).is_ok());
         let wait = fresh.check_address(one).unwrap_err();
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
+    }
+
+    /// Writes with an id take a token from their subject's bucket: a burst, then 429 with
+    /// `Retry-After`, counted; another subject has its own bucket; off with a rate of 0.
+    #[test]
+    fn id_writes_are_limited_per_subject() {
+        let mut config = NodeLimitConfig {
+            http_body_timeout: Duration::from_secs(1),
+            ws_send_rate: 0,
+            ws_send_burst: 1,
+            post_rate_per_address: 0,
+            post_burst_per_address: 1,
+            rate_limit_addresses: 10,
+            id_write_rate_per_author: 1,
+            id_write_burst_per_author: 3,
+        };
+        let metrics = LimitMetrics::default();
+        let limits = RateLimits::new(&config, metrics.clone());
+        assert!((0..3).all(|_| limits.check_id_write("ann").is_ok()));
+        let e = limits.check_id_write("ann").unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after, Some(1));
+        assert!(
+            e.reason.contains("--id-write-rate-per-author"),
+            "{}",
+            e.reason
+        );
+        assert!(limits.check_id_write("bob").is_ok());
+        let refused = metrics
+            .refused
+            .get_or_create(&LimitLabel {
+                limit: "id_writes_per_author",
+            })
+            .get();
+        assert_eq!(refused, 1);
+        assert_eq!(metrics.authors.get(), 2);
+        config.id_write_rate_per_author = 0;
+        let off = RateLimits::new(&config, LimitMetrics::default());
+        assert!((0..100).all(|_| off.check_id_write("ann").is_ok()));
     }
 
     #[test]

@@ -10,6 +10,14 @@
 //!   because a browser cannot read the status of a refused handshake (RFC 6455 §4.1: the client
 //!   only learns that the connection failed, reported as 1006). Past that pool, connections are
 //!   closed unanswered.
+//! - **Connection limit per client address** (`--max-connections-per-address`, 0 = off, the
+//!   default): the connections open from one address (IPv6: one /64, keyed as the rate limits
+//!   are by [`crate::limits::address_key`]) are counted, and one past the limit is refused exactly
+//!   as above (503 / 1013, with a reason naming this flag). Off by default because behind a
+//!   Service load balancer, an ingress or any proxy that hides client addresses every client
+//!   shares one address, and the limit would then cap the whole node. The count is bounded: an
+//!   address is in the map only while it has a connection open (at most `--max-connections`
+//!   entries), and leaves it when its last connection closes.
 //! - **Header and idle timeout** (`--http-header-timeout`): hyper's `header_read_timeout` runs
 //!   whenever a connection waits for a request head, from accept and again from the end of each
 //!   response, so it closes a slowloris client (headers trickling in), a TCP connection that
@@ -22,10 +30,11 @@
 //! and [`serve`] returns once every HTTP connection is closed (upgraded WebSockets are drained by
 //! their owner).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,6 +49,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -52,6 +62,7 @@ use tracing::{debug, warn};
 
 use crate::flag_values::seconds;
 use crate::http::ApiError;
+use crate::limits::{LimitLabel, address_key};
 
 /// The connection flags both binaries share (docs/configuration.md).
 #[derive(Debug, Clone, Args)]
@@ -60,6 +71,12 @@ pub struct ServeConfig {
     /// HTTP request is answered 503 with Retry-After and a WebSocket is closed with 1013.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+    /// TCP connections served at once from one client address (IPv6: one /64); past it the
+    /// connection is refused as over `--max-connections` (0, the default: no limit). Off by
+    /// default because behind a Service load balancer, an ingress or any proxy that hides client
+    /// addresses every client shares one address; set it where nodes see real client addresses.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub max_connections_per_address: u64,
     /// Seconds a connection may take to send a complete request head, counted from accept and
     /// from the end of the previous response: closes slow-header clients, silent TCP
     /// connections and idle keep-alive connections.
@@ -71,6 +88,7 @@ impl Default for ServeConfig {
     fn default() -> ServeConfig {
         ServeConfig {
             max_connections: 10_000,
+            max_connections_per_address: 0,
             http_header_timeout: Duration::from_secs(10),
         }
     }
@@ -89,13 +107,22 @@ pub const CLOSE_TRY_AGAIN: u16 = 1013;
 /// `Retry-After` of a refused connection, in seconds.
 const REFUSE_RETRY_AFTER: u32 = 1;
 
+/// The `limit` label of a connection refused by `--max-connections`.
+pub const REFUSED_TOTAL: &str = "max_connections";
+/// The `limit` label of a connection refused by `--max-connections-per-address`.
+pub const REFUSED_PER_ADDRESS: &str = "max_connections_per_address";
+
 /// Connection metrics, registered into a binary's registry with [`ConnectionMetrics::register`].
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionMetrics {
     /// TCP connections open now (each holds a permit of `--max-connections`).
     pub open: Gauge,
-    /// Connections refused for the limit (answered 503 / 1013, or closed unanswered).
-    pub refused: Counter,
+    /// Connections refused (answered 503 / 1013, or closed unanswered), by the limit that
+    /// refused them: [`REFUSED_TOTAL`] or [`REFUSED_PER_ADDRESS`].
+    pub refused: Family<LimitLabel, Counter>,
+    /// Client addresses (IPv6: /64 prefixes) with a connection open, counted while
+    /// `--max-connections-per-address` is set (0 otherwise).
+    pub addresses: Gauge,
 }
 
 impl ConnectionMetrics {
@@ -107,9 +134,83 @@ impl ConnectionMetrics {
         );
         registry.register(
             "connections_refused",
-            "Connections refused because --max-connections were open (503, WebSocket 1013, or closed)",
+            "Connections refused (503, WebSocket 1013, or closed), by limit: max_connections or max_connections_per_address",
             self.refused.clone(),
         );
+        registry.register(
+            "connection_addresses",
+            "Client addresses with a connection open, counted for --max-connections-per-address",
+            self.addresses.clone(),
+        );
+    }
+
+    fn refuse(&self, limit: &'static str) {
+        self.refused.get_or_create(&LimitLabel { limit }).inc();
+    }
+}
+
+/// Whether one more connection from an address with `open` connections open is admitted under a
+/// limit of `max` per address (0: no limit).
+pub fn admits_address(open: u32, max: u32) -> bool {
+    max == 0 || open < max
+}
+
+/// Connections open per client address (see the module doc). Cheap to clone.
+#[derive(Debug, Clone)]
+struct PerAddress {
+    max: u32,
+    open: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    addresses: Gauge,
+}
+
+impl PerAddress {
+    fn new(max: u64, addresses: Gauge) -> PerAddress {
+        PerAddress {
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+            open: Arc::new(Mutex::new(HashMap::new())),
+            addresses,
+        }
+    }
+
+    /// A slot for one more connection from `ip`, held until dropped (`None` when the limit is
+    /// off: nothing is counted); `Err` when the address already has `max` open.
+    fn take(&self, ip: IpAddr) -> Result<Option<AddressSlot>, ()> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        let key = address_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if !admits_address(*count, self.max) {
+            return Err(());
+        }
+        *count += 1;
+        self.addresses.set(open.len() as i64);
+        Ok(Some(AddressSlot {
+            key,
+            owner: self.clone(),
+        }))
+    }
+}
+
+/// One connection's place in its address's count; leaving it removes the address once its last
+/// connection is gone.
+#[derive(Debug)]
+struct AddressSlot {
+    key: IpAddr,
+    owner: PerAddress,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+        self.owner.addresses.set(open.len() as i64);
     }
 }
 
@@ -118,6 +219,8 @@ impl ConnectionMetrics {
 struct Counted {
     io: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Its place in its address's count (`--max-connections-per-address`), when counted.
+    _address: Option<AddressSlot>,
     open: Option<Gauge>,
 }
 
@@ -200,7 +303,20 @@ pub async fn serve(
     let max = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
     let permits = Arc::new(Semaphore::new(max));
     let refusing = Arc::new(Semaphore::new(REFUSING));
-    let refusal = refusal_router(config.max_connections);
+    let refusal = refusal_router(format!(
+        "connection limit reached: {} connections are open (--max-connections); retry after \
+         {REFUSE_RETRY_AFTER}s",
+        config.max_connections
+    ));
+    let refusal_per_address = refusal_router(format!(
+        "per-address connection limit reached: {} open from this address \
+         (--max-connections-per-address); retry after {REFUSE_RETRY_AFTER}s",
+        config.max_connections_per_address
+    ));
+    let per_address = PerAddress::new(
+        config.max_connections_per_address,
+        metrics.addresses.clone(),
+    );
     let connections = TaskTracker::new();
     let header_timeout = config.http_header_timeout;
     loop {
@@ -218,19 +334,27 @@ pub async fn serve(
                 }
             },
         };
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let admitted = per_address
+            .take(peer.ip())
+            .map_err(|()| REFUSED_PER_ADDRESS)
+            .and_then(|slot| {
+                let permit = permits.clone().try_acquire_owned();
+                permit.map(|p| (p, slot)).map_err(|_| REFUSED_TOTAL)
+            });
+        match admitted {
+            Ok((permit, slot)) => {
                 metrics.open.inc();
                 let io = Counted {
                     io: tcp,
                     _permit: permit,
+                    _address: slot,
                     open: Some(metrics.open.clone()),
                 };
                 let conn = serve_connection(io, peer, app.clone(), header_timeout, stop.clone());
                 connections.spawn(conn);
             }
-            Err(_) => {
-                metrics.refused.inc();
+            Err(limit) => {
+                metrics.refuse(limit);
                 let Ok(permit) = refusing.clone().try_acquire_owned() else {
                     debug!(%peer, "over the connection limit and the refusal pool; closed");
                     continue;
@@ -238,10 +362,15 @@ pub async fn serve(
                 let io = Counted {
                     io: tcp,
                     _permit: permit,
+                    _address: None,
                     open: None,
                 };
-                let conn =
-                    serve_connection(io, peer, refusal.clone(), REFUSE_DEADLINE, stop.clone());
+                let answer = if limit == REFUSED_PER_ADDRESS {
+                    refusal_per_address.clone()
+                } else {
+                    refusal.clone()
+                };
+                let conn = serve_connection(io, peer, answer, REFUSE_DEADLINE, stop.clone());
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(REFUSE_DEADLINE, conn).await;
                 });
@@ -302,17 +431,26 @@ async fn serve_connection(
     }
 }
 
-/// The answers of a connection over the limit.
-fn refusal_router(max: u64) -> Router {
-    let reason = format!(
-        "connection limit reached: {max} connections are open (--max-connections); retry after \
-         {REFUSE_RETRY_AFTER}s"
-    );
+/// The answers of a connection over a limit, giving `reason`.
+fn refusal_router(reason: String) -> Router {
     Router::new().fallback(
         move |ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
             refuse(ws.ok(), reason.clone())
         },
     )
+}
+
+/// Bytes a close frame's reason may hold: a control frame carries at most 125 bytes, two of them
+/// the code (RFC 6455 §5.5).
+const CLOSE_REASON_BYTES: usize = 123;
+
+/// `reason` cut to [`CLOSE_REASON_BYTES`] at a character boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(CLOSE_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// `503` with `Retry-After` and `Connection: close`, or a WebSocket closed with 1013.
@@ -321,7 +459,7 @@ async fn refuse(ws: Option<WebSocketUpgrade>, reason: String) -> Response {
         Some(ws) => ws.on_upgrade(move |mut socket| async move {
             let close = Frame::Close(Some(CloseFrame {
                 code: CLOSE_TRY_AGAIN,
-                reason: reason.into(),
+                reason: close_reason(&reason).into(),
             }));
             let _ = tokio::time::timeout(REFUSE_DEADLINE, async {
                 if socket.send(close).await.is_ok() {
@@ -343,5 +481,62 @@ async fn refuse(ws: Option<WebSocketUpgrade>, reason: String) -> Response {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             resp
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections open from an address and the limit → admitted.
+    #[test]
+    fn admits_address_table() {
+        let table = [
+            (0, 0, true),
+            (1_000_000, 0, true),
+            (0, 1, true),
+            (1, 1, false),
+            (2, 3, true),
+            (3, 3, false),
+            (4, 3, false),
+        ];
+        for (open, max, want) in table {
+            assert_eq!(admits_address(open, max), want, "open {open} max {max}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        let long = format!("{}é{}", "x".repeat(122), "y".repeat(50));
+        let table = [("short", "short"), (&long[..], &"x".repeat(122)[..])];
+        for (reason, want) in table {
+            assert_eq!(close_reason(reason), want);
+        }
+        assert_eq!(close_reason(&"z".repeat(200)).len(), CLOSE_REASON_BYTES);
+    }
+
+    /// Slots count per address (an IPv6 /64 as one), refuse past the limit, and leave no entry
+    /// once an address's last connection is gone.
+    #[test]
+    fn per_address_slots_are_counted_and_forgotten() {
+        let gauge = Gauge::default();
+        let limit = PerAddress::new(2, gauge.clone());
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let a_too: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let b: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = limit.take(a).unwrap();
+        let second = limit.take(a_too).unwrap();
+        assert!(limit.take(a).is_err(), "a third from the same /64");
+        let other = limit.take(b).unwrap();
+        assert_eq!(gauge.get(), 2);
+        drop(first);
+        let third = limit.take(a).unwrap();
+        drop((second, third, other));
+        assert_eq!(gauge.get(), 0);
+        assert!(limit.open.lock().unwrap().is_empty());
+        // Off: nothing counted.
+        let off = PerAddress::new(0, Gauge::default());
+        assert!((0..10).all(|_| off.take(b).is_ok_and(|s| s.is_none())));
+        assert!(off.open.lock().unwrap().is_empty());
     }
 }

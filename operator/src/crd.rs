@@ -252,6 +252,23 @@ pub struct ChatServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_channels: Option<i64>,
+    /// TCP connections one node serves at once from one client address, IPv6 per /64
+    /// (`MAX_CONNECTIONS_PER_ADDRESS`); 0 turns the limit off. Unset: off (behind a load
+    /// balancer every client shares one address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub max_connections_per_address: Option<i32>,
+    /// Writes with a client `id` per second one token subject may keep up on one node
+    /// (`ID_WRITE_RATE_PER_AUTHOR`; `--auth token` only); 0 turns the limit off. Bounds the
+    /// dedupe records one author keeps in the broker. Unset: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub id_write_rate_per_author: Option<i32>,
+    /// Writes with a client `id` one token subject may send at once above its rate
+    /// (`ID_WRITE_BURST_PER_AUTHOR`). Unset: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub id_write_burst_per_author: Option<i32>,
     /// Messages a WebSocket subscriber may fall behind before it is closed with 4008
     /// (`WS_QUEUE`). Unset: 4096, or a `WS_QUEUE` in `env` (then this field must stay unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -109,6 +109,9 @@ pub const CHAT_SERVER_ENV: &[&str] = &[
     "WS_SEND_BURST",
     "POST_BURST_PER_ADDRESS",
     "MAX_CHANNELS",
+    "MAX_CONNECTIONS_PER_ADDRESS",
+    "ID_WRITE_RATE_PER_AUTHOR",
+    "ID_WRITE_BURST_PER_AUTHOR",
 ];
 /// Environment variables the operator sets in the replication-log container.
 pub const LOG_ENV: &[&str] = &[

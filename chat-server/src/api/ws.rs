@@ -791,6 +791,17 @@ async fn handle_client_frame(node: &Node, client: &Client, text: &str) -> String
             ..
         }) => serde_json::json!({"type": "error", "id": id, "error": reason, "outcome": fate})
             .to_string(),
+        Err(ApiError {
+            reason,
+            retry_after: Some(seconds),
+            ..
+        }) => serde_json::json!({
+            "type": "error",
+            "id": id,
+            "error": reason,
+            "retry_after_ms": u64::from(seconds) * 1000,
+        })
+        .to_string(),
         Err(e) => error_frame(id.as_deref(), &e.reason),
     }
 }

@@ -135,9 +135,16 @@ fn refuse_if_diverged(replica: &Replica) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Chunks of a snapshot queued between the thread reading them from disk and the response.
+/// With the chunk hyper is writing and the one being read, a response holds at most 3 chunks
+/// of about 256 KiB (one index block of 64 records may make a chunk larger: 64 messages of 4 KB
+/// are about 280 KiB).
+const SNAPSHOT_QUEUE: usize = 1;
+
 /// `GET /snapshot?after=P`: every message after P up to the persisted position now, in order,
-/// streamed from disk through a channel of 4 chunks of about 256 KiB (so a reader that does not
-/// read holds at most about 1.3 MiB of this replica's memory). At most `--max-snapshots` are
+/// streamed from disk a chunk at a time (each chunk turned into NDJSON in its own buffer; at most
+/// [`SNAPSHOT_QUEUE`] queued), so a reader, fast or stalled, holds at most 3 chunks, under 1 MiB,
+/// of this replica's memory. At most `--max-snapshots` are
 /// streamed at once (`503` with `Retry-After` past that).
 /// Headers: `X-Snapshot-Position` (that position) and `X-Log-Cluster-Id` (the log's cluster id,
 /// when it has one; a replica copying the snapshot adopts it or refuses a different one).
@@ -167,7 +174,7 @@ async fn snapshot(
     let send_timeout = replica.settings().reads.snapshot_send_timeout;
     replica.metrics().snapshots.inc();
     debug!(after, position, "serving a snapshot");
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(SNAPSHOT_QUEUE);
     let stalled = Arc::new(AtomicBool::new(false));
     let mut reader = store.read_after(after, position);
     let runtime = tokio::runtime::Handle::current();
@@ -179,8 +186,7 @@ async fn snapshot(
         loop {
             match reader.next_chunk() {
                 Ok(Some(chunk)) => {
-                    let mut out = Vec::with_capacity(chunk.len() * 256);
-                    chunk.write_ndjson(&mut out);
+                    let out = chunk.into_ndjson();
                     let sent = runtime.block_on(tokio::time::timeout(
                         send_timeout,
                         tx.send(Ok(Bytes::from(out))),

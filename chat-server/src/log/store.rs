@@ -1507,12 +1507,22 @@ impl RecordChunk {
             .map(|&(at, len)| &self.buf[at as usize..(at + len) as usize])
     }
 
-    /// Appends the records as NDJSON lines to `out`.
-    pub fn write_ndjson(&self, out: &mut Vec<u8>) {
-        for p in self.payloads() {
-            out.extend_from_slice(p);
-            out.push(b'\n');
+    /// The records as NDJSON lines, written over the chunk's own buffer: each line moves down
+    /// over the 8-byte record headers before it, and the newline takes the place of the next
+    /// header. No second buffer is allocated, so a chunk costs the bytes read and no more.
+    pub fn into_ndjson(self) -> Vec<u8> {
+        let mut buf = self.buf;
+        let mut end = 0usize;
+        for &(at, len) in &self.records {
+            let (at, len) = (at as usize, len as usize);
+            // `end <= at - HEADER`: every record before this one gave up its header.
+            buf.copy_within(at..at + len, end);
+            end += len;
+            buf[end] = b'\n';
+            end += 1;
         }
+        buf.truncate(end);
+        buf
     }
 
     /// The records parsed as messages.
@@ -1846,7 +1856,16 @@ mod tests {
         while let Some(chunk) = reader.next_chunk().unwrap() {
             assert_eq!(chunk.first, next);
             next += chunk.len() as u64;
-            chunk.write_ndjson(&mut ndjson);
+            let mut joined: Vec<u8> = Vec::new();
+            for p in chunk.payloads() {
+                joined.extend_from_slice(p);
+                joined.push(b'\n');
+            }
+            let read = chunk.buf.len();
+            let lines = chunk.into_ndjson();
+            assert_eq!(lines, joined, "NDJSON in place");
+            assert!(lines.capacity() <= read, "no buffer beyond the one read");
+            ndjson.extend_from_slice(&lines);
         }
         assert_eq!(next, 401);
         let lines: Vec<Message> = ndjson

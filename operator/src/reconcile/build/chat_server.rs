@@ -150,6 +150,18 @@ fn chat_server(parent: &Parent<'_>) -> Container {
             limits.post_burst_per_address.map(i64::from),
         ),
         ("MAX_CHANNELS", limits.max_channels),
+        (
+            "MAX_CONNECTIONS_PER_ADDRESS",
+            limits.max_connections_per_address.map(i64::from),
+        ),
+        (
+            "ID_WRITE_RATE_PER_AUTHOR",
+            limits.id_write_rate_per_author.map(i64::from),
+        ),
+        (
+            "ID_WRITE_BURST_PER_AUTHOR",
+            limits.id_write_burst_per_author.map(i64::from),
+        ),
     ] {
         if let Some(value) = value {
             env_vars.push(env(name, value.to_string()));

@@ -1007,6 +1007,9 @@ mod tests {
         cluster.spec.chat_server.ws_send_burst = Some(10);
         cluster.spec.chat_server.post_burst_per_address = Some(10);
         cluster.spec.chat_server.max_channels = Some(1000);
+        cluster.spec.chat_server.max_connections_per_address = Some(50);
+        cluster.spec.chat_server.id_write_rate_per_author = Some(5);
+        cluster.spec.chat_server.id_write_burst_per_author = Some(50);
         cluster.spec.chat_server.ws_queue = Some(128);
         cluster.spec.chat_server.ws_write_timeout_seconds = Some(5);
         cluster.spec.chat_server.ws_ping_interval_seconds = Some(20);
