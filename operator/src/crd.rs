@@ -506,7 +506,7 @@ pub struct RolloutSpec {
     #[serde(default = "default_catch_up_timeout")]
     // Syntax and the 1s minimum: the admission policy (crd::admission), not a regex or CEL rule
     // in the schema, whose API-server messages are noise.
-    #[schemars(length(min = 2, max = 32))]
+    #[schemars(length(max = 32))]
     pub catch_up_timeout: String,
     /// When a replication-log rollout halts (a replica not ready and caught up within
     /// `catchUpTimeout`), restore the log StatefulSet's last good revision and replace the
@@ -541,9 +541,8 @@ pub struct StorageSpec {
 fn storage_class_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
-        "minLength": 1,
         "maxLength": 253,
-        "description": "Storage class; the cluster default when unset. Immutable."
+        "description": "Storage class; the cluster default when unset, none (statically provisioned volumes) when empty. Immutable."
     })
 }
 

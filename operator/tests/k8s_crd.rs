@@ -117,12 +117,14 @@ async fn invalid_specs_are_rejected_with_one_message_per_problem_naming_the_fiel
         (
             "bad-quantity",
             json!({"broker": {"storage": {"size": "lots"}}}),
-            "spec.broker.storage.size: \"lots\" is not a positive quantity such as 1Gi",
+            "spec.broker.storage.size: \"lots\" is not a positive quantity such as 1Gi (at most \
+             8Ei)",
         ),
         (
             "zero-quantity",
             json!({"replicationLog": {"storage": {"size": "0"}}}),
-            "spec.replicationLog.storage.size: \"0\" is not a positive quantity such as 1Gi",
+            "spec.replicationLog.storage.size: \"0\" is not a positive quantity such as 1Gi (at \
+             most 8Ei)",
         ),
         (
             "bad-duration",
@@ -149,8 +151,8 @@ async fn invalid_specs_are_rejected_with_one_message_per_problem_naming_the_fiel
         (
             "bad-resources",
             json!({"chatServer": {"resources": {"limits": {"memory": "lots", "cpu": 2}}}}),
-            "spec.chatServer.resources.limits.memory: \"lots\" is not a quantity such as 500m \
-             or 1Gi",
+            "spec.chatServer.resources.limits.memory: \"lots\" is not a non-negative quantity \
+             such as 500m or 1Gi",
         ),
         (
             "bad-interval",
@@ -163,8 +165,40 @@ async fn invalid_specs_are_rejected_with_one_message_per_problem_naming_the_fiel
         (
             "two-problems",
             json!({"broker": {"storage": {"size": "0"}}, "rollout": {"catchUpTimeout": "1ms"}}),
-            "spec.broker.storage.size: \"0\" is not a positive quantity such as 1Gi; \
-             spec.rollout.catchUpTimeout must be at least 1s (it is 1ms)",
+            "spec.broker.storage.size: \"0\" is not a positive quantity such as 1Gi (at most \
+             8Ei); spec.rollout.catchUpTimeout must be at least 1s (it is 1ms)",
+        ),
+        (
+            "huge-values",
+            json!({"broker": {"storage": {"size": "1e100"}},
+                   "rollout": {"catchUpTimeout": "2562048h"},
+                   "replicationLog": {"resources": {"requests": {"cpu": "-1"}}}}),
+            "spec.broker.storage.size: \"1e100\" is not a positive quantity such as 1Gi (at most \
+             8Ei); spec.rollout.catchUpTimeout: \"2562048h\" is not a duration such as 5m or 90s; \
+             spec.replicationLog.resources.requests.cpu: \"-1\" is not a non-negative quantity \
+             such as 500m or 1Gi",
+        ),
+        (
+            "operator-settings",
+            json!({"chatServer": {"env": [{"name": "REDIS_URL", "value": "x"}],
+                                  "wsPingIntervalSeconds": 30, "wsPingTimeoutSeconds": 10,
+                                  "memoryWindowBytes": 100_000_000_000_i64}}),
+            "spec.chatServer.env: REDIS_URL is set by the operator and cannot be overridden \
+             (docs/configuration.md); spec.chatServer.wsPingTimeoutSeconds (10) must be more \
+             than wsPingIntervalSeconds (30); unset fields count as their defaults (60 and 30); \
+             spec.chatServer.memoryWindowBytes: 100000000000 bytes is more than 80 % of the \
+             chat-server memory limit; raise spec.chatServer.resources.limits.memory or lower the \
+             window",
+        ),
+        (
+            "bad-labels",
+            json!({"monitoring": {"enablePodMonitor": true,
+                                  "podMonitorLabels": {"bad key!": "x", "team": "a b"}}}),
+            "spec.monitoring.podMonitorLabels: \"bad key!\" is not a label key (a name of at most \
+             63 letters, digits, \"-\", \"_\" or \".\", beginning and ending with a letter or \
+             digit, with an optional DNS prefix and \"/\"); spec.monitoring.podMonitorLabels.team: \
+             \"a b\" is not a label value (at most 63 letters, digits, \"-\", \"_\" or \".\", \
+             beginning and ending with a letter or digit)",
         ),
     ];
     for (name, spec, want) in on_create {
@@ -177,6 +211,48 @@ async fn invalid_specs_are_rejected_with_one_message_per_problem_naming_the_fiel
         for noise in ["<nil>", "Invalid value: \"string\"", "accessor error", "^("] {
             assert!(!got.contains(noise), "{name}: {got}");
         }
+    }
+    for bad in ["1abc", "a.b"] {
+        let err = raw
+            .create(&PostParams::default(), &{
+                let mut o = raw_cluster("placeholder", json!({}));
+                o.metadata.name = Some(bad.into());
+                o
+            })
+            .await
+            .expect_err(bad);
+        assert_eq!(
+            problems(err),
+            format!(
+                "metadata.name: \"{bad}\" must start with a lowercase letter, hold only lowercase \
+                 letters, digits and \"-\", and end with a letter or digit (the Services the \
+                 operator creates are named after it: RFC 1035 labels)"
+            )
+        );
+    }
+    // Valid specs that look unusual are accepted: integer quantities, an empty storage class
+    // (no class: statically provisioned volumes), a long duration within Go's range.
+    for (name, spec) in [
+        (
+            "int-quantities",
+            json!({"chatServer": {"resources": {"limits": {"cpu": 2, "memory": "1Gi"}}}}),
+        ),
+        (
+            "no-class",
+            json!({"broker": {"storage": {"size": "1Gi", "storageClassName": ""}}}),
+        ),
+        (
+            "long-timeout",
+            json!({"rollout": {"catchUpTimeout": "99999h"}}),
+        ),
+    ] {
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        raw.create(&dry_run, &raw_cluster(name, spec))
+            .await
+            .unwrap_or_else(|e| panic!("{name} refused: {e}"));
     }
     let long = "x".repeat(45);
     let err = api

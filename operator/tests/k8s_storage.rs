@@ -216,7 +216,11 @@ async fn growing_storage_size_expands_the_claims_whose_class_allows_it() {
             .expect("class");
         made.objects.push(format!("storageclass/{class}"));
     }
-    for (claim, class) in [("data-grow-log-0", &grows), ("data-grow-broker-0", &fixed)] {
+    for (claim, class) in [
+        ("data-grow-log-0", &grows),
+        ("data-grow-log-1", &grows),
+        ("data-grow-broker-0", &fixed),
+    ] {
         let pv_name = format!("{claim}-{}", ns.name);
         let pv: PersistentVolume = serde_json::from_value(json!({
             "metadata": {"name": pv_name},
@@ -245,7 +249,7 @@ async fn growing_storage_size_expands_the_claims_whose_class_allows_it() {
                 &ns.name,
                 json!({
                     "replicas": 1,
-                    "replicationLog": {"replicas": 1, "storage": {"size": "1Gi", "storageClassName": grows}},
+                    "replicationLog": {"replicas": 2, "storage": {"size": "1Gi", "storageClassName": grows}},
                     "broker": {"storage": {"size": "1Gi", "storageClassName": fixed}},
                 }),
             ),
@@ -253,6 +257,22 @@ async fn growing_storage_size_expands_the_claims_whose_class_allows_it() {
         .await
         .expect("chatcluster");
     assert_eq!(bound_request(&claims, "data-grow-log-0").await, "1Gi");
+    // (The StatefulSet creates the second replica's claim only once the first pod is Ready,
+    // which never happens without nodes: the test makes it as the controller would.)
+    let second: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data-grow-log-1", "labels": {
+            "app.kubernetes.io/instance": "grow",
+            "app.kubernetes.io/component": "replication-log",
+        }},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": grows,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .expect("claim");
+    claims
+        .create(&PostParams::default(), &second)
+        .await
+        .expect("second claim");
+    assert_eq!(bound_request(&claims, "data-grow-log-1").await, "1Gi");
     assert_eq!(bound_request(&claims, "data-grow-broker-0").await, "1Gi");
     let quiet = condition(&clusters, "grow", "StorageExpansionBlocked").await;
     assert_eq!(
@@ -269,20 +289,31 @@ async fn growing_storage_size_expands_the_claims_whose_class_allows_it() {
         .await
         .expect("growing storage.size is allowed");
 
-    // The log's class allows expansion: its claim's request follows the spec.
-    wait_for(
-        "data-grow-log-0 requests 2Gi",
-        Duration::from_secs(30),
-        || async {
-            let claim = claims.get("data-grow-log-0").await.ok()?;
-            let request = claim.spec?.resources?.requests?.get("storage")?.0.clone();
-            (request == "2Gi").then_some(())
-        },
-    )
-    .await;
-    let found = events(&kc, &ns.name, "ExpandingClaim", "data-grow-log-0").await;
-    assert_eq!(found.lines().count(), 1, "one Event: {found}");
-    assert!(found.contains("requested 2Gi (was 1Gi)"), "{found}");
+    // The log's class allows expansion: both claims' requests follow the spec, one Event each
+    // (each names its claim as the related object, so the recorder does not fold them).
+    for name in ["data-grow-log-0", "data-grow-log-1"] {
+        wait_for(
+            &format!("{name} requests 2Gi"),
+            Duration::from_secs(30),
+            || async {
+                let claim = claims.get(name).await.ok()?;
+                let request = claim.spec?.resources?.requests?.get("storage")?.0.clone();
+                (request == "2Gi").then_some(())
+            },
+        )
+        .await;
+    }
+    let mut found = events(&kc, &ns.name, "ExpandingClaim", "data-grow-log-1").await;
+    if !found.contains("data-grow-log-0") {
+        found = events(&kc, &ns.name, "ExpandingClaim", "data-grow-log-0").await;
+    }
+    assert_eq!(found.lines().count(), 2, "one Event per claim: {found}");
+    for name in ["data-grow-log-0", "data-grow-log-1"] {
+        assert!(
+            found.contains(&format!("claim {name}: requested 2Gi (was 1Gi)")),
+            "{found}"
+        );
+    }
 
     // The broker's class does not: the claim stays, the condition and a Warning say why.
     let blocked = wait_for(

@@ -28,13 +28,31 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::settings::{CHAT_SERVER_MEMORY_LIMIT, MAX_WINDOW_PERCENT_OF_LIMIT};
 use super::{GROUP, MAX_NAME_LEN};
+use crate::names::{BROKER_ENV, CHAT_SERVER_ENV, LOG_ENV};
 
 /// Name of the policy and of its binding.
 pub const POLICY_NAME: &str = "chatclusters.chat-cluster.io";
 
-/// Go duration syntax as `time.ParseDuration` and CEL's `duration()` accept it, unsigned.
-const DURATION_RE: &str = r"^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+/// Go duration syntax as `time.ParseDuration` and CEL's `duration()` accept it, unsigned, with
+/// numbers of at most 5 digits: within the 32 characters the schema allows that stays below
+/// 500,000 h, far from the 2,562,047 h where a Go duration overflows (CEL's `duration()` would
+/// then fail to evaluate instead of answering).
+const DURATION_RE: &str = r"^([0-9]{1,5}(\\.[0-9]{1,9})?(ns|us|µs|ms|s|m|h))+$";
+
+/// A DNS-1035 label (RFC 1035 §2.3.1, as Kubernetes checks Service names): the operator names
+/// Services after the ChatCluster.
+const DNS_1035_RE: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
+
+/// A label key (an optional DNS-subdomain prefix and `/`, then a name) and a label value, as
+/// Kubernetes validates them (`IsQualifiedName`, `IsValidLabelValue`).
+const LABEL_KEY_RE: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
+const LABEL_VALUE_RE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+
+/// The largest storage size admitted: 8 EiB (2^63 bytes), past any disk and what a quantity's
+/// integer value holds.
+pub const MAX_STORAGE: &str = "8Ei";
 
 /// A Prometheus duration as the Prometheus Operator's PodMonitor schema accepts it: whole
 /// numbers, each unit at most once, largest first.
@@ -77,10 +95,13 @@ fn storage_checks(component: &str) -> Vec<String> {
     vec![
         check(
             &format!(
-                "!({has_size}) || (isQuantity({new_size}) && quantity({new_size}).isGreaterThan(quantity('0')))"
+                "!({has_size}) || (isQuantity({new_size}) && \
+                 quantity({new_size}).isGreaterThan(quantity('0')) && \
+                 quantity({new_size}).compareTo(quantity('{MAX_STORAGE}')) <= 0)"
             ),
             &format!(
-                "'{field}.size: \"' + {new_size} + '\" is not a positive quantity such as 1Gi'"
+                "'{field}.size: \"' + {new_size} + '\" is not a positive quantity such as 1Gi (at \
+                 most {MAX_STORAGE})'"
             ),
         ),
         check(
@@ -115,26 +136,49 @@ fn resource_checks(component: &str) -> Vec<String> {
             let path = [component, "resources", kind];
             let map = at("object.spec", &path);
             format!(
-                "(({present}) ? {map}.filter(k, !isQuantity(string({map}[k]))).map(k, \
+                "(({present}) ? {map}.filter(k, !isQuantity(string({map}[k])) || \
+                 quantity(string({map}[k])).isLessThan(quantity('0'))).map(k, \
                  'spec.{component}.resources.{kind}.' + k + ': \"' + string({map}[k]) + \
-                 '\" is not a quantity such as 500m or 1Gi') : [])",
+                 '\" is not a non-negative quantity such as 500m or 1Gi') : [])",
                 present = present("object.spec", &path)
             )
         })
         .collect()
 }
 
+/// The `env` check of one component: each entry naming a variable the operator sets. (A name
+/// listed twice is the operator's check: CEL cannot report each duplicate once.)
+fn env_checks(component: &str, reserved: &[&str]) -> String {
+    let list = at("object.spec", &[component, "env"]);
+    let names = reserved
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "(({present}) ? {list}.filter(e, e.name in [{names}]).map(e, 'spec.{component}.env: ' + \
+         e.name + ' is set by the operator and cannot be overridden (docs/configuration.md)') : [])",
+        present = present("object.spec", &[component, "env"])
+    )
+}
+
 /// The CEL expression of the `problems` variable: every problem of the object, one message each.
 pub fn problems_expression() -> String {
     let timeout = at("object.spec", &["rollout", "catchUpTimeout"]);
     let mut checks = vec![check(
+        &format!("object.metadata.name.matches('{DNS_1035_RE}')"),
+        "'metadata.name: \"' + object.metadata.name + '\" must start with a lowercase letter, \
+         hold only lowercase letters, digits and \"-\", and end with a letter or digit (the \
+         Services the operator creates are named after it: RFC 1035 labels)'",
+    )];
+    checks.push(check(
         &format!("size(object.metadata.name) <= {MAX_NAME_LEN}"),
         &format!(
             "'metadata.name: \"' + object.metadata.name + '\" has ' + \
              string(size(object.metadata.name)) + ' characters, at most {MAX_NAME_LEN} are \
              allowed (child names derive from it)'"
         ),
-    )];
+    ));
     checks.extend(storage_checks("broker"));
     checks.extend(storage_checks("replicationLog"));
     checks.push(check(
@@ -160,9 +204,75 @@ pub fn problems_expression() -> String {
              largest first, more than zero)'"
         ),
     ));
+    let labels = at("object.spec", &["monitoring", "podMonitorLabels"]);
+    checks.push(format!(
+        "(({present}) ? {labels}.filter(k, !k.matches('{LABEL_KEY_RE}') || \
+         size(k.substring(k.lastIndexOf('/') + 1)) > 63).map(k, \
+         'spec.monitoring.podMonitorLabels: \"' + k + '\" is not a label key (a name of at most 63 \
+         letters, digits, \"-\", \"_\" or \".\", beginning and ending with a letter or digit, \
+         with an optional DNS prefix and \"/\")') + {labels}.filter(k, \
+         !{labels}[k].matches('{LABEL_VALUE_RE}') || size({labels}[k]) > 63).map(k, \
+         'spec.monitoring.podMonitorLabels.' + k + ': \"' + {labels}[k] + '\" is not a label value \
+         (at most 63 letters, digits, \"-\", \"_\" or \".\", beginning and ending with a letter or \
+         digit)') : [])",
+        present = present("object.spec", &["monitoring", "podMonitorLabels"])
+    ));
     for component in ["chatServer", "replicationLog", "broker"] {
         checks.extend(resource_checks(component));
     }
+    checks.push(env_checks("chatServer", CHAT_SERVER_ENV));
+    checks.push(env_checks("replicationLog", LOG_ENV));
+    checks.push(env_checks("broker", BROKER_ENV));
+    // The ping timeout must exceed the interval (defaults 60 and 30 s), as the binary demands.
+    let server = |field: &str| at("object.spec", &["chatServer", field]);
+    let or_default = |field: &str, default: u32| {
+        format!(
+            "(({}) ? {} : {default})",
+            present("object.spec", &["chatServer", field]),
+            server(field)
+        )
+    };
+    let (timeout, interval) = (
+        or_default("wsPingTimeoutSeconds", 60),
+        or_default("wsPingIntervalSeconds", 30),
+    );
+    checks.push(check(
+        &format!("{timeout} > {interval}"),
+        &format!(
+            "'spec.chatServer.wsPingTimeoutSeconds (' + string({timeout}) + ') must be more than \
+             wsPingIntervalSeconds (' + string({interval}) + '); unset fields count as their \
+             defaults (60 and 30)'"
+        ),
+    ));
+    // The memory window within its share of the chat-server's memory limit (the default limit
+    // when `resources` is unset; no bound with `resources` but no memory limit).
+    let window = server("memoryWindowBytes");
+    let limit = at(
+        "object.spec",
+        &["chatServer", "resources", "limits", "memory"],
+    );
+    let has_resources = present("object.spec", &["chatServer", "resources"]);
+    let has_limit = present(
+        "object.spec",
+        &["chatServer", "resources", "limits", "memory"],
+    );
+    let limit_bytes = format!(
+        "(({has_resources}) ? (({has_limit}) && isQuantity(string({limit})) ? \
+         quantity(string({limit})).asApproximateFloat() : -1.0) : \
+         quantity('{CHAT_SERVER_MEMORY_LIMIT}').asApproximateFloat())"
+    );
+    checks.push(check(
+        &format!(
+            "!({}) || {limit_bytes} < 0.0 || double({window}) * 100.0 <= {limit_bytes} * \
+             {MAX_WINDOW_PERCENT_OF_LIMIT}.0",
+            present("object.spec", &["chatServer", "memoryWindowBytes"])
+        ),
+        &format!(
+            "'spec.chatServer.memoryWindowBytes: ' + string({window}) + ' bytes is more than \
+             {MAX_WINDOW_PERCENT_OF_LIMIT} % of the chat-server memory limit; raise \
+             spec.chatServer.resources.limits.memory or lower the window'"
+        ),
+    ));
     checks.join(" + ")
 }
 

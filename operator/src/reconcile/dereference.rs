@@ -137,6 +137,7 @@ pub async fn observe(client: &Client, cluster: &Validated) -> Result<Observed, D
         .flatten()
         .cloned()
         .collect();
+    let claims = storage::own_claims(&cluster.name, claims);
     let problems = health::problems(&all_pods, &claims);
     let retained_claims = storage::retained_claims(cluster.created, &claims);
     // Without class facts every undersized bound claim comes out as an expansion: only those

@@ -338,23 +338,29 @@ async fn publish_changes(ctx: &Context, cluster: &ChatCluster, changes: &[apply:
 }
 
 /// One Normal Event `ExpandingClaim` per claim whose expansion was requested in this reconcile
-/// (the next reconcile finds the claim at its new request and plans nothing more for it).
+/// (the next reconcile finds the claim at its new request and plans nothing more for it). The
+/// claim is the Event's related object, so the recorder keeps one Event per claim instead of
+/// counting them as repeats of one.
 async fn publish_expansions(ctx: &Context, cluster: &ChatCluster, resize: &[storage::Resize]) {
     for r in resize {
         if let storage::Resize::Expand { claim, from, to } = r {
-            let note = format!(
-                "claim {claim}: requested {to} (was {from}); the volume grows once its \
-                 provisioner and the kubelet have resized it (kubectl describe pvc {claim})"
-            );
-            publish(
-                ctx,
-                cluster,
-                EventType::Normal,
-                "ExpandingClaim",
-                "Expand",
-                note,
-            )
-            .await;
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "ExpandingClaim".into(),
+                note: Some(format!(
+                    "claim {claim}: requested {to} (was {from}); the volume grows once its \
+                     provisioner and the kubelet have resized it (kubectl describe pvc {claim})"
+                )),
+                action: "Expand".into(),
+                secondary: Some(k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("PersistentVolumeClaim".into()),
+                    name: Some(claim.clone()),
+                    namespace: cluster.namespace(),
+                    ..Default::default()
+                }),
+            };
+            publish_event(ctx, cluster, &event).await;
         }
     }
 }

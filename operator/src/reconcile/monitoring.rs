@@ -68,6 +68,32 @@ pub enum MonitoringError {
     Serialize(#[from] serde_json::Error),
 }
 
+impl MonitoringError {
+    /// The error for a condition message and an Event: the API server's own message for an API
+    /// error (kube's `Display` appends the whole status structure), the `Display` otherwise.
+    pub fn in_words(&self) -> String {
+        let api = |e: &kube::Error| match e {
+            kube::Error::Api(status) => status.message.clone(),
+            other => other.to_string(),
+        };
+        match self {
+            MonitoringError::Discover(e) => {
+                format!("discovering {POD_MONITOR_GROUP_VERSION}: {}", api(e))
+            }
+            MonitoringError::Read { name, source } => {
+                format!("reading PodMonitor {name}: {}", api(source))
+            }
+            MonitoringError::Apply { name, source } => {
+                format!("applying PodMonitor {name}: {}", api(source))
+            }
+            MonitoringError::Delete { name, source } => {
+                format!("deleting PodMonitor {name}: {}", api(source))
+            }
+            MonitoringError::Serialize(_) => self.to_string(),
+        }
+    }
+}
+
 /// Where the PodMonitor stands after this step; the status step's `PodMonitorMissing`
 /// condition says it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,7 +218,7 @@ pub async fn reconcile(client: &Client, cluster: &Validated, was_enabled: bool) 
     }
     let wanted = desired.is_some();
     let failed = |error: MonitoringError| {
-        let error = error.to_string();
+        let error = error.in_words();
         tracing::warn!(podmonitor = %name, %error, "PodMonitor");
         if wanted {
             Outcome::ApplyFailed {
@@ -336,6 +362,26 @@ fn change(verb: Verb, name: &str) -> Change {
 
 #[cfg(test)]
 mod tests {
+    /// A refused apply reads as the API server's sentence, not kube's dump of the status.
+    #[test]
+    fn api_errors_read_in_words() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 422, "reason": "Invalid",
+            "message": "PodMonitor.monitoring.coreos.com \"x\" is invalid: metadata.labels: Invalid value: \"bad key!\"",
+        }))
+        .expect("a Status");
+        let e = MonitoringError::Apply {
+            name: "x".into(),
+            source: kube::Error::Api(Box::new(status)),
+        };
+        assert_eq!(
+            e.in_words(),
+            "applying PodMonitor x: PodMonitor.monitoring.coreos.com \"x\" is invalid: \
+             metadata.labels: Invalid value: \"bad key!\""
+        );
+        assert!(e.to_string().len() > e.in_words().len());
+    }
+
     use super::*;
 
     fn live(controlled: bool, current: bool) -> Found {

@@ -186,6 +186,32 @@ fn resize(
     }
 }
 
+/// The claims of `claims` that the StatefulSets of the ChatCluster `name` made: named
+/// `data-{name}-broker-N` or `data-{name}-log-N` (N an ordinal) and labelled with that component.
+/// The list call selects by the instance label alone, which any object may carry; a claim of
+/// another application with that label must not be expanded, reported or counted as retained.
+pub fn own_claims(name: &str, claims: Vec<PersistentVolumeClaim>) -> Vec<PersistentVolumeClaim> {
+    let names = crate::names::Names::of(name);
+    claims
+        .into_iter()
+        .filter(|claim| {
+            let claim_name = claim.name_any();
+            let component = claim.labels().get(LABEL_COMPONENT).map(String::as_str);
+            [
+                (&names.broker, Component::Broker),
+                (&names.log, Component::ReplicationLog),
+            ]
+            .iter()
+            .any(|(set, c)| {
+                component == Some(c.label())
+                    && claim_name
+                        .strip_prefix(&format!("{}-{set}-", crate::names::DATA_VOLUME))
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .collect()
+}
+
 /// The names (sorted) of the `claims` created before `created`, the ChatCluster's
 /// `metadata.creationTimestamp`: they were kept from an earlier ChatCluster of the same name
 /// (the claims of this one are made by its StatefulSets, after it). Empty when `created` is
@@ -462,6 +488,27 @@ mod tests {
                 assert!(reason.contains(phrase.as_str()), "{reason}");
             }
         }
+    }
+
+    #[test]
+    fn only_the_statefulsets_claims_are_the_clusters() {
+        let claims = vec![
+            sized("data-st-log-0", "replication-log", "1Gi", "Bound", None),
+            sized("data-st-broker-0", "broker", "1Gi", "Bound", None),
+            sized("data-st-log-12", "replication-log", "1Gi", "Bound", None),
+            // Another application's claim with the instance and component labels.
+            sized("foreign", "replication-log", "1Gi", "Bound", None),
+            // The right name with the wrong component, and names that only look alike.
+            sized("data-st-log-1", "broker", "1Gi", "Bound", None),
+            sized("data-st-log-x", "replication-log", "1Gi", "Bound", None),
+            sized("data-st-log-", "replication-log", "1Gi", "Bound", None),
+            sized("data-stx-log-0", "replication-log", "1Gi", "Bound", None),
+        ];
+        let got: Vec<String> = own_claims("st", claims)
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        assert_eq!(got, ["data-st-log-0", "data-st-broker-0", "data-st-log-12"]);
     }
 
     #[test]

@@ -44,6 +44,14 @@ pub enum ValidateError {
     /// Object not read from the API server (no uid to own children with).
     #[error("metadata.uid is missing")]
     MissingUid,
+    /// Not a DNS-1035 label (RFC 1035 §2.3.1): the Services named after it would be refused.
+    #[error(
+        "metadata.name {0:?} must start with a lowercase letter, hold only lowercase letters, digits and \"-\", and end with a letter or digit (the Services the operator creates are named after it)"
+    )]
+    InvalidName(String),
+    /// Several problems, each its own message, joined with `; ` in [`Display`](std::fmt::Display).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Problems(Vec<ValidateError>),
     /// Name too long for the derived child names.
     #[error("metadata.name {0:?} is longer than {MAX_NAME_LEN} characters")]
     NameTooLong(String),
@@ -125,6 +133,9 @@ pub enum ValidateError {
 /// Validates `cluster`.
 pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
     let name = cluster.name_any();
+    if !is_dns_1035_label(&name) {
+        return Err(ValidateError::InvalidName(name));
+    }
     if name.len() > MAX_NAME_LEN {
         return Err(ValidateError::NameTooLong(name));
     }
@@ -132,29 +143,45 @@ pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
     let owner_ref = cluster
         .controller_owner_ref(&())
         .ok_or(ValidateError::MissingUid)?;
-    let catch_up_timeout = parse_duration(&cluster.spec.rollout.catch_up_timeout)
-        .map_err(ValidateError::CatchUpTimeout)?;
-    if catch_up_timeout < Duration::from_secs(1) {
-        return Err(ValidateError::CatchUpTimeoutTooShort(
-            cluster.spec.rollout.catch_up_timeout.clone(),
-        ));
-    }
+    // Every problem of the spec, each its own message (like the admission policy's answer).
     let spec = &cluster.spec;
-    check_quantities(spec)?;
-    check_env(
-        "spec.chatServer.env",
-        &spec.chat_server.pod.env,
-        CHAT_SERVER_ENV,
-    )?;
-    check_env(
-        "spec.replicationLog.env",
-        &spec.replication_log.pod.env,
-        LOG_ENV,
-    )?;
-    check_env("spec.broker.env", &spec.broker.pod.env, BROKER_ENV)?;
-    check_window(spec)?;
-    check_connection_settings(spec)?;
-    check_monitoring(spec)?;
+    let mut problems = Vec::new();
+    let catch_up_timeout = match parse_duration(&spec.rollout.catch_up_timeout) {
+        Ok(t) if t < Duration::from_secs(1) => {
+            problems.push(ValidateError::CatchUpTimeoutTooShort(
+                spec.rollout.catch_up_timeout.clone(),
+            ));
+            t
+        }
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(ValidateError::CatchUpTimeout(e));
+            Duration::ZERO
+        }
+    };
+    let checks = [
+        check_quantities(spec),
+        check_env(
+            "spec.chatServer.env",
+            &spec.chat_server.pod.env,
+            CHAT_SERVER_ENV,
+        ),
+        check_env(
+            "spec.replicationLog.env",
+            &spec.replication_log.pod.env,
+            LOG_ENV,
+        ),
+        check_env("spec.broker.env", &spec.broker.pod.env, BROKER_ENV),
+        check_window(spec),
+        check_connection_settings(spec),
+        check_monitoring(spec),
+    ];
+    problems.extend(checks.into_iter().filter_map(Result::err));
+    match problems.len() {
+        0 => {}
+        1 => return Err(problems.remove(0)),
+        _ => return Err(ValidateError::Problems(problems)),
+    }
     Ok(Validated {
         name,
         namespace,
@@ -164,6 +191,17 @@ pub fn validate(cluster: &ChatCluster) -> Result<Validated, ValidateError> {
         catch_up_timeout,
         created: cluster.creation_timestamp().map(|t| t.0),
     })
+}
+
+/// RFC 1035 §2.3.1 label syntax as Kubernetes checks Service names: a lowercase letter, then
+/// lowercase letters, digits and `-`, ending with a letter or digit.
+fn is_dns_1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    matches!(bytes.first(), Some(b'a'..=b'z'))
+        && bytes
+            .iter()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+        && bytes.last() != Some(&b'-')
 }
 
 /// Refuses storage sizes that are not positive quantities and resource values that are not
@@ -176,11 +214,12 @@ fn check_quantities(spec: &ChatClusterSpec) -> Result<(), ValidateError> {
             &spec.replication_log.storage.size,
         ),
     ] {
-        if to_units(size).is_none_or(|bytes| bytes == 0) {
+        let bound = to_units(crate::crd::admission::MAX_STORAGE).unwrap_or(u128::MAX);
+        if to_units(size).is_none_or(|bytes| bytes == 0 || bytes > bound) {
             return Err(ValidateError::Quantity {
                 field: field.into(),
                 value: size.clone(),
-                what: "a positive quantity such as 1Gi",
+                what: "a positive quantity such as 1Gi (at most 8Ei)",
             });
         }
     }
@@ -201,7 +240,7 @@ fn check_quantities(spec: &ChatClusterSpec) -> Result<(), ValidateError> {
                     return Err(ValidateError::Quantity {
                         field: format!("spec.{component}.resources.{kind}.{key}"),
                         value: value.0.clone(),
-                        what: "a quantity such as 500m or 1Gi",
+                        what: "a non-negative quantity such as 500m or 1Gi",
                     });
                 }
             }
@@ -482,6 +521,39 @@ mod tests {
         );
     }
 
+    /// Every problem is reported, each its own message; names must be DNS-1035 labels.
+    #[test]
+    fn every_problem_is_reported_and_names_are_dns_labels() {
+        let mut c = ChatCluster::test();
+        c.spec.broker.storage.size = "1e100".into();
+        c.spec.rollout.catch_up_timeout = "0s".into();
+        assert_eq!(
+            validate(&c).map(|_| ()).map_err(|e| e.to_string()),
+            Err(
+                "spec.rollout.catchUpTimeout must be at least 1s (it is 0s); \
+                 spec.broker.storage.size: \"1e100\" is not a positive quantity such as 1Gi (at \
+                 most 8Ei)"
+                    .to_owned()
+            )
+        );
+        for (name, ok) in [
+            ("demo", true),
+            ("a", true),
+            ("a-1", true),
+            ("1abc", false),
+            ("a.b", false),
+            ("Abc", false),
+            ("abc-", false),
+        ] {
+            let got = validate(&ChatCluster::test().with_name(name));
+            assert_eq!(
+                !matches!(got, Err(ValidateError::InvalidName(_))),
+                ok,
+                "{name}: {got:?}"
+            );
+        }
+    }
+
     /// The quantity checks the admission policy makes, repeated for clusters without it.
     #[test]
     fn quantities_are_checked_like_the_admission_policy() {
@@ -495,14 +567,17 @@ mod tests {
                 "lots",
                 "1Gi",
                 "512Mi",
-                Some("spec.broker.storage.size: \"lots\" is not a positive quantity such as 1Gi"),
+                Some(
+                    "spec.broker.storage.size: \"lots\" is not a positive quantity such as 1Gi \
+                     (at most 8Ei)",
+                ),
             ),
             (
                 "1Gi",
                 "0",
                 "512Mi",
                 Some(
-                    "spec.replicationLog.storage.size: \"0\" is not a positive quantity such as 1Gi",
+                    "spec.replicationLog.storage.size: \"0\" is not a positive quantity such as 1Gi (at most 8Ei)",
                 ),
             ),
             (
@@ -510,8 +585,8 @@ mod tests {
                 "1Gi",
                 "x",
                 Some(
-                    "spec.chatServer.resources.limits.memory: \"x\" is not a quantity such as \
-                     500m or 1Gi",
+                    "spec.chatServer.resources.limits.memory: \"x\" is not a non-negative \
+                     quantity such as 500m or 1Gi",
                 ),
             ),
         ];
