@@ -117,11 +117,9 @@ pub fn read_back(dir: &Path) -> Result<Vec<String>, StoreError> {
     ));
     let started = Instant::now();
     let mut reader = store.read_after(0, u64::MAX);
-    let (mut bytes, mut out) = (0, Vec::new());
+    let mut bytes = 0;
     while let Some(chunk) = reader.next_chunk()? {
-        out.clear();
-        chunk.write_ndjson(&mut out);
-        bytes += out.len();
+        bytes += chunk.into_ndjson().len();
     }
     lines.push(format!(
         "snapshot read: {bytes} bytes of NDJSON in {:.3} s",

@@ -548,9 +548,17 @@ async fn bootstrap(
     if load > 0 {
         let started = Instant::now();
         let next = Arc::new(AtomicU64::new(0));
+        // A write names the epoch it belongs to (the replication log anchored the broker).
+        let epoch = Arc::new(
+            broker
+                .state()
+                .await?
+                .epoch
+                .ok_or("the broker has no epoch yet: start a replication-log replica first")?,
+        );
         let mut tasks = Vec::new();
         for w in 0..128 {
-            let (broker, next) = (broker.clone(), next.clone());
+            let (broker, next, epoch) = (broker.clone(), next.clone(), epoch.clone());
             tasks.push(tokio::spawn(async move {
                 let text = text_of(size, &format!("w{w}"));
                 loop {
@@ -571,6 +579,7 @@ async fn bootstrap(
                             &format!("h{i}"),
                             chat_server::message::now_millis(),
                             0,
+                            &epoch,
                         )
                         .await?;
                 }
