@@ -84,6 +84,20 @@ pub struct NodeLimitConfig {
     /// Writes with a client `id` one token subject may send at once above its rate.
     #[arg(long, env = "ID_WRITE_BURST_PER_AUTHOR", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub id_write_burst_per_author: u32,
+    /// Writes of any kind per second one token subject may keep up on this node, `POST`s and
+    /// `send` frames together (0: no limit; `--auth token` only). A write without an id still
+    /// holds a dedupe record of about 200 bytes in the broker for 60 s, so one author holds at
+    /// most `burst + rate × 60` of those per node.
+    #[arg(long, env = "WRITE_RATE_PER_AUTHOR", default_value_t = 50)]
+    pub write_rate_per_author: u32,
+    /// Writes one token subject may send at once above `--write-rate-per-author`.
+    #[arg(long, env = "WRITE_BURST_PER_AUTHOR", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_burst_per_author: u32,
+    /// Channel pages (`GET /channels/{channel}/messages`) a node serves at once, each up to 1 MiB
+    /// held until the client has taken all but the last 256 KiB of it; more are answered 503
+    /// with `Retry-After`.
+    #[arg(long, env = "MAX_PAGE_READS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_page_reads: u32,
 }
 
 /// The read-concurrency flags of a replica (docs/configuration.md).
@@ -235,6 +249,9 @@ struct RateInner {
     addresses: Option<KeyedBuckets<IpAddr>>,
     id_rate: u32,
     authors: Option<KeyedBuckets<String>>,
+    write_rate: u32,
+    writers: Option<KeyedBuckets<String>>,
+    pages: Option<ReadLimit>,
     metrics: LimitMetrics,
 }
 
@@ -261,6 +278,8 @@ impl RateLimits {
             config.id_write_burst_per_author,
         )
         .map(|q| KeyedBuckets::new(q, config.rate_limit_addresses));
+        let writers = quota(config.write_rate_per_author, config.write_burst_per_author)
+            .map(|q| KeyedBuckets::new(q, config.rate_limit_addresses));
         RateLimits(Arc::new(RateInner {
             ws: quota(config.ws_send_rate, config.ws_send_burst),
             ws_burst: config.ws_send_burst,
@@ -268,6 +287,14 @@ impl RateLimits {
             addresses,
             id_rate: config.id_write_rate_per_author,
             authors,
+            write_rate: config.write_rate_per_author,
+            writers,
+            pages: Some(ReadLimit::new(
+                "node",
+                "page_reads",
+                config.max_page_reads,
+                metrics.clone(),
+            )),
             metrics,
         }))
     }
@@ -281,6 +308,9 @@ impl RateLimits {
             addresses: None,
             id_rate: 0,
             authors: None,
+            write_rate: 0,
+            writers: None,
+            pages: None,
             metrics: LimitMetrics::default(),
         }))
     }
@@ -311,6 +341,38 @@ impl RateLimits {
                     "rate limit: this author may send {} writes with an id per second \
                      (--id-write-rate-per-author); nothing was stored, retry after {seconds}s",
                     self.0.id_rate
+                ),
+            )
+            .with_retry_after(seconds)
+        })
+    }
+
+    /// A permit to serve one channel page (`--max-page-reads`), to hold until the page is sent
+    /// ([`hold_until_sent`]); `None` when unlimited (tests of other parts); `503` with
+    /// `Retry-After` when all are in use.
+    pub fn page_read(&self) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        self.0
+            .pages
+            .as_ref()
+            .map(ReadLimit::try_acquire)
+            .transpose()
+    }
+
+    /// Takes a token for any write by the token subject `subject`; `Err` is the `429` to answer
+    /// (with `Retry-After`) when its bucket is empty.
+    pub fn check_write(&self, subject: &str) -> Result<(), ApiError> {
+        let Some(limiter) = &self.0.writers else {
+            return Ok(());
+        };
+        limiter.check(subject.to_owned()).map_err(|wait| {
+            self.0.metrics.refuse("writes_per_author");
+            let seconds = retry_after_secs(wait);
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "rate limit: this author may send {} writes per second \
+                     (--write-rate-per-author); nothing was stored, retry after {seconds}s",
+                    self.0.write_rate
                 ),
             )
             .with_retry_after(seconds)
@@ -442,7 +504,10 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
 
 /// Middleware of a node's router: a `POST` takes a token from its client address's bucket, or
 /// is answered `429 Too Many Requests` with `Retry-After` (nothing is stored). The address is
-/// the [`ConnectInfo`] that [`crate::serve`] puts on every request.
+/// the [`ConnectInfo`] that [`crate::serve`] puts on every request. The refusal comes before the
+/// body is read, so it says `Connection: close` (RFC 9112 §9.6): the server closes the
+/// connection after it, and a client that sends its body later learns that from the answer
+/// instead of from a broken pipe on its next request.
 pub async fn limit_posts(
     axum::extract::State(limits): axum::extract::State<RateLimits>,
     request: Request,
@@ -453,7 +518,7 @@ pub async fn limit_posts(
         && let Err(wait) = limits.check_address(addr.ip())
     {
         let seconds = retry_after_secs(wait);
-        return ApiError::new(
+        let response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
                 "rate limit: this client address may write {} messages per second \
@@ -463,13 +528,61 @@ pub async fn limit_posts(
         )
         .with_retry_after(seconds)
         .into_response();
+        let mut response = response;
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return response;
     }
     next.run(request).await
 }
 
-/// How many reads of one kind a replica serves at once. Cheap to clone.
+/// Chunk size of a page answer sent under a read permit ([`hold_until_sent`]).
+const SEND_CHUNK: usize = 16 * 1024;
+
+/// Sends `response`'s (fully built, in-memory) body in chunks of 16 KiB and keeps `permit` until
+/// the server has taken the last chunk. The HTTP server takes a chunk only when its write buffer
+/// (32 KiB, `serve::HEADER_BUFFER_BYTES`) has room, so the page is freed once the kernel's
+/// socket buffer has taken all but that much of it, and a client that does not read keeps its
+/// read's permit meanwhile: the permits, not the clients, bound how many pages sit in memory.
+/// Each chunk is a copy, so what the server still holds for a stuck client is at most its write
+/// buffer, not the whole page. Without a permit the response is returned unchanged.
+pub async fn hold_until_sent(response: Response, permit: Option<OwnedSemaphorePermit>) -> Response {
+    let Some(permit) = permit else {
+        return response;
+    };
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("building the answer: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let chunks = futures::stream::unfold((bytes, Some(permit)), |(mut rest, permit)| async move {
+        if rest.is_empty() {
+            drop(permit);
+            return None;
+        }
+        // A copy, not a slice: a slice would keep the whole page's buffer alive for as long as
+        // the server holds any chunk of it.
+        let n = rest.len().min(SEND_CHUNK);
+        let chunk = bytes::Bytes::copy_from_slice(&rest[..n]);
+        bytes::Buf::advance(&mut rest, n);
+        Some((Ok::<_, std::convert::Infallible>(chunk), (rest, permit)))
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(chunks))
+}
+
+/// How many reads of one kind a replica (or a node) serves at once. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ReadLimit {
+    /// `replica` or `node`, for the refusal's words.
+    who: &'static str,
     kind: &'static str,
     permits: Arc<Semaphore>,
     max: u32,
@@ -477,9 +590,16 @@ pub struct ReadLimit {
 }
 
 impl ReadLimit {
-    /// `kind` names the limit in errors and in the `rate_limited` metric.
-    pub fn new(kind: &'static str, max: u32, metrics: LimitMetrics) -> ReadLimit {
+    /// `kind` names the limit in errors and in the `rate_limited` metric; `who` is the serving
+    /// process (`replica`, `node`).
+    pub fn new(
+        who: &'static str,
+        kind: &'static str,
+        max: u32,
+        metrics: LimitMetrics,
+    ) -> ReadLimit {
         ReadLimit {
+            who,
             kind,
             permits: Arc::new(Semaphore::new(max as usize)),
             max,
@@ -493,7 +613,8 @@ impl ReadLimit {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             self.metrics.refuse(self.kind);
             ApiError::unavailable(format!(
-                "this replica serves at most {} {} at once; retry later",
+                "this {} serves at most {} {} at once; retry later",
+                self.who,
                 self.max,
                 self.kind.replace('_', " ")
             ))
@@ -522,8 +643,18 @@ impl ReplicaReads {
     pub fn new(config: &ReadLimitConfig) -> ReplicaReads {
         let metrics = LimitMetrics::default();
         ReplicaReads {
-            snapshots: ReadLimit::new("snapshots", config.max_snapshots, metrics.clone()),
-            pages: ReadLimit::new("page_reads", config.max_page_reads, metrics.clone()),
+            snapshots: ReadLimit::new(
+                "replica",
+                "snapshots",
+                config.max_snapshots,
+                metrics.clone(),
+            ),
+            pages: ReadLimit::new(
+                "replica",
+                "page_reads",
+                config.max_page_reads,
+                metrics.clone(),
+            ),
             snapshot_send_timeout: config.snapshot_send_timeout,
             metrics,
         }
@@ -635,6 +766,9 @@ mod tests {
             rate_limit_addresses: 10,
             id_write_rate_per_author: 0,
             id_write_burst_per_author: 1,
+            write_rate_per_author: 0,
+            write_burst_per_author: 1,
+            max_page_reads: 32,
         };
         let limits = RateLimits::new(&config, LimitMetrics::default());
         let mut c = limits.connection(Some("192.0.2.1".parse().unwrap()));
@@ -668,6 +802,9 @@ mod tests {
             rate_limit_addresses: 10,
             id_write_rate_per_author: 0,
             id_write_burst_per_author: 1,
+            write_rate_per_author: 0,
+            write_burst_per_author: 1,
+            max_page_reads: 32,
         };
         let metrics = LimitMetrics::default();
         let limits = RateLimits::new(&config, metrics.clone());
@@ -718,6 +855,9 @@ mod tests {
             rate_limit_addresses: 100,
             id_write_rate_per_author: 0,
             id_write_burst_per_author: 1,
+            write_rate_per_author: 0,
+            write_burst_per_author: 1,
+            max_page_reads: 32,
         };
         let limits = RateLimits::new(&config, LimitMetrics::default());
         for i in 0..1000u32 {
@@ -748,6 +888,9 @@ mod tests {
             rate_limit_addresses: 10,
             id_write_rate_per_author: 1,
             id_write_burst_per_author: 3,
+            write_rate_per_author: 0,
+            write_burst_per_author: 1,
+            max_page_reads: 32,
         };
         let metrics = LimitMetrics::default();
         let limits = RateLimits::new(&config, metrics.clone());
@@ -774,6 +917,77 @@ mod tests {
         assert!((0..100).all(|_| off.check_id_write("ann").is_ok()));
     }
 
+    /// Every write of a subject, with or without an id, takes a token from its write bucket.
+    #[test]
+    fn all_writes_are_limited_per_subject() {
+        let mut config = NodeLimitConfig {
+            http_body_timeout: Duration::from_secs(1),
+            ws_send_rate: 0,
+            ws_send_burst: 1,
+            post_rate_per_address: 0,
+            post_burst_per_address: 1,
+            rate_limit_addresses: 10,
+            id_write_rate_per_author: 0,
+            id_write_burst_per_author: 1,
+            write_rate_per_author: 1,
+            write_burst_per_author: 2,
+            max_page_reads: 32,
+        };
+        let metrics = LimitMetrics::default();
+        let limits = RateLimits::new(&config, metrics.clone());
+        assert!((0..2).all(|_| limits.check_write("ann").is_ok()));
+        let e = limits.check_write("ann").unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after, Some(1));
+        assert!(e.reason.contains("--write-rate-per-author"), "{}", e.reason);
+        assert!(limits.check_write("bob").is_ok());
+        let refused = metrics
+            .refused
+            .get_or_create(&LimitLabel {
+                limit: "writes_per_author",
+            })
+            .get();
+        assert_eq!(refused, 1);
+        config.write_rate_per_author = 0;
+        let off = RateLimits::new(&config, LimitMetrics::default());
+        assert!((0..100).all(|_| off.check_write("ann").is_ok()));
+    }
+
+    /// A page answer keeps its permit until the server has taken its last chunk, goes out in
+    /// chunks of at most 16 KiB, and arrives whole.
+    #[tokio::test]
+    async fn a_page_keeps_its_permit_until_its_last_chunk_is_taken() {
+        use http_body_util::BodyExt;
+        let page: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let limit = ReadLimit::new("node", "page_reads", 1, LimitMetrics::default());
+        let permit = limit.try_acquire().expect("permit");
+        let response = hold_until_sent(
+            axum::body::Body::from(page.clone()).into_response(),
+            Some(permit),
+        )
+        .await;
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.expect("frame").into_data().expect("data");
+            assert!(data.len() <= SEND_CHUNK);
+            got.extend_from_slice(&data);
+            if got.len() < page.len() {
+                assert_eq!(limit.in_use(), 1, "released after {} bytes", got.len());
+                assert!(limit.try_acquire().is_err());
+            }
+        }
+        drop(body);
+        assert_eq!(got, page);
+        assert_eq!(limit.in_use(), 0);
+        // Without a permit (unlimited) the answer is untouched.
+        let plain = hold_until_sent(axum::body::Body::from("x").into_response(), None).await;
+        assert_eq!(
+            plain.into_body().collect().await.expect("body").to_bytes(),
+            "x"
+        );
+    }
+
     #[test]
     fn out_of_memory_is_recognised() {
         let oom = "OOM command not allowed when used memory > 'maxmemory'.";
@@ -787,7 +1001,7 @@ mod tests {
 
     #[test]
     fn read_limit_refuses_past_its_max() {
-        let limit = ReadLimit::new("snapshots", 2, LimitMetrics::default());
+        let limit = ReadLimit::new("replica", "snapshots", 2, LimitMetrics::default());
         let a = limit.try_acquire().unwrap();
         let _b = limit.try_acquire().unwrap();
         let e = limit.try_acquire().unwrap_err();

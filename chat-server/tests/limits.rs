@@ -15,7 +15,11 @@
 //! - a broker out of memory (`maxmemory`, `noeviction`) shows in `/status` of nodes and
 //!   replicas, writes fail with a clear 503, and everything recovers when memory frees;
 //! - one token subject's writes with an id (each leaves a 15-minute dedupe record in the broker)
-//!   are limited by `--id-write-rate-per-author`, so one author cannot fill the broker.
+//!   are limited by `--id-write-rate-per-author`, and all its writes by `--write-rate-per-author`,
+//!   so one author cannot fill the broker;
+//! - (a node's `--max-page-reads` and the chunked page answer are unit-tested in
+//!   `chat_server::limits`: on loopback the kernel's socket buffers take a whole 1 MiB page, so a
+//!   client that never reads cannot show the permit held here.)
 
 mod support;
 
@@ -524,6 +528,11 @@ async fn rate_limits_refuse_with_429_and_error_frames_and_keep_what_was_accepted
                     .and_then(|v| v.parse().ok())
                     .expect("Retry-After");
                 assert!((1..=2).contains(&retry), "Retry-After {retry}");
+                // Refused before its body was read: the connection closes, and says so.
+                assert_eq!(
+                    r.headers().get("connection").and_then(|v| v.to_str().ok()),
+                    Some("close")
+                );
                 let body: Value = r.json().await.expect("json");
                 let e = body["error"].as_str().unwrap_or_default();
                 assert!(e.contains("--post-rate-per-address"), "{body}");
@@ -1112,19 +1121,33 @@ fn token(sub: &str, channels: &[&str]) -> String {
     .expect("encode")
 }
 
-/// Item 8's other half: every write with an id leaves a dedupe record in the broker for 15
-/// minutes, so one author sending id'd writes as fast as it can used to fill a broker with
-/// `maxmemory` (`noeviction`) and then every writer got 503 until the records expired. With
-/// `--id-write-rate-per-author 20 --id-write-burst-per-author 100`, 6,000 such writes from one
-/// token subject (16 at a time) leave at most `100 + 20 × seconds` records, the rest are answered
-/// 429 with `Retry-After`; the broker, 1 MiB above what it used (about 5,000 records), never
-/// fills, and another author still writes. Without the limit (rate 0) the same flood fills it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_author_cannot_fill_the_broker_with_dedupe_records() {
+/// Item 8's other half: every write leaves a dedupe record in the broker — 15 minutes for a
+/// client id, 60 s for a generated one — so one author writing as fast as it can used to fill a
+/// broker with `maxmemory` (`noeviction`) and then every writer got 503 until the records
+/// expired. With a per-author rate of 20/s and a burst of 100, 6,000 writes from one token
+/// subject (16 at a time) leave at most `100 + 20 × seconds` records, the rest are answered 429
+/// with `Retry-After`; the broker, 1 MiB above what it used (about 5,000 records), never fills,
+/// and another author still writes. Without the limit (rate 0) the same flood fills it.
+/// `with_ids`: the writes carry client ids (`--id-write-rate-per-author` binds), else none
+/// (`--write-rate-per-author`, every write).
+async fn one_author_floods(with_ids: bool) {
     let dir = tempfile::tempdir().expect("dir");
     let key = dir.path().join("hmac.key");
     std::fs::write(&key, HMAC_KEY).expect("key");
     let key = key.display().to_string();
+    let (rate_flag, burst_flag, limit) = if with_ids {
+        (
+            "--id-write-rate-per-author",
+            "--id-write-burst-per-author",
+            "id_writes_per_author",
+        )
+    } else {
+        (
+            "--write-rate-per-author",
+            "--write-burst-per-author",
+            "writes_per_author",
+        )
+    };
     let c = Cluster::start_with_logs(
         1,
         1,
@@ -1133,9 +1156,9 @@ async fn one_author_cannot_fill_the_broker_with_dedupe_records() {
             "token",
             "--auth-hmac-key-file",
             &key,
-            "--id-write-rate-per-author",
+            rate_flag,
             "20",
-            "--id-write-burst-per-author",
+            burst_flag,
             "100",
         ],
         &["--trim-keep", "20"],
@@ -1155,10 +1178,15 @@ async fn one_author_cannot_fill_the_broker_with_dedupe_records() {
                 let client = http();
                 let (mut accepted, mut limited) = (0u64, 0u64);
                 for i in (w..6000).step_by(16) {
+                    let body = if with_ids {
+                        json!({"text": "x", "id": format!("f-{i}")})
+                    } else {
+                        json!({"text": "x"})
+                    };
                     let r = client
                         .post(format!("{url}/channels/flood/messages"))
                         .bearer_auth(&flood)
-                        .json(&json!({"text": "x", "id": format!("f-{i}")}))
+                        .json(&body)
                         .send()
                         .await
                         .expect("post");
@@ -1192,8 +1220,8 @@ async fn one_author_cannot_fill_the_broker_with_dedupe_records() {
         .query(&mut redis)
         .expect("memory usage");
     println!(
-        "6000 id'd writes by one author in {seconds:.1} s: {accepted} accepted, {limited} \
-         refused (429); {} dedupe records of {bytes} bytes each",
+        "6000 writes (ids: {with_ids}) by one author in {seconds:.1} s: {accepted} accepted, \
+         {limited} refused (429); {} dedupe records of {bytes} bytes each",
         records.len()
     );
     let bound = 100.0 + 20.0 * seconds + 20.0;
@@ -1218,10 +1246,20 @@ async fn one_author_cannot_fill_the_broker_with_dedupe_records() {
     assert_eq!(
         value(
             &text,
-            "chat_server_rate_limited_total{limit=\"id_writes_per_author\"}"
+            &format!("chat_server_rate_limited_total{{limit=\"{limit}\"}}")
         ),
         limited as f64
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_author_cannot_fill_the_broker_with_dedupe_records() {
+    one_author_floods(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_author_cannot_fill_the_broker_with_writes_without_ids() {
+    one_author_floods(false).await;
 }
 
 /// The peak of `pid`'s `VmRSS` (KiB) while `work` runs, sampled every 10 ms.

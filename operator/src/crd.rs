@@ -269,6 +269,22 @@ pub struct ChatServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub id_write_burst_per_author: Option<i32>,
+    /// Writes of any kind per second one token subject may keep up on one node
+    /// (`WRITE_RATE_PER_AUTHOR`; `--auth token` only); 0 turns the limit off. Bounds the dedupe
+    /// records (60 s each) one author's writes without an id keep in the broker. Unset: 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub write_rate_per_author: Option<i32>,
+    /// Writes one token subject may send at once above its rate (`WRITE_BURST_PER_AUTHOR`).
+    /// Unset: 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub write_burst_per_author: Option<i32>,
+    /// Channel pages one node serves at once, each up to 1 MiB, held until sent
+    /// (`MAX_PAGE_READS`); more are answered 503 with `Retry-After`. Unset: 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_page_reads: Option<i32>,
     /// Messages a WebSocket subscriber may fall behind before it is closed with 4008
     /// (`WS_QUEUE`). Unset: 4096, or a `WS_QUEUE` in `env` (then this field must stay unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -112,6 +112,9 @@ pub const CHAT_SERVER_ENV: &[&str] = &[
     "MAX_CONNECTIONS_PER_ADDRESS",
     "ID_WRITE_RATE_PER_AUTHOR",
     "ID_WRITE_BURST_PER_AUTHOR",
+    "WRITE_RATE_PER_AUTHOR",
+    "WRITE_BURST_PER_AUTHOR",
+    "MAX_PAGE_READS",
 ];
 /// Environment variables the operator sets in the replication-log container.
 pub const LOG_ENV: &[&str] = &[

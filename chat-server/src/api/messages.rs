@@ -164,8 +164,10 @@ pub(super) async fn read_channel(
     let who = access.identify(&headers, query.as_deref())?;
     validate_channel(&channel)?;
     check_read(&who, &channel)?;
+    let permit = node.settings().rate_limits.page_read()?;
     let messages = read_page(&node, &channel, page.after, u64::MAX, page.limit).await?;
-    Ok(Json(page_body(messages)).into_response())
+    let response = Json(page_body(messages)).into_response();
+    Ok(crate::limits::hold_until_sent(response, permit).await)
 }
 
 pub(super) async fn read_default(

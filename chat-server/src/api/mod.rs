@@ -131,18 +131,20 @@ static WRITE_FAILED_LOG: crate::telemetry::Throttle =
 /// Writes one message through the broker: validation, then the Lua script. Every write has an
 /// id (the client's, or a generated UUID). `Ok` means stored (new or an earlier write with the
 /// same id); an error is `400`/`413` (bad input), `409` (a new channel over `--max-channels`,
-/// nothing stored), `429` (a write with an id over its token subject's rate,
-/// `--id-write-rate-per-author`; nothing stored), `503` (not stored) or `504` (outcome unknown),
+/// nothing stored), `429` (a write over its token subject's rate, `--write-rate-per-author`, or
+/// one with an id over `--id-write-rate-per-author`; nothing stored), `503` (not stored) or `504` (outcome unknown),
 /// the last two naming the id to retry with (docs/api.md, "Write semantics").
 pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, ApiError> {
     if let Err(e) = msg.validate(node.settings().max_message_bytes) {
         node.metrics().rejected.inc();
         return Err(e.into());
     }
-    if msg.id.is_some()
-        && let Some(subject) = &msg.scope
-    {
-        node.settings().rate_limits.check_id_write(subject)?;
+    if let Some(subject) = &msg.scope {
+        let limits = &node.settings().rate_limits;
+        if msg.id.is_some() {
+            limits.check_id_write(subject)?;
+        }
+        limits.check_write(subject)?;
     }
     let max = node.settings().max_channels;
     if !node.read_lock().admits(&msg.channel, max) {

@@ -94,7 +94,7 @@ async fn channel_messages(
 ) -> Result<Response, ApiError> {
     validate_channel(&channel)?;
     refuse_if_diverged(&replica)?;
-    let _permit = replica.settings().reads.pages.try_acquire()?;
+    let permit = replica.settings().reads.pages.try_acquire()?;
     let store = replica.store().clone();
     let persisted = store.persisted();
     let (messages, cut) = tokio::task::spawn_blocking(move || {
@@ -119,7 +119,8 @@ async fn channel_messages(
         PERSISTED_POSITION_HEADER,
         HeaderValue::from(complete_through),
     );
-    Ok(resp)
+    // The permit goes with the answer until it is sent, not when it is handed to the server.
+    Ok(crate::limits::hold_until_sent(resp, Some(permit)).await)
 }
 
 /// A replica whose log diverged from the cluster's history (it holds positions a broker data

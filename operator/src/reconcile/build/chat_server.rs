@@ -162,6 +162,15 @@ fn chat_server(parent: &Parent<'_>) -> Container {
             "ID_WRITE_BURST_PER_AUTHOR",
             limits.id_write_burst_per_author.map(i64::from),
         ),
+        (
+            "WRITE_RATE_PER_AUTHOR",
+            limits.write_rate_per_author.map(i64::from),
+        ),
+        (
+            "WRITE_BURST_PER_AUTHOR",
+            limits.write_burst_per_author.map(i64::from),
+        ),
+        ("MAX_PAGE_READS", limits.max_page_reads.map(i64::from)),
     ] {
         if let Some(value) = value {
             env_vars.push(env(name, value.to_string()));

@@ -1010,6 +1010,9 @@ mod tests {
         cluster.spec.chat_server.max_connections_per_address = Some(50);
         cluster.spec.chat_server.id_write_rate_per_author = Some(5);
         cluster.spec.chat_server.id_write_burst_per_author = Some(50);
+        cluster.spec.chat_server.write_rate_per_author = Some(20);
+        cluster.spec.chat_server.write_burst_per_author = Some(200);
+        cluster.spec.chat_server.max_page_reads = Some(16);
         cluster.spec.chat_server.ws_queue = Some(128);
         cluster.spec.chat_server.ws_write_timeout_seconds = Some(5);
         cluster.spec.chat_server.ws_ping_interval_seconds = Some(20);
