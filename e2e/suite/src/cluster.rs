@@ -45,6 +45,12 @@ pub fn test_spec(harness: &Harness) -> ChatClusterSpec {
     spec.replication_log.storage = storage;
     spec.rollout.max_lag = 0;
     spec.rollout.catch_up_timeout = "3m".to_owned();
+    // The suite's load generator sends for many clients through one token, like a backend
+    // publishing for its users: the per-author write limits (10 id'd writes/s, 50 writes/s per
+    // node by default) would throttle it to a crawl. They are tested in
+    // chat-server/tests/limits.rs; here they are off.
+    spec.chat_server.id_write_rate_per_author = Some(0);
+    spec.chat_server.write_rate_per_author = Some(0);
     spec
 }
 
