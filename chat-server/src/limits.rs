@@ -24,7 +24,11 @@
 //!   `Retry-After`, or an error frame with `retry_after_ms`). Anonymous authors are names the
 //!   client picks, so they are not keyed: `--post-rate-per-address` bounds those clients.
 //! - A replica serves at most `--max-snapshots` snapshots and `--max-page-reads` page reads at
-//!   once; past that the answer is `503` with `Retry-After`.
+//!   once, and a node at most its own `--max-page-reads` pages; past that the answer is `503`
+//!   with `Retry-After`. A page keeps its permit until it is sent ([`hold_until_sent`]), for at
+//!   most [`PAGE_SEND_TIMEOUT`] per chunk.
+//! - Per token subject (`--auth token`): writes with an id (`--id-write-rate-per-author`) and
+//!   all writes (`--write-rate-per-author`), each a token bucket; over either, `429`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -94,8 +98,8 @@ pub struct NodeLimitConfig {
     #[arg(long, env = "WRITE_BURST_PER_AUTHOR", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub write_burst_per_author: u32,
     /// Channel pages (`GET /channels/{channel}/messages`) a node serves at once, each up to 1 MiB
-    /// held until the client has taken all but the last 256 KiB of it; more are answered 503
-    /// with `Retry-After`.
+    /// held until the HTTP server has taken its last 16 KiB chunk (a client that stops taking it
+    /// loses it after 10 s); more are answered 503 with `Retry-After`.
     #[arg(long, env = "MAX_PAGE_READS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_page_reads: u32,
 }
@@ -128,7 +132,8 @@ pub struct LimitMetrics {
     /// Requests or frames refused, by limit: `post_per_address` (a `POST`), `ws_send` (a
     /// connection's bucket), `ws_send_per_address` (a `send` frame refused by its address's
     /// bucket), `id_writes_per_author` (a write with an id refused by its subject's bucket),
-    /// `snapshots`, `page_reads`.
+    /// `writes_per_author` (any write refused by its subject's write bucket), `snapshots` and
+    /// `page_reads` (a replica's or a node's reads over their limit).
     pub refused: Family<LimitLabel, Counter>,
     /// WebSocket connections closed with 1008 for going on sending over their rate.
     pub ws_rate_closes: Counter,
@@ -541,14 +546,24 @@ pub async fn limit_posts(
 /// Chunk size of a page answer sent under a read permit ([`hold_until_sent`]).
 const SEND_CHUNK: usize = 16 * 1024;
 
-/// Sends `response`'s (fully built, in-memory) body in chunks of 16 KiB and keeps `permit` until
-/// the server has taken the last chunk. The HTTP server takes a chunk only when its write buffer
-/// (32 KiB, `serve::HEADER_BUFFER_BYTES`) has room, so the page is freed once the kernel's
-/// socket buffer has taken all but that much of it, and a client that does not read keeps its
-/// read's permit meanwhile: the permits, not the clients, bound how many pages sit in memory.
-/// Each chunk is a copy, so what the server still holds for a stuck client is at most its write
-/// buffer, not the whole page. Without a permit the response is returned unchanged.
-pub async fn hold_until_sent(response: Response, permit: Option<OwnedSemaphorePermit>) -> Response {
+/// How long the HTTP server may take to accept the next chunk of a page answer (the client is
+/// not reading) before the answer is abandoned: its permit and its page are freed and the
+/// connection is closed. 16 KiB per 10 s is far below any live client.
+pub const PAGE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends `response`'s (fully built, in-memory) body in chunks of 16 KiB through a one-deep queue
+/// fed by a task that holds `permit` and the page. The HTTP server takes a chunk only when its
+/// write buffer (32 KiB, `serve::HEADER_BUFFER_BYTES`) has room, so a client that does not read
+/// holds its read's permit — but for at most `send_timeout` per chunk: then the task drops the
+/// page and the permit and ends the body with an error, which closes the connection. So the
+/// permits bound how many pages sit in memory, and no client keeps one for longer than the
+/// timeout. Each chunk is a copy, so the server never holds the page itself. Without a permit
+/// the response is returned unchanged.
+pub async fn hold_until_sent(
+    response: Response,
+    permit: Option<OwnedSemaphorePermit>,
+    send_timeout: Duration,
+) -> Response {
     let Some(permit) = permit else {
         return response;
     };
@@ -563,17 +578,46 @@ pub async fn hold_until_sent(response: Response, permit: Option<OwnedSemaphorePe
             .into_response();
         }
     };
-    let chunks = futures::stream::unfold((bytes, Some(permit)), |(mut rest, permit)| async move {
-        if rest.is_empty() {
-            drop(permit);
-            return None;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent_all = complete.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            // A copy, not a slice: a slice would keep the whole page's buffer alive for as long
+            // as the server holds any chunk of it.
+            let n = rest.len().min(SEND_CHUNK);
+            let chunk = bytes::Bytes::copy_from_slice(&rest[..n]);
+            bytes::Buf::advance(&mut rest, n);
+            match tokio::time::timeout(send_timeout, tx.send(chunk)).await {
+                Ok(Ok(())) => {}
+                // The connection is gone, or the client stopped taking the page: the page and
+                // the permit go now; the body then ends with an error (below).
+                Ok(Err(_)) | Err(_) => return,
+            }
         }
-        // A copy, not a slice: a slice would keep the whole page's buffer alive for as long as
-        // the server holds any chunk of it.
-        let n = rest.len().min(SEND_CHUNK);
-        let chunk = bytes::Bytes::copy_from_slice(&rest[..n]);
-        bytes::Buf::advance(&mut rest, n);
-        Some((Ok::<_, std::convert::Infallible>(chunk), (rest, permit)))
+        sent_all.store(true, std::sync::atomic::Ordering::Release);
+    });
+    // Chunks as they come; when the queue closes before the whole page went through, one error
+    // item, so the server aborts the response (closes the connection) instead of ending a
+    // truncated body as if it were whole.
+    let chunks = futures::stream::unfold(Some(rx), move |rx| {
+        let complete = complete.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(chunk) => Some((Ok(chunk), Some(rx))),
+                None if complete.load(std::sync::atomic::Ordering::Acquire) => None,
+                None => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client did not take the page in time",
+                    )),
+                    None,
+                )),
+            }
+        }
     });
     Response::from_parts(parts, axum::body::Body::from_stream(chunks))
 }
@@ -964,6 +1008,7 @@ mod tests {
         let response = hold_until_sent(
             axum::body::Body::from(page.clone()).into_response(),
             Some(permit),
+            PAGE_SEND_TIMEOUT,
         )
         .await;
         let mut body = response.into_body();
@@ -979,13 +1024,52 @@ mod tests {
         }
         drop(body);
         assert_eq!(got, page);
+        // The feeding task ends right after the last chunk.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(limit.in_use(), 0);
         // Without a permit (unlimited) the answer is untouched.
-        let plain = hold_until_sent(axum::body::Body::from("x").into_response(), None).await;
+        let plain = hold_until_sent(
+            axum::body::Body::from("x").into_response(),
+            None,
+            PAGE_SEND_TIMEOUT,
+        )
+        .await;
         assert_eq!(
             plain.into_body().collect().await.expect("body").to_bytes(),
             "x"
         );
+    }
+
+    /// A client that stops taking a page loses its permit after the send timeout: the body
+    /// ends with an error and the permit is free for the next reader.
+    #[tokio::test]
+    async fn a_page_nobody_takes_gives_its_permit_back() {
+        use http_body_util::BodyExt;
+        let page = vec![7u8; 200_000];
+        let limit = ReadLimit::new("node", "page_reads", 1, LimitMetrics::default());
+        let permit = limit.try_acquire().expect("permit");
+        let response = hold_until_sent(
+            axum::body::Body::from(page).into_response(),
+            Some(permit),
+            Duration::from_millis(200),
+        )
+        .await;
+        let mut body = response.into_body();
+        // One chunk taken, then the client stalls.
+        let first = body.frame().await.expect("frame").expect("ok");
+        assert!(first.is_data());
+        assert_eq!(limit.in_use(), 1);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(limit.in_use(), 0, "the stalled page still holds its permit");
+        // The body ends with the timeout error (after the chunk already queued).
+        let mut ended_with_error = false;
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                ended_with_error = true;
+                break;
+            }
+        }
+        assert!(ended_with_error);
     }
 
     #[test]

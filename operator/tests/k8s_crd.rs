@@ -129,7 +129,8 @@ async fn invalid_specs_are_rejected_with_one_message_per_problem_naming_the_fiel
         (
             "bad-duration",
             json!({"rollout": {"catchUpTimeout": "soon"}}),
-            "spec.rollout.catchUpTimeout: \"soon\" is not a duration such as 5m or 90s",
+            "spec.rollout.catchUpTimeout: \"soon\" is not a duration such as 5m or 90s (numbers \
+             of at most 5 digits)",
         ),
         (
             "short-duration",
@@ -174,7 +175,8 @@ async fn invalid_specs_are_rejected_with_one_message_per_problem_naming_the_fiel
                    "rollout": {"catchUpTimeout": "2562048h"},
                    "replicationLog": {"resources": {"requests": {"cpu": "-1"}}}}),
             "spec.broker.storage.size: \"1e100\" is not a positive quantity such as 1Gi (at most \
-             8Ei); spec.rollout.catchUpTimeout: \"2562048h\" is not a duration such as 5m or 90s; \
+             8Ei); spec.rollout.catchUpTimeout: \"2562048h\" is not a duration such as 5m or 90s \
+             (numbers of at most 5 digits); \
              spec.replicationLog.resources.requests.cpu: \"-1\" is not a non-negative quantity \
              such as 500m or 1Gi",
         ),

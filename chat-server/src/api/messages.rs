@@ -167,7 +167,7 @@ pub(super) async fn read_channel(
     let permit = node.settings().rate_limits.page_read()?;
     let messages = read_page(&node, &channel, page.after, u64::MAX, page.limit).await?;
     let response = Json(page_body(messages)).into_response();
-    Ok(crate::limits::hold_until_sent(response, permit).await)
+    Ok(crate::limits::hold_until_sent(response, permit, crate::limits::PAGE_SEND_TIMEOUT).await)
 }
 
 pub(super) async fn read_default(

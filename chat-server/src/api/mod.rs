@@ -170,8 +170,7 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
     // a lost reply can be resolved: a node that has not read the broker's epoch cannot write.
     let Some(epoch) = node.epoch() else {
         return Err(ApiError::write_failed(
-            "broker unavailable: this node has not read the broker's epoch yet (starting, or \
-             reloading after the broker lost its data)",
+            "broker unavailable: this node has not read the broker's epoch yet (it is starting)",
             id,
             WriteFate::NotStored,
         ));

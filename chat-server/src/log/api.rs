@@ -120,7 +120,7 @@ async fn channel_messages(
         HeaderValue::from(complete_through),
     );
     // The permit goes with the answer until it is sent, not when it is handed to the server.
-    Ok(crate::limits::hold_until_sent(resp, Some(permit)).await)
+    Ok(crate::limits::hold_until_sent(resp, Some(permit), crate::limits::PAGE_SEND_TIMEOUT).await)
 }
 
 /// A replica whose log diverged from the cluster's history (it holds positions a broker data

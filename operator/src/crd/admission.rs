@@ -96,7 +96,7 @@ fn storage_checks(component: &str) -> Vec<String> {
         check(
             &format!(
                 "!({has_size}) || (isQuantity({new_size}) && \
-                 quantity({new_size}).isGreaterThan(quantity('0')) && \
+                 quantity({new_size}).compareTo(quantity('1')) >= 0 && \
                  quantity({new_size}).compareTo(quantity('{MAX_STORAGE}')) <= 0)"
             ),
             &format!(
@@ -189,7 +189,7 @@ pub fn problems_expression() -> String {
         &format!(
             "{timeout}.matches('{DURATION_RE}') ? 'spec.rollout.catchUpTimeout must be at least \
              1s (it is ' + {timeout} + ')' : 'spec.rollout.catchUpTimeout: \"' + {timeout} + '\" \
-             is not a duration such as 5m or 90s'"
+             is not a duration such as 5m or 90s (numbers of at most 5 digits)'"
         ),
     ));
     let interval = at("object.spec", &["monitoring", "podMonitorInterval"]);
@@ -236,8 +236,15 @@ pub fn problems_expression() -> String {
         or_default("wsPingTimeoutSeconds", 60),
         or_default("wsPingIntervalSeconds", 30),
     );
+    // A ping setting given in `env` instead (WS_PING_INTERVAL, WS_PING_TIMEOUT) is the binary's
+    // to check, as the operator's check leaves it.
+    let env = at("object.spec", &["chatServer", "env"]);
+    let ping_in_env = format!(
+        "(({}) && {env}.exists(e, e.name in ['WS_PING_INTERVAL', 'WS_PING_TIMEOUT']))",
+        present("object.spec", &["chatServer", "env"])
+    );
     checks.push(check(
-        &format!("{timeout} > {interval}"),
+        &format!("{ping_in_env} || {timeout} > {interval}"),
         &format!(
             "'spec.chatServer.wsPingTimeoutSeconds (' + string({timeout}) + ') must be more than \
              wsPingIntervalSeconds (' + string({interval}) + '); unset fields count as their \
