@@ -101,18 +101,7 @@ fn degraded(c: &ChatCluster) -> Option<(String, String, String)> {
 
 /// Every Event of the namespace as `reason note` lines.
 fn events(kc: &std::path::Path, ns: &str) -> String {
-    let (_, out, _) = kubectl(
-        kc,
-        &[
-            "get",
-            "events.events.k8s.io",
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={range .items[*]}{.reason} {.note}{\"\\n\"}{end}",
-        ],
-    );
-    out
+    events_lines(kc, ns, "", "{.reason} {.note}").1
 }
 
 struct Cluster<'a> {

@@ -58,19 +58,8 @@ async fn warnings(kc: &std::path::Path, ns: &str, reason: &str, name: &str) -> V
         &format!("a {reason} Event on {name}"),
         Duration::from_secs(20),
         || async {
-            let (ok, out, _) = kubectl(
-                kc,
-                &[
-                    "get",
-                    "events.events.k8s.io",
-                    "-n",
-                    ns,
-                    "--field-selector",
-                    &format!("reason={reason},regarding.name={name},type=Warning"),
-                    "-o",
-                    "jsonpath={range .items[*]}{.note}{\"\\n\"}{end}",
-                ],
-            );
+            let selector = format!("reason={reason},regarding.name={name},type=Warning");
+            let (ok, out) = events_lines(kc, ns, &selector, "{.note}");
             let lines: Vec<String> = out.lines().map(str::to_owned).collect();
             (ok && !lines.is_empty()).then_some(lines)
         },

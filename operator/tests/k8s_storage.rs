@@ -42,19 +42,8 @@ async fn events(kc: &std::path::Path, ns: &str, reason: &str, needle: &str) -> S
         &format!("a {reason} Event"),
         Duration::from_secs(20),
         || async {
-            let (ok, out, _) = kubectl(
-                kc,
-                &[
-                    "get",
-                    "events.events.k8s.io",
-                    "-n",
-                    ns,
-                    "--field-selector",
-                    &format!("reason={reason}"),
-                    "-o",
-                    "jsonpath={range .items[*]}{.regarding.name} {.note}{\"\\n\"}{end}",
-                ],
-            );
+            let selector = format!("reason={reason}");
+            let (ok, out) = events_lines(kc, ns, &selector, "{.regarding.name} {.note}");
             (ok && out.contains(needle)).then_some(out)
         },
     )

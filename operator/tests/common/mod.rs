@@ -65,6 +65,24 @@ pub async fn client(kubeconfig: &Path) -> Client {
 pub use chat_test_support::free_port;
 pub use chat_test_support::k8s::TestNamespace;
 
+/// The Events (events.k8s.io) of `ns` matching `field_selector` (e.g. `reason=X`; empty: all),
+/// each as one line of `fields` (jsonpath expressions such as `{.reason} {.note}`): (whether
+/// kubectl succeeded, the lines).
+pub fn events_lines(
+    kubeconfig: &Path,
+    ns: &str,
+    field_selector: &str,
+    fields: &str,
+) -> (bool, String) {
+    let template = format!("jsonpath={{range .items[*]}}{fields}{{\"\\n\"}}{{end}}");
+    let mut args = vec!["get", "events.events.k8s.io", "-n", ns, "-o", &template];
+    if !field_selector.is_empty() {
+        args.extend(["--field-selector", field_selector]);
+    }
+    let (ok, out, _) = kubectl(kubeconfig, &args);
+    (ok, out)
+}
+
 /// Runs kubectl; returns (success, stdout, stderr).
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let out = chat_test_support::kubectl(kubeconfig)
