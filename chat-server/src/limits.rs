@@ -731,6 +731,23 @@ pub fn broker_out_of_memory(error: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Every limit off (rates 0), small bounds; tests override what they exercise.
+    fn test_config() -> NodeLimitConfig {
+        NodeLimitConfig {
+            http_body_timeout: Duration::from_secs(1),
+            ws_send_rate: 0,
+            ws_send_burst: 1,
+            post_rate_per_address: 0,
+            post_burst_per_address: 1,
+            rate_limit_addresses: 10,
+            id_write_rate_per_author: 0,
+            id_write_burst_per_author: 1,
+            write_rate_per_author: 0,
+            write_burst_per_author: 1,
+            max_page_reads: 32,
+        }
+    }
+
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
         let table = [
@@ -802,17 +819,9 @@ mod tests {
     #[test]
     fn connection_bucket_admits_a_burst_then_refuses_then_closes() {
         let config = NodeLimitConfig {
-            http_body_timeout: Duration::from_secs(1),
             ws_send_rate: 1,
             ws_send_burst: 3,
-            post_rate_per_address: 0,
-            post_burst_per_address: 1,
-            rate_limit_addresses: 10,
-            id_write_rate_per_author: 0,
-            id_write_burst_per_author: 1,
-            write_rate_per_author: 0,
-            write_burst_per_author: 1,
-            max_page_reads: 32,
+            ..test_config()
         };
         let limits = RateLimits::new(&config, LimitMetrics::default());
         let mut c = limits.connection(Some("192.0.2.1".parse().unwrap()));
@@ -838,17 +847,11 @@ mod tests {
     #[test]
     fn connections_of_one_address_share_its_bucket() {
         let config = NodeLimitConfig {
-            http_body_timeout: Duration::from_secs(1),
             ws_send_rate: 1000,
             ws_send_burst: 1000,
             post_rate_per_address: 1,
             post_burst_per_address: 4,
-            rate_limit_addresses: 10,
-            id_write_rate_per_author: 0,
-            id_write_burst_per_author: 1,
-            write_rate_per_author: 0,
-            write_burst_per_author: 1,
-            max_page_reads: 32,
+            ..test_config()
         };
         let metrics = LimitMetrics::default();
         let limits = RateLimits::new(&config, metrics.clone());
@@ -891,17 +894,10 @@ mod tests {
     #[test]
     fn address_buckets_are_bounded() {
         let config = NodeLimitConfig {
-            http_body_timeout: Duration::from_secs(1),
-            ws_send_rate: 0,
-            ws_send_burst: 1,
             post_rate_per_address: 1,
             post_burst_per_address: 2,
             rate_limit_addresses: 100,
-            id_write_rate_per_author: 0,
-            id_write_burst_per_author: 1,
-            write_rate_per_author: 0,
-            write_burst_per_author: 1,
-            max_page_reads: 32,
+            ..test_config()
         };
         let limits = RateLimits::new(&config, LimitMetrics::default());
         for i in 0..1000u32 {
@@ -924,17 +920,9 @@ mod tests {
     #[test]
     fn id_writes_are_limited_per_subject() {
         let mut config = NodeLimitConfig {
-            http_body_timeout: Duration::from_secs(1),
-            ws_send_rate: 0,
-            ws_send_burst: 1,
-            post_rate_per_address: 0,
-            post_burst_per_address: 1,
-            rate_limit_addresses: 10,
             id_write_rate_per_author: 1,
             id_write_burst_per_author: 3,
-            write_rate_per_author: 0,
-            write_burst_per_author: 1,
-            max_page_reads: 32,
+            ..test_config()
         };
         let metrics = LimitMetrics::default();
         let limits = RateLimits::new(&config, metrics.clone());
@@ -965,17 +953,9 @@ mod tests {
     #[test]
     fn all_writes_are_limited_per_subject() {
         let mut config = NodeLimitConfig {
-            http_body_timeout: Duration::from_secs(1),
-            ws_send_rate: 0,
-            ws_send_burst: 1,
-            post_rate_per_address: 0,
-            post_burst_per_address: 1,
-            rate_limit_addresses: 10,
-            id_write_rate_per_author: 0,
-            id_write_burst_per_author: 1,
             write_rate_per_author: 1,
             write_burst_per_author: 2,
-            max_page_reads: 32,
+            ..test_config()
         };
         let metrics = LimitMetrics::default();
         let limits = RateLimits::new(&config, metrics.clone());
