@@ -139,13 +139,6 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
         node.metrics().rejected.inc();
         return Err(e.into());
     }
-    if let Some(subject) = &msg.scope {
-        let limits = &node.settings().rate_limits;
-        if msg.id.is_some() {
-            limits.check_id_write(subject)?;
-        }
-        limits.check_write(subject)?;
-    }
     let max = node.settings().max_channels;
     if !node.read_lock().admits(&msg.channel, max) {
         node.metrics().channel_limit_refusals.inc();
@@ -175,6 +168,15 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
             WriteFate::NotStored,
         ));
     };
+    // Per-author limits last among the refusals that store nothing, so a write refused for
+    // another reason spends no token; the write bucket before the id bucket, for the same reason.
+    if let Some(subject) = &msg.scope {
+        let limits = &node.settings().rate_limits;
+        limits.check_write(subject)?;
+        if msg.id.is_some() {
+            limits.check_id_write(subject)?;
+        }
+    }
     let started = std::time::Instant::now();
     let holds = node.read_lock().cursor();
     let outcome = broker
