@@ -273,14 +273,21 @@ async fn a_broker_loss_never_hands_a_position_out_twice() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_cut_off_from_the_broker_stops_counting_itself_ready() {
+/// One replica, node `a` reaching Redis directly and node `b` through a pausable proxy: the
+/// cluster, the proxy and the two nodes' URLs.
+async fn node_behind_proxy() -> (Cluster, support::proxy::Proxy, String, String) {
     let mut cluster = Cluster::start(1, 1).await;
     let proxy = support::proxy::Proxy::start(cluster.redis.port()).await;
     let b = cluster
         .add_node_via(&proxy.url(RedisRole::ChatServer))
         .await;
     let (a, b) = (cluster.nodes[0].url.clone(), cluster.nodes[b].url.clone());
+    (cluster, proxy, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_broker_stops_counting_itself_ready() {
+    let (_cluster, proxy, a, b) = node_behind_proxy().await;
     for i in 0..5 {
         post_ok(&a, "c", &format!("before {i}")).await;
     }
@@ -459,12 +466,7 @@ async fn a_broker_restored_from_an_older_copy_never_hands_a_position_out_twice()
 /// never 503 "not stored": the write may already be in the replication log, as it is here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_resolved_after_a_broker_data_loss_is_outcome_unknown() {
-    let mut cluster = Cluster::start(1, 1).await;
-    let proxy = support::proxy::Proxy::start(cluster.redis.port()).await;
-    let b = cluster
-        .add_node_via(&proxy.url(RedisRole::ChatServer))
-        .await;
-    let (a, b) = (cluster.nodes[0].url.clone(), cluster.nodes[b].url.clone());
+    let (cluster, proxy, a, b) = node_behind_proxy().await;
     let replica = cluster.logs[0].url.clone();
     assert_eq!(post_ok(&a, "c", "before").await, 1);
     wait_position(

@@ -88,20 +88,7 @@ async fn install_pod_monitor_crd(kc: &std::path::Path, client: &kube::Client) {
         ],
     );
     assert!(ok, "kubectl apply -f {path}: {err}");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    wait_for(
-        "PodMonitor CRD Established",
-        Duration::from_secs(20),
-        || async {
-            let crd = crds.get(CRD_NAME).await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
+    wait_established(client, CRD_NAME).await;
 }
 
 #[tokio::test]

@@ -106,18 +106,28 @@ pub async fn install_crd(client: &Client) {
     )
     .await
     .expect("CRD applies");
-    wait_for("CRD Established", Duration::from_secs(20), || async {
-        let crd = crds.get("chatclusters.chat-cluster.io").await.ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    wait_established(client, "chatclusters.chat-cluster.io").await;
     // Discovery catches up a moment after Established.
     tokio::time::sleep(Duration::from_millis(500)).await;
     install_admission_policy(client).await;
+}
+
+/// Waits (20 s at most) until the CustomResourceDefinition `name` is `Established`.
+pub async fn wait_established(client: &Client, name: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    wait_for(
+        &format!("CRD {name} Established"),
+        Duration::from_secs(20),
+        || async {
+            let crd = crds.get(name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Applies the ChatCluster admission policy and its binding (`crds/chatcluster-policy.yaml`, as
