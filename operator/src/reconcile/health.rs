@@ -10,7 +10,10 @@
 //! for memory (`OOMKilled`), a pod that cannot be placed (`Unschedulable`, or `ClaimPending` when
 //! one of its claims is not bound) and a pod that failed for good (`PodFailed`, e.g. evicted).
 //! A pod that is merely starting (Pending without a scheduling verdict, `ContainerCreating`) is
-//! progressing, not a problem.
+//! progressing, not a problem; so is a `CreateContainerConfigError` whose message is the
+//! kubelet's own cache not being synced yet (`failed to sync secret cache: …`, from its
+//! watch-based Secret/ConfigMap manager), which the kubelet retries by itself within seconds of
+//! a pod's start — only a missing Secret, ConfigMap or key is a configuration error.
 
 use k8s_openapi::api::core::v1::{ContainerStatus, ObjectReference, PersistentVolumeClaim, Pod};
 use kube::{Resource, ResourceExt};
@@ -71,6 +74,13 @@ fn component_of(pod: &Pod) -> Option<&'static str> {
     .find(|c| c == label)
 }
 
+/// The kubelet's message for a Secret or ConfigMap it has not watched long enough to read yet
+/// (`pkg/kubelet/util/manager`: `failed to sync %s cache: %v`), a retried, transient cause.
+fn kubelet_cache_not_synced(reason: &str, message: Option<&str>) -> bool {
+    reason == "CreateContainerConfigError"
+        && message.is_some_and(|m| m.starts_with("failed to sync ") && m.contains(" cache"))
+}
+
 /// The problem of one container, if it has one: a stuck waiting reason (a crash loop whose last
 /// run was killed for memory reads `OOMKilled`), or a current OOM kill.
 fn container_problem(c: &ContainerStatus) -> Option<(String, String)> {
@@ -79,6 +89,7 @@ fn container_problem(c: &ContainerStatus) -> Option<(String, String)> {
     if let Some(waiting) = state.and_then(|s| s.waiting.as_ref())
         && let Some(reason) = waiting.reason.as_deref()
         && STUCK_WAITING_REASONS.contains(&reason)
+        && !kubelet_cache_not_synced(reason, waiting.message.as_deref())
     {
         if reason == "CrashLoopBackOff"
             && last_terminated.and_then(|t| t.reason.as_deref()) == Some("OOMKilled")
@@ -346,6 +357,36 @@ mod tests {
                 json!({"phase": "Failed", "reason": "Evicted", "message": "low on disk"}),
                 vec![],
                 Some(("Evicted", "low on disk")),
+            ),
+            (
+                "missing secret",
+                waiting(
+                    "CreateContainerConfigError",
+                    "secret \"demo-broker\" not found",
+                ),
+                vec![],
+                Some((
+                    "CreateContainerConfigError",
+                    "secret \"demo-broker\" not found",
+                )),
+            ),
+            (
+                "the kubelet's secret cache not synced yet (retried by the kubelet)",
+                waiting(
+                    "CreateContainerConfigError",
+                    "failed to sync secret cache: timed out waiting for the condition",
+                ),
+                vec![],
+                None,
+            ),
+            (
+                "the kubelet's configmap cache not synced yet",
+                waiting(
+                    "CreateContainerConfigError",
+                    "failed to sync configmap cache: timed out waiting for the condition",
+                ),
+                vec![],
+                None,
             ),
             (
                 "container creating",
