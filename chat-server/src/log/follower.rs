@@ -21,7 +21,7 @@ use crate::broker::{
 use crate::log_client::{LogClient, LogClientError};
 use crate::message::Message;
 use crate::protocol::{
-    anchor_position, caught_up_after_round, epoch_fits, next_limit, split_dense, void_after,
+    FillStep, GapFill, anchor_position, caught_up_after_round, epoch_fits, next_limit, split_dense,
 };
 use crate::telemetry::redact_url;
 
@@ -789,60 +789,59 @@ async fn repair(
     let from = replica.store().persisted() + 1;
     let mut backoff = Backoff::new();
     let mut warned = false;
+    let mut fill = GapFill::new(to);
     while replica.store().persisted() < to {
         let persisted = replica.store().persisted();
+        // The epoch's base and anchor as the broker has them now (a void record is applied only
+        // where this epoch was anchored).
         let state = broker.state().await?;
-        if let Some(void) = void_after(persisted, state.base, state.anchor) {
-            // The epoch was anchored on exactly this history: what follows up to the anchor
-            // holds nothing anywhere.
-            append(replica, vec![Message::void(void)]).await?;
-            continue;
-        }
-        let in_stream = broker.range(persisted, to, READ_COUNT).await?;
-        let split = split_dense(persisted, in_stream);
-        if !split.dense.is_empty() {
-            append(replica, split.dense).await?;
-            continue;
-        }
-        let mut progressed = false;
-        let client = LogClient::new(replica.settings().peers.clone())
-            .with_internal_token(replica.settings().internal_token.clone());
-        for url in client.urls() {
-            match client.status_of(url).await {
-                Ok(s)
-                    if s.replica_id != replica.settings().replica_id
-                        && s.phase != Phase::Diverged
-                        && s.persisted > persisted => {}
-                _ => continue,
+        match fill.next(persisted, state.base, state.anchor) {
+            FillStep::Done => break,
+            FillStep::Void(void) => append(replica, vec![Message::void(void)]).await?,
+            FillStep::Stream => {
+                let in_stream = broker.range(persisted, to, READ_COUNT).await?;
+                append(replica, split_dense(persisted, in_stream).dense).await?;
             }
-            match copy_from(replica, url, to).await {
-                Ok(n) if n > 0 => {
-                    progressed = true;
-                    break;
+            FillStep::Elsewhere => copy_from_peers(replica, persisted, to).await,
+            FillStep::Wait => {
+                if !warned {
+                    warn!(
+                        from = persisted + 1,
+                        to, "positions are neither in the stream nor at any peer yet; retrying"
+                    );
+                    warned = true;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(peer = %redact_url(url), error = %e, "repairing from the peer failed")
-                }
+                backoff.wait(shutdown).await?;
             }
         }
-        if progressed {
-            continue;
-        }
-        if !warned {
-            warn!(
-                from = persisted + 1,
-                to, "positions are neither in the stream nor at any peer yet; retrying"
-            );
-            warned = true;
-        }
-        backoff.wait(shutdown).await?;
     }
     let m = replica.metrics();
     m.gaps_repaired.inc();
     m.gap_messages.inc_by(to + 1 - from);
     info!(from, to, "repaired a gap in the stream");
     Ok(())
+}
+
+/// Copies positions after `persisted` up to `to` from the first peer that has persisted further
+/// (not itself, not diverged) and gives some; failures are logged, and the caller's next round
+/// sees what arrived.
+async fn copy_from_peers(replica: &Replica, persisted: u64, to: u64) {
+    let client = LogClient::new(replica.settings().peers.clone())
+        .with_internal_token(replica.settings().internal_token.clone());
+    for url in client.urls() {
+        match client.status_of(url).await {
+            Ok(s)
+                if s.replica_id != replica.settings().replica_id
+                    && s.phase != Phase::Diverged
+                    && s.persisted > persisted => {}
+            _ => continue,
+        }
+        match copy_from(replica, url, to).await {
+            Ok(n) if n > 0 => return,
+            Ok(_) => {}
+            Err(e) => warn!(peer = %redact_url(url), error = %e, "repairing from the peer failed"),
+        }
+    }
 }
 
 /// Trims the stream below the lowest persisted position of all registered replicas, keeping

@@ -19,7 +19,7 @@ use crate::broker::{Broker, BrokerEndpoint, BrokerError, StreamReader};
 use crate::log_client::LogClientError;
 use crate::message::Message;
 use crate::node::{Node, Phase};
-use crate::protocol::{Gap, keeps_history, split_dense, void_after};
+use crate::protocol::{FillStep, Gap, GapFill, keeps_history, split_dense};
 
 /// Messages asked for per `XREAD`.
 const READ_COUNT: usize = 1000;
@@ -530,35 +530,26 @@ async fn repair(
     node.metrics().gaps_repaired.inc();
     node.metrics().gap_messages.inc_by(gap.to - gap.from + 1);
     let mut backoff = Backoff::new();
+    let mut fill = GapFill::new(gap.to);
     loop {
         let cursor = node.read_lock().cursor();
-        if cursor >= gap.to {
-            return Ok(());
-        }
-        if let Some(void) = void_after(cursor, epoch.base, epoch.anchor) {
-            apply(node, [Message::void(void)]);
-            continue;
-        }
-        // A broker error here is retried like any other: the hole is still there to fill.
-        match broker.range(cursor, gap.to, READ_COUNT).await {
-            Ok(from_stream) => {
-                let split = split_dense(cursor, from_stream);
-                if !split.dense.is_empty() {
-                    apply(node, split.dense);
-                    continue;
+        match fill.next(cursor, epoch.base, epoch.anchor) {
+            FillStep::Done => return Ok(()),
+            FillStep::Void(void) => apply(node, [Message::void(void)]),
+            // A broker error here is retried like any other: the hole is still there to fill.
+            FillStep::Stream => match broker.range(cursor, gap.to, READ_COUNT).await {
+                Ok(found) => apply(node, split_dense(cursor, found).dense),
+                Err(e) => broker_error(node, &e),
+            },
+            FillStep::Elsewhere => {
+                if let Err(e) = copy_snapshot(node, cursor, gap.to).await {
+                    warn!(error = %e, "cannot repair from the replication log; retrying");
                 }
             }
-            Err(e) => {
-                broker_error(node, &e);
+            FillStep::Wait => {
+                warn!(error = %FollowError::LogBehind(cursor + 1), "waiting for the replication log");
+                backoff.wait(shutdown).await?;
             }
         }
-        match copy_snapshot(node, cursor, gap.to).await {
-            Ok(()) if node.read_lock().cursor() > cursor => continue,
-            Ok(()) => {
-                warn!(error = %FollowError::LogBehind(cursor + 1), "waiting for the replication log")
-            }
-            Err(e) => warn!(error = %e, "cannot repair from the replication log; retrying"),
-        }
-        backoff.wait(shutdown).await?;
     }
 }

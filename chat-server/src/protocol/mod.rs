@@ -130,6 +130,73 @@ pub fn void_after(cursor: u64, base: u64, anchor: u64) -> Option<u64> {
     (cursor == base && anchor > base).then_some(anchor)
 }
 
+/// The next step in filling a hole up to [`GapFill::to`], as [`GapFill::next`] decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillStep {
+    /// The copy holds everything through `to`: the hole is filled.
+    Done,
+    /// Apply a void record ending at this position (the epoch was anchored exactly where the
+    /// copy ends: [`void_after`]); then ask again.
+    Void(u64),
+    /// Read the missing range from the broker's stream and apply its dense start; then ask again.
+    Stream,
+    /// The stream does not hold the next position (trimmed, or lost): fetch it from the other
+    /// holders of the history — a node from the replication log, a replica from its peers; then
+    /// ask again.
+    Elsewhere,
+    /// No source had the next position this round (the log or the peers have not persisted it
+    /// yet): wait (with backoff) before asking again. Never skip it.
+    Wait,
+}
+
+/// Filling one hole, the same way everywhere a copy of the history is repaired (the node's
+/// follower, the replica's follower, and the simulation that runs both): each round tries the
+/// stream first, then the other holders, and waits only when neither moved the copy forward. A
+/// hole is never reported as filled before the copy reaches `to`.
+///
+/// Sans-I/O: the caller does what [`FillStep`] says and asks again with its copy's new cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GapFill {
+    /// Last position of the hole.
+    pub to: u64,
+    /// The cursor at the start of this round, and the sources tried in it.
+    round: Option<(u64, bool, bool)>,
+}
+
+impl GapFill {
+    /// Starts filling through `to`.
+    pub fn new(to: u64) -> GapFill {
+        GapFill { to, round: None }
+    }
+
+    /// The next step for a copy at `cursor` in the epoch anchored on `base` after `anchor`.
+    /// A round ends when the cursor moves (a source helped: start again with the stream, which
+    /// is the cheapest) or when both sources were tried without it moving ([`FillStep::Wait`]).
+    pub fn next(&mut self, cursor: u64, base: u64, anchor: u64) -> FillStep {
+        if cursor >= self.to {
+            return FillStep::Done;
+        }
+        if let Some(void) = void_after(cursor, base, anchor) {
+            return FillStep::Void(void);
+        }
+        let (stream, elsewhere) = match self.round {
+            Some((at, stream, elsewhere)) if at == cursor => (stream, elsewhere),
+            _ => (false, false),
+        };
+        let step = match (stream, elsewhere) {
+            (false, _) => FillStep::Stream,
+            (true, false) => FillStep::Elsewhere,
+            (true, true) => FillStep::Wait,
+        };
+        self.round = match step {
+            FillStep::Stream => Some((cursor, true, false)),
+            FillStep::Elsewhere => Some((cursor, true, true)),
+            _ => None,
+        };
+        step
+    }
+}
+
 /// What a Redis process is to the cluster, from one connection's view of it (see
 /// `crate::broker`, "Broker instances").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -498,6 +565,88 @@ mod tests {
         ];
         for (after, want) in rows {
             assert_eq!(resume_point(after, &voids), want, "after={after}");
+        }
+    }
+
+    #[test]
+    fn gap_fill_tries_the_stream_then_the_others_and_waits_only_when_neither_helped() {
+        // Each case: the hole's end, then (cursor, base, anchor) asked in turn with the step
+        // expected each time.
+        type Case = (&'static str, u64, Vec<((u64, u64, u64), FillStep)>);
+        let cases: Vec<Case> = vec![
+            (
+                "already filled",
+                10,
+                vec![((10, 0, 0), FillStep::Done), ((12, 0, 0), FillStep::Done)],
+            ),
+            (
+                "the stream fills it",
+                10,
+                vec![((5, 0, 0), FillStep::Stream), ((10, 0, 0), FillStep::Done)],
+            ),
+            (
+                "the stream helps part way, then again from the stream",
+                10,
+                vec![
+                    ((5, 0, 0), FillStep::Stream),
+                    ((7, 0, 0), FillStep::Stream),
+                    ((7, 0, 0), FillStep::Elsewhere),
+                    ((10, 0, 0), FillStep::Done),
+                ],
+            ),
+            (
+                "trimmed: the others fill it",
+                10,
+                vec![
+                    ((5, 0, 0), FillStep::Stream),
+                    ((5, 0, 0), FillStep::Elsewhere),
+                    ((8, 0, 0), FillStep::Stream),
+                    ((8, 0, 0), FillStep::Elsewhere),
+                    ((10, 0, 0), FillStep::Done),
+                ],
+            ),
+            (
+                "nobody has it yet: wait, then a fresh round",
+                10,
+                vec![
+                    ((5, 0, 0), FillStep::Stream),
+                    ((5, 0, 0), FillStep::Elsewhere),
+                    ((5, 0, 0), FillStep::Wait),
+                    ((5, 0, 0), FillStep::Stream),
+                    ((5, 0, 0), FillStep::Elsewhere),
+                    ((5, 0, 0), FillStep::Wait),
+                ],
+            ),
+            (
+                "the copy ends at the epoch's base: the void record first",
+                120,
+                vec![
+                    ((100, 100, 110), FillStep::Void(110)),
+                    ((110, 100, 110), FillStep::Stream),
+                    ((120, 100, 110), FillStep::Done),
+                ],
+            ),
+            (
+                "below the base: history first, then the void",
+                120,
+                vec![
+                    ((90, 100, 110), FillStep::Stream),
+                    ((90, 100, 110), FillStep::Elsewhere),
+                    ((100, 100, 110), FillStep::Void(110)),
+                    ((110, 100, 110), FillStep::Stream),
+                ],
+            ),
+            (
+                "an anchor that skipped nothing has no void",
+                120,
+                vec![((100, 100, 100), FillStep::Stream)],
+            ),
+        ];
+        for (case, to, steps) in cases {
+            let mut fill = GapFill::new(to);
+            for (i, ((cursor, base, anchor), want)) in steps.into_iter().enumerate() {
+                assert_eq!(fill.next(cursor, base, anchor), want, "{case}: step {i}");
+            }
         }
     }
 }

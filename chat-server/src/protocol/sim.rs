@@ -16,7 +16,7 @@
 //!   recorded limit, all on "disk" (they survive crashes). The follower mirrors
 //!   `crate::log::follower` (`session`, `validated_epoch`, `ensure_epoch`, `grant`, `repair`,
 //!   `trim`) and calls [`instance_check`],
-//!   [`split_dense`], [`void_after`], [`anchor_position`], [`next_limit`] and [`epoch_fits`]
+//!   [`split_dense`], [`GapFill`], [`anchor_position`], [`next_limit`] and [`epoch_fits`]
 //!   where the real code does.
 //! - **Nodes** ([`SimNode`]): the real [`Store`] (memory window per channel, cursor, voids, live
 //!   fan-out). The follower mirrors `crate::node::follower` (`cycle`, `bootstrap`, `follow`,
@@ -113,8 +113,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{
-    Gap, Instance, Resume, anchor_position, epoch_fits, instance_check, keeps_history, next_limit,
-    page_covers, page_is_enough, resume_point, split_dense, void_after,
+    FillStep, Gap, GapFill, Instance, Resume, anchor_position, epoch_fits, instance_check,
+    keeps_history, next_limit, page_covers, page_is_enough, resume_point, split_dense,
 };
 use crate::message::Message;
 use crate::node::store::{LocalPage, Store};
@@ -906,29 +906,28 @@ impl Sim {
     /// `repair`: fill the log up to `to` from the stream, else from peers. Returns false when
     /// neither has the next position yet (the real loop waits with backoff).
     fn replica_repair(&mut self, r: usize, to: u64) -> bool {
-        while self.replicas[r].persisted() < to {
+        let mut fill = GapFill::new(to);
+        loop {
             let persisted = self.replicas[r].persisted();
-            if let Some(void) = void_after(persisted, self.broker.base, self.broker.anchor) {
-                self.append(r, vec![Message::void(void)]);
-                continue;
-            }
-            let split = split_dense(persisted, self.broker.range(persisted, to, READ_COUNT));
-            if !split.dense.is_empty() {
-                self.append(r, split.dense);
-                continue;
-            }
-            let mut progressed = false;
-            for p in self.peers(r) {
-                if self.replicas[p].persisted() > persisted && self.copy_from(r, p, to) > 0 {
-                    progressed = true;
-                    break;
+            match fill.next(persisted, self.broker.base, self.broker.anchor) {
+                FillStep::Done => return true,
+                FillStep::Void(void) => self.append(r, vec![Message::void(void)]),
+                FillStep::Stream => {
+                    let split =
+                        split_dense(persisted, self.broker.range(persisted, to, READ_COUNT));
+                    self.append(r, split.dense);
                 }
-            }
-            if !progressed {
-                return false;
+                FillStep::Elsewhere => {
+                    for p in self.peers(r) {
+                        if self.replicas[p].persisted() > persisted && self.copy_from(r, p, to) > 0
+                        {
+                            break;
+                        }
+                    }
+                }
+                FillStep::Wait => return false,
             }
         }
-        true
     }
 
     /// One round of `session` (the epoch check, one read, repair, publish, grant, trim).
@@ -1029,29 +1028,29 @@ impl Sim {
         let Some(epoch) = self.nodes[n].epoch else {
             return false;
         };
+        let mut fill = GapFill::new(gap.to);
         loop {
             let cursor = self.nodes[n].store.cursor();
-            if cursor >= gap.to {
-                self.nodes[n].repairing = None;
-                return true;
-            }
-            if let Some(void) = void_after(cursor, epoch.base, epoch.anchor) {
-                self.node_apply(n, vec![Message::void(void)]);
-                continue;
-            }
-            let split = split_dense(cursor, self.broker.range(cursor, gap.to, READ_COUNT));
-            if !split.dense.is_empty() {
-                self.node_apply(n, split.dense);
-                continue;
-            }
-            if let Some(batch) = self.node_snapshot(n, cursor, gap.to) {
-                self.node_apply(n, batch);
-                if self.nodes[n].store.cursor() > cursor {
-                    continue;
+            match fill.next(cursor, epoch.base, epoch.anchor) {
+                FillStep::Done => {
+                    self.nodes[n].repairing = None;
+                    return true;
+                }
+                FillStep::Void(void) => self.node_apply(n, vec![Message::void(void)]),
+                FillStep::Stream => {
+                    let split = split_dense(cursor, self.broker.range(cursor, gap.to, READ_COUNT));
+                    self.node_apply(n, split.dense);
+                }
+                FillStep::Elsewhere => {
+                    if let Some(batch) = self.node_snapshot(n, cursor, gap.to) {
+                        self.node_apply(n, batch);
+                    }
+                }
+                FillStep::Wait => {
+                    self.nodes[n].repairing = Some(gap);
+                    return false;
                 }
             }
-            self.nodes[n].repairing = Some(gap);
-            return false;
         }
     }
 
