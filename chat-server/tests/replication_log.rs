@@ -376,13 +376,22 @@ async fn two_replicas_follow_the_stream_and_hold_identical_histories() {
     ] {
         assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
     }
-    // Both replicas registered their persisted position.
-    let mut replicas = broker.replicas().await.unwrap();
-    replicas.sort();
-    assert_eq!(
-        replicas,
-        vec![("log-a".to_owned(), 3000), ("log-b".to_owned(), 3000)]
-    );
+    // Both replicas registered their persisted position (published at most every 100 ms while
+    // they persist, and by the next idle round — 1 s — when they stop).
+    let want = vec![("log-a".to_owned(), 3000), ("log-b".to_owned(), 3000)];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut replicas = broker.replicas().await.unwrap();
+        replicas.sort();
+        if replicas == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "published {replicas:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // SIGTERM drains and exits 0.
     let mut a = a;
     let exit = a.proc.terminate().expect("exit status");

@@ -38,6 +38,11 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 const COPY_BATCH: usize = 4096;
 /// How often the stream is trimmed at most.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// How often, at most, a replica that keeps persisting publishes its persisted position in
+/// `chat:replicas` (read only for trimming, at most every [`TRIM_EVERY`]): one script call per
+/// interval instead of one per read round (at a few hundred messages a second a round holds one
+/// message). An idle round and a shutdown publish what is left.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// How often the Redis process is checked (`run_id`, script cache) while following.
 const VALIDATE_EVERY: Duration = Duration::from_secs(1);
 /// How long validating a new Redis process waits to persist what its stream still holds before
@@ -252,9 +257,11 @@ async fn session(
     let mut reader: StreamReader = broker.reader().await?;
     let mut epoch = validated_epoch(replica, broker, shutdown).await?;
     let mut last_validate = Instant::now();
+    let mut published = replica.store().persisted();
     broker
-        .publish_persisted(&replica.settings().replica_id, replica.store().persisted())
+        .publish_persisted(&replica.settings().replica_id, published)
         .await?;
+    let mut last_publish = Instant::now();
     grant(replica, broker, &epoch, broker.state().await?.limit).await?;
     info!(
         epoch,
@@ -265,7 +272,17 @@ async fn session(
     loop {
         let persisted = replica.store().persisted();
         let batch = tokio::select! {
-            _ = shutdown.cancelled() => return Err(FollowError::Shutdown),
+            _ = shutdown.cancelled() => {
+                // A stopped replica holds trimming back at what it published last: publish what
+                // it persisted since (best effort, briefly), so it holds back no more than that.
+                if persisted != published {
+                    let publish = broker.publish_persisted(&replica.settings().replica_id, persisted);
+                    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), publish).await {
+                        warn!(error = %e, "could not publish the persisted position at shutdown");
+                    }
+                }
+                return Err(FollowError::Shutdown);
+            }
             r = tokio::time::timeout(READ_BLOCK + READ_GRACE, reader.read_after(persisted, READ_COUNT, READ_BLOCK)) => match r {
                 Ok(r) => r?,
                 Err(_) => return Err(FollowError::Silent(READ_BLOCK + READ_GRACE)),
@@ -309,9 +326,13 @@ async fn session(
         }
         let repaired = gap_to.is_some();
         let persisted = replica.store().persisted();
-        broker
-            .publish_persisted(&replica.settings().replica_id, persisted)
-            .await?;
+        if persisted != published && last_publish.elapsed() >= PUBLISH_EVERY {
+            broker
+                .publish_persisted(&replica.settings().replica_id, persisted)
+                .await?;
+            published = persisted;
+            last_publish = Instant::now();
+        }
         grant(replica, broker, &epoch, state.limit).await?;
         // Every write of this round went through: whatever the broker refused before is over.
         replica.note_broker(None);
