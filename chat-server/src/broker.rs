@@ -40,8 +40,8 @@
 //! never loads them): on a process that nobody validated, a write fails with `NOSCRIPT`, which
 //! stores nothing ([`BrokerError::NotValidated`], a 503). The scripts are loaded only on a
 //! connection that first saw `chat:instance` equal to that process's `run_id`
-//! ([`Broker::check_instance`]). A replica that finds another `run_id` validates the process: it
-//! persists what the stream still holds, retires the epoch ([`Broker::retire_instance`]) and
+//! ([`BrokerOps::check_instance`]). A replica that finds another `run_id` validates the process: it
+//! persists what the stream still holds, retires the epoch ([`BrokerOps::retire_instance`]) and
 //! anchors a new one past every position the previous process may have handed out, which records
 //! the new `run_id`; the writes the previous process acknowledged after the copy was taken are
 //! the documented loss window, and their positions are never handed out again.
@@ -63,6 +63,8 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 
 use crate::message::{Message, NewMessage, now_millis};
 use crate::telemetry::redact_url;
+
+pub mod memory;
 
 /// Where the broker is and how to trust it: a `redis://` or `rediss://` URL and, for `rediss://`,
 /// the PEM CA bundle that signs the broker's certificate (None: the system's roots). `Debug`
@@ -696,7 +698,7 @@ fn parse_resolve_reply(reply: Value) -> Result<Lookup, BrokerError> {
     }
 }
 
-/// Result of [`Broker::anchor`].
+/// Result of [`BrokerOps::anchor`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnchorOutcome {
     /// This call set the epoch.
@@ -722,7 +724,7 @@ pub struct BrokerState {
     pub previous: Option<String>,
 }
 
-/// What [`Broker::check_instance`] found on one connection to one Redis process.
+/// What [`BrokerOps::check_instance`] found on one connection to one Redis process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstanceCheck {
     /// The process was validated and has the node's scripts.
@@ -738,53 +740,140 @@ pub enum InstanceCheck {
     },
 }
 
-/// A client of the broker over one shared, multiplexed, self-reconnecting connection. Cheap to
-/// clone. Blocking reads never go through it: see [`StreamReader`].
-#[derive(Clone)]
-pub struct Broker {
-    client: Client,
-    conn: ConnectionManager,
-    write: Script,
-    resolve: Script,
-    anchor: Script,
-    grant: Script,
-    retire: Script,
-    retire_instance: Script,
-    /// Set when a write or resolve met `NOSCRIPT`: the node's follower then loads the scripts if
-    /// the process was validated ([`Broker::check_instance`]).
-    scripts_missing: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    publish: Script,
+/// What a follower (a replication-log replica; see [`crate::log::follower`]) needs from the
+/// broker: its state, the stream, the epoch and instance scripts and the replica set. [`Broker`]
+/// implements it over Redis (its methods document the keys and scripts behind each);
+/// [`memory::MemoryBroker`] in memory, with the faults a real deployment meets injected on demand
+/// (wipe, restart or restore from an older copy, rollback in place, trim, stall, unreachable, lost
+/// replies), so the real follower code is tested against each of them. Errors are
+/// [`BrokerError`]s: `Redis` when the broker could not be reached or refused a command, the
+/// named variants where a script refused.
+pub trait BrokerOps: Clone + Send + Sync + 'static {
+    /// The blocking reader of [`BrokerOps::reader`].
+    type Reader: ReadStream;
+    /// A blocking reader on a connection of its own, so a blocking read never stalls other
+    /// commands.
+    fn reader(&self) -> impl Future<Output = Result<Self::Reader, BrokerError>> + Send;
+    /// The epoch, head, anchor, base, limit and previous epoch, read in one round trip.
+    fn state(&self) -> impl Future<Output = Result<BrokerState, BrokerError>> + Send;
+    /// The messages at positions `after+1 ..= upto` still in the stream, at most `count`.
+    fn range(
+        &self,
+        after: u64,
+        upto: u64,
+        count: usize,
+    ) -> impl Future<Output = Result<Vec<Message>, BrokerError>> + Send;
+    /// Whether the broker process was validated (loading the scripts into a validated process
+    /// that lost them); see "Broker instances" in the module documentation.
+    fn check_instance(&self) -> impl Future<Output = Result<InstanceCheck, BrokerError>> + Send;
+    /// Retires `epoch` when it was not validated on the current process; whether it did.
+    fn retire_instance(
+        &self,
+        epoch: &str,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send;
+    /// Gives a broker without an epoch a new one continuing after `anchor` (`base+1 ..= anchor`
+    /// void, writes up to `limit`); a no-op when it has one.
+    fn anchor(
+        &self,
+        anchor: u64,
+        base: u64,
+        limit: u64,
+        followed: Option<&str>,
+    ) -> impl Future<Output = Result<AnchorOutcome, BrokerError>> + Send;
+    /// Raises the write limit to `limit` in `epoch` (never lowers it); the limit now.
+    fn grant(
+        &self,
+        epoch: &str,
+        limit: u64,
+    ) -> impl Future<Output = Result<u64, BrokerError>> + Send;
+    /// Retires `epoch` when the sequence is below `position` (the broker went back); whether it
+    /// did.
+    fn retire(
+        &self,
+        epoch: &str,
+        position: u64,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send;
+    /// Records a replica's persisted position in the replica set.
+    fn publish_persisted(
+        &self,
+        replica_id: &str,
+        position: u64,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Every registered replica with its persisted position.
+    fn replicas(&self) -> impl Future<Output = Result<Vec<(String, u64)>, BrokerError>> + Send;
+    /// Removes a replica from the replica set; whether it was there.
+    fn forget_replica(
+        &self,
+        replica_id: &str,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send;
+    /// Drops stream entries at positions `<= upto`; how many.
+    fn trim_through(&self, upto: u64) -> impl Future<Output = Result<u64, BrokerError>> + Send;
 }
 
-impl Broker {
-    /// Connects once to `endpoint` (a [`BrokerEndpoint`], or a URL); fails if Redis cannot be
-    /// reached now (callers retry with backoff), or TLS fails.
-    pub async fn connect(endpoint: impl Into<BrokerEndpoint>) -> Result<Broker, BrokerError> {
-        let client = endpoint.into().client()?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(WRITE_WAIT))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
-        Ok(Broker {
-            client,
-            conn,
-            write: Script::new(WRITE_LUA),
-            resolve: Script::new(RESOLVE_LUA),
-            anchor: Script::new(ANCHOR_LUA),
-            grant: Script::new(GRANT_LUA),
-            retire: Script::new(RETIRE_LUA),
-            retire_instance: Script::new(RETIRE_INSTANCE_LUA),
-            scripts_missing: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            publish: Script::new(PUBLISH_LUA),
+/// A blocking reader of the stream ([`StreamReader`] over Redis).
+pub trait ReadStream: Send {
+    /// Up to `count` entries after `after`, waiting up to `block` for the first; may start past
+    /// `after + 1` when the stream was trimmed (callers check density).
+    fn read_after(
+        &mut self,
+        after: u64,
+        count: usize,
+        block: Duration,
+    ) -> impl Future<Output = Result<Vec<Message>, BrokerError>> + Send;
+}
+
+impl BrokerOps for Broker {
+    type Reader = StreamReader;
+
+    /// Epoch, head and anchor in one round trip.
+    async fn state(&self) -> Result<BrokerState, BrokerError> {
+        let mut conn = self.conn.clone();
+        type Reply = (
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<String>,
+        );
+        let (epoch, head, anchor, base, limit, previous): Reply = redis::cmd("MGET")
+            .arg(EPOCH)
+            .arg(SEQ)
+            .arg(ANCHOR)
+            .arg(BASE)
+            .arg(LIMIT)
+            .arg(PREVIOUS)
+            .query_async(&mut conn)
+            .await?;
+        let anchor = anchor.unwrap_or(0);
+        Ok(BrokerState {
+            epoch,
+            head: head.unwrap_or(0),
+            anchor,
+            // A broker anchored before bases existed: nothing is void.
+            base: base.unwrap_or(anchor),
+            limit: limit.unwrap_or(0),
+            previous,
         })
     }
 
-    /// Whether a write met `NOSCRIPT` since the last [`Broker::check_instance`] (true before the
-    /// first one).
-    pub fn scripts_missing(&self) -> bool {
-        self.scripts_missing
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// Messages with positions in `after+1 ..= upto` that are still in the stream (XRANGE).
+    async fn range(
+        &self,
+        after: u64,
+        upto: u64,
+        count: usize,
+    ) -> Result<Vec<Message>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(STREAM)
+            .arg(format!("{}-0", after + 1))
+            .arg(format!("{upto}-0"))
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        parse_entries(reply)
     }
 
     /// Checks, on one fresh connection (so every command reaches the same Redis process),
@@ -792,7 +881,7 @@ impl Broker {
     /// write and resolve scripts; loads them when it was validated and they are missing. Never
     /// loads them into a process that was not validated: that is what makes a write on a restarted
     /// or restored broker fail with `NOSCRIPT` until a replica validated it.
-    pub async fn check_instance(&self) -> Result<InstanceCheck, BrokerError> {
+    async fn check_instance(&self) -> Result<InstanceCheck, BrokerError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(WRITE_WAIT));
@@ -835,7 +924,7 @@ impl Broker {
 
     /// Retires `epoch` when it was not validated on the Redis process that runs this call; see
     /// [`InstanceCheck::New`]. Returns whether it did.
-    pub async fn retire_instance(&self, epoch: &str) -> Result<bool, BrokerError> {
+    async fn retire_instance(&self, epoch: &str) -> Result<bool, BrokerError> {
         let mut conn = self.conn.clone();
         let reply: Value = self
             .retire_instance
@@ -848,8 +937,142 @@ impl Broker {
         Ok(as_u64(&reply) == Some(1))
     }
 
+    /// Gives a broker without an epoch a new one: its sequence continues after `anchor`, the
+    /// positions `base+1 ..= anchor` are void, and writes may go up to `limit`; the Redis process
+    /// is recorded as validated, stream entries past `base` are deleted, and `followed` (the
+    /// epoch the anchoring log followed) is recorded as the previous epoch when it is the one
+    /// that was retired. A no-op when an epoch exists. Errors with code `SEQAHEAD` when the
+    /// sequence is already past `anchor`.
+    async fn anchor(
+        &self,
+        anchor: u64,
+        base: u64,
+        limit: u64,
+        followed: Option<&str>,
+    ) -> Result<AnchorOutcome, BrokerError> {
+        let epoch = uuid::Uuid::new_v4().simple().to_string();
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .anchor
+            .key(EPOCH)
+            .key(SEQ)
+            .key(ANCHOR)
+            .key(BASE)
+            .key(LIMIT)
+            .key(INSTANCE)
+            .key(RETIRED)
+            .key(PREVIOUS)
+            .key(STREAM)
+            .arg(&epoch)
+            .arg(anchor)
+            .arg(base)
+            .arg(limit)
+            .arg(followed.unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await?;
+        let items = as_array(reply)?;
+        let flag = items
+            .first()
+            .and_then(as_u64)
+            .ok_or_else(|| proto("anchor flag"))?;
+        let value = items
+            .get(1)
+            .and_then(as_string)
+            .ok_or_else(|| proto("anchor epoch"))?;
+        Ok(if flag == 1 {
+            AnchorOutcome::Anchored(value)
+        } else {
+            AnchorOutcome::AlreadyAnchored(value)
+        })
+    }
+
+    /// Raises the write limit to `limit` in `epoch` (never lowers it); returns the limit now.
+    /// Errors with [`BrokerError::NotAnchored`] when the broker is not in `epoch`.
+    async fn grant(&self, epoch: &str, limit: u64) -> Result<u64, BrokerError> {
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .grant
+            .key(EPOCH)
+            .key(LIMIT)
+            .arg(epoch)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| {
+                if e.code() == Some("NOEPOCH") {
+                    BrokerError::NotAnchored
+                } else {
+                    BrokerError::Redis(e)
+                }
+            })?;
+        as_u64(&reply).ok_or_else(|| proto("grant reply"))
+    }
+
+    /// Retires `epoch` when the broker's sequence is below `position` (it went back and would
+    /// hand positions out a second time); returns whether it did. The broker then has no epoch
+    /// and refuses writes until the replication log anchors it past every handed-out position.
+    async fn retire(&self, epoch: &str, position: u64) -> Result<bool, BrokerError> {
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .retire
+            .key(EPOCH)
+            .key(SEQ)
+            .key(RETIRED)
+            .arg(epoch)
+            .arg(position)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(as_u64(&reply) == Some(1))
+    }
+
+    /// Records a replica's persisted position (trimming never passes the lowest one), also
+    /// when Redis is out of memory ([`PUBLISH_LUA`]).
+    async fn publish_persisted(&self, replica_id: &str, position: u64) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        self.publish
+            .key(REPLICAS)
+            .arg(replica_id)
+            .arg(position)
+            .invoke_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Every registered replica with its persisted position.
+    async fn replicas(&self) -> Result<Vec<(String, u64)>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let map: Vec<(String, u64)> = redis::cmd("HGETALL")
+            .arg(REPLICAS)
+            .query_async(&mut conn)
+            .await?;
+        Ok(map)
+    }
+
+    /// Removes a replica from the set that holds trimming back. Returns whether it was there.
+    async fn forget_replica(&self, replica_id: &str) -> Result<bool, BrokerError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = redis::cmd("HDEL")
+            .arg(REPLICAS)
+            .arg(replica_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// Drops stream entries at positions `<= upto`. Returns how many were removed.
+    async fn trim_through(&self, upto: u64) -> Result<u64, BrokerError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = redis::cmd("XTRIM")
+            .arg(STREAM)
+            .arg("MINID")
+            .arg(format!("{}-0", upto + 1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(removed)
+    }
+
     /// Opens a dedicated connection for blocking stream reads.
-    pub async fn reader(&self) -> Result<StreamReader, BrokerError> {
+    async fn reader(&self) -> Result<StreamReader, BrokerError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(None);
@@ -858,6 +1081,67 @@ impl Broker {
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         Ok(StreamReader { conn })
+    }
+}
+
+impl ReadStream for StreamReader {
+    async fn read_after(
+        &mut self,
+        after: u64,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Message>, BrokerError> {
+        StreamReader::read_after(self, after, count, block).await
+    }
+}
+
+/// A client of the broker over one shared, multiplexed, self-reconnecting connection. Cheap to
+/// clone. Blocking reads never go through it: see [`StreamReader`].
+#[derive(Clone)]
+pub struct Broker {
+    client: Client,
+    conn: ConnectionManager,
+    write: Script,
+    resolve: Script,
+    anchor: Script,
+    grant: Script,
+    retire: Script,
+    retire_instance: Script,
+    /// Set when a write or resolve met `NOSCRIPT`: the node's follower then loads the scripts if
+    /// the process was validated ([`BrokerOps::check_instance`]).
+    scripts_missing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    publish: Script,
+}
+
+impl Broker {
+    /// Connects once to `endpoint` (a [`BrokerEndpoint`], or a URL); fails if Redis cannot be
+    /// reached now (callers retry with backoff), or TLS fails.
+    pub async fn connect(endpoint: impl Into<BrokerEndpoint>) -> Result<Broker, BrokerError> {
+        let client = endpoint.into().client()?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(WRITE_WAIT))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Ok(Broker {
+            client,
+            conn,
+            write: Script::new(WRITE_LUA),
+            resolve: Script::new(RESOLVE_LUA),
+            anchor: Script::new(ANCHOR_LUA),
+            grant: Script::new(GRANT_LUA),
+            retire: Script::new(RETIRE_LUA),
+            retire_instance: Script::new(RETIRE_INSTANCE_LUA),
+            scripts_missing: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            publish: Script::new(PUBLISH_LUA),
+        })
+    }
+
+    /// Whether a write met `NOSCRIPT` since the last [`BrokerOps::check_instance`] (true before the
+    /// first one).
+    pub fn scripts_missing(&self) -> bool {
+        self.scripts_missing
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Writes a message with a definite answer whenever Redis can be asked: runs the write script
@@ -1012,176 +1296,6 @@ impl Broker {
         parse_resolve_reply(reply)
     }
 
-    /// Epoch, head and anchor in one round trip.
-    pub async fn state(&self) -> Result<BrokerState, BrokerError> {
-        let mut conn = self.conn.clone();
-        type Reply = (
-            Option<String>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<String>,
-        );
-        let (epoch, head, anchor, base, limit, previous): Reply = redis::cmd("MGET")
-            .arg(EPOCH)
-            .arg(SEQ)
-            .arg(ANCHOR)
-            .arg(BASE)
-            .arg(LIMIT)
-            .arg(PREVIOUS)
-            .query_async(&mut conn)
-            .await?;
-        let anchor = anchor.unwrap_or(0);
-        Ok(BrokerState {
-            epoch,
-            head: head.unwrap_or(0),
-            anchor,
-            // A broker anchored before bases existed: nothing is void.
-            base: base.unwrap_or(anchor),
-            limit: limit.unwrap_or(0),
-            previous,
-        })
-    }
-
-    /// Gives a broker without an epoch a new one: its sequence continues after `anchor`, the
-    /// positions `base+1 ..= anchor` are void, and writes may go up to `limit`; the Redis process
-    /// is recorded as validated, stream entries past `base` are deleted, and `followed` (the
-    /// epoch the anchoring log followed) is recorded as the previous epoch when it is the one
-    /// that was retired. A no-op when an epoch exists. Errors with code `SEQAHEAD` when the
-    /// sequence is already past `anchor`.
-    pub async fn anchor(
-        &self,
-        anchor: u64,
-        base: u64,
-        limit: u64,
-        followed: Option<&str>,
-    ) -> Result<AnchorOutcome, BrokerError> {
-        let epoch = uuid::Uuid::new_v4().simple().to_string();
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .anchor
-            .key(EPOCH)
-            .key(SEQ)
-            .key(ANCHOR)
-            .key(BASE)
-            .key(LIMIT)
-            .key(INSTANCE)
-            .key(RETIRED)
-            .key(PREVIOUS)
-            .key(STREAM)
-            .arg(&epoch)
-            .arg(anchor)
-            .arg(base)
-            .arg(limit)
-            .arg(followed.unwrap_or(""))
-            .invoke_async(&mut conn)
-            .await?;
-        let items = as_array(reply)?;
-        let flag = items
-            .first()
-            .and_then(as_u64)
-            .ok_or_else(|| proto("anchor flag"))?;
-        let value = items
-            .get(1)
-            .and_then(as_string)
-            .ok_or_else(|| proto("anchor epoch"))?;
-        Ok(if flag == 1 {
-            AnchorOutcome::Anchored(value)
-        } else {
-            AnchorOutcome::AlreadyAnchored(value)
-        })
-    }
-
-    /// Raises the write limit to `limit` in `epoch` (never lowers it); returns the limit now.
-    /// Errors with [`BrokerError::NotAnchored`] when the broker is not in `epoch`.
-    pub async fn grant(&self, epoch: &str, limit: u64) -> Result<u64, BrokerError> {
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .grant
-            .key(EPOCH)
-            .key(LIMIT)
-            .arg(epoch)
-            .arg(limit)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| {
-                if e.code() == Some("NOEPOCH") {
-                    BrokerError::NotAnchored
-                } else {
-                    BrokerError::Redis(e)
-                }
-            })?;
-        as_u64(&reply).ok_or_else(|| proto("grant reply"))
-    }
-
-    /// Retires `epoch` when the broker's sequence is below `position` (it went back and would
-    /// hand positions out a second time); returns whether it did. The broker then has no epoch
-    /// and refuses writes until the replication log anchors it past every handed-out position.
-    pub async fn retire(&self, epoch: &str, position: u64) -> Result<bool, BrokerError> {
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .retire
-            .key(EPOCH)
-            .key(SEQ)
-            .key(RETIRED)
-            .arg(epoch)
-            .arg(position)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(as_u64(&reply) == Some(1))
-    }
-
-    /// Records a replica's persisted position (trimming never passes the lowest one), also
-    /// when Redis is out of memory ([`PUBLISH_LUA`]).
-    pub async fn publish_persisted(
-        &self,
-        replica_id: &str,
-        position: u64,
-    ) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
-        self.publish
-            .key(REPLICAS)
-            .arg(replica_id)
-            .arg(position)
-            .invoke_async::<()>(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    /// Every registered replica with its persisted position.
-    pub async fn replicas(&self) -> Result<Vec<(String, u64)>, BrokerError> {
-        let mut conn = self.conn.clone();
-        let map: Vec<(String, u64)> = redis::cmd("HGETALL")
-            .arg(REPLICAS)
-            .query_async(&mut conn)
-            .await?;
-        Ok(map)
-    }
-
-    /// Removes a replica from the set that holds trimming back. Returns whether it was there.
-    pub async fn forget_replica(&self, replica_id: &str) -> Result<bool, BrokerError> {
-        let mut conn = self.conn.clone();
-        let removed: u64 = redis::cmd("HDEL")
-            .arg(REPLICAS)
-            .arg(replica_id)
-            .query_async(&mut conn)
-            .await?;
-        Ok(removed == 1)
-    }
-
-    /// Drops stream entries at positions `<= upto`. Returns how many were removed.
-    pub async fn trim_through(&self, upto: u64) -> Result<u64, BrokerError> {
-        let mut conn = self.conn.clone();
-        let removed: u64 = redis::cmd("XTRIM")
-            .arg(STREAM)
-            .arg("MINID")
-            .arg(format!("{}-0", upto + 1))
-            .query_async(&mut conn)
-            .await?;
-        Ok(removed)
-    }
-
     /// Number of entries currently in the stream.
     pub async fn stream_len(&self) -> Result<u64, BrokerError> {
         let mut conn = self.conn.clone();
@@ -1189,25 +1303,6 @@ impl Broker {
             .arg(STREAM)
             .query_async(&mut conn)
             .await?)
-    }
-
-    /// Messages with positions in `after+1 ..= upto` that are still in the stream (XRANGE).
-    pub async fn range(
-        &self,
-        after: u64,
-        upto: u64,
-        count: usize,
-    ) -> Result<Vec<Message>, BrokerError> {
-        let mut conn = self.conn.clone();
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(STREAM)
-            .arg(format!("{}-0", after + 1))
-            .arg(format!("{upto}-0"))
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await?;
-        parse_entries(reply)
     }
 }
 

@@ -7,7 +7,7 @@ use chat_wire::redis_acl::RedisRole;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use chat_server::broker::{Broker, BrokerError};
+use chat_server::broker::{Broker, BrokerError, BrokerOps};
 use chat_server::message::{Message, NewMessage};
 use futures::StreamExt;
 use support::{LOG_BIN, Proc, RedisServer, free_port, http, snapshot, status};

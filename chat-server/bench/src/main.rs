@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_server::broker::Broker;
+use chat_server::broker::{Broker, BrokerOps};
 use chat_server::message::NewMessage;
 use clap::{Parser, Subcommand};
 use futures::{SinkExt, StreamExt};

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, Cancelled};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::broker::{Broker, BrokerEndpoint, BrokerError, StreamReader};
+use crate::broker::{Broker, BrokerEndpoint, BrokerError, BrokerOps, StreamReader};
 use crate::log_client::LogClientError;
 use crate::message::Message;
 use crate::node::{Node, Phase};
