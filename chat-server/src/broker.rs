@@ -3,7 +3,9 @@
 //! resolved into a definite answer (see [`decide`]).
 //!
 //! Keys (all under the `chat:` prefix):
-//! - `chat:stream`: the global order; entry ID `<position>-0`, fields `c i a t s`.
+//! - `chat:stream`: the global order; entry ID `<position>-0`, fields `c i a t s` and `e`, the
+//!   epoch the write script ran in (entries written before it existed have none): a node applies
+//!   a read whose entries all carry its epoch without asking the broker for its state first.
 //! - `chat:seq`: the last position handed out (INCR).
 //! - `chat:epoch`: a random value set once when the broker's data was anchored; a different value
 //!   (or none) means the broker lost its data.
@@ -248,37 +250,42 @@ end
 /// Refuses (`NOLIMIT`) when the next position is past the limit the replication log granted, and
 /// (`BEHIND`) when the sequence is below a position the writing node already holds (the broker
 /// went back: the position would be handed out a second time).
-/// Epoch, sequence and limit are read with one `MGET` (the script is atomic, so reading them
-/// first changes nothing).
+/// Epoch, sequence, limit, anchor and the fence are read with one `MGET` (the script is atomic,
+/// so reading them first changes nothing). The records are looked up only for an id the client
+/// chose (ARGV[11] = `1`): an id the node generated for this write is a fresh UUID that no record
+/// can hold yet (a client that retries with it sends it as its own id). Each `redis.call` costs
+/// about a microsecond of the broker's single thread, which every write shares.
 /// Refuses (`BEHIND`) as well when the sequence is below the epoch's anchor (set back by hand:
 /// the next position would be one the epoch declared void).
 /// Refuses (`EPOCH`) in any epoch but the one the writing node follows: a write belongs to one
 /// epoch, so a lost reply can be resolved in it (see [`RESOLVE_LUA`]).
 /// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record, limit, anchor.
 /// ARGV: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms), token, holds,
-/// the node's epoch.
+/// the node's epoch, `1` when the client chose the id (else `0`).
 /// Replies `{1, position}` or `{0, p, s, w, author|nil, text|nil}` for an existing record.
 const WRITE_LUA: &str = concat!(
     "-- chat-cluster write script (EVALSHA only; loaded only into a validated broker instance)\n",
     original_lua!(),
     r#"
-local state = redis.call('MGET', KEYS[3], KEYS[2], KEYS[7], KEYS[8])
+local state = redis.call('MGET', KEYS[3], KEYS[2], KEYS[7], KEYS[8], KEYS[5])
 if not state[1] then
   return redis.error_reply('NOEPOCH the broker has no epoch yet; waiting for the replication log to anchor it')
 end
 if state[1] ~= ARGV[10] then
   return redis.error_reply('EPOCH the broker is in epoch ' .. state[1] .. ', not ' .. ARGV[10] .. ' that this node follows: it lost its data and was anchored again')
 end
-local prev = redis.call('HMGET', KEYS[4], 'p', 's', 'w')
-if prev[1] then
-  local a, t = original(KEYS[1], prev[1])
-  return {0, prev[1], prev[2], prev[3] or false, a, t}
+if ARGV[11] == '1' then
+  local prev = redis.call('HMGET', KEYS[4], 'p', 's', 'w')
+  if prev[1] then
+    local a, t = original(KEYS[1], prev[1])
+    return {0, prev[1], prev[2], prev[3] or false, a, t}
+  end
+  local old = redis.call('HMGET', KEYS[6], 'p', 's', 'a', 't')
+  if old[1] and old[3] == ARGV[3] then
+    return {0, old[1], old[2], false, old[3], old[4]}
+  end
 end
-local old = redis.call('HMGET', KEYS[6], 'p', 's', 'a', 't')
-if old[1] and old[3] == ARGV[3] then
-  return {0, old[1], old[2], false, old[3], old[4]}
-end
-if redis.call('EXISTS', KEYS[5]) == 1 then
+if state[5] then
   return redis.error_reply('FENCED this write was abandoned by its node')
 end
 local now = redis.call('TIME')
@@ -296,7 +303,7 @@ if cur + 1 > tonumber(state[3] or '0') then
   return redis.error_reply('NOLIMIT the replication log has not persisted far enough to grant position ' .. (cur + 1) .. ' yet')
 end
 local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], seq .. '-0', 'c', ARGV[1], 'i', ARGV[2], 'a', ARGV[3], 't', ARGV[4], 's', ARGV[5])
+redis.call('XADD', KEYS[1], seq .. '-0', 'c', ARGV[1], 'i', ARGV[2], 'a', ARGV[3], 't', ARGV[4], 's', ARGV[5], 'e', state[1])
 redis.call('HSET', KEYS[4], 'p', seq, 's', ARGV[5], 'w', ARGV[8])
 redis.call('EXPIRE', KEYS[4], ARGV[6])
 return {1, seq}
@@ -1198,7 +1205,8 @@ impl Broker {
             .arg(deadline)
             .arg(&token)
             .arg(holds)
-            .arg(epoch);
+            .arg(epoch)
+            .arg(if msg.id.is_some() { "1" } else { "0" });
         let reply = tokio::time::timeout(WRITE_WAIT, invocation.query_async::<Value>(&mut conn));
         let call = match reply.await {
             Err(_) => Call::Ambiguous(format!(
@@ -1320,6 +1328,18 @@ impl StreamReader {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Message>, BrokerError> {
+        Ok(self.read_after_tagged(after, count, block).await?.0)
+    }
+
+    /// [`read_after`](Self::read_after), and the epoch every returned entry was written in when
+    /// they all carry the same one (`e`); `None` for an empty read, or when an entry has none
+    /// (written before entries carried it) or another one.
+    pub async fn read_after_tagged(
+        &mut self,
+        after: u64,
+        count: usize,
+        block: Duration,
+    ) -> Result<(Vec<Message>, Option<String>), BrokerError> {
         let reply: Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(count)
@@ -1330,8 +1350,8 @@ impl StreamReader {
             .arg(format!("{after}-0"))
             .query_async(&mut self.conn)
             .await?;
-        match reply {
-            Value::Nil => Ok(Vec::new()),
+        let entries = match reply {
+            Value::Nil => return Ok((Vec::new(), None)),
             Value::Array(streams) => {
                 let stream = streams
                     .into_iter()
@@ -1339,17 +1359,18 @@ impl StreamReader {
                     .ok_or_else(|| proto("xread streams"))?;
                 let mut parts = as_array(stream)?.into_iter();
                 let _name = parts.next();
-                parts
-                    .next()
-                    .map(parse_entries)
-                    .unwrap_or_else(|| Ok(Vec::new()))
+                match parts.next() {
+                    Some(entries) => entries,
+                    None => return Ok((Vec::new(), None)),
+                }
             }
             Value::Map(streams) => match streams.into_iter().next() {
-                Some((_, entries)) => parse_entries(entries),
-                None => Ok(Vec::new()),
+                Some((_, entries)) => entries,
+                None => return Ok((Vec::new(), None)),
             },
-            other => Err(proto(&format!("xread reply {other:?}"))),
-        }
+            other => return Err(proto(&format!("xread reply {other:?}"))),
+        };
+        parse_entries_tagged(entries)
     }
 }
 
@@ -1394,14 +1415,53 @@ fn into_string(v: Value) -> Option<String> {
 
 /// Parses `[[id, [field, value, ...]], ...]` into messages.
 fn parse_entries(v: Value) -> Result<Vec<Message>, BrokerError> {
-    let entries = match v {
-        Value::Nil => return Ok(Vec::new()),
-        other => as_array(other)?,
-    };
-    entries.into_iter().map(parse_entry).collect()
+    Ok(parse_entries_tagged(v)?.0)
 }
 
-fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
+/// [`parse_entries`], and the epoch (`e`) all entries carry, if they carry the same one.
+fn parse_entries_tagged(v: Value) -> Result<(Vec<Message>, Option<String>), BrokerError> {
+    let entries = match v {
+        Value::Nil => return Ok((Vec::new(), None)),
+        other => as_array(other)?,
+    };
+    let mut tag = Tag::Empty;
+    let messages = entries
+        .into_iter()
+        .map(|e| parse_entry(e, &mut tag))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        messages,
+        match tag {
+            Tag::Uniform(e) => Some(e),
+            Tag::Empty | Tag::Mixed => None,
+        },
+    ))
+}
+
+/// The epoch field seen so far over a batch of entries.
+enum Tag {
+    /// No entry yet.
+    Empty,
+    /// Every entry so far carried this epoch.
+    Uniform(String),
+    /// An entry carried none, or another one.
+    Mixed,
+}
+
+impl Tag {
+    fn see(&mut self, epoch: Option<&[u8]>) {
+        *self = match (std::mem::replace(self, Tag::Mixed), epoch) {
+            (Tag::Empty, Some(e)) => match std::str::from_utf8(e) {
+                Ok(e) => Tag::Uniform(e.to_owned()),
+                Err(_) => Tag::Mixed,
+            },
+            (Tag::Uniform(u), Some(e)) if u.as_bytes() == e => Tag::Uniform(u),
+            _ => Tag::Mixed,
+        };
+    }
+}
+
+fn parse_entry(entry: Value, tag: &mut Tag) -> Result<Message, BrokerError> {
     let mut parts = as_array(entry)?.into_iter();
     let id = parts
         .next()
@@ -1422,6 +1482,7 @@ fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
     };
     // Field values are moved out of the reply, not copied: this runs for every message a node
     // or replica applies.
+    let mut epoch: Option<Vec<u8>> = None;
     let mut it = fields.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         let key = match &k {
@@ -1430,6 +1491,12 @@ fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
             _ => continue,
         };
         let slot = match key {
+            b"e" => {
+                if let Value::BulkString(b) = v {
+                    epoch = Some(b);
+                }
+                continue;
+            }
             b"c" => &mut m.channel,
             b"i" => &mut m.id,
             b"a" => &mut m.author,
@@ -1443,6 +1510,7 @@ fn parse_entry(entry: Value) -> Result<Message, BrokerError> {
         };
         *slot = into_string(v).ok_or_else(|| proto("entry field value"))?;
     }
+    tag.see(epoch.as_deref());
     Ok(m)
 }
 

@@ -1,11 +1,13 @@
 //! The task that fills a node: connect to the broker, bootstrap from a replication-log snapshot,
 //! then follow the stream with `XREAD BLOCK` on a dedicated connection, applying strictly in
 //! position order and repairing every hole (from the stream, else from the log) before going on.
-//! A changed broker epoch or a sequence that went backwards means the broker lost its data: the
-//! node stops applying, reports it, and bootstraps again from the log, unless the new epoch
-//! continues the one it followed past everything it holds ([`keeps_history`]: a broker restart
-//! that lost nothing the node had read), in which case it follows the new epoch with its history
-//! and readers untouched. It loads the write scripts only into a Redis process that a replica
+//! Entries carry the epoch they were written in: a read whose entries are all of the followed
+//! epoch is applied at once; any other read is applied only after the broker's epoch and head
+//! were checked. A changed broker epoch or a sequence that went backwards means the broker lost
+//! its data: the node stops applying, reports it, and bootstraps again from the log, unless the
+//! new epoch continues the one it followed past everything it holds ([`keeps_history`]: a broker
+//! restart that lost nothing the node had read), in which case it follows the new epoch with its
+//! history and readers untouched. It loads the write scripts only into a Redis process that a replica
 //! validated (`crate::broker`, "Broker instances").
 
 use std::time::{Duration, Instant};
@@ -270,7 +272,7 @@ async fn follow(
         let cursor = node.read_lock().cursor();
         let read = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(READ_BLOCK + READ_GRACE, reader.read_after(cursor, READ_COUNT, READ_BLOCK)) => r,
+            r = tokio::time::timeout(READ_BLOCK + READ_GRACE, reader.read_after_tagged(cursor, READ_COUNT, READ_BLOCK)) => r,
         };
         let Ok(read) = read else {
             node.metrics().broker_errors.inc();
@@ -282,7 +284,7 @@ async fn follow(
             reader = open_reader(broker, shutdown).await?;
             continue;
         };
-        let batch = match read {
+        let (batch, written_in) = match read {
             Ok(b) => {
                 backoff.reset();
                 node.touch_broker();
@@ -296,11 +298,13 @@ async fn follow(
             }
         };
         let idle = batch.is_empty();
-        if !idle {
+        if !idle && written_in.as_deref() != Some(epoch.id.as_str()) {
             // What the read returned may belong to another history (the broker lost its data
-            // and was anchored again, or went back): check the broker's identity before applying
-            // it, as the replica's follower does. Found by the protocol simulation
-            // (`crate::protocol::sim`): applying first mixed two epochs in the node's copy.
+            // and was anchored again): unless every entry says it was written in the epoch this
+            // node follows, check the broker's identity before applying it. Found by the
+            // protocol simulation (`crate::protocol::sim`): applying first mixed two epochs in
+            // the node's copy. Entries of this node's own epoch need no round trip (it cost
+            // every delivery a broker round trip: BENCHMARKS.md).
             match check_broker(node, broker, epoch).await {
                 Ok(Checked::Head(_)) => {}
                 Ok(Checked::Adopted(new)) => {
