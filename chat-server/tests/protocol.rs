@@ -573,3 +573,63 @@ async fn a_lost_reply_resolved_after_a_broker_data_loss_is_outcome_unknown() {
     assert_eq!(positions(&page), vec![1, 2], "{page}");
     assert_eq!(page["messages"][1]["text"], "lost reply", "{page}");
 }
+
+/// A node that has not caught up with the broker takes no writes: its replication log is
+/// unreachable, so it reads the broker's epoch but never finishes bootstrapping; a write through
+/// it is refused (503, not stored, the phase named) and the broker hands out nothing. (With
+/// writes taken in that state, a broker rolled back in place let a node holding nothing write
+/// over positions another node had applied.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_has_not_caught_up_takes_no_writes() {
+    let cluster = Cluster::start(1, 1).await;
+    let a = cluster.nodes[0].url.clone();
+    for i in 0..3 {
+        post_ok(&a, "c", &format!("m{i}")).await;
+    }
+    let port = support::free_port();
+    let args = support::with_auth(&[
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--redis-url",
+        &cluster.redis.url_as(RedisRole::ChatServer),
+        "--log-url",
+        &format!("http://127.0.0.1:{}", support::free_port()),
+        "--node-id",
+        "starting",
+    ]);
+    let starting = support::Proc::spawn(
+        "starting",
+        support::NODE_BIN,
+        args,
+        port,
+        cluster.dir.path(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        if let Ok(r) = http().get(format!("{}/status", starting.url)).send().await
+            && let Ok(s) = r.json::<Value>().await
+            && s["epoch"].is_string()
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the node never read the epoch");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(s["phase"], "bootstrapping", "{s}");
+    let (code, v) = post(
+        &starting.url,
+        "c",
+        json!({"text": "through a starting node"}),
+    )
+    .await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(v["outcome"], "not_stored", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bootstrapping, not live")),
+        "{v}"
+    );
+    // Nothing was handed out: the next write through the live node takes position 4.
+    assert_eq!(post_ok(&a, "c", "after").await, 4);
+}

@@ -168,6 +168,26 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
             WriteFate::NotStored,
         ));
     };
+    // A node that has not caught up with the broker (bootstrapping, catching up, or reloading
+    // after a broker loss) holds less than the broker handed out, so the write script's check
+    // that the broker did not go back below what this node holds (`holds`) would vouch for
+    // nothing: a write through it could take a position another node already applied with
+    // another message (found by a reviewer: a broker rolled back in place, and a starting node
+    // that held position 0 wrote 11..20 over 11..20). It writes once it is live.
+    match node.phase() {
+        Ok(crate::node::Phase::Live) => {}
+        phase => {
+            let phase = phase.map_or("unknown", |p| p.as_str());
+            return Err(ApiError::write_failed(
+                format!(
+                    "broker unavailable: this node is {phase}, not live: it has not caught up \
+                     with the broker yet; retry (on another node)"
+                ),
+                id,
+                WriteFate::NotStored,
+            ));
+        }
+    }
     // Per-author limits last among the refusals that store nothing, so a write refused for
     // another reason spends no token; the write bucket before the id bucket, for the same reason.
     if let Some(subject) = &msg.scope {

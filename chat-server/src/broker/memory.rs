@@ -416,11 +416,12 @@ impl BrokerOps for MemoryBroker {
                     k.seq
                 )));
             }
-            k.stream.retain(|position, _| *position <= base);
             k.previous = match (&k.retired, followed) {
                 (Some(retired), Some(followed)) if retired == followed => Some(retired.clone()),
                 _ => None,
             };
+            let keep = if k.previous.is_some() { base } else { 0 };
+            k.stream.retain(|position, _| *position <= keep);
             k.retired = None;
             k.seq = anchor;
             k.anchor = anchor;

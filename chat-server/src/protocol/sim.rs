@@ -181,6 +181,10 @@ pub(crate) struct Rules {
     /// carries the epoch it follows (the `e` field). Wrong (the shortcut without the tag): every
     /// read is applied first and the broker checked after it.
     pub check_untagged_reads: bool,
+    /// Current: the anchor script keeps the stream's entries up to the base only when the
+    /// anchoring replica followed the retired epoch, else it clears them. Old: it always kept
+    /// them (another epoch's entries, from a restored copy, were then taken for history).
+    pub anchor_clears_foreign_stream: bool,
 }
 
 impl Rules {
@@ -191,6 +195,7 @@ impl Rules {
         validate_instance: true,
         resolve_checks_epoch: true,
         check_untagged_reads: true,
+        anchor_clears_foreign_stream: true,
     };
 }
 
@@ -345,6 +350,7 @@ impl Broker {
         base: u64,
         limit: u64,
         followed: Option<u64>,
+        rules: Rules,
     ) -> Result<bool, String> {
         if self.epoch.is_some() {
             return Ok(false);
@@ -352,9 +358,16 @@ impl Broker {
         if self.seq > anchor {
             return Err(format!("SEQAHEAD seq {} anchor {anchor}", self.seq));
         }
-        self.stream.retain(|&p, _| p <= base);
-        self.tags.retain(|&p, _| p <= base);
         self.previous = self.retired.filter(|r| Some(*r) == followed);
+        // Entries up to the base stay only when the anchoring replica followed the retired
+        // epoch (its history up to the base is that stream's); else none do.
+        let keep = if self.previous.is_some() || !rules.anchor_clears_foreign_stream {
+            base
+        } else {
+            0
+        };
+        self.stream.retain(|&p, _| p <= keep);
+        self.tags.retain(|&p, _| p <= keep);
         self.retired = None;
         self.instance = Some(self.run);
         self.seq = anchor;
@@ -812,7 +825,7 @@ impl Sim {
                     let followed = self.replicas[r].epoch;
                     match self
                         .broker
-                        .anchor(epoch, anchor, persisted, limit, followed)
+                        .anchor(epoch, anchor, persisted, limit, followed, self.rules)
                     {
                         Ok(true) => {
                             if anchor > persisted {
@@ -1258,6 +1271,12 @@ impl Sim {
         if self.rules.resolve_checks_epoch && w.epoch.is_none() {
             // `crate::api::write`: a node that has not read the broker's epoch yet (starting,
             // or reloading after a data loss) cannot say which epoch a write belongs to: 503.
+            self.not_stored(&w.message.id);
+            return;
+        }
+        if !self.nodes[n].ready {
+            // `crate::api::write`: a node that is not live (bootstrapping, catching up, reloading)
+            // takes no writes: 503.
             self.not_stored(&w.message.id);
             return;
         }
@@ -2073,6 +2092,21 @@ mod tests {
             panic!("{what}: no violation in {seeds} seeds");
         };
         println!("{what}: seed {seed}\n{e}");
+    }
+
+    #[test]
+    fn old_rules_anchor_keeping_a_foreign_stream_is_caught() {
+        let rules = Rules {
+            anchor_clears_foreign_stream: false,
+            ..Rules::CURRENT
+        };
+        // First shown by seed 198 (a sequence reset by hand, then a restore of a copy taken
+        // between the two).
+        caught_within(
+            rules,
+            "the anchor keeps another epoch's entries up to the base",
+            DEFAULT_SEEDS,
+        );
     }
 
     #[test]

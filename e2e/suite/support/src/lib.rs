@@ -61,15 +61,41 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A loopback port that was free a moment ago (bound to `127.0.0.1:0`, then released).
+/// Ports [`free_port`] hands out: below Linux's default ephemeral range (32768–60999, where the
+/// kernel picks the local port of every outgoing connection) and below Kubernetes' NodePort range
+/// (30000–32767).
+const LISTEN_PORTS: std::ops::Range<u16> = 20000..30000;
+
+/// A loopback port to listen on, free a moment ago (bound on `127.0.0.1`, then released), and
+/// not handed out before by this process.
+///
+/// Taken from [`LISTEN_PORTS`], starting at a random place: a port the kernel gave out as
+/// `127.0.0.1:0` is in the ephemeral range, where any test's outgoing connection (an HTTP
+/// client, a Redis connection) can take it before the child process that was meant to listen
+/// on it binds it — "Address already in use" (seen in CI).
 ///
 /// # Panics
-/// When no port can be bound (a test environment without loopback).
+/// When no port in the range can be bound (a test environment without loopback).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let span = LISTEN_PORTS.end - LISTEN_PORTS.start;
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let start = (hasher.finish() % u64::from(span)) as u16;
+    for i in 0..span {
+        let port = LISTEN_PORTS.start + (start + i) % span;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LISTEN_PORTS:?}")
 }
 
 /// Calls `check` every `every` until it yields `Ok(Some(value))`, and returns that value. `Ok(None)`
