@@ -4,10 +4,12 @@
 //! `chat-server` processes (they reach each other over the namespace's own loopback):
 //!
 //! - LIVE_IP:8080, a chat-server whose `--log-url` names a log replica that is not started until
-//!   the test releases it, so it stays `bootstrapping` (its broker works: it takes the test's
-//!   writes) until then, and then bootstraps from the log and goes `live`;
+//!   the test releases it, so it stays `bootstrapping` until then, and then bootstraps from the
+//!   log and goes `live`;
 //! - STUCK_IP:8080, a chat-server whose `--log-url` points nowhere: `bootstrapping` forever;
-//! - LIVE_IP:8090, the replication-log replica that anchored the broker (the log pods' address).
+//! - LIVE_IP:8090, the replication-log replica that anchored the broker (the log pods' address);
+//! - LIVE_IP:8081, a chat-server that bootstraps from it and takes the test's writes (a node takes
+//!   writes only once it is live); no pod has its address.
 //!
 //! The test plays kubelet: it gives the Pods the controller-manager created for two ChatClusters
 //! those addresses and marks them Running. The operator reads each `/status` through the pod
@@ -110,21 +112,19 @@ async fn gate_passes_live_chat_servers_only_and_degrades_after_the_timeout() {
     .await;
     host.start_chat_server("live", LIVE_IP, &format!("http://{HELD_LOG}"));
     host.start_chat_server("stuck", STUCK_IP, "http://127.0.0.1:1");
-    // Writes go through the broker whatever the node's phase.
+    // The writes go through a third node that bootstraps from the real replica (a node takes
+    // writes only once it is live); it is no pod's address, so the operator never reads it.
+    let writer = format!("{LIVE_IP}:8081");
+    host.start_chat_server_on("writer", &writer, &format!("http://{log_url}"));
     for i in 1..=WRITTEN {
         let body =
             json!({"text": format!("message {i}"), "author": "gating-test", "id": format!("m{i}")});
         let message = wait_for(
-            "a write through the live node",
+            "a write through the writer node",
             Duration::from_secs(30),
             || async {
-                let (code, body) = http(
-                    &format!("{LIVE_IP}:8080"),
-                    "POST",
-                    "/channels/x/messages",
-                    Some(&body),
-                )
-                .await?;
+                let (code, body) =
+                    http(&writer, "POST", "/channels/x/messages", Some(&body)).await?;
                 // 200: a retry of a write that did land (same id).
                 matches!(code, 200 | 201).then(|| serde_json::from_str::<Value>(&body).ok())?
             },

@@ -170,12 +170,17 @@ impl TestHost {
 
     /// A chat-server on `ip:8080` reading the log at `log_url`.
     pub fn start_chat_server(&mut self, id: &str, ip: &str, log_url: &str) {
+        self.start_chat_server_on(id, &format!("{ip}:8080"), log_url);
+    }
+
+    /// A chat-server listening on `listen` (`ip:port`) instead of the pods' port 8080.
+    pub fn start_chat_server_on(&mut self, id: &str, listen: &str, log_url: &str) {
         self.spawn(
             id,
             &bin("chat-server"),
             &[
                 "--listen",
-                &format!("{ip}:8080"),
+                listen,
                 "--redis-url",
                 "redis://127.0.0.1:6379",
                 "--log-url",
