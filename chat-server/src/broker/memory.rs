@@ -279,11 +279,6 @@ impl MemoryBroker {
         })
         .await
     }
-
-    /// Entries in the stream now (`XLEN`).
-    pub fn stream_len(&self) -> usize {
-        self.process().keys.stream.len()
-    }
 }
 
 fn state_of(k: &Keys) -> BrokerState {
@@ -297,11 +292,18 @@ fn state_of(k: &Keys) -> BrokerState {
     }
 }
 
-fn range_of(k: &Keys, after: u64, upto: u64, count: usize) -> Vec<Message> {
+/// `XRANGE stream (after upto COUNT count` over a stream held by position (also the protocol
+/// simulation's broker model).
+pub(crate) fn xrange(
+    stream: &BTreeMap<u64, Message>,
+    after: u64,
+    upto: u64,
+    count: usize,
+) -> Vec<Message> {
     if upto <= after {
         return Vec::new();
     }
-    k.stream
+    stream
         .range(after + 1..=upto)
         .take(count)
         .map(|(_, m)| m.clone())
@@ -325,7 +327,7 @@ impl ReadStream for MemoryReader {
             let notified = self.broker.appended.notified();
             let found = self
                 .broker
-                .call(|p| Ok(range_of(&p.keys, after, u64::MAX, count)))
+                .call(|p| Ok(xrange(&p.keys.stream, after, u64::MAX, count)))
                 .await?;
             if !found.is_empty() {
                 return Ok(found);
@@ -357,7 +359,7 @@ impl BrokerOps for MemoryBroker {
         upto: u64,
         count: usize,
     ) -> Result<Vec<Message>, BrokerError> {
-        self.call(|p| Ok(range_of(&p.keys, after, upto, count)))
+        self.call(|p| Ok(xrange(&p.keys.stream, after, upto, count)))
             .await
     }
 

@@ -7,8 +7,8 @@
 //! its data: the node stops applying, reports it, and bootstraps again from the log, unless the
 //! new epoch continues the one it followed past everything it holds ([`keeps_history`]: a broker
 //! restart that lost nothing the node had read), in which case it follows the new epoch with its
-//! history and readers untouched. It loads the write scripts only into a Redis process that a replica
-//! validated (`crate::broker`, "Broker instances").
+//! history and readers untouched. It loads the write scripts only into a Redis process that a
+//! replica validated (`crate::broker`, "Broker instances").
 
 use std::time::{Duration, Instant};
 

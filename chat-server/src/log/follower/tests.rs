@@ -376,3 +376,35 @@ async fn lost_replies_and_a_stall_lose_nothing() {
     assert_holds(&log, &all, &positions);
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_rolled_back_in_place_below_the_replica_is_anchored_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = MemoryBroker::new();
+    let mut w = Writer::new(&broker);
+    let writer = w.client.clone();
+    let f = Follower::start(&broker, dir.path()).await;
+    let kept = texts("kept", 20);
+    let at_kept = write_all(&mut w, &kept).await;
+    let copy = writer.copy();
+    let read = texts("read", 10);
+    let at_read = write_all(&mut w, &read).await;
+    f.wait_persisted(30).await;
+
+    // The keys go back to the copy taken at 20, in the same process (scripts still loaded):
+    // the replica, which persisted 30, sees the sequence below it and retires the epoch.
+    writer.roll_back_in_place(copy);
+    let new = texts("new", 5);
+    let at_new = write_all(&mut w, &new).await;
+    assert!(
+        at_new.iter().all(|p| *p > 30),
+        "positions handed out twice: {at_new:?}"
+    );
+    f.wait_persisted(*at_new.last().unwrap()).await;
+    let log = f.log();
+    assert_dense(&log, &[(31, at_new[0] - 1)]);
+    assert_holds(&log, &kept, &at_kept);
+    assert_holds(&log, &read, &at_read);
+    assert_holds(&log, &new, &at_new);
+    f.stop().await;
+}
