@@ -20,6 +20,7 @@
 //! run, then their reply is lost), and [`trim_through`](BrokerOps::trim_through) with no slack.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -85,6 +86,8 @@ pub struct MemoryBroker {
     stalled: Arc<watch::Sender<bool>>,
     /// Woken on every change of the stream, for blocked readers.
     appended: Arc<Notify>,
+    /// Blocking reads that returned entries, by every client of the process.
+    reads: Arc<AtomicU64>,
 }
 
 impl Default for MemoryBroker {
@@ -121,7 +124,14 @@ impl MemoryBroker {
             })),
             stalled: Arc::new(watch::channel(false).0),
             appended: Arc::new(Notify::new()),
+            reads: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many blocking reads ([`ReadStream::read_after`]) returned entries so far, by every
+    /// client of this process: the rounds its followers made.
+    pub fn reads_answered(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     fn process(&self) -> MutexGuard<'_, Process> {
@@ -330,6 +340,7 @@ impl ReadStream for MemoryReader {
                 .call(|p| Ok(xrange(&p.keys.stream, after, u64::MAX, count)))
                 .await?;
             if !found.is_empty() {
+                self.broker.reads.fetch_add(1, Ordering::Relaxed);
                 return Ok(found);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

@@ -291,8 +291,24 @@ async fn session<B: BrokerOps>(
         "following the broker's stream"
     );
     let mut last_trim = Instant::now() - TRIM_EVERY;
+    // When the last read started, and whether it came back full (more is waiting).
+    let mut last_read: Option<(Instant, bool)> = None;
     loop {
         let persisted = replica.store().persisted();
+        let pause = last_read.map_or(Duration::ZERO, |(at, full)| {
+            linger_before_read(at.elapsed(), full, replica.settings().read_linger)
+        });
+        last_read = Some((Instant::now() + pause, false));
+        let read = async {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            tokio::time::timeout(
+                READ_BLOCK + READ_GRACE,
+                reader.read_after(persisted, READ_COUNT, READ_BLOCK),
+            )
+            .await
+        };
         let batch = tokio::select! {
             _ = shutdown.cancelled() => {
                 // A stopped replica holds trimming back at what it published last: publish what
@@ -305,7 +321,7 @@ async fn session<B: BrokerOps>(
                 }
                 return Err(FollowError::Shutdown);
             }
-            r = tokio::time::timeout(READ_BLOCK + READ_GRACE, reader.read_after(persisted, READ_COUNT, READ_BLOCK)) => match r {
+            r = read => match r {
                 Ok(r) => r?,
                 Err(_) => return Err(FollowError::Silent(READ_BLOCK + READ_GRACE)),
             },
@@ -330,6 +346,9 @@ async fn session<B: BrokerOps>(
             }
         }
         let read = batch.len();
+        if let Some((_, full)) = last_read.as_mut() {
+            *full = read >= READ_COUNT;
+        }
         let split = split_dense(persisted, batch);
         append(replica, split.dense).await?;
         let gap_to = match split.gap {
@@ -375,6 +394,27 @@ async fn session<B: BrokerOps>(
             last_trim = Instant::now();
             trim(replica, broker).await?;
         }
+    }
+}
+
+/// How long to wait before the next `XREAD` of the stream, given the time since the previous read
+/// started, whether it came back full (`READ_COUNT` entries: more is waiting, read on at once) and
+/// the replica's `--read-linger`: the rest of the linger, so a replica following a busy stream
+/// reads (and group-commits, and asks the broker for its state) at most once per linger, in
+/// batches of whatever arrived meanwhile, instead of once per message or two. A message written
+/// more than a linger after the previous read began is read at once (a quiet stream is not
+/// delayed); one written sooner waits at most the rest of the linger. Kafka's follower fetch (`replica.fetch.wait.max.ms` with a minimum size) makes the same
+/// trade: a few milliseconds of replication lag for a fraction of the per-round cost. The nodes
+/// never linger (they are on the path from an accepted write to its subscribers).
+pub fn linger_before_read(
+    since_last_read: Duration,
+    last_full: bool,
+    linger: Duration,
+) -> Duration {
+    if last_full {
+        Duration::ZERO
+    } else {
+        linger.saturating_sub(since_last_read)
     }
 }
 

@@ -42,6 +42,9 @@ pub struct ReplicaSettings {
     /// Anchor a broker that lost its data although some peers cannot be asked
     /// (`--anchor-despite-unreachable-peers`).
     pub anchor_despite_unreachable_peers: bool,
+    /// The least time between two reads of the stream while following (`--read-linger`; zero:
+    /// read again at once): see [`follower::linger_before_read`].
+    pub read_linger: std::time::Duration,
     /// How many snapshots and page reads are served at once (`crate::limits`).
     pub reads: crate::limits::ReplicaReads,
     /// The data plane's internal token: required by the internal endpoints and sent to peers

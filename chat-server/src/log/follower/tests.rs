@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{open_store, read_epoch, read_limit, run_with};
+use super::{linger_before_read, open_store, read_epoch, read_limit, run_with};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{BrokerError, BrokerOps, InstanceCheck};
 use crate::limits::{ReadLimitConfig, ReplicaReads};
@@ -30,6 +30,11 @@ struct Follower {
 
 impl Follower {
     async fn start(broker: &MemoryBroker, dir: &Path) -> Follower {
+        Follower::start_lingering(broker, dir, Duration::ZERO).await
+    }
+
+    /// [`Follower::start`] with `--read-linger` set to `read_linger`.
+    async fn start_lingering(broker: &MemoryBroker, dir: &Path, read_linger: Duration) -> Follower {
         let (store, _) = open_store(dir.to_owned(), StoreConfig::default())
             .await
             .expect("open the log");
@@ -40,6 +45,7 @@ impl Follower {
             trim_keep: 10,
             position_lease: LEASE,
             anchor_despite_unreachable_peers: false,
+            read_linger,
             reads: ReplicaReads::new(&ReadLimitConfig {
                 max_snapshots: 1,
                 max_page_reads: 1,
@@ -208,6 +214,36 @@ fn assert_holds(log: &[Message], written: &[String], positions: &[u64]) {
             .unwrap_or_else(|| panic!("position {p} ({text}) missing from the log"));
         assert_eq!(&m.text, text, "position {p}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_replica_reads_a_busy_stream_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = MemoryBroker::new();
+    let mut w = Writer::new(&broker);
+    let linger = Duration::from_millis(100);
+    let f = Follower::start_lingering(&broker, dir.path(), linger).await;
+    write_all(&mut w, &texts("warm-up", 1)).await;
+    f.wait_persisted(1).await;
+    let reads_before = broker.reads_answered();
+
+    // One message every 2 ms: a follower that reads again at once reads them one or two at a
+    // time; one that lingers reads at most once per linger.
+    let began = Instant::now();
+    for text in texts("busy", 150) {
+        write_all(&mut w, &[text]).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    f.wait_persisted(151).await;
+    let took = began.elapsed();
+    let reads = broker.reads_answered() - reads_before;
+    let most = took.as_millis() / linger.as_millis() + 2;
+    assert!(
+        u128::from(reads) <= most,
+        "{reads} reads in {took:?} with a {linger:?} linger (at most {most})"
+    );
+    assert_dense(&f.log(), &[]);
+    f.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,4 +443,27 @@ async fn a_broker_rolled_back_in_place_below_the_replica_is_anchored_past_it() {
     assert_holds(&log, &read, &at_read);
     assert_holds(&log, &new, &at_new);
     f.stop().await;
+}
+
+#[test]
+fn linger_before_read_table() {
+    let ms = Duration::from_millis;
+    // (since the last read began, it came back full, linger) -> wait
+    let cases = [
+        (ms(0), false, ms(5), ms(5)),
+        (ms(2), false, ms(5), ms(3)),
+        (ms(5), false, ms(5), ms(0)),
+        (ms(900), false, ms(5), ms(0)),
+        // A full read: more is waiting; read on at once.
+        (ms(1), true, ms(5), ms(0)),
+        // No linger: never wait.
+        (ms(0), false, ms(0), ms(0)),
+    ];
+    for (since, full, linger, want) in cases {
+        assert_eq!(
+            linger_before_read(since, full, linger),
+            want,
+            "{since:?} {full} {linger:?}"
+        );
+    }
 }
