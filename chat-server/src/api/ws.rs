@@ -27,7 +27,7 @@ use axum::response::Response;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
@@ -85,6 +85,10 @@ const REPLAY_RETRY: Duration = Duration::from_millis(250);
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Room in the write buffer beyond one frame of the size limit: a close frame and a pong.
 const WRITE_BUFFER_SLACK: usize = 1024;
+/// Bytes of frames the write buffer collects before it writes them to the socket even without a
+/// flush: live messages queued behind one another are written together (one `write` for a batch
+/// of small frames), and every batch is flushed when it ends, so no frame waits in the buffer.
+const WRITE_BATCH_BYTES: usize = 4 * 1024;
 
 type Sink = SplitSink<WebSocket, Frame>;
 type Stream = SplitStream<WebSocket>;
@@ -183,10 +187,10 @@ pub(super) async fn upgrade(
         .max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER_BYTES)
-        // Every frame goes to the socket at once; the buffer holds at most the one frame a
-        // stalled write left, and the close frame after it.
-        .write_buffer_size(0)
-        .max_write_buffer_size(limit + WRITE_BUFFER_SLACK)
+        // Frames go to the socket when a batch ends (or past WRITE_BATCH_BYTES); the buffer holds
+        // at most a batch, the one frame a stalled write left, and the close frame after it.
+        .write_buffer_size(WRITE_BATCH_BYTES)
+        .max_write_buffer_size(WRITE_BATCH_BYTES + limit + WRITE_BUFFER_SLACK)
         .on_upgrade(move |socket| {
             let span = info_span!("ws", channel = %channel, after, live);
             let client = Client {
@@ -305,13 +309,31 @@ impl Out<'_> {
         frame: Frame,
         queued: impl FnOnce(&mut u64),
     ) -> Result<(), WriteError> {
-        let deadline = Instant::now() + self.write_timeout;
-        match timeout_at(deadline, self.sink.feed(frame)).await {
-            Err(_) => return Err(WriteError::Stalled(self.write_timeout)),
-            Ok(Err(e)) => return Err(WriteError::Failed(e)),
-            Ok(Ok(())) => queued(&mut self.last),
+        self.queue(frame, queued).await?;
+        self.flush_queued().await
+    }
+
+    /// Hands `frame` to the connection's write buffer within the write deadline, without
+    /// flushing it to the socket (the buffer is written out when it fills, or by
+    /// [`Out::flush_queued`]); `queued` as for [`Out::write`].
+    async fn queue(
+        &mut self,
+        frame: Frame,
+        queued: impl FnOnce(&mut u64),
+    ) -> Result<(), WriteError> {
+        match timeout(self.write_timeout, self.sink.feed(frame)).await {
+            Err(_) => Err(WriteError::Stalled(self.write_timeout)),
+            Ok(Err(e)) => Err(WriteError::Failed(e)),
+            Ok(Ok(())) => {
+                queued(&mut self.last);
+                Ok(())
+            }
         }
-        match timeout_at(deadline, self.sink.flush()).await {
+    }
+
+    /// Writes out what [`Out::queue`] buffered, within the write deadline.
+    async fn flush_queued(&mut self) -> Result<(), WriteError> {
+        match timeout(self.write_timeout, self.sink.flush()).await {
             Err(_) => Err(WriteError::Stalled(self.write_timeout)),
             Ok(Err(e)) => Err(WriteError::Failed(e)),
             Ok(Ok(())) => Ok(()),
@@ -601,19 +623,22 @@ async fn serve_live(
                 answer(node, out, client, incoming(frame)).await?;
             }
             item = live.recv() => match item {
-                Ok(l) if l.message.is_void() => {
-                    if let Some(from) = l.void_from
-                        && (from..=l.message.position).contains(&out.last)
-                        && told != Some(from)
-                    {
-                        told = Some(from);
-                        node.metrics().history_resets.inc();
-                        let frame = lost_frame(from, out.last, l.message.position);
-                        out.send(Frame::Text(frame.into())).await?;
+                Ok(first) => {
+                    // The first message and whatever else is queued behind it (at most a
+                    // batch) go out with one flush: one write to the socket, and one wake-up of
+                    // this task, for all the messages one round of the follower applied.
+                    let mut next = Some(first);
+                    let mut batch = 0;
+                    while let Some(l) = next.take() {
+                        push_live(node, out, &l, &mut told).await?;
+                        batch += 1;
+                        if batch < LIVE_BATCH {
+                            next = live.poll_next().unwrap_or(None);
+                        }
                     }
+                    let r = out.flush_queued().await;
+                    out.ended(r)?;
                 }
-                Ok(l) if l.message.position <= out.last => {}
-                Ok(l) => out.deliver(l.frame.clone(), l.message.position).await?,
                 Err(LiveEnd::Lagged) => {
                     node.metrics().slow_consumers.inc();
                     let n = node.settings().ws_queue;
@@ -665,6 +690,40 @@ async fn serve_writes(
             return end;
         }
     }
+}
+
+/// Most live messages queued behind one another that are written to a WebSocket with one flush.
+const LIVE_BATCH: usize = 64;
+
+/// Queues one live message for the reader (not flushed: the caller flushes the batch). A message
+/// at or below what the reader has is skipped; a void record the reader's position lies in sends
+/// the `lost` frame (flushed), once per void.
+async fn push_live(
+    node: &Node,
+    out: &mut Out<'_>,
+    l: &crate::node::store::Live,
+    told: &mut Option<u64>,
+) -> Result<(), End> {
+    if l.message.is_void() {
+        if let Some(from) = l.void_from
+            && (from..=l.message.position).contains(&out.last)
+            && *told != Some(from)
+        {
+            *told = Some(from);
+            node.metrics().history_resets.inc();
+            let frame = lost_frame(from, out.last, l.message.position);
+            out.send(Frame::Text(frame.into())).await?;
+        }
+        return Ok(());
+    }
+    if l.message.position <= out.last {
+        return Ok(());
+    }
+    let position = l.message.position;
+    let r = out
+        .queue(Frame::Text(l.frame.clone()), |last| *last = position)
+        .await;
+    out.ended(r)
 }
 
 /// Sends the `lost` frame when the reader's position lies in a void this node applied (a broker

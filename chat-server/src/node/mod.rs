@@ -330,6 +330,12 @@ impl LiveSubscription {
     pub async fn recv(&mut self) -> Result<Arc<Live>, LiveEnd> {
         self.inner.recv().await
     }
+
+    /// The next live message if one is queued, without waiting; see
+    /// [`Subscription::poll_next`].
+    pub fn poll_next(&mut self) -> Result<Option<Arc<Live>>, LiveEnd> {
+        self.inner.poll_next()
+    }
 }
 
 impl Drop for LiveSubscription {
