@@ -346,11 +346,18 @@ impl Out<'_> {
         self.ended(r)
     }
 
-    /// Sends the message at `position`, advancing `last`.
-    async fn deliver(&mut self, frame: Utf8Bytes, position: u64) -> Result<(), End> {
+    /// Queues the message at `position` (advancing `last`) without flushing: the caller flushes
+    /// ([`Out::flush`]) once the batch or page is queued.
+    async fn queue_message(&mut self, frame: Utf8Bytes, position: u64) -> Result<(), End> {
         let r = self
-            .write(Frame::Text(frame), |last| *last = position)
+            .queue(Frame::Text(frame), |last| *last = position)
             .await;
+        self.ended(r)
+    }
+
+    /// Writes out what was queued.
+    async fn flush(&mut self) -> Result<(), End> {
+        let r = self.flush_queued().await;
         self.ended(r)
     }
 
@@ -636,8 +643,7 @@ async fn serve_live(
                             next = live.poll_next().unwrap_or(None);
                         }
                     }
-                    let r = out.flush_queued().await;
-                    out.ended(r)?;
+                    out.flush().await?;
                 }
                 Err(LiveEnd::Lagged) => {
                     node.metrics().slow_consumers.inc();
@@ -719,11 +725,7 @@ async fn push_live(
     if l.message.position <= out.last {
         return Ok(());
     }
-    let position = l.message.position;
-    let r = out
-        .queue(Frame::Text(l.frame.clone()), |last| *last = position)
-        .await;
-    out.ended(r)
+    out.queue_message(l.frame.clone(), l.message.position).await
 }
 
 /// Sends the `lost` frame when the reader's position lies in a void this node applied (a broker
@@ -811,9 +813,12 @@ async fn replay(
         if page.is_empty() {
             return Ok(());
         }
+        // A page goes out in write batches (WRITE_BATCH_BYTES), not one socket write per
+        // message, and is flushed whole before the next page is read.
         for m in page {
-            out.deliver(ws_frame(&m).into(), m.position).await?;
+            out.queue_message(ws_frame(&m).into(), m.position).await?;
         }
+        out.flush().await?;
     }
     Ok(())
 }
