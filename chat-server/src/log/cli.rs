@@ -91,13 +91,14 @@ pub struct LogConfig {
     /// (or drop the dead replica from `--peer-url`) only for a replica that is gone for good.
     #[arg(long, env = "LOG_ANCHOR_DESPITE_UNREACHABLE_PEERS")]
     pub anchor_despite_unreachable_peers: bool,
-    /// Seconds at least between two reads of the broker's stream while following (0: read again
-    /// as soon as a read returns). What is written meanwhile is read, appended and fsynced as one
-    /// batch: at thousands of messages a second this turns one read, one state check and one
-    /// fsync per message or two into one per linger, for at most this much more replication lag.
-    /// Writes are acknowledged by the broker, not by the replicas, so clients wait no longer.
-    #[arg(long, env = "LOG_READ_LINGER", default_value = "0.005",
-          value_parser = crate::flag_values::seconds_or_zero)]
+    /// Seconds at least between two reads of the broker's stream while following, from 0 (read
+    /// again as soon as a read returns) to 1. What is written meanwhile is read, appended and
+    /// fsynced as one batch: at thousands of messages a second this turns one read, one state
+    /// check and one fsync per message or two into one per linger. It adds up to the linger to
+    /// replication lag, and so to what a broker data loss can take (positions persisted by no
+    /// replica yet) and to reads of history that left the nodes' memory; writes are acknowledged
+    /// by the broker, not by the replicas.
+    #[arg(long, env = "LOG_READ_LINGER", default_value = "0.005", value_parser = read_linger)]
     pub read_linger: Duration,
     /// Size past which a new segment file is started, in bytes.
     #[arg(long, env = "LOG_SEGMENT_BYTES", default_value_t = DEFAULT_SEGMENT_BYTES,
@@ -120,6 +121,20 @@ pub struct LogConfig {
     /// The internal token itself (prefer the file, or an environment variable from a Secret).
     #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
+}
+
+/// The longest `--read-linger`: a replica's contact with the broker is judged by its reads
+/// (cut off after 5 s without one), and what it reports (`head`, `lag`) is as of its last read.
+const MAX_READ_LINGER: Duration = Duration::from_secs(1);
+
+/// Parses `--read-linger`: seconds from 0 to [`MAX_READ_LINGER`], fractions allowed.
+fn read_linger(text: &str) -> Result<Duration, String> {
+    let linger = crate::flag_values::seconds_or_zero(text)
+        .map_err(|_| format!("expected 0 to 1 seconds, got {text:?}"))?;
+    if linger > MAX_READ_LINGER {
+        return Err(format!("expected 0 to 1 seconds, got {text:?}"));
+    }
+    Ok(linger)
 }
 
 /// Why a replica could not run.
@@ -277,4 +292,30 @@ pub async fn run(config: LogConfig, shutdown: CancellationToken) -> Result<(), R
         "replication-log stopped"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_linger_parse() {
+        let ms = Duration::from_millis;
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("0", Some(Duration::ZERO)),
+            ("0.005", Some(ms(5))),
+            (" 0.25 ", Some(ms(250))),
+            ("1", Some(ms(1000))),
+            ("1.001", None),
+            ("5", None),
+            ("86400", None),
+            ("-1", None),
+            ("NaN", None),
+            ("5ms", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(read_linger(text).ok(), *want, "{text:?}");
+        }
+    }
 }
