@@ -643,6 +643,7 @@ async fn serve_live(
                         push_live(node, out, &l, &mut told).await?;
                         batch += 1;
                         if batch < LIVE_BATCH {
+                            // A lagged or closed queue stays so: the next `recv` reports it.
                             next = live.poll_next().unwrap_or(None);
                         }
                     }

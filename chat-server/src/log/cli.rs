@@ -129,12 +129,10 @@ const MAX_READ_LINGER: Duration = Duration::from_secs(1);
 
 /// Parses `--read-linger`: seconds from 0 to [`MAX_READ_LINGER`], fractions allowed.
 fn read_linger(text: &str) -> Result<Duration, String> {
-    let linger = crate::flag_values::seconds_or_zero(text)
-        .map_err(|_| format!("expected 0 to 1 seconds, got {text:?}"))?;
-    if linger > MAX_READ_LINGER {
-        return Err(format!("expected 0 to 1 seconds, got {text:?}"));
-    }
-    Ok(linger)
+    crate::flag_values::seconds_or_zero(text)
+        .ok()
+        .filter(|linger| *linger <= MAX_READ_LINGER)
+        .ok_or_else(|| format!("expected 0 to 1 seconds, got {text:?}"))
 }
 
 /// Why a replica could not run.

@@ -403,9 +403,10 @@ async fn session<B: BrokerOps>(
 /// reads (and group-commits, and asks the broker for its state) at most once per linger, in
 /// batches of whatever arrived meanwhile, instead of once per message or two. A message written
 /// more than a linger after the previous read began is read at once (a quiet stream is not
-/// delayed); one written sooner waits at most the rest of the linger. Kafka's follower fetch (`replica.fetch.wait.max.ms` with a minimum size) makes the same
-/// trade: a few milliseconds of replication lag for a fraction of the per-round cost. The nodes
-/// never linger (they are on the path from an accepted write to its subscribers).
+/// delayed); one written sooner waits at most the rest of the linger. Kafka's follower fetch
+/// (`replica.fetch.wait.max.ms` with a minimum size) makes the same trade: a few milliseconds of
+/// replication lag for a fraction of the per-round cost. The nodes never linger (they are on the
+/// path from an accepted write to its subscribers).
 pub fn linger_before_read(
     since_last_read: Duration,
     last_full: bool,
