@@ -60,12 +60,14 @@
 
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 
 use crate::message::{Message, NewMessage, now_millis};
 use crate::telemetry::redact_url;
 
+mod batch;
 pub mod memory;
 
 /// Where the broker is and how to trust it: a `redis://` or `rediss://` URL and, for `rediss://`,
@@ -243,70 +245,95 @@ end
     };
 }
 
-/// Dedupe by (channel, author, id), refuse when fenced or past the deadline, take the next
-/// position, XADD with the explicit ID, record `p s w`. Refuses while unanchored.
+/// A batch of writes, each checked and applied in order as if it ran alone: dedupe by (channel,
+/// author, id), refuse when fenced or past the deadline, take the next position, XADD with the
+/// explicit ID, record `p s w`. One run serves every write a node queued while its previous batch
+/// was in flight ([`batch`]), so the script call, the state `MGET` and `TIME` are paid once per
+/// batch rather than once per write (each `redis.call` costs about a microsecond of the broker's
+/// single thread, which every write shares). A later write in a batch sees what an earlier one
+/// stored (a repeated id within one batch is a duplicate).
+///
+/// Per write, the refusals (each stores nothing for that write, and the others go on):
+/// `NOEPOCH` while unanchored; `EPOCH` in any epoch but the one the writing node follows (a
+/// write belongs to one epoch, so a lost reply can be resolved in it, see [`RESOLVE_LUA`]);
+/// `FENCED` when its node abandoned it; `DEADLINE` once Redis's `TIME` is past its deadline;
+/// `BEHIND` when the sequence is below the epoch's anchor (set back by hand: the next position
+/// would be one the epoch declared void) or below a position the writing node already holds (the
+/// broker went back: the position would be handed out a second time); `NOLIMIT` when the next
+/// position is past the limit the replication log granted.
 /// A record of the previous version (`chat:dedupe:<channel>:<id>`, `p s a t`, not scoped to the
 /// author) still answers a repeat by the same author while it lives (15 minutes after an upgrade).
-/// Refuses (`NOLIMIT`) when the next position is past the limit the replication log granted, and
-/// (`BEHIND`) when the sequence is below a position the writing node already holds (the broker
-/// went back: the position would be handed out a second time).
-/// Epoch, sequence, limit, anchor and the fence are read with one `MGET` (the script is atomic,
-/// so reading them first changes nothing). The records are looked up only for an id the client
-/// chose (ARGV[11] = `1`): an id the node generated for this write is a fresh UUID that no record
-/// can hold yet (a client that retries with it sends it as its own id). Each `redis.call` costs
-/// about a microsecond of the broker's single thread, which every write shares.
-/// Refuses (`BEHIND`) as well when the sequence is below the epoch's anchor (set back by hand:
-/// the next position would be one the epoch declared void).
-/// Refuses (`EPOCH`) in any epoch but the one the writing node follows: a write belongs to one
-/// epoch, so a lost reply can be resolved in it (see [`RESOLVE_LUA`]).
-/// KEYS: stream, seq, epoch, dedupe record, fence, previous version's record, limit, anchor.
-/// ARGV: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms), token, holds,
-/// the node's epoch, `1` when the client chose the id (else `0`).
-/// Replies `{1, position}` or `{0, p, s, w, author|nil, text|nil}` for an existing record.
+/// The records are looked up only for an id the client chose (`chosen` = `1`): an id the node
+/// generated for this write is a fresh UUID that no record can hold yet (a client that retries
+/// with it sends it as its own id).
+///
+/// KEYS: stream, seq, epoch, limit, anchor, then per write: dedupe record, fence, previous
+/// version's record (so `#KEYS = 5 + 3n`).
+/// ARGV, 11 per write: channel, id, author, text, sent_at, record TTL (s), deadline (Unix ms),
+/// token, holds, the node's epoch, chosen.
+/// Replies one entry per write, in order: `{1, position}`, `{0, p, s, w, author|nil, text|nil}`
+/// for an existing record, or `{-1, code, detail}` for a refusal.
 const WRITE_LUA: &str = concat!(
-    "-- chat-cluster write script (EVALSHA only; loaded only into a validated broker instance)\n",
+    "-- chat-cluster write script, batched (EVALSHA only; loaded only into a validated broker instance)\n",
     original_lua!(),
     r#"
-local state = redis.call('MGET', KEYS[3], KEYS[2], KEYS[7], KEYS[8], KEYS[5])
-if not state[1] then
-  return redis.error_reply('NOEPOCH the broker has no epoch yet; waiting for the replication log to anchor it')
-end
-if state[1] ~= ARGV[10] then
-  return redis.error_reply('EPOCH the broker is in epoch ' .. state[1] .. ', not ' .. ARGV[10] .. ' that this node follows: it lost its data and was anchored again')
-end
-if ARGV[11] == '1' then
-  local prev = redis.call('HMGET', KEYS[4], 'p', 's', 'w')
-  if prev[1] then
-    local a, t = original(KEYS[1], prev[1])
-    return {0, prev[1], prev[2], prev[3] or false, a, t}
-  end
-  local old = redis.call('HMGET', KEYS[6], 'p', 's', 'a', 't')
-  if old[1] and old[3] == ARGV[3] then
-    return {0, old[1], old[2], false, old[3], old[4]}
-  end
-end
-if state[5] then
-  return redis.error_reply('FENCED this write was abandoned by its node')
-end
-local now = redis.call('TIME')
-if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[7]) then
-  return redis.error_reply('DEADLINE the write reached redis after its deadline')
-end
+local n = (#KEYS - 5) / 3
+local names = {KEYS[3], KEYS[2], KEYS[4], KEYS[5]}
+for i = 1, n do names[4 + i] = KEYS[3 * i + 4] end
+local state = redis.call('MGET', unpack(names))
+local epoch = state[1]
 local cur = tonumber(state[2] or '0')
-if cur < tonumber(state[4] or '0') then
-  return redis.error_reply('BEHIND the broker sequence ' .. cur .. ' is below the anchor ' .. state[4] .. ' of its epoch; it was set back')
+local limit = tonumber(state[3] or '0')
+local anchor = tonumber(state[4] or '0')
+local now = false
+local function one(i)
+  local k = 3 * i + 2
+  local a = 11 * (i - 1)
+  if not epoch then
+    return {-1, 'NOEPOCH', 'the broker has no epoch yet; waiting for the replication log to anchor it'}
+  end
+  if epoch ~= ARGV[a + 10] then
+    return {-1, 'EPOCH', 'the broker is in epoch ' .. epoch .. ', not ' .. ARGV[a + 10] .. ' that this node follows: it lost its data and was anchored again'}
+  end
+  if ARGV[a + 11] == '1' then
+    local prev = redis.call('HMGET', KEYS[k + 1], 'p', 's', 'w')
+    if prev[1] then
+      local au, t = original(KEYS[1], prev[1])
+      return {0, prev[1], prev[2], prev[3] or false, au, t}
+    end
+    local old = redis.call('HMGET', KEYS[k + 3], 'p', 's', 'a', 't')
+    if old[1] and old[3] == ARGV[a + 3] then
+      return {0, old[1], old[2], false, old[3], old[4]}
+    end
+  end
+  if state[4 + i] then
+    return {-1, 'FENCED', 'this write was abandoned by its node'}
+  end
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  if now > tonumber(ARGV[a + 7]) then
+    return {-1, 'DEADLINE', 'the write reached redis after its deadline'}
+  end
+  if cur < anchor then
+    return {-1, 'BEHIND', 'the broker sequence ' .. cur .. ' is below the anchor ' .. anchor .. ' of its epoch; it was set back'}
+  end
+  if cur < tonumber(ARGV[a + 9]) then
+    return {-1, 'BEHIND', 'the broker sequence ' .. cur .. ' is below position ' .. ARGV[a + 9] .. ' that this node already holds; the broker went back'}
+  end
+  if cur + 1 > limit then
+    return {-1, 'NOLIMIT', 'the replication log has not persisted far enough to grant position ' .. (cur + 1) .. ' yet'}
+  end
+  cur = redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[1], cur .. '-0', 'c', ARGV[a + 1], 'i', ARGV[a + 2], 'a', ARGV[a + 3], 't', ARGV[a + 4], 's', ARGV[a + 5], 'e', epoch)
+  redis.call('HSET', KEYS[k + 1], 'p', cur, 's', ARGV[a + 5], 'w', ARGV[a + 8])
+  redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 6])
+  return {1, cur}
 end
-if cur < tonumber(ARGV[9]) then
-  return redis.error_reply('BEHIND the broker sequence ' .. cur .. ' is below position ' .. ARGV[9] .. ' that this node already holds; the broker went back')
-end
-if cur + 1 > tonumber(state[3] or '0') then
-  return redis.error_reply('NOLIMIT the replication log has not persisted far enough to grant position ' .. (cur + 1) .. ' yet')
-end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], seq .. '-0', 'c', ARGV[1], 'i', ARGV[2], 'a', ARGV[3], 't', ARGV[4], 's', ARGV[5], 'e', state[1])
-redis.call('HSET', KEYS[4], 'p', seq, 's', ARGV[5], 'w', ARGV[8])
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-return {1, seq}
+local out = {}
+for i = 1, n do out[i] = one(i) end
+return out
 "#
 );
 
@@ -446,7 +473,7 @@ return 1
 
 /// What went wrong talking to the broker. Every variant of a write except
 /// [`BrokerError::OutcomeUnknown`] means the write was not stored.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -472,6 +499,17 @@ pub enum BrokerError {
     /// Redis ran the write script after the write's deadline; it stored nothing.
     #[error("redis ran the write after its {}s deadline and refused it", WRITE_DEADLINE.as_secs())]
     DeadlinePassed,
+    /// The write waited in the node's queue (behind a batch Redis had not answered) until its
+    /// deadline passed; it was never sent, so it stored nothing.
+    #[error(
+        "the write waited behind a stalled broker past its {}s deadline and was not sent",
+        WRITE_DEADLINE.as_secs()
+    )]
+    QueuedPastDeadline,
+    /// The write script refused a write whose node had abandoned it (its reply was lost and the
+    /// node fenced its token): it stored nothing, and never will.
+    #[error("the write was abandoned by its node and fenced")]
+    Fenced,
     /// The write's reply was lost, and the node then found no record of it and fenced it: it was
     /// not stored and never will be.
     #[error("{0}; the node then checked: the write was not stored and never will be")]
@@ -498,8 +536,11 @@ impl BrokerError {
             | BrokerError::WentBack(_)
             | BrokerError::EpochChanged(_)
             | BrokerError::Abandoned(_)
+            | BrokerError::Fenced
             | BrokerError::OutcomeUnknown(_) => true,
-            BrokerError::Protocol(_) | BrokerError::DeadlinePassed => false,
+            BrokerError::Protocol(_)
+            | BrokerError::DeadlinePassed
+            | BrokerError::QueuedPastDeadline => false,
         }
     }
 
@@ -570,7 +611,7 @@ pub(crate) struct Record {
 }
 
 /// What the write call produced.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Call {
     /// The script stored the message at this position.
     Applied(u64),
@@ -643,24 +684,35 @@ pub(crate) fn decide<'a>(
     }
 }
 
-/// Sorts a failed write call: an error reply from Redis or a refused connection means the script
-/// stored nothing; anything else (a timeout, a connection lost after sending) is ambiguous.
+/// Error codes with which Redis refuses a script run before its first write, whatever the batch
+/// holds: a condition of the server (memory, permissions, role, loading, a busy script) that
+/// holds for the whole run, and Redis 7 lets a script that already wrote go on past `maxmemory`.
+const NOTHING_RAN: &[&str] = &[
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "MASTERDOWN",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    "READONLY",
+    "MISCONF",
+    "NOREPLICAS",
+];
+
+/// Sorts a failed write call: a refusal the write script names, `NOSCRIPT`, an error of
+/// [`NOTHING_RAN`] or a refused connection means the script stored nothing; anything else (a
+/// timeout, a connection lost after sending, a script that failed part-way through a batch) is
+/// ambiguous, and each write is resolved by its own record.
 fn classify(e: RedisError) -> Call {
     match e.code() {
-        Some("NOEPOCH") => Call::Refused(BrokerError::NotAnchored),
-        Some("DEADLINE") => Call::Refused(BrokerError::DeadlinePassed),
-        Some("NOLIMIT") => Call::Refused(BrokerError::NoLimit(
-            e.detail().unwrap_or_default().to_owned(),
-        )),
-        Some("EPOCH") => Call::Refused(BrokerError::EpochChanged(
-            e.detail().unwrap_or_default().to_owned(),
-        )),
-        Some("BEHIND") => Call::Refused(BrokerError::WentBack(
-            e.detail().unwrap_or_default().to_owned(),
-        )),
         // EVALSHA of a script this Redis process does not have: nothing ran.
         Some("NOSCRIPT") => Call::Refused(BrokerError::NotValidated),
-        Some(_) => Call::Refused(BrokerError::Redis(e)),
+        Some(code) => match batch::refusal(code, e.detail().unwrap_or_default()) {
+            Some(refused) => Call::Refused(refused),
+            None if NOTHING_RAN.contains(&code) => Call::Refused(BrokerError::Redis(e)),
+            None => Call::Ambiguous(format!("redis: {e}")),
+        },
         None if e.is_connection_refusal() => Call::Refused(BrokerError::Redis(e)),
         None => Call::Ambiguous(format!("redis: {e}")),
     }
@@ -685,20 +737,6 @@ fn parse_record(items: &[Value]) -> Result<Record, BrokerError> {
         author: opt(3),
         text: opt(4),
     })
-}
-
-/// Parses the write script's reply.
-fn parse_write_reply(reply: Value) -> Result<Call, BrokerError> {
-    let items = as_array(reply)?;
-    match items.first().and_then(as_u64) {
-        Some(1) => items
-            .get(1)
-            .and_then(as_u64)
-            .map(Call::Applied)
-            .ok_or_else(|| proto("write position")),
-        Some(0) => Ok(Call::Existing(parse_record(&items[1..])?)),
-        _ => Err(proto("write flag")),
-    }
 }
 
 /// Parses the resolve script's reply.
@@ -1125,29 +1163,49 @@ pub struct Broker {
     /// the process was validated ([`BrokerOps::check_instance`]).
     scripts_missing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     publish: Script,
+    /// The queue of the task that sends writes in batches ([`batch`]).
+    writes: tokio::sync::mpsc::Sender<batch::Pending>,
 }
 
 impl Broker {
     /// Connects once to `endpoint` (a [`BrokerEndpoint`], or a URL); fails if Redis cannot be
     /// reached now (callers retry with backoff), or TLS fails.
     pub async fn connect(endpoint: impl Into<BrokerEndpoint>) -> Result<Broker, BrokerError> {
+        Broker::connect_observed(endpoint, Histogram::new([1.0])).await
+    }
+
+    /// [`Broker::connect`], counting the number of writes of every run of the write script in
+    /// `batch_sizes` (a node's `chat_server_broker_write_batch_size`).
+    pub async fn connect_observed(
+        endpoint: impl Into<BrokerEndpoint>,
+        batch_sizes: Histogram,
+    ) -> Result<Broker, BrokerError> {
         let client = endpoint.into().client()?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(WRITE_WAIT))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let write = Script::new(WRITE_LUA);
+        let scripts_missing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writes = batch::spawn(
+            conn.clone(),
+            write.get_hash().to_owned(),
+            scripts_missing.clone(),
+            batch_sizes,
+        );
         Ok(Broker {
             client,
             conn,
-            write: Script::new(WRITE_LUA),
+            write,
             resolve: Script::new(RESOLVE_LUA),
             anchor: Script::new(ANCHOR_LUA),
             grant: Script::new(GRANT_LUA),
             retire: Script::new(RETIRE_LUA),
             retire_instance: Script::new(RETIRE_INSTANCE_LUA),
-            scripts_missing: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            scripts_missing,
             publish: Script::new(PUBLISH_LUA),
+            writes,
         })
     }
 
@@ -1158,9 +1216,10 @@ impl Broker {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Writes a message with a definite answer whenever Redis can be asked: runs the write script
-    /// (dedupe, fence and deadline checks, next position, XADD, dedupe record), and when its reply
-    /// is lost, resolves the outcome by reading the dedupe record or fencing the write, for up to
+    /// Writes a message with a definite answer whenever Redis can be asked: queues it for the
+    /// batch task ([`batch`]), which runs the write script for it together with the writes queued
+    /// beside it (dedupe, fence and deadline checks, next position, XADD, dedupe record), and when
+    /// its reply is lost (not within [`WRITE_WAIT`] of queueing), resolves the outcome by reading the dedupe record or fencing the write, for up to
     /// [`RESOLVE_BUDGET`]. The write's id is `msg.id`, or `generated_id` when the client gave none
     /// (its record then lives [`GENERATED_ID_TTL`]).
     ///
@@ -1188,45 +1247,44 @@ impl Broker {
         let key = idem_key(&msg.channel, msg.idempotency_scope(), id);
         let fence = fence_key(&token);
         let deadline = now_millis().saturating_add(WRITE_DEADLINE.as_millis() as i64);
-        let mut conn = self.conn.clone();
-        // EVALSHA only, never EVAL or SCRIPT LOAD (not `Script::invoke_async`, which loads the
-        // script on NOSCRIPT): a Redis process that was not validated does not have it.
-        let mut invocation = redis::cmd("EVALSHA");
-        invocation
-            .arg(self.write.get_hash())
-            .arg(8)
-            .arg(STREAM)
-            .arg(SEQ)
-            .arg(EPOCH)
-            .arg(&key)
-            .arg(&fence)
-            .arg(legacy_dedupe_key(&msg.channel, id))
-            .arg(LIMIT)
-            .arg(ANCHOR)
-            .arg(&msg.channel)
-            .arg(id)
-            .arg(&msg.author)
-            .arg(&msg.text)
-            .arg(sent_at)
-            .arg(ttl.as_secs())
-            .arg(deadline)
-            .arg(&token)
-            .arg(holds)
-            .arg(epoch)
-            .arg(if msg.id.is_some() { "1" } else { "0" });
-        let reply = tokio::time::timeout(WRITE_WAIT, invocation.query_async::<Value>(&mut conn));
-        let call = match reply.await {
-            Err(_) => Call::Ambiguous(format!(
+        // Sent by the batch task with EVALSHA only, never EVAL or SCRIPT LOAD (not
+        // `Script::invoke_async`, which loads the script on NOSCRIPT): a Redis process that was
+        // not validated does not have it.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = batch::Pending {
+            write: batch::QueuedWrite {
+                legacy: legacy_dedupe_key(&msg.channel, id),
+                key: key.clone(),
+                fence: fence.clone(),
+                channel: msg.channel.clone(),
+                id: id.to_owned(),
+                author: msg.author.clone(),
+                text: msg.text.clone(),
+                sent_at,
+                ttl_secs: ttl.as_secs(),
+                deadline,
+                token: token.clone(),
+                holds,
+                epoch: epoch.to_owned(),
+                chosen: msg.id.is_some(),
+            },
+            reply,
+        };
+        let call = tokio::time::timeout(WRITE_WAIT, async {
+            if self.writes.send(queued).await.is_err() {
+                return Call::Refused(proto("the write queue is closed"));
+            }
+            answer.await.unwrap_or_else(|_| {
+                Call::Ambiguous("the write task stopped before answering".to_owned())
+            })
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Call::Ambiguous(format!(
                 "no reply from redis within {}s",
                 WRITE_WAIT.as_secs()
-            )),
-            Ok(Err(e)) => classify(e),
-            Ok(Ok(v)) => parse_write_reply(v).unwrap_or_else(|e| Call::Ambiguous(e.to_string())),
-        };
-        if matches!(call, Call::Refused(BrokerError::NotValidated)) {
-            self.scripts_missing
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+            ))
+        });
         let resolve_until = Instant::now() + RESOLVE_BUDGET;
         let mut lookup = Lookup::NotYet;
         loop {
@@ -1753,29 +1811,6 @@ mod tests {
     #[test]
     fn script_replies_parse() {
         let int = Value::Int;
-        assert!(matches!(
-            parse_write_reply(Value::Array(vec![int(1), int(9)])).unwrap(),
-            Call::Applied(9)
-        ));
-        let existing = Value::Array(vec![
-            int(0),
-            bulk("7"),
-            bulk("5"),
-            bulk("tok"),
-            bulk("ann"),
-            Value::Nil,
-        ]);
-        match parse_write_reply(existing).unwrap() {
-            Call::Existing(r) => assert_eq!(
-                r,
-                Record {
-                    text: None,
-                    ..record(Some("tok"))
-                }
-            ),
-            other => panic!("{other:?}"),
-        }
-        assert!(parse_write_reply(Value::Array(vec![int(2)])).is_err());
         assert!(matches!(
             parse_resolve_reply(Value::Array(vec![int(0)])).unwrap(),
             Lookup::Fenced

@@ -8,7 +8,7 @@ use chat_wire::redis_acl::RedisRole;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Cluster, http};
+use support::{Cluster, http, metrics_text};
 
 /// 3,000 WebSocket connect-and-close, each to a new channel name, nothing written: no channel is
 /// listed and RSS stays near where it started. The bound, 32 MiB, is 11 KiB per name: far below
@@ -120,18 +120,6 @@ async fn channels_are_paged_and_capped() {
         "{text}"
     );
     assert_eq!(metric(&text, "chat_server_channels "), 3.0, "{text}");
-}
-
-/// The text of a node's `/metrics`.
-async fn metrics_text(url: &str) -> String {
-    http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text")
 }
 
 /// The value of the first line of `text` starting with `name` (panics when there is none).

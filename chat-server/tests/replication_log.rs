@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chat_server::broker::{Broker, BrokerError, BrokerOps};
 use chat_server::message::{Message, NewMessage};
 use futures::StreamExt;
-use support::{LOG_BIN, Proc, RedisServer, free_port, http, snapshot, status};
+use support::{LOG_BIN, Proc, RedisServer, free_port, http, metrics_text, snapshot, status};
 
 const CHANNELS: [&str; 5] = ["alpha", "beta", "gamma", "delta", "epsilon"];
 
@@ -360,14 +360,7 @@ async fn two_replicas_follow_the_stream_and_hold_identical_histories() {
     assert_eq!(s["persisted"], 3000);
     assert_eq!(s["messages"], 3000);
     assert!(s["epoch"].is_string(), "{s}");
-    let metrics = client
-        .get(format!("{}/metrics", a.proc.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&a.proc.url).await;
     for name in [
         "replication_log_messages_appended_total 3000",
         "replication_log_fsync_duration_seconds_bucket",

@@ -117,14 +117,7 @@ fn after_in(reason: &str) -> Option<u64> {
 
 /// A metric's value from `/metrics` (0 when absent).
 async fn metric(url: &str, name: &str) -> f64 {
-    let text = http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = support::metrics_text(url).await;
     text.lines()
         .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .find_map(|v| v.trim().parse().ok())

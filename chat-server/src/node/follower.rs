@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, Cancelled};
@@ -66,7 +67,7 @@ impl From<Cancelled> for FollowError {
 
 /// Runs the node's follower until shutdown.
 pub async fn run(node: Node, endpoint: BrokerEndpoint, shutdown: CancellationToken) {
-    let broker = match connect(&endpoint, &shutdown).await {
+    let broker = match connect(&endpoint, &node.metrics().write_batch_size, &shutdown).await {
         Some(b) => b,
         None => return,
     };
@@ -91,10 +92,15 @@ pub async fn run(node: Node, endpoint: BrokerEndpoint, shutdown: CancellationTok
     }
 }
 
-async fn connect(endpoint: &BrokerEndpoint, shutdown: &CancellationToken) -> Option<Broker> {
+/// Connects, retrying with backoff until shutdown; the write batches' sizes go to `batch_sizes`.
+async fn connect(
+    endpoint: &BrokerEndpoint,
+    batch_sizes: &Histogram,
+    shutdown: &CancellationToken,
+) -> Option<Broker> {
     let mut backoff = Backoff::new();
     loop {
-        match Broker::connect(endpoint.clone()).await {
+        match Broker::connect_observed(endpoint.clone(), batch_sizes.clone()).await {
             Ok(b) => return Some(b),
             Err(e) => {
                 warn!(error = %e, redis_url = %crate::telemetry::redact_url(endpoint.url()), "cannot reach the broker; retrying");

@@ -28,6 +28,8 @@ pub struct NodeMetrics {
     pub ws_connections: Gauge,
     pub slow_consumers: Counter,
     pub write_seconds: Histogram,
+    /// Writes per run of the write script (`crate::broker` batches a node's writes).
+    pub write_batch_size: Histogram,
     pub broker_errors: Counter,
     pub history_unavailable: Counter,
     pub history_resets: Counter,
@@ -63,6 +65,7 @@ impl Default for NodeMetrics {
             ws_connections: Gauge::default(),
             slow_consumers: Counter::default(),
             write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            write_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             broker_errors: Counter::default(),
             history_unavailable: Counter::default(),
             history_resets: Counter::default(),
@@ -135,6 +138,11 @@ impl Default for NodeMetrics {
             "write_duration_seconds",
             "Time from request to broker acceptance",
             m.write_seconds.clone(),
+        );
+        registry.register(
+            "broker_write_batch_size",
+            "Writes per run of the broker's write script: the node sends the writes queued while its previous batch was in flight together (up to 64)",
+            m.write_batch_size.clone(),
         );
         registry.register(
             "broker_errors",

@@ -403,6 +403,18 @@ pub async fn post(url: &str, channel: &str, body: Value) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The text of a component's `/metrics` (a node's or a replica's).
+pub async fn metrics_text(url: &str) -> String {
+    http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// Every message of a channel, paging with `after` until the end.
 pub async fn read_all(url: &str, channel: &str) -> Vec<Message> {
     let client = http();
