@@ -247,8 +247,8 @@ end
 
 /// A batch of writes, each checked and applied in order as if it ran alone: dedupe by (channel,
 /// author, id), refuse when fenced or past the deadline, take the next position, XADD with the
-/// explicit ID, record `p s w`. One run serves every write a node queued while its previous batch
-/// was in flight ([`batch`]), so the script call, the state `MGET` and `TIME` are paid once per
+/// explicit ID, record `p s w`. One run serves every write a node queued while its batches were
+/// in flight ([`batch`]), so the script call, the state `MGET` and `TIME` are paid once per
 /// batch rather than once per write (each `redis.call` costs about a microsecond of the broker's
 /// single thread, which every write shares). A later write in a batch sees what an earlier one
 /// stored (a repeated id within one batch is a duplicate).

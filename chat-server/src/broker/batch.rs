@@ -1,9 +1,9 @@
 //! Write batching: owns the queue between a node's writers and the broker, and the one task per
-//! [`super::Broker`] that drains it. The task takes every write queued while its previous batch
-//! was in flight (up to [`MAX_BATCH`]) and sends them as one run of the write script
-//! ([`super::WRITE_LUA`]), the way a log's group commit amortizes one fsync over every record
-//! that arrived during the last. Under light load a batch is one write, sent at once; under load
-//! batches grow with the round trip, so the broker pays the script call, the state `MGET`,
+//! [`super::Broker`] that drains it. The task keeps up to [`MAX_IN_FLIGHT`] batches in flight;
+//! whenever one has room it takes every write queued meanwhile (up to [`MAX_BATCH`]) and sends
+//! them as one run of the write script ([`super::WRITE_LUA`]), the way a log's group commit
+//! amortizes one fsync over every record that arrived during the last. Under light load a batch
+//! is one write, sent at once; under load batches grow with the round trip, so the broker pays the script call, the state `MGET`,
 //! `TIME` and one reply per batch instead of per write (issue 14: the broker's single thread is
 //! what every write shares).
 //!
@@ -17,6 +17,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use prometheus_client::metrics::histogram::Histogram;
 use redis::Value;
 use redis::aio::ConnectionManager;
@@ -29,6 +31,11 @@ use crate::message::now_millis;
 /// The most writes one run of the write script carries. At about 5 µs of broker CPU per write,
 /// a full batch holds the broker's thread for about a third of a millisecond.
 pub const MAX_BATCH: usize = 64;
+
+/// How many batches may be in flight at once. Two keep the broker busy while a reply travels back
+/// (a write that arrives while one batch is in flight goes at once instead of waiting a round
+/// trip) and still let batches grow under load.
+pub const MAX_IN_FLIGHT: usize = 2;
 
 /// How many writes may wait for the batch task; a writer waits for room (within its
 /// [`WRITE_WAIT`]) when it is full.
@@ -178,49 +185,75 @@ async fn run(
     batch_sizes: Histogram,
     mut queue: mpsc::Receiver<Pending>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let now = now_millis();
-        let mut sending = Vec::with_capacity(batch.len());
-        for p in batch.drain(..) {
-            if p.reply.is_closed() {
-                // Its caller stopped waiting and resolves it (the fence keeps it from ever
-                // applying): not sending it is the same answer, cheaper.
-                continue;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        tokio::select! {
+            // Room for another batch: take what is queued (waiting for the first).
+            n = queue.recv_many(&mut batch, MAX_BATCH), if in_flight.len() < MAX_IN_FLIGHT => {
+                if n == 0 {
+                    break;
+                }
             }
-            if now > p.write.deadline {
-                let _ = p.reply.send(Call::Refused(BrokerError::QueuedPastDeadline));
-                continue;
-            }
-            sending.push(p);
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
         }
+        let sending = sendable(batch, now_millis());
         if sending.is_empty() {
             continue;
         }
         batch_sizes.observe(sending.len() as f64);
-        let writes: Vec<&QueuedWrite> = sending.iter().map(|p| &p.write).collect();
-        let cmd = command(&hash, &writes);
-        let mut c = conn.clone();
-        let calls = match tokio::time::timeout(WRITE_WAIT, cmd.query_async::<Value>(&mut c)).await {
-            Err(_) => vec![
-                Call::Ambiguous(format!(
-                    "no reply from redis within {}s",
-                    WRITE_WAIT.as_secs()
-                ));
-                sending.len()
-            ],
-            Ok(Err(e)) => vec![classify(e); sending.len()],
-            Ok(Ok(v)) => parse_reply(v, sending.len()),
-        };
-        if matches!(
-            calls.first(),
-            Some(Call::Refused(BrokerError::NotValidated))
-        ) {
-            scripts_missing.store(true, Ordering::Relaxed);
+        in_flight.push(send(conn.clone(), &hash, sending, &scripts_missing));
+    }
+    while in_flight.next().await.is_some() {}
+}
+
+/// The writes of `batch` worth sending at `now` (Unix ms); the others are answered here: a write
+/// whose caller stopped waiting is dropped (its caller resolves it, and the fence keeps it from
+/// ever applying: not sending it is the same answer, cheaper), a write past its deadline is
+/// refused unsent.
+fn sendable(batch: Vec<Pending>, now: i64) -> Vec<Pending> {
+    let mut sending = Vec::with_capacity(batch.len());
+    for p in batch {
+        if p.reply.is_closed() {
+            continue;
         }
-        for (p, call) in sending.into_iter().zip(calls) {
-            let _ = p.reply.send(call);
+        if now > p.write.deadline {
+            let _ = p.reply.send(Call::Refused(BrokerError::QueuedPastDeadline));
+            continue;
         }
+        sending.push(p);
+    }
+    sending
+}
+
+/// One run of the write script for `sending`; each write's [`Call`] goes to its caller.
+async fn send(
+    mut conn: ConnectionManager,
+    hash: &str,
+    sending: Vec<Pending>,
+    scripts_missing: &AtomicBool,
+) {
+    let writes: Vec<&QueuedWrite> = sending.iter().map(|p| &p.write).collect();
+    let cmd = command(hash, &writes);
+    let calls = match tokio::time::timeout(WRITE_WAIT, cmd.query_async::<Value>(&mut conn)).await {
+        Err(_) => vec![
+            Call::Ambiguous(format!(
+                "no reply from redis within {}s",
+                WRITE_WAIT.as_secs()
+            ));
+            sending.len()
+        ],
+        Ok(Err(e)) => vec![classify(e); sending.len()],
+        Ok(Ok(v)) => parse_reply(v, sending.len()),
+    };
+    if matches!(
+        calls.first(),
+        Some(Call::Refused(BrokerError::NotValidated))
+    ) {
+        scripts_missing.store(true, Ordering::Relaxed);
+    }
+    for (p, call) in sending.into_iter().zip(calls) {
+        let _ = p.reply.send(call);
     }
 }
 

@@ -141,7 +141,7 @@ impl Default for NodeMetrics {
         );
         registry.register(
             "broker_write_batch_size",
-            "Writes per run of the broker's write script: the node sends the writes queued while its previous batch was in flight together (up to 64)",
+            "Writes per run of the broker's write script: the node sends the writes queued while its batches were in flight together (up to 64, two batches in flight)",
             m.write_batch_size.clone(),
         );
         registry.register(
