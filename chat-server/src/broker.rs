@@ -1243,7 +1243,7 @@ impl Broker {
             Some(id) => (id.as_str(), DEDUPE_TTL),
             None => (generated_id, GENERATED_ID_TTL),
         };
-        let token = uuid::Uuid::new_v4().simple().to_string();
+        let token = crate::message::random_uuid().simple().to_string();
         let key = idem_key(&msg.channel, msg.idempotency_scope(), id);
         let fence = fence_key(&token);
         let deadline = now_millis().saturating_add(WRITE_DEADLINE.as_millis() as i64);

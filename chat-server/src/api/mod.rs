@@ -150,7 +150,7 @@ pub(crate) async fn write(node: &Node, msg: NewMessage) -> Result<WriteOutcome, 
             ),
         ));
     }
-    let generated = uuid::Uuid::new_v4().to_string();
+    let generated = crate::message::random_uuid().to_string();
     let id = msg.id.clone().unwrap_or_else(|| generated.clone());
     let Some(broker) = node.broker() else {
         return Err(ApiError::write_failed(
