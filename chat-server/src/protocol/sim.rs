@@ -11,7 +11,11 @@
 //!   grant, retire, retire-instance and resolve scripts are mirrored check for check from
 //!   `crate::broker` (`WRITE_LUA`: NOSCRIPT, NOEPOCH, existing record, FENCED, DEADLINE, BEHIND,
 //!   NOLIMIT, then INCR + XADD, where XADD fails below the stream's last ID after INCR already
-//!   ran).
+//!   ran). Each write is its own run: the real node sends writes in batches
+//!   (`crate::broker::batch`), one run checking each write as if alone, which only makes the
+//!   writes of a batch apply back to back; a script error part-way through a batch (that failed
+//!   XADD) is resolved per write there (by record, else fence), which for the failing write is
+//!   the same "not stored" the model answers.
 //! - **Replicas** ([`Replica`]): a persisted log with void records, the remembered epoch and the
 //!   recorded limit, all on "disk" (they survive crashes). The follower mirrors
 //!   `crate::log::follower` (`session`, `validated_epoch`, `ensure_epoch`, `grant`, `repair`,
