@@ -1261,3 +1261,119 @@ async fn one_script_run_holds_each_write_to_its_own_checks() {
         assert_eq!(texts.contains(&format!("w{i}")), i % 3 == 0, "w{i}");
     }
 }
+
+/// Issue 9 (c) with batched writes: a script run that fails part-way through a batch has stored
+/// the writes before the failure and none after it, so its error reply is no answer for any of
+/// them. Each write is then resolved on its own. Redis is paused while two single-write batches
+/// are in flight, and 41 writes with ids queue up in order behind them as one batch; the 21st
+/// names an id whose dedupe record key was set to a string by hand, so the script fails on it
+/// (`WRONGTYPE`). Every answer must be true: the 20 writes before it `201` (stored, found by
+/// their records), the 20 after it `503` (not stored: fenced), and the failing one `504` (its
+/// record cannot be read, so nobody can say) — and the stream holds exactly the 201s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_script_failing_part_way_through_a_batch_answers_each_write_truly() {
+    use chat_server::broker::{Broker, BrokerError, BrokerOps, WriteOutcome};
+    use chat_server::message::{NewMessage, now_millis};
+
+    let cluster = Cluster::start(1, 1).await;
+    let url = cluster.nodes[0].url.clone();
+    assert_eq!(post(&url, "c", json!({"text": "warm-up"})).await.0, 201);
+    let broker = Broker::connect(&cluster.redis.url()).await.unwrap();
+    broker.check_instance().await.unwrap();
+    let epoch = broker.state().await.unwrap().epoch.unwrap();
+    // The dedupe record key of author `ann`, id `poisoned` on channel `c`, as a string.
+    redis::cmd("SET")
+        .arg("chat:idem:c:a3:ann:poisoned")
+        .arg("not a record")
+        .query::<()>(&mut cluster.redis.conn())
+        .unwrap();
+
+    let write = |id: String| {
+        let (broker, epoch) = (broker.clone(), epoch.clone());
+        tokio::spawn(async move {
+            let msg = NewMessage {
+                channel: "c".into(),
+                id: Some(id.clone()),
+                author: "ann".into(),
+                text: format!("text of {id}"),
+                scope: None,
+            };
+            let outcome = broker.write(&msg, "unused", now_millis(), 0, &epoch).await;
+            (id, outcome)
+        })
+    };
+    cluster.redis.pause();
+    let mut writes = Vec::new();
+    // Two batches of one write each, in flight while Redis is stopped...
+    for id in ["first", "second"] {
+        writes.push(write(id.to_owned()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and the next batch, queued in this order behind them.
+    let ids: Vec<String> = (0..20)
+        .map(|i| format!("before-{i}"))
+        .chain(["poisoned".to_owned()])
+        .chain((0..20).map(|i| format!("after-{i}")))
+        .collect();
+    for id in &ids {
+        writes.push(write(id.clone()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.redis.resume();
+
+    let stream: Vec<(String, Vec<(String, String)>)> = {
+        let mut answers = BTreeMap::new();
+        for w in writes {
+            let (id, outcome) = w.await.unwrap();
+            answers.insert(id, outcome);
+        }
+        for (id, outcome) in &answers {
+            let expected = if id.starts_with("after-") {
+                "not stored"
+            } else if id == "poisoned" {
+                "unknown"
+            } else {
+                "stored"
+            };
+            let got = match outcome {
+                Ok(WriteOutcome::Accepted(_)) => "stored",
+                Err(e) if e.is_outcome_unknown() => "unknown",
+                Err(BrokerError::Abandoned(_)) => "not stored",
+                other => panic!("{id}: {other:?}"),
+            };
+            assert_eq!(got, expected, "{id}: {outcome:?}");
+        }
+        let stream = redis::cmd("XRANGE")
+            .arg("chat:stream")
+            .arg("-")
+            .arg("+")
+            .query(&mut cluster.redis.conn())
+            .unwrap();
+        // Every stored write is in the stream at its answered position, and nothing else is.
+        let entries: &Vec<(String, Vec<(String, String)>)> = &stream;
+        let text_at = |position: u64| {
+            entries
+                .iter()
+                .find(|(entry_id, _)| *entry_id == format!("{position}-0"))
+                .and_then(|(_, fields)| fields.iter().find(|(f, _)| f == "t"))
+                .map(|(_, t)| t.clone())
+        };
+        for (id, outcome) in &answers {
+            if let Ok(WriteOutcome::Accepted(m)) = outcome {
+                assert_eq!(text_at(m.position), Some(format!("text of {id}")), "{id}");
+            }
+        }
+        stream
+    };
+    let stored: BTreeSet<String> = stream
+        .iter()
+        .filter_map(|(_, fields)| fields.iter().find(|(f, _)| f == "t"))
+        .map(|(_, t)| t.clone())
+        .collect();
+    let expected: BTreeSet<String> = ["warm-up".to_owned()]
+        .into_iter()
+        .chain(["first", "second"].iter().map(|id| format!("text of {id}")))
+        .chain((0..20).map(|i| format!("text of before-{i}")))
+        .collect();
+    assert_eq!(stored, expected);
+}
