@@ -1217,10 +1217,10 @@ impl Broker {
     }
 
     /// Writes a message with a definite answer whenever Redis can be asked: queues it for the
-    /// batch task (`broker::batch`), which runs the write script for it together with the writes queued
-    /// beside it (dedupe, fence and deadline checks, next position, XADD, dedupe record), and when
-    /// its reply is lost (not within [`WRITE_WAIT`] of queueing), resolves the outcome by reading the dedupe record or fencing the write, for up to
-    /// [`RESOLVE_BUDGET`]. The write's id is `msg.id`, or `generated_id` when the client gave none
+    /// batch task (`broker::batch`), which runs the write script for it together with the writes
+    /// queued beside it (dedupe, fence and deadline checks, next position, XADD, dedupe record),
+    /// and when its reply is lost (not within [`WRITE_WAIT`] of queueing), resolves the outcome
+    /// by reading the dedupe record or fencing the write, for up to [`RESOLVE_BUDGET`]. The write's id is `msg.id`, or `generated_id` when the client gave none
     /// (its record then lives [`GENERATED_ID_TTL`]).
     ///
     /// `holds` is the last position the writing node has applied: the script refuses

@@ -3,9 +3,9 @@
 //! whenever one has room it takes every write queued meanwhile (up to [`MAX_BATCH`]) and sends
 //! them as one run of the write script ([`super::WRITE_LUA`]), the way a log's group commit
 //! amortizes one fsync over every record that arrived during the last. Under light load a batch
-//! is one write, sent at once; under load batches grow with the round trip, so the broker pays the script call, the state `MGET`,
-//! `TIME` and one reply per batch instead of per write (issue 14: the broker's single thread is
-//! what every write shares).
+//! is one write, sent at once; under load batches grow with the round trip, so the broker pays
+//! the script call, the state `MGET`, `TIME` and one reply per batch instead of per write (issue
+//! 14: the broker's single thread is what every write shares).
 //!
 //! Batching changes no answer: the script checks and applies each write in order as if it ran
 //! alone, and replies one entry per write ([`parse_reply`]). A reply that is lost for the batch
@@ -28,8 +28,9 @@ use super::{ANCHOR, BrokerError, Call, EPOCH, LIMIT, SEQ, STREAM, WRITE_WAIT, cl
 use super::{as_array, parse_record, proto};
 use crate::message::now_millis;
 
-/// The most writes one run of the write script carries. At about 5 µs of broker CPU per write,
-/// a full batch holds the broker's thread for about a third of a millisecond.
+/// The most writes one run of the write script carries. At about 18 µs of broker time per write
+/// (`INFO commandstats`, BENCHMARKS.md), a full batch holds the broker's thread for about a
+/// millisecond: the same work as 64 single runs, not interleaved with other clients.
 pub const MAX_BATCH: usize = 64;
 
 /// How many batches may be in flight at once. Two keep the broker busy while a reply travels back
