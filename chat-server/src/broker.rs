@@ -700,21 +700,18 @@ const NOTHING_RAN: &[&str] = &[
     "NOREPLICAS",
 ];
 
-/// Sorts a failed write call: a refusal the write script names, `NOSCRIPT`, an error of
-/// [`NOTHING_RAN`] or a refused connection means the script stored nothing; anything else (a
-/// timeout, a connection lost after sending, a script that failed part-way through a batch) is
-/// ambiguous, and each write is resolved by its own record.
+/// Sorts a failed run of the write script: `NOSCRIPT`, an error of [`NOTHING_RAN`] or a refused
+/// connection means it stored nothing; anything else (a timeout, a connection lost after
+/// sending, a script that failed part-way through a batch) is ambiguous, and each write is
+/// resolved by its own record. The script's own refusals are not errors of the run: they are
+/// entries of its reply, one per write ([`batch::parse_reply`]).
 fn classify(e: RedisError) -> Call {
     match e.code() {
         // EVALSHA of a script this Redis process does not have: nothing ran.
         Some("NOSCRIPT") => Call::Refused(BrokerError::NotValidated),
-        Some(code) => match batch::refusal(code, e.detail().unwrap_or_default()) {
-            Some(refused) => Call::Refused(refused),
-            None if NOTHING_RAN.contains(&code) => Call::Refused(BrokerError::Redis(e)),
-            None => Call::Ambiguous(format!("redis: {e}")),
-        },
+        Some(code) if NOTHING_RAN.contains(&code) => Call::Refused(BrokerError::Redis(e)),
         None if e.is_connection_refusal() => Call::Refused(BrokerError::Redis(e)),
-        None => Call::Ambiguous(format!("redis: {e}")),
+        _ => Call::Ambiguous(format!("redis: {e}")),
     }
 }
 
@@ -1220,8 +1217,9 @@ impl Broker {
     /// batch task (`broker::batch`), which runs the write script for it together with the writes
     /// queued beside it (dedupe, fence and deadline checks, next position, XADD, dedupe record),
     /// and when its reply is lost (not within [`WRITE_WAIT`] of queueing), resolves the outcome
-    /// by reading the dedupe record or fencing the write, for up to [`RESOLVE_BUDGET`]. The write's id is `msg.id`, or `generated_id` when the client gave none
-    /// (its record then lives [`GENERATED_ID_TTL`]).
+    /// by reading the dedupe record or fencing the write, for up to [`RESOLVE_BUDGET`]. The
+    /// write's id is `msg.id`, or `generated_id` when the client gave none (its record then lives
+    /// [`GENERATED_ID_TTL`]).
     ///
     /// `holds` is the last position the writing node has applied: the script refuses
     /// ([`BrokerError::WentBack`]) when the broker's sequence is below it. `epoch` is the broker

@@ -25,7 +25,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ANCHOR, BrokerError, Call, EPOCH, LIMIT, SEQ, STREAM, WRITE_WAIT, classify};
-use super::{as_array, parse_record, proto};
+use super::{as_array, as_string, parse_record, proto};
 use crate::message::now_millis;
 
 /// The most writes one run of the write script carries. At about 18 µs of broker time per write
@@ -108,7 +108,7 @@ pub(crate) fn command(hash: &str, writes: &[&QueuedWrite]) -> redis::Cmd {
 
 /// The refusal the write script names by `code` for one write (it stored nothing for it), or
 /// `None` for a code it never sends.
-pub(crate) fn refusal(code: &str, detail: &str) -> Option<BrokerError> {
+fn refusal(code: &str, detail: &str) -> Option<BrokerError> {
     let detail = detail.to_owned();
     Some(match code {
         "NOEPOCH" => BrokerError::NotAnchored,
@@ -144,11 +144,7 @@ fn parse_entries(reply: Value, n: usize) -> Result<Vec<Call>, BrokerError> {
 
 fn parse_entry(entry: Value) -> Result<Call, BrokerError> {
     let items = as_array(entry)?;
-    let text = |i: usize| match items.get(i) {
-        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok(),
-        Some(Value::SimpleString(s)) => Some(s.as_str()),
-        _ => None,
-    };
+    let text = |i: usize| items.get(i).and_then(as_string);
     match items.first() {
         Some(Value::Int(1)) => items
             .get(1)
@@ -158,7 +154,7 @@ fn parse_entry(entry: Value) -> Result<Call, BrokerError> {
         Some(Value::Int(0)) => Ok(Call::Existing(parse_record(&items[1..])?)),
         Some(Value::Int(-1)) => {
             let code = text(1).ok_or_else(|| proto("refusal code"))?;
-            refusal(code, text(2).unwrap_or_default())
+            refusal(&code, &text(2).unwrap_or_default())
                 .map(Call::Refused)
                 .ok_or_else(|| proto(&format!("refusal code {code}")))
         }
